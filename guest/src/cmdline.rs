@@ -1,0 +1,150 @@
+//! Kernel command line: whitespace-separated tokens.
+//!
+//! The first workload name wins (`ticker`, `compute`, `triplefault`); the
+//! rest are `key=value` options or the `user` flag. Anything else is an error
+//! so that typos in tests fail loudly instead of silently using defaults.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    Ticker,
+    Compute,
+    TripleFault,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Ticker => "ticker",
+            Workload::Compute => "compute",
+            Workload::TripleFault => "triplefault",
+        }
+    }
+}
+
+pub const DEFAULT_HZ: u32 = 100;
+pub const DEFAULT_TICKS: u64 = 20;
+pub const DEFAULT_TASKS: usize = 2;
+pub const MAX_TASKS: usize = 4;
+/// CPL0 code is emulated (~280 ns/instruction) on the target host.
+pub const DEFAULT_KERNEL_ITERS: u64 = 60_000;
+/// CPL3 code runs natively.
+pub const DEFAULT_USER_ITERS: u64 = 200_000_000;
+/// Progress lines per task when `report` is not given.
+pub const DEFAULT_REPORTS: u64 = 16;
+/// The PIT reload is 16 bits: 1193182 / 65535 ~= 18.2 Hz is the floor.
+pub const MIN_HZ: u32 = 19;
+pub const MAX_HZ: u32 = 10_000;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub workload: Workload,
+    pub hz: u32,
+    pub ticks: u64,
+    pub tasks: usize,
+    pub iters: u64,
+    /// 0 means no progress lines.
+    pub report: u64,
+    pub user: bool,
+    pub exit: Option<u8>,
+}
+
+#[derive(Debug)]
+pub enum Error<'a> {
+    Unknown(&'a [u8]),
+    Invalid(&'a [u8]),
+}
+
+pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
+    let mut workload = None;
+    let mut hz = DEFAULT_HZ;
+    let mut ticks = DEFAULT_TICKS;
+    let mut tasks = DEFAULT_TASKS;
+    let mut iters = None;
+    let mut report = None;
+    let mut user = false;
+    let mut exit = None;
+
+    for tok in cmdline
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|t| !t.is_empty())
+    {
+        let named = match tok {
+            b"ticker" => Some(Workload::Ticker),
+            b"compute" => Some(Workload::Compute),
+            b"triplefault" => Some(Workload::TripleFault),
+            _ => None,
+        };
+        if let Some(w) = named {
+            workload.get_or_insert(w);
+            continue;
+        }
+        if tok == b"user" {
+            user = true;
+            continue;
+        }
+        let Some(eq) = tok.iter().position(|&b| b == b'=') else {
+            return Err(Error::Unknown(tok));
+        };
+        let (key, value) = (&tok[..eq], &tok[eq + 1..]);
+        let num = || parse_u64(value).ok_or(Error::Invalid(tok));
+        match key {
+            b"ticks" => ticks = num()?,
+            b"hz" => {
+                hz = match u32::try_from(num()?) {
+                    Ok(v) if (MIN_HZ..=MAX_HZ).contains(&v) => v,
+                    _ => return Err(Error::Invalid(tok)),
+                }
+            }
+            b"tasks" => {
+                tasks = match usize::try_from(num()?) {
+                    Ok(v) if (1..=MAX_TASKS).contains(&v) => v,
+                    _ => return Err(Error::Invalid(tok)),
+                }
+            }
+            b"iters" => {
+                iters = match num()? {
+                    0 => return Err(Error::Invalid(tok)),
+                    v => Some(v),
+                }
+            }
+            b"report" => report = Some(num()?),
+            b"exit" => {
+                exit = match u8::try_from(num()?) {
+                    Ok(v) => Some(v),
+                    Err(_) => return Err(Error::Invalid(tok)),
+                }
+            }
+            _ => return Err(Error::Unknown(tok)),
+        }
+    }
+
+    let iters = iters.unwrap_or(if user {
+        DEFAULT_USER_ITERS
+    } else {
+        DEFAULT_KERNEL_ITERS
+    });
+    Ok(Config {
+        workload: workload.unwrap_or(Workload::Compute),
+        hz,
+        ticks,
+        tasks,
+        iters,
+        report: report.unwrap_or((iters / DEFAULT_REPORTS).max(1)),
+        user,
+        exit,
+    })
+}
+
+fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(v)
+}

@@ -1,0 +1,98 @@
+//! Rust side of the common interrupt path: routes a saved frame by vector and
+//! returns the frame to resume (a different task's after a switch).
+
+use crate::fmt::LineBuf;
+use crate::idt::{Frame, VECTOR_SYSCALL, VECTOR_YIELD};
+use crate::{clock, console, pic, power, sched, syscall};
+
+const EXCEPTION_NAMES: [&str; 32] = [
+    "divide error",
+    "debug",
+    "nmi",
+    "breakpoint",
+    "overflow",
+    "bound range",
+    "invalid opcode",
+    "device not available",
+    "double fault",
+    "coprocessor segment overrun",
+    "invalid tss",
+    "segment not present",
+    "stack fault",
+    "general protection",
+    "page fault",
+    "reserved",
+    "x87 floating point",
+    "alignment check",
+    "machine check",
+    "simd floating point",
+    "virtualization",
+    "control protection",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "hypervisor injection",
+    "vmm communication",
+    "security",
+    "reserved",
+];
+
+const IRQ_BASE: u64 = pic::MASTER_VECTOR as u64;
+const IRQ_TIMER: u64 = IRQ_BASE;
+const IRQ_LAST: u64 = IRQ_BASE + 15;
+
+/// Called from `isr_common` with interrupts disabled.
+#[unsafe(no_mangle)]
+extern "C" fn isr_dispatch(frame: *mut Frame) -> *mut Frame {
+    // SAFETY: `isr_common` passes the frame it just pushed on the current
+    // stack; nothing else aliases it while we run.
+    let vector = unsafe { (*frame).vector };
+    match vector {
+        0..=31 => exception(frame),
+        IRQ_TIMER => {
+            clock::tick();
+            // Acknowledge before possibly switching away: the next task must
+            // get its own ticks.
+            pic::ack(0);
+            sched::on_timer(frame)
+        }
+        v @ 0x21..=IRQ_LAST => {
+            pic::ack((v - IRQ_BASE) as u8);
+            frame
+        }
+        v if v == u64::from(VECTOR_SYSCALL) => syscall::handle(frame),
+        v if v == u64::from(VECTOR_YIELD) => sched::schedule(frame),
+        v => {
+            let mut line = LineBuf::new();
+            line.str("guest: unexpected interrupt ").dec(v).newline();
+            console::write_raw(line.as_bytes());
+            power::exit(power::EXIT_EXCEPTION)
+        }
+    }
+}
+
+fn exception(frame: *mut Frame) -> ! {
+    // SAFETY: see `isr_dispatch`.
+    let f = unsafe { &*frame };
+    let name = EXCEPTION_NAMES
+        .get(f.vector as usize)
+        .copied()
+        .unwrap_or("?");
+    let mut line = LineBuf::new();
+    line.str("guest: exception ")
+        .dec(f.vector)
+        .str(" (")
+        .str(name)
+        .str(") at rip=")
+        .hex(f.rip)
+        .str(" err=")
+        .hex(f.error_code)
+        .str(" cs=")
+        .hex(f.cs)
+        .newline();
+    console::write_raw(line.as_bytes());
+    power::exit(power::EXIT_EXCEPTION)
+}

@@ -1,0 +1,99 @@
+//! `int 0x80` system calls for CPL3 tasks: rax = number, args in rdi/rsi,
+//! result in rax.
+
+use crate::idt::{Frame, VECTOR_SYSCALL};
+use crate::{clock, console, sched};
+
+pub const SYS_WRITE: u64 = 1;
+pub const SYS_EXIT: u64 = 2;
+pub const SYS_CLOCK_NS: u64 = 3;
+
+const ERR: u64 = u64::MAX;
+/// Only the identity-mapped first GiB is valid memory.
+const USER_LIMIT: u64 = 1 << 30;
+const MAX_WRITE: u64 = 4096;
+
+/// Kernel side, called from the dispatcher with interrupts disabled.
+pub fn handle(frame: *mut Frame) -> *mut Frame {
+    // SAFETY: the dispatcher passes the frame pushed for this interrupt.
+    let f = unsafe { &mut *frame };
+    match f.rax {
+        SYS_WRITE => {
+            let (ptr, len) = (f.rdi, f.rsi);
+            if len > MAX_WRITE || ptr >= USER_LIMIT || len > USER_LIMIT - ptr {
+                f.rax = ERR;
+                return frame;
+            }
+            // SAFETY: range checked against the identity map above; all of
+            // it is readable kernel-image or stack memory.
+            let bytes = unsafe { core::slice::from_raw_parts(ptr as *const u8, len as usize) };
+            sched::preempt_disable();
+            // SAFETY: the timer must be able to fire during the (slow) port
+            // I/O; preemption is disabled, so a nested timer interrupt only
+            // records the switch request and returns here.
+            unsafe { core::arch::asm!("sti", options(nostack)) };
+            console::write_raw(bytes);
+            // SAFETY: back to the dispatcher's interrupts-off invariant.
+            unsafe { core::arch::asm!("cli", options(nostack)) };
+            sched::preempt_enable_no_resched();
+            f.rax = len;
+            if sched::take_need_resched() {
+                return sched::schedule(frame);
+            }
+            frame
+        }
+        SYS_EXIT => {
+            sched::mark_current_done();
+            sched::schedule(frame)
+        }
+        SYS_CLOCK_NS => {
+            f.rax = clock::now_ns();
+            frame
+        }
+        _ => {
+            f.rax = ERR;
+            frame
+        }
+    }
+}
+
+// User-side wrappers (run at CPL3).
+
+pub fn write(bytes: &[u8]) -> u64 {
+    let ret: u64;
+    // SAFETY: the kernel only reads the buffer and preserves every register
+    // except rax.
+    unsafe {
+        core::arch::asm!(
+            "int {v}",
+            v = const VECTOR_SYSCALL,
+            inlateout("rax") SYS_WRITE => ret,
+            in("rdi") bytes.as_ptr(),
+            in("rsi") bytes.len(),
+            options(nostack),
+        );
+    }
+    ret
+}
+
+pub fn exit() -> ! {
+    // SAFETY: the kernel never returns to an exited task.
+    unsafe {
+        core::arch::asm!("int {v}", v = const VECTOR_SYSCALL, in("rax") SYS_EXIT, options(noreturn));
+    }
+}
+
+#[allow(dead_code)]
+pub fn clock_ns() -> u64 {
+    let ret: u64;
+    // SAFETY: no memory is touched; only rax changes.
+    unsafe {
+        core::arch::asm!(
+            "int {v}",
+            v = const VECTOR_SYSCALL,
+            inlateout("rax") SYS_CLOCK_NS => ret,
+            options(nostack),
+        );
+    }
+    ret
+}

@@ -1,0 +1,111 @@
+//! CPU-bound tasks racing on a shared accumulator. There is no I/O between
+//! progress lines, so the VMM sees long exit-free stretches, and the final
+//! checksum depends on exactly where each timer interrupt preempted a task:
+//! a replay that lands an interrupt one instruction off changes the result.
+
+use crate::fmt::LineBuf;
+use crate::sync::Global;
+use crate::{console, power, sched, syscall};
+use core::ptr::{read_volatile, write_volatile};
+
+const LETTERS: &[u8; 4] = b"ABCD";
+const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
+
+#[derive(Clone, Copy)]
+struct Params {
+    iters: u64,
+    report: u64,
+}
+
+/// Written by the boot task before any worker exists; read-only afterwards
+/// (also from CPL3: every page is user-accessible).
+static PARAMS: Global<Params> = Global::new(Params {
+    iters: 0,
+    report: 0,
+});
+
+/// Updated non-atomically by every task on every iteration: a preemption
+/// between the load and the store loses the other task's updates, which is
+/// the point.
+static SHARED: Global<u64> = Global::new(0);
+
+pub fn run(tasks: usize, iters: u64, report: u64, user: bool) -> ! {
+    // SAFETY: no worker exists yet, so nothing reads PARAMS concurrently.
+    unsafe { *PARAMS.get() = Params { iters, report } };
+    let entry: extern "C" fn(u64) -> ! = if user { user_task } else { kernel_task };
+    crate::sync::without_interrupts(|| {
+        for slot in 1..=tasks.min(sched::MAX_WORKERS) {
+            sched::spawn(slot, entry, (slot - 1) as u64, user);
+        }
+    });
+    sched::yield_now();
+    // Scheduled again only when no worker is runnable; halt until then in
+    // case a tick brings us here early.
+    while !sched::all_done() {
+        // SAFETY: wait for the next interrupt with interrupts enabled.
+        unsafe { core::arch::asm!("sti", "hlt", options(nostack)) };
+    }
+    let mut line = LineBuf::new();
+    line.str("compute: done checksum=")
+        // SAFETY: all workers are done; nothing else writes SHARED.
+        .hex16(unsafe { read_volatile(SHARED.get()) })
+        .str(" switches=")
+        .dec(sched::switches());
+    console::print(&mut line);
+    power::exit(power::EXIT_OK)
+}
+
+extern "C" fn kernel_task(index: u64) -> ! {
+    work(index, console::print);
+    sched::exit_current()
+}
+
+/// Runs at CPL3: may only touch memory and `int 0x80`.
+extern "C" fn user_task(index: u64) -> ! {
+    work(index, |line| {
+        syscall::write(line.newline().as_bytes());
+    });
+    syscall::exit()
+}
+
+#[inline(always)]
+fn work(index: u64, print: impl Fn(&mut LineBuf)) {
+    // SAFETY: PARAMS is read-only while workers run.
+    let Params { iters, report } = unsafe { *PARAMS.get() };
+    let letter = LETTERS.get(index as usize).copied().unwrap_or(b'?');
+    // Distinct non-zero seeds (xorshift never leaves zero).
+    let mut x = (index + 1).wrapping_mul(MIX) | 1;
+    let mut until_report = if report == 0 { u64::MAX } else { report };
+    // A plain counted loop: `1..=iters` costs extra compares per iteration,
+    // and every instruction here is emulated when running at CPL0.
+    let mut i = 0;
+    while i != iters {
+        i += 1;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // SAFETY: SHARED is a plain global; the data race with other tasks
+        // is intentional (single CPU, so every access is a whole u64 move),
+        // and volatile keeps the load/store inside the loop.
+        let shared = unsafe {
+            let s = (read_volatile(SHARED.get()) ^ x)
+                .rotate_left(5)
+                .wrapping_mul(MIX);
+            write_volatile(SHARED.get(), s);
+            s
+        };
+        until_report -= 1;
+        if until_report == 0 {
+            until_report = report;
+            let mut line = LineBuf::new();
+            line.byte(letter)
+                .str(": i=")
+                .dec(i)
+                .str(" x=")
+                .hex16(x)
+                .str(" shared=")
+                .hex16(shared);
+            print(&mut line);
+        }
+    }
+}

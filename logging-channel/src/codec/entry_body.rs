@@ -1,0 +1,167 @@
+//! Entry frame bodies: `u8 kind | u64 seq | u64 t_ns | payload`.
+
+use super::CodecError;
+use super::wire::{Cursor, put_bytes, put_regs, put_u8, put_u32, put_u64};
+use crate::format::{EndReason, Entry, EntryKind, Frame, InputSource, Position};
+
+/// kind + seq + t_ns: no entry body is shorter.
+pub(crate) const MIN_ENTRY_BODY: usize = 1 + 8 + 8;
+
+const POS_AT_EXIT: u8 = 1;
+const POS_PRECISE: u8 = 2;
+
+const END_POWER_OFF: u8 = 1;
+const END_SHUTDOWN: u8 = 2;
+const END_STOPPED: u8 = 3;
+
+pub(crate) fn put_entry_body(out: &mut Vec<u8>, seq: u64, t_ns: u64, entry: &Entry) {
+    put_u8(out, entry.kind() as u8);
+    put_u64(out, seq);
+    put_u64(out, t_ns);
+    put_position(out, entry.pos());
+    match entry {
+        Entry::Input { source, value, .. } => {
+            put_u8(out, *source as u8);
+            put_u64(out, *value);
+        }
+        Entry::Irq { line, .. } => put_u8(out, *line),
+        Entry::Inject { vector, .. } => put_u8(out, *vector),
+        Entry::ConsoleInput { bytes, .. } => put_bytes(out, bytes),
+        Entry::Digest {
+            regs,
+            cr0,
+            cr3,
+            cr4,
+            efer,
+            mem_hash,
+            devices_hash,
+            ..
+        } => {
+            put_regs(out, regs);
+            for v in [cr0, cr3, cr4, efer, mem_hash, devices_hash] {
+                put_u64(out, *v);
+            }
+        }
+        Entry::End { reason, .. } => match reason {
+            EndReason::PowerOff { code } => {
+                put_u8(out, END_POWER_OFF);
+                put_u32(out, *code);
+            }
+            EndReason::Shutdown => put_u8(out, END_SHUTDOWN),
+            EndReason::Stopped => put_u8(out, END_STOPPED),
+        },
+    }
+}
+
+fn put_position(out: &mut Vec<u8>, pos: &Position) {
+    match pos {
+        Position::AtExit { exits } => {
+            put_u8(out, POS_AT_EXIT);
+            put_u64(out, *exits);
+        }
+        Position::Precise {
+            exits,
+            counter,
+            regs,
+        } => {
+            put_u8(out, POS_PRECISE);
+            put_u64(out, *exits);
+            put_u64(out, *counter);
+            put_regs(out, regs);
+        }
+    }
+}
+
+/// Decodes a CRC-verified body whose first byte is at absolute offset `base`.
+pub(crate) fn decode_entry_body(body: &[u8], base: u64) -> Result<Frame, CodecError> {
+    let mut c = Cursor::new(body, base);
+    let kind_at = c.offset();
+    let kind_byte = c.u8("entry kind")?;
+    let kind = EntryKind::from_u8(kind_byte).ok_or(CodecError::UnknownKind {
+        offset: kind_at,
+        kind: kind_byte,
+    })?;
+    let seq = c.u64("seq")?;
+    let t_ns = c.u64("t_ns")?;
+    let pos = position(&mut c)?;
+    let entry = match kind {
+        EntryKind::Input => {
+            let at = c.offset();
+            let raw = c.u8("input source")?;
+            let source = InputSource::from_u8(raw).ok_or(CodecError::Malformed {
+                offset: at,
+                what: format!("unknown input source {raw}"),
+            })?;
+            let value = c.u64("input value")?;
+            Entry::Input { pos, source, value }
+        }
+        EntryKind::Irq => Entry::Irq {
+            pos,
+            line: c.u8("irq line")?,
+        },
+        EntryKind::Inject => Entry::Inject {
+            pos,
+            vector: c.u8("inject vector")?,
+        },
+        EntryKind::ConsoleInput => Entry::ConsoleInput {
+            pos,
+            bytes: c.bytes("console bytes")?,
+        },
+        EntryKind::Digest => Entry::Digest {
+            pos,
+            regs: c.regs("digest regs")?,
+            cr0: c.u64("digest cr0")?,
+            cr3: c.u64("digest cr3")?,
+            cr4: c.u64("digest cr4")?,
+            efer: c.u64("digest efer")?,
+            mem_hash: c.u64("digest mem_hash")?,
+            devices_hash: c.u64("digest devices_hash")?,
+        },
+        EntryKind::End => Entry::End {
+            pos,
+            reason: end_reason(&mut c)?,
+        },
+        // `from_u8` never yields it; kept an error rather than a panic.
+        EntryKind::Invalid => {
+            return Err(CodecError::UnknownKind {
+                offset: kind_at,
+                kind: kind_byte,
+            });
+        }
+    };
+    c.finish()?;
+    Ok(Frame { seq, t_ns, entry })
+}
+
+fn position(c: &mut Cursor<'_>) -> Result<Position, CodecError> {
+    let at = c.offset();
+    match c.u8("position tag")? {
+        POS_AT_EXIT => Ok(Position::AtExit {
+            exits: c.u64("position exits")?,
+        }),
+        POS_PRECISE => Ok(Position::Precise {
+            exits: c.u64("position exits")?,
+            counter: c.u64("position counter")?,
+            regs: c.regs("position regs")?,
+        }),
+        tag => Err(CodecError::Malformed {
+            offset: at,
+            what: format!("unknown position tag {tag}"),
+        }),
+    }
+}
+
+fn end_reason(c: &mut Cursor<'_>) -> Result<EndReason, CodecError> {
+    let at = c.offset();
+    match c.u8("end reason")? {
+        END_POWER_OFF => Ok(EndReason::PowerOff {
+            code: c.u32("power-off code")?,
+        }),
+        END_SHUTDOWN => Ok(EndReason::Shutdown),
+        END_STOPPED => Ok(EndReason::Stopped),
+        tag => Err(CodecError::Malformed {
+            offset: at,
+            what: format!("unknown end reason {tag}"),
+        }),
+    }
+}

@@ -1,0 +1,572 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::format::{
+    CounterKind, EndReason, Entry, EntryKind, FORMAT_VERSION, Frame, Header, InputSource, LogState,
+    MAX_FRAME_LEN, Position, PositionSemantics, Regs,
+};
+use crate::strategies;
+
+fn header() -> Header {
+    Header {
+        format_version: FORMAT_VERSION,
+        guest_image_sha256: [0xab; 32],
+        guest_name: "ticker".into(),
+        guest_args: vec!["--hz".into(), "100".into(), "ünïcode".into()],
+        mem_mib: 64,
+        position: PositionSemantics {
+            counter: CounterKind::PvmInsnEmulation,
+            precise_cpl0: false,
+            precise_cpl3: true,
+            description: "exits count guest-initiated exits".into(),
+        },
+        digest_interval_ms: 250,
+        recorded_at_unix_ms: 1_700_000_000_000,
+        host: "linux 6.8, kvm-pvm".into(),
+    }
+}
+
+fn regs(seed: u64) -> Regs {
+    let mut a = [0u64; Regs::COUNT];
+    for (i, r) in a.iter_mut().enumerate() {
+        *r = seed
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(i as u64);
+    }
+    Regs::from_array(a)
+}
+
+fn precise() -> Position {
+    Position::Precise {
+        exits: 7,
+        counter: 123_456,
+        regs: regs(3),
+    }
+}
+
+/// One entry of each kind, each at both kinds of position.
+fn every_entry() -> Vec<Entry> {
+    let mut out = Vec::new();
+    for pos in [Position::AtExit { exits: 1 }, precise()] {
+        out.extend([
+            Entry::Input {
+                pos: pos.clone(),
+                source: InputSource::Clock,
+                value: u64::MAX,
+            },
+            Entry::Input {
+                pos: pos.clone(),
+                source: InputSource::WallClock,
+                value: 42,
+            },
+            Entry::Irq {
+                pos: pos.clone(),
+                line: 0,
+            },
+            Entry::Inject {
+                pos: pos.clone(),
+                vector: 0x20,
+            },
+            Entry::ConsoleInput {
+                pos: pos.clone(),
+                bytes: b"ls\n".to_vec(),
+            },
+            Entry::ConsoleInput {
+                pos: pos.clone(),
+                bytes: Vec::new(),
+            },
+            Entry::Digest {
+                pos: pos.clone(),
+                regs: regs(9),
+                cr0: 0x8000_0011,
+                cr3: 0x1000,
+                cr4: 0x20,
+                efer: 0x500,
+                mem_hash: 0xdead_beef,
+                devices_hash: 0xfeed,
+            },
+            Entry::End {
+                pos: pos.clone(),
+                reason: EndReason::PowerOff { code: 3 },
+            },
+            Entry::End {
+                pos: pos.clone(),
+                reason: EndReason::Shutdown,
+            },
+            Entry::End {
+                pos,
+                reason: EndReason::Stopped,
+            },
+        ]);
+    }
+    out
+}
+
+fn encoded(frame: &Frame) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame(frame, &mut out);
+    out
+}
+
+/// A frame with a valid envelope around an arbitrary body, to reach the
+/// body decoder (random bytes almost never pass the CRC).
+fn framed(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn body_of(frame: &Frame) -> Vec<u8> {
+    encoded(frame)[ENVELOPE_LEN..].to_vec()
+}
+
+#[test]
+fn every_entry_kind_round_trips() {
+    let entries = every_entry();
+    let kinds: std::collections::HashSet<_> = entries.iter().map(Entry::kind).collect();
+    assert_eq!(kinds.len(), EntryKind::ALL.len(), "test covers every kind");
+    for (i, entry) in entries.into_iter().enumerate() {
+        let frame = Frame {
+            seq: i as u64,
+            t_ns: 1000 * i as u64,
+            entry,
+        };
+        let bytes = encoded(&frame);
+        assert_eq!(decode_frame(&bytes, 0).unwrap(), Some((frame, bytes.len())));
+    }
+}
+
+#[test]
+fn header_round_trips_in_both_states() {
+    for state in [LogState::Incomplete, LogState::Complete] {
+        let bytes = encode_prefix(&header(), state);
+        assert_eq!(
+            decode_prefix(&bytes).unwrap(),
+            Some((header(), state, bytes.len()))
+        );
+    }
+}
+
+#[test]
+fn frame_layout_is_pinned() {
+    // Matches the worked example in docs/log-format.md.
+    let frame = Frame {
+        seq: 1,
+        t_ns: 2,
+        entry: Entry::Irq {
+            pos: Position::AtExit { exits: 5 },
+            line: 0,
+        },
+    };
+    let body: Vec<u8> = [
+        &[2u8][..],          // kind irq
+        &1u64.to_le_bytes(), // seq
+        &2u64.to_le_bytes(), // t_ns
+        &[1],                // position tag AtExit
+        &5u64.to_le_bytes(), // exits
+        &[0],                // line
+    ]
+    .concat();
+    assert_eq!(body.len(), 27);
+    assert_eq!(encoded(&frame), framed(&body));
+    // The hex dump printed in the spec.
+    let hex: Vec<String> = encoded(&frame).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        hex.join(" "),
+        "1b 00 00 00 54 87 fe 80 02 01 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 \
+         01 05 00 00 00 00 00 00 00 00"
+    );
+}
+
+#[test]
+fn prefix_layout_is_pinned() {
+    let bytes = encode_prefix(&header(), LogState::Complete);
+    assert_eq!(&bytes[0..8], b"USTUDYLG");
+    assert_eq!(bytes[STATE_OFFSET as usize], 1);
+    assert_eq!(&bytes[9..12], &[0, 0, 0]);
+    let body_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    assert_eq!(bytes.len(), 20 + body_len);
+    assert_eq!(
+        u32::from_le_bytes(bytes[16..20].try_into().unwrap()),
+        crc32fast::hash(&bytes[20..])
+    );
+    assert_eq!(&bytes[20..22], &FORMAT_VERSION.to_le_bytes());
+    assert_eq!(&bytes[22..54], &[0xab; 32]);
+    assert_eq!(&bytes[54..58], &6u32.to_le_bytes());
+    assert_eq!(&bytes[58..64], b"ticker");
+}
+
+#[test]
+fn every_strict_prefix_of_the_prefix_needs_more_bytes() {
+    let bytes = encode_prefix(&header(), LogState::Incomplete);
+    for cut in 0..bytes.len() {
+        assert_eq!(decode_prefix(&bytes[..cut]), Ok(None), "cut at {cut}");
+        assert_eq!(check_partial_prefix(&bytes[..cut]), Ok(()), "cut at {cut}");
+    }
+}
+
+#[test]
+fn foreign_bytes_fail_on_the_first_byte() {
+    assert_eq!(decode_prefix(b"X"), Err(CodecError::BadMagic { offset: 0 }));
+    assert_eq!(
+        decode_prefix(b"USTUDYLX"),
+        Err(CodecError::BadMagic { offset: 0 })
+    );
+}
+
+#[test]
+fn bad_state_byte_is_named() {
+    let mut bytes = encode_prefix(&header(), LogState::Incomplete);
+    bytes[8] = 2;
+    assert_eq!(
+        decode_prefix(&bytes),
+        Err(CodecError::BadState {
+            offset: 8,
+            value: 2
+        })
+    );
+}
+
+#[test]
+fn reserved_bytes_must_be_zero() {
+    let mut bytes = encode_prefix(&header(), LogState::Incomplete);
+    bytes[10] = 1;
+    let err = decode_prefix(&bytes).unwrap_err();
+    assert!(
+        matches!(err, CodecError::Malformed { offset: 10, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn other_versions_are_refused_with_a_clear_message() {
+    let mut h = header();
+    h.format_version = 2;
+    let bytes = encode_prefix(&h, LogState::Complete);
+    let err = decode_prefix(&bytes).unwrap_err();
+    assert_eq!(
+        err,
+        CodecError::UnsupportedVersion {
+            offset: VERSION_OFFSET,
+            found: 2,
+            supported: 1
+        }
+    );
+    assert!(
+        err.to_string()
+            .starts_with("unsupported log format version 2 (this build reads 1)"),
+        "{err}"
+    );
+    // Decided before the rest of the header arrives or is trusted.
+    assert_eq!(decode_prefix(&bytes[..22]), Err(err));
+}
+
+#[test]
+fn oversized_length_is_refused_before_the_body_arrives() {
+    let mut bytes = (MAX_FRAME_LEN + 1).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&[0; 4]);
+    assert_eq!(
+        decode_frame(&bytes, 100),
+        Err(CodecError::FrameTooLarge {
+            offset: 100,
+            len: MAX_FRAME_LEN + 1,
+            max: MAX_FRAME_LEN
+        })
+    );
+}
+
+#[test]
+fn crc_mismatch_names_the_frame() {
+    let frame = Frame {
+        seq: 0,
+        t_ns: 0,
+        entry: Entry::Irq {
+            pos: Position::AtExit { exits: 1 },
+            line: 4,
+        },
+    };
+    let mut bytes = encoded(&frame);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let err = decode_frame(&bytes, 500).unwrap_err();
+    assert!(matches!(err, CodecError::Crc { offset: 500, .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("log corrupt at byte 500: CRC mismatch (stored 0x"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_kind_is_rejected_including_the_reserved_zero() {
+    for kind in [0u8, 7, 255] {
+        let mut body = body_of(&Frame {
+            seq: 0,
+            t_ns: 0,
+            entry: Entry::Irq {
+                pos: Position::AtExit { exits: 1 },
+                line: 0,
+            },
+        });
+        body[0] = kind;
+        assert_eq!(
+            decode_frame(&framed(&body), 40),
+            Err(CodecError::UnknownKind { offset: 48, kind })
+        );
+    }
+}
+
+fn malformed_offset(body: &[u8], base: u64) -> (u64, String) {
+    match decode_frame(&framed(body), base) {
+        Err(CodecError::Malformed { offset, what }) => (offset, what),
+        other => panic!("expected Malformed, got {other:?}"),
+    }
+}
+
+#[test]
+fn strict_bodies_trailing_bytes() {
+    let mut body = body_of(&Frame {
+        seq: 0,
+        t_ns: 0,
+        entry: Entry::Inject {
+            pos: Position::AtExit { exits: 1 },
+            vector: 0x30,
+        },
+    });
+    let end = body.len() as u64;
+    body.push(0);
+    let (offset, what) = malformed_offset(&body, 0);
+    assert_eq!(offset, 8 + end);
+    assert!(what.contains("trailing"), "{what}");
+}
+
+#[test]
+fn strict_bodies_unknown_position_tag() {
+    let mut body = body_of(&Frame {
+        seq: 0,
+        t_ns: 0,
+        entry: Entry::Irq {
+            pos: Position::AtExit { exits: 1 },
+            line: 0,
+        },
+    });
+    body[17] = 3;
+    let (offset, what) = malformed_offset(&body, 0);
+    assert_eq!(offset, 8 + 17);
+    assert!(what.contains("position tag"), "{what}");
+}
+
+#[test]
+fn strict_bodies_unknown_input_source_and_end_reason() {
+    let pos = Position::AtExit { exits: 1 };
+    let source_at = 17 + 9;
+    let mut body = body_of(&Frame {
+        seq: 0,
+        t_ns: 0,
+        entry: Entry::Input {
+            pos: pos.clone(),
+            source: InputSource::Clock,
+            value: 0,
+        },
+    });
+    body[source_at] = 9;
+    assert_eq!(malformed_offset(&body, 0).0, 8 + source_at as u64);
+
+    let mut body = body_of(&Frame {
+        seq: 0,
+        t_ns: 0,
+        entry: Entry::End {
+            pos,
+            reason: EndReason::Stopped,
+        },
+    });
+    body[source_at] = 0;
+    assert_eq!(malformed_offset(&body, 0).0, 8 + source_at as u64);
+}
+
+#[test]
+fn strict_bodies_short_body() {
+    let body = body_of(&Frame {
+        seq: 0,
+        t_ns: 0,
+        entry: Entry::Digest {
+            pos: precise(),
+            regs: Regs::default(),
+            cr0: 0,
+            cr3: 0,
+            cr4: 0,
+            efer: 0,
+            mem_hash: 0,
+            devices_hash: 0,
+        },
+    });
+    let short = &body[..body.len() - 3];
+    let (offset, what) = malformed_offset(short, 0);
+    assert_eq!(offset, 8 + body.len() as u64 - 8);
+    assert!(what.contains("devices_hash"), "{what}");
+}
+
+#[test]
+fn strict_header_bools_and_counter() {
+    let bytes = encode_prefix(&header(), LogState::Incomplete);
+    // Position semantics start after version, sha, name, args and mem_mib.
+    let args_len: usize = header().guest_args.iter().map(|a| 4 + a.len()).sum();
+    let counter_at = 20 + 2 + 32 + 4 + "ticker".len() + 4 + args_len + 4;
+    for (at, value) in [
+        (counter_at, 7u8),
+        (counter_at + 1, 2),
+        (counter_at + 2, 0xff),
+    ] {
+        let mut body = bytes[20..].to_vec();
+        body[at - 20] = value;
+        let mut image = bytes[..12].to_vec();
+        image.extend_from_slice(&framed(&body));
+        match decode_prefix(&image) {
+            Err(CodecError::Malformed { offset, .. }) => assert_eq!(offset, at as u64),
+            other => panic!("expected Malformed at {at}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn strict_header_utf8() {
+    let bytes = encode_prefix(&header(), LogState::Incomplete);
+    let mut body = bytes[20..].to_vec();
+    let name_at = 2 + 32 + 4;
+    body[name_at + 2] = 0xff;
+    let mut image = bytes[..12].to_vec();
+    image.extend_from_slice(&framed(&body));
+    match decode_prefix(&image) {
+        Err(CodecError::Malformed { offset, what }) => {
+            assert_eq!(offset, 20 + name_at as u64 + 2);
+            assert!(what.contains("UTF-8"), "{what}");
+        }
+        other => panic!("expected Malformed, got {other:?}"),
+    }
+}
+
+#[test]
+fn grown_length_field_is_corruption_not_truncation() {
+    let frame = Frame {
+        seq: 3,
+        t_ns: 9,
+        entry: Entry::ConsoleInput {
+            pos: precise(),
+            bytes: b"hello".to_vec(),
+        },
+    };
+    let mut bytes = encoded(&frame);
+    let real = (bytes.len() - ENVELOPE_LEN) as u32;
+    bytes[0..4].copy_from_slice(&(real + 100).to_le_bytes());
+    assert_eq!(decode_frame(&bytes, 64), Ok(None));
+    assert_eq!(
+        check_partial_frame(&bytes, 64),
+        Err(CodecError::CorruptLength {
+            offset: 64,
+            stated: real + 100,
+            actual: real
+        })
+    );
+}
+
+#[test]
+fn grown_header_length_is_corruption_not_truncation() {
+    let mut bytes = encode_prefix(&header(), LogState::Incomplete);
+    let real = (bytes.len() - 20) as u32;
+    bytes[12..16].copy_from_slice(&(real + 1).to_le_bytes());
+    assert_eq!(decode_prefix(&bytes), Ok(None));
+    assert!(matches!(
+        check_partial_prefix(&bytes),
+        Err(CodecError::CorruptLength { offset: 12, .. })
+    ));
+}
+
+#[test]
+fn kind_names_round_trip() {
+    for kind in EntryKind::ALL {
+        assert_eq!(EntryKind::from_name(kind.name()), Some(kind));
+        assert_eq!(EntryKind::from_u8(kind as u8), Some(kind));
+    }
+    assert_eq!(EntryKind::from_name("invalid"), None);
+    assert_eq!(EntryKind::from_u8(0), None);
+    assert_eq!(EntryKind::ConsoleInput.name(), "console-input");
+}
+
+#[test]
+fn position_accessors() {
+    assert_eq!(Position::AtExit { exits: 4 }.exits(), 4);
+    assert!(!Position::AtExit { exits: 4 }.is_precise());
+    assert_eq!(precise().exits(), 7);
+    assert!(precise().is_precise());
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_frames_round_trip(frame in strategies::frame(), base in any::<u32>()) {
+        let bytes = encoded(&frame);
+        prop_assert_eq!(decode_frame(&bytes, u64::from(base)), Ok(Some((frame, bytes.len()))));
+    }
+
+    #[test]
+    fn arbitrary_headers_round_trip(h in strategies::header(), complete in any::<bool>()) {
+        let state = if complete { LogState::Complete } else { LogState::Incomplete };
+        let bytes = encode_prefix(&h, state);
+        prop_assert_eq!(decode_prefix(&bytes), Ok(Some((h, state, bytes.len()))));
+    }
+
+    #[test]
+    fn frames_decode_from_a_stream(frames in proptest::collection::vec(strategies::frame(), 0..8)) {
+        let mut stream = Vec::new();
+        for f in &frames {
+            encode_frame(f, &mut stream);
+        }
+        let mut pos = 0;
+        let mut decoded = Vec::new();
+        while let Some((f, n)) = decode_frame(&stream[pos..], pos as u64).unwrap() {
+            decoded.push(f);
+            pos += n;
+        }
+        prop_assert_eq!(pos, stream.len());
+        prop_assert_eq!(decoded, frames);
+    }
+
+    #[test]
+    fn cut_frames_need_more_bytes_and_are_not_called_corrupt(frame in strategies::frame()) {
+        let bytes = encoded(&frame);
+        for cut in 0..bytes.len() {
+            prop_assert_eq!(decode_frame(&bytes[..cut], 0), Ok(None));
+            prop_assert_eq!(check_partial_frame(&bytes[..cut], 0), Ok(()));
+        }
+    }
+
+    #[test]
+    fn decode_frame_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256), base in any::<u64>()) {
+        let _ = decode_frame(&bytes, base);
+        let _ = check_partial_frame(&bytes, base);
+        let _ = decode_prefix(&bytes);
+        let _ = check_partial_prefix(&bytes);
+    }
+
+    #[test]
+    fn body_decoder_never_panics(body in proptest::collection::vec(any::<u8>(), 0..256), kind in 0u8..8) {
+        // Behind a valid CRC, so the body parser itself is exercised.
+        let mut body = body;
+        if let Some(b) = body.first_mut() {
+            *b = kind;
+        }
+        let _ = decode_frame(&framed(&body), 0);
+    }
+
+    #[test]
+    fn mutated_valid_bodies_never_panic(frame in strategies::frame(), at in any::<prop::sample::Index>(), value in any::<u8>()) {
+        let mut body = body_of(&frame);
+        let i = at.index(body.len());
+        body[i] = value;
+        if let Ok(Some((decoded, _))) = decode_frame(&framed(&body), 0) {
+            // Whatever decodes must re-encode to the same bytes (no lossy parse).
+            prop_assert_eq!(body_of(&decoded), body);
+        }
+    }
+}

@@ -1,0 +1,90 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::codec::CodecError;
+
+/// Failure reading or writing a log file.
+#[derive(Debug, Error)]
+pub enum LogError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The input ends before the header is complete. Not called corruption:
+    /// it is what a recorder that died right after creating the file leaves.
+    #[error("log truncated at byte {offset}: it ends inside the header")]
+    TruncatedHeader { offset: u64 },
+
+    #[error("log corrupt at byte {offset}: expected entry seq {expected}, found {found}")]
+    SeqGap {
+        offset: u64,
+        expected: u64,
+        found: u64,
+    },
+
+    #[error("log corrupt at byte {offset}: entry after the End entry")]
+    AfterEnd { offset: u64 },
+
+    /// `LogWriter::finish` was called without an `End` entry; the log stays
+    /// Incomplete because only a log that says how the run ended is complete.
+    #[error(
+        "cannot finish the log: no End entry was appended (next entry would be at byte {offset})"
+    )]
+    MissingEnd { offset: u64 },
+
+    /// Any of the above, for a log read from or written to a file.
+    #[error("{}: {source}", path.display())]
+    InFile {
+        path: PathBuf,
+        #[source]
+        source: Box<LogError>,
+    },
+}
+
+impl LogError {
+    /// The byte offset the error is about, if it is about bytes.
+    pub fn offset(&self) -> Option<u64> {
+        match self {
+            Self::Codec(e) => Some(e.offset()),
+            Self::Io { .. } => None,
+            Self::TruncatedHeader { offset }
+            | Self::SeqGap { offset, .. }
+            | Self::AfterEnd { offset }
+            | Self::MissingEnd { offset } => Some(*offset),
+            Self::InFile { source, .. } => source.offset(),
+        }
+    }
+
+    /// The error without its `InFile` context.
+    pub fn without_path(&self) -> &LogError {
+        match self {
+            Self::InFile { source, .. } => source.without_path(),
+            other => other,
+        }
+    }
+
+    pub(crate) fn in_file(self, path: Option<&std::path::Path>) -> Self {
+        match (path, self) {
+            (
+                Some(path),
+                e @ (Self::Codec(_)
+                | Self::TruncatedHeader { .. }
+                | Self::SeqGap { .. }
+                | Self::AfterEnd { .. }
+                | Self::MissingEnd { .. }),
+            ) => Self::InFile {
+                path: path.to_path_buf(),
+                source: Box::new(e),
+            },
+            // Io already names its path; InFile already has context.
+            (_, e) => e,
+        }
+    }
+}

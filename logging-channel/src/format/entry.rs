@@ -1,0 +1,148 @@
+use serde::Serialize;
+
+use super::{Position, Regs};
+
+/// Which host input a device read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[repr(u8)]
+pub enum InputSource {
+    Clock = 1,
+    WallClock = 2,
+}
+
+impl InputSource {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::Clock),
+            2 => Some(Self::WallClock),
+            _ => None,
+        }
+    }
+}
+
+/// Why the recorded run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum EndReason {
+    /// The guest powered off with this exit code.
+    PowerOff { code: u32 },
+    /// Triple fault.
+    Shutdown,
+    /// The recorder was stopped by the user or by a limit.
+    Stopped,
+}
+
+/// One nondeterministic event (or a checkpoint) of the recorded run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Entry {
+    /// A host input value a device read (clock etc.).
+    Input {
+        pos: Position,
+        source: InputSource,
+        value: u64,
+    },
+    /// An interrupt line raised by host timing (e.g. PIT tick).
+    Irq { pos: Position, line: u8 },
+    /// The CPU was given this interrupt vector here.
+    Inject { pos: Position, vector: u8 },
+    /// Bytes typed into the guest console.
+    ConsoleInput { pos: Position, bytes: Vec<u8> },
+    /// A checkpoint of machine state, for detecting divergence on replay.
+    Digest {
+        pos: Position,
+        regs: Regs,
+        cr0: u64,
+        cr3: u64,
+        cr4: u64,
+        efer: u64,
+        mem_hash: u64,
+        devices_hash: u64,
+    },
+    /// The recorded run ended here (last entry of a complete log).
+    End { pos: Position, reason: EndReason },
+}
+
+impl Entry {
+    pub fn kind(&self) -> EntryKind {
+        match self {
+            Self::Input { .. } => EntryKind::Input,
+            Self::Irq { .. } => EntryKind::Irq,
+            Self::Inject { .. } => EntryKind::Inject,
+            Self::ConsoleInput { .. } => EntryKind::ConsoleInput,
+            Self::Digest { .. } => EntryKind::Digest,
+            Self::End { .. } => EntryKind::End,
+        }
+    }
+
+    pub fn pos(&self) -> &Position {
+        match self {
+            Self::Input { pos, .. }
+            | Self::Irq { pos, .. }
+            | Self::Inject { pos, .. }
+            | Self::ConsoleInput { pos, .. }
+            | Self::Digest { pos, .. }
+            | Self::End { pos, .. } => pos,
+        }
+    }
+}
+
+/// The kind byte of an entry frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[repr(u8)]
+pub enum EntryKind {
+    /// Never written: reserved so that a zero-filled region (a common shape
+    /// of file damage) cannot decode as an entry.
+    Invalid = 0,
+    Input = 1,
+    Irq = 2,
+    Inject = 3,
+    ConsoleInput = 4,
+    Digest = 5,
+    End = 6,
+}
+
+impl EntryKind {
+    /// Every kind an entry can have (without `Invalid`).
+    pub const ALL: [EntryKind; 6] = [
+        Self::Input,
+        Self::Irq,
+        Self::Inject,
+        Self::ConsoleInput,
+        Self::Digest,
+        Self::End,
+    ];
+
+    /// Stable name for command lines and JSON output.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::Input => "input",
+            Self::Irq => "irq",
+            Self::Inject => "inject",
+            Self::ConsoleInput => "console-input",
+            Self::Digest => "digest",
+            Self::End => "end",
+        }
+    }
+
+    /// Inverse of [`EntryKind::name`]; `"invalid"` is not accepted because no
+    /// entry has that kind.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The kind for a kind byte; `None` for unknown values and for `Invalid`.
+    pub fn from_u8(value: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| *k as u8 == value)
+    }
+}
+
+/// An entry as it sits in a log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Frame {
+    /// 0-based, consecutive.
+    pub seq: u64,
+    /// Recorder's monotonic time since the start of recording. Informative
+    /// (durations, lag); replay ignores it.
+    pub t_ns: u64,
+    pub entry: Entry,
+}

@@ -1,0 +1,185 @@
+//! LogWriter and LogReader on real files.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{TempFile, temp_path};
+use logging_channel::{
+    CodecError, Completeness, IncompleteReason, LogError, LogReader, LogState, LogWriter,
+    MAX_FRAME_LEN, Position, Tail,
+};
+
+fn write_all(writer: &mut LogWriter) {
+    for (i, entry) in common::entries().iter().enumerate() {
+        let seq = writer.append(1_000 * i as u64, entry).unwrap();
+        assert_eq!(seq, i as u64);
+    }
+}
+
+#[test]
+fn finished_log_reads_back_complete() {
+    let file = TempFile(temp_path("finished"));
+    let mut writer = LogWriter::create(&file.0, &common::header()).unwrap();
+    write_all(&mut writer);
+    assert_eq!(writer.entries_written(), common::entries().len() as u64);
+    let bytes_written = writer.bytes_written();
+    writer.finish().unwrap();
+
+    let reader = LogReader::open(&file.0).unwrap();
+    assert_eq!(reader.header(), &common::header());
+    assert_eq!(reader.state(), LogState::Complete);
+    assert_eq!(reader.total_bytes(), bytes_written);
+    let frames: Vec<_> = reader.frames().map(|f| f.unwrap().1).collect();
+    assert_eq!(frames, common::frames());
+    assert_eq!(reader.tail().unwrap(), Tail::Clean);
+    assert_eq!(reader.completeness().unwrap(), Completeness::Complete);
+    // Byte-identical to the pure codec's image: the file layer adds nothing.
+    assert_eq!(
+        std::fs::read(&file.0).unwrap(),
+        common::log_image(LogState::Complete).0
+    );
+}
+
+#[test]
+fn dropped_writer_leaves_an_incomplete_readable_log() {
+    let file = TempFile(temp_path("dropped"));
+    let mut writer = LogWriter::create(&file.0, &common::header()).unwrap();
+    let entries = common::entries();
+    for entry in &entries[..3] {
+        writer.append(5, entry).unwrap();
+    }
+    writer.flush().unwrap();
+    drop(writer);
+
+    let reader = LogReader::open(&file.0).unwrap();
+    assert_eq!(reader.state(), LogState::Incomplete);
+    let read: Vec<_> = reader.frames().map(|f| f.unwrap().1.entry).collect();
+    assert_eq!(read, entries[..3]);
+    assert_eq!(
+        reader.completeness().unwrap(),
+        Completeness::Incomplete {
+            reason: IncompleteReason::NoEnd
+        }
+    );
+}
+
+#[test]
+fn flushed_entries_are_on_disk_while_the_writer_lives() {
+    let file = TempFile(temp_path("live"));
+    let mut writer = LogWriter::create(&file.0, &common::header()).unwrap();
+    // The prefix is flushed by create: an immediately crashed recorder
+    // still leaves a readable empty log.
+    assert_eq!(LogReader::open(&file.0).unwrap().frames().count(), 0);
+    writer.append(0, &common::entries()[0]).unwrap();
+    writer.flush().unwrap();
+    let reader = LogReader::open(&file.0).unwrap();
+    assert_eq!(reader.frames().count(), 1);
+    assert_eq!(reader.total_bytes(), writer.bytes_written());
+}
+
+#[test]
+fn writer_refuses_entries_after_end_and_finish_without_end() {
+    let file = TempFile(temp_path("after-end"));
+    let mut writer = LogWriter::create(&file.0, &common::header()).unwrap();
+    let entries = common::entries();
+    writer.append(0, &entries[0]).unwrap();
+    let at = writer.bytes_written();
+    let err = writer.finish().unwrap_err();
+    assert!(
+        matches!(err.without_path(), LogError::MissingEnd { offset } if *offset == at),
+        "{err}"
+    );
+    assert_eq!(
+        LogReader::open(&file.0).unwrap().state(),
+        LogState::Incomplete
+    );
+
+    let mut writer = LogWriter::create(&file.0, &common::header()).unwrap();
+    write_all(&mut writer);
+    let before = writer.bytes_written();
+    let err = writer.append(0, &entries[0]).unwrap_err();
+    assert!(
+        matches!(err.without_path(), LogError::AfterEnd { offset } if *offset == before),
+        "{err}"
+    );
+    assert_eq!(writer.bytes_written(), before);
+    writer.finish().unwrap();
+    assert_eq!(
+        LogReader::open(&file.0).unwrap().completeness().unwrap(),
+        Completeness::Complete
+    );
+}
+
+#[test]
+fn writer_refuses_oversized_frames() {
+    let file = TempFile(temp_path("oversized"));
+    let mut writer = LogWriter::create(&file.0, &common::header()).unwrap();
+    let before = writer.bytes_written();
+    let huge = logging_channel::Entry::ConsoleInput {
+        pos: Position::AtExit { exits: 1 },
+        bytes: vec![0; MAX_FRAME_LEN as usize],
+    };
+    let err = writer.append(0, &huge).unwrap_err();
+    assert!(
+        matches!(
+            err.without_path(),
+            LogError::Codec(CodecError::FrameTooLarge { offset, .. }) if *offset == before
+        ),
+        "{err}"
+    );
+    assert_eq!(writer.entries_written(), 0);
+    assert_eq!(writer.append(0, &common::entries()[0]).unwrap(), 0);
+}
+
+#[test]
+fn writer_refuses_a_header_of_another_version() {
+    let file = TempFile(temp_path("version"));
+    let mut header = common::header();
+    header.format_version = 2;
+    let err = LogWriter::create(&file.0, &header).unwrap_err();
+    assert!(
+        matches!(
+            err.without_path(),
+            LogError::Codec(CodecError::UnsupportedVersion { found: 2, .. })
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn errors_name_the_path_and_offset() {
+    let file = TempFile(temp_path("named"));
+    let (mut image, offsets) = common::log_image(LogState::Complete);
+    let at = offsets[2] as usize + 10;
+    image[at] ^= 0x40;
+    std::fs::write(&file.0, &image).unwrap();
+    let reader = LogReader::open(&file.0).unwrap();
+    let err = reader.frames().find_map(Result::err).unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains(&file.0.display().to_string()), "{msg}");
+    assert!(
+        msg.contains(&format!("log corrupt at byte {}: CRC mismatch", offsets[2])),
+        "{msg}"
+    );
+    assert_eq!(err.offset(), Some(offsets[2]));
+
+    std::fs::write(&file.0, b"not a log at all").unwrap();
+    let err = LogReader::open(&file.0).unwrap_err();
+    assert!(
+        err.to_string().contains(&file.0.display().to_string()),
+        "{err}"
+    );
+    assert!(err.to_string().contains("bad magic at byte 0"), "{err}");
+}
+
+#[test]
+fn missing_file_is_an_io_error_naming_the_path() {
+    let path = temp_path("missing");
+    let err = LogReader::open(&path).unwrap_err();
+    assert!(matches!(err, LogError::Io { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}

@@ -1,0 +1,122 @@
+//! `understudy run`: boot a guest, run it live, optionally record it.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+use logging_channel::format::{FORMAT_VERSION, Header};
+use vmm::clock::SystemClock;
+use vmm::live::{LiveOptions, run_live};
+use vmm::machine::{Machine, MachineConfig};
+use vmm::outcome::Outcome;
+use vmm::precise::PrecisePolicy;
+use vmm::sink::{FileSink, NullSink};
+
+use super::{CmdResult, host_description, position_semantics};
+use crate::guest_choice::Guest;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Built-in workload (`ticker`, `compute`) or the path of a PVH ELF guest image.
+    #[arg(long)]
+    pub guest: String,
+    /// Argument passed to the guest on its command line (repeatable), e.g. `ticks=10`, `user`.
+    #[arg(long = "guest-arg", value_name = "ARG")]
+    pub guest_args: Vec<String>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(4..=3072))]
+    pub mem_mib: u32,
+    /// Record a replay log to this file.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Microseconds a timer tick may wait for a guest exit before the vCPU is stopped for it.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    pub interrupt_bound_us: u64,
+    /// Milliseconds between state digests in the log.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub digest_interval_ms: u64,
+    /// Deliver interrupts only at guest exits, never mid-execution (the portable fallback).
+    #[arg(long)]
+    pub no_precise: bool,
+    /// Print run statistics to stderr at the end.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+pub fn run(args: &RunArgs) -> CmdResult {
+    let guest = Guest::resolve(&args.guest, &args.guest_args)?;
+    let mut machine = Machine::new(&MachineConfig {
+        mem_mib: args.mem_mib,
+        image: &guest.image,
+        cmdline: guest.cmdline.clone(),
+    })?;
+    let policy = if args.no_precise {
+        PrecisePolicy::NONE
+    } else {
+        PrecisePolicy::default()
+    };
+    let opts = LiveOptions {
+        interrupt_bound: Duration::from_micros(args.interrupt_bound_us),
+        digest_interval: Duration::from_millis(args.digest_interval_ms),
+        precise: policy,
+        ..LiveOptions::default()
+    };
+    let clock = SystemClock::new();
+    let stdout = std::io::stdout();
+    let mut console = std::io::LineWriter::new(stdout.lock());
+    let (result, log_info) = match &args.record {
+        Some(path) => {
+            let header = Header {
+                format_version: FORMAT_VERSION,
+                guest_image_sha256: guest.sha256(),
+                guest_name: guest.name.clone(),
+                guest_args: args.guest_args.clone(),
+                mem_mib: args.mem_mib,
+                position: position_semantics(machine.counter.kind(), policy),
+                digest_interval_ms: args.digest_interval_ms as u32,
+                recorded_at_unix_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+                host: host_description(),
+            };
+            let mut sink = FileSink::create(path, &header)?;
+            let result = run_live(&mut machine, &clock, &mut sink, &mut console, &opts);
+            let info = (sink.entries(), sink.bytes());
+            // Only a run that reached its end is marked complete; a failed one stays incomplete
+            // but keeps every entry written so far.
+            if result.is_ok() {
+                sink.finish()?;
+            }
+            (result, Some(info))
+        }
+        None => (
+            run_live(&mut machine, &clock, &mut NullSink, &mut console, &opts),
+            None,
+        ),
+    };
+    console.flush()?;
+    let (outcome, stats) = result?;
+    if args.stats {
+        eprintln!(
+            "run: {:.3} s wall, {} exits, {} kicks ({} deferred), interrupts {} at exit + {} precise, {} digests, idle {:.3} s",
+            stats.wall.as_secs_f64(),
+            stats.exits,
+            stats.stops,
+            stats.deferred_stops,
+            stats.interrupts_at_exit,
+            stats.interrupts_precise,
+            stats.digests,
+            stats.idle.as_secs_f64()
+        );
+        if let Some((entries, bytes)) = log_info {
+            eprintln!("run: log {entries} entries, {bytes} bytes");
+        }
+    }
+    Ok(match outcome {
+        Outcome::PowerOff { code } => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
+        Outcome::Stopped => ExitCode::SUCCESS,
+    })
+}

@@ -1,0 +1,54 @@
+//! `understudy`: fault-tolerant virtual machines on Linux/KVM.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod commands;
+mod guest_choice;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "understudy",
+    version,
+    about = "Fault-tolerant virtual machines on Linux/KVM: run, record, replay, inspect"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot a guest and run it (optionally recording a replay log).
+    Run(commands::run::RunArgs),
+    /// Replay a log: reproduce the recorded run exactly and verify every digest.
+    Replay(commands::replay::ReplayArgs),
+    /// Inspect replay logs.
+    #[command(subcommand)]
+    Log(commands::log::LogCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("UNDERSTUDY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Run(args) => commands::run::run(&args),
+        Command::Replay(args) => commands::replay::run(&args),
+        Command::Log(cmd) => commands::log::run(&cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("understudy: error: {}", commands::error_chain(err.as_ref()));
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Builds the freestanding guest kernel (`guest/`, its own workspace) and hands its ELF to the
+//! VMM, which embeds it. The guest needs its own target flags (no start files, static, linker
+//! script), so it is a nested cargo build rather than a workspace member.
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let guest_dir = manifest.parent().expect("vmm/ has a parent").join("guest");
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    for path in [
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        "link.ld",
+        "build.rs",
+        ".cargo/config.toml",
+    ] {
+        println!("cargo:rerun-if-changed={}", guest_dir.join(path).display());
+    }
+
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "--locked", "--offline"])
+        .current_dir(&guest_dir);
+    // The outer build's settings must not leak into the guest's: its flags come from
+    // guest/.cargo/config.toml, and host RUSTFLAGS would break the freestanding link.
+    for (key, _) in env::vars() {
+        if (key.starts_with("CARGO_") && key != "CARGO_HOME")
+            || key == "RUSTFLAGS"
+            || key == "RUSTDOCFLAGS"
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    let status = cmd.status().expect("running cargo for the guest");
+    assert!(
+        status.success(),
+        "building the guest kernel (guest/) failed"
+    );
+
+    let elf = guest_dir.join("target/x86_64-unknown-linux-gnu/release/understudy-guest");
+    let dest = out_dir.join("understudy-guest.elf");
+    std::fs::copy(&elf, &dest).unwrap_or_else(|e| panic!("copying {} failed: {e}", elf.display()));
+}

@@ -1,0 +1,132 @@
+//! QEMU's `isa-debug-exit` device at port 0xf4: a guest (typically a test kernel) writes an
+//! exit code and the VMM stops the VM with it.
+//!
+//! The raw value is recorded, zero-extended from the access width; QEMU's convention of
+//! exiting with `(value << 1) | 1` is left to the VMM. Only accesses starting at 0xf4 count.
+//! A second write before the VMM collects the first replaces it.
+
+use super::pic::StateHasher;
+use super::{DeviceEnv, PioDevice};
+
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+
+/// The isa-debug-exit port.
+#[derive(Debug, Clone, Default)]
+pub struct DebugExit {
+    request: Option<u32>,
+}
+
+impl DebugExit {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The code the guest wrote since the last call, if any; clears it.
+    pub fn take_exit_request(&mut self) -> Option<u32> {
+        self.request.take()
+    }
+}
+
+impl PioDevice for DebugExit {
+    /// Nothing is readable: the bus floats.
+    fn read(&mut self, _port: u16, data: &mut [u8], _env: &mut dyn DeviceEnv) {
+        data.fill(0xff);
+    }
+
+    fn write(&mut self, port: u16, data: &[u8], _env: &mut dyn DeviceEnv) {
+        if port != DEBUG_EXIT_PORT {
+            return;
+        }
+        let mut bytes = [0u8; 4];
+        let len = data.len().min(bytes.len());
+        bytes[..len].copy_from_slice(&data[..len]);
+        self.request = Some(u32::from_le_bytes(bytes));
+    }
+
+    /// Covers the uncollected exit request.
+    fn state_hash(&self) -> u64 {
+        StateHasher::new(b"isa-debug-exit")
+            .bool(self.request.is_some())
+            .u32(self.request.unwrap_or(0))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::FakeEnv;
+
+    fn write(dev: &mut DebugExit, port: u16, data: &[u8]) {
+        dev.write(port, data, &mut FakeEnv::default());
+    }
+
+    #[test]
+    fn nothing_requested_initially() {
+        let mut dev = DebugExit::new();
+        assert_eq!(dev.take_exit_request(), None);
+    }
+
+    #[test]
+    fn byte_write_requests_exit_once() {
+        let mut dev = DebugExit::new();
+        write(&mut dev, DEBUG_EXIT_PORT, &[0x31]);
+        assert_eq!(dev.take_exit_request(), Some(0x31));
+        assert_eq!(dev.take_exit_request(), None, "request is consumed");
+    }
+
+    #[test]
+    fn zero_is_a_valid_code() {
+        let mut dev = DebugExit::new();
+        write(&mut dev, DEBUG_EXIT_PORT, &[0]);
+        assert_eq!(dev.take_exit_request(), Some(0));
+    }
+
+    #[test]
+    fn wider_writes_are_zero_extended_little_endian() {
+        let mut dev = DebugExit::new();
+        write(&mut dev, DEBUG_EXIT_PORT, &[0x34, 0x12]);
+        assert_eq!(dev.take_exit_request(), Some(0x1234));
+        write(&mut dev, DEBUG_EXIT_PORT, &[0x78, 0x56, 0x34, 0x12]);
+        assert_eq!(dev.take_exit_request(), Some(0x1234_5678));
+        write(&mut dev, DEBUG_EXIT_PORT, &[0xff]);
+        assert_eq!(dev.take_exit_request(), Some(0xff), "no sign extension");
+    }
+
+    #[test]
+    fn later_write_replaces_an_uncollected_one() {
+        let mut dev = DebugExit::new();
+        write(&mut dev, DEBUG_EXIT_PORT, &[1]);
+        write(&mut dev, DEBUG_EXIT_PORT, &[2]);
+        assert_eq!(dev.take_exit_request(), Some(2));
+    }
+
+    #[test]
+    fn writes_not_starting_at_0xf4_are_ignored() {
+        let mut dev = DebugExit::new();
+        write(&mut dev, DEBUG_EXIT_PORT + 1, &[7]);
+        assert_eq!(dev.take_exit_request(), None);
+    }
+
+    #[test]
+    fn reads_return_all_ones_at_every_width() {
+        let mut dev = DebugExit::new();
+        for width in [1usize, 2, 4] {
+            let mut data = vec![0u8; width];
+            dev.read(DEBUG_EXIT_PORT, &mut data, &mut FakeEnv::default());
+            assert!(data.iter().all(|&b| b == 0xff), "width {width}");
+        }
+        assert_eq!(dev.take_exit_request(), None, "reads request nothing");
+    }
+
+    #[test]
+    fn state_hash_reflects_a_pending_request() {
+        let mut dev = DebugExit::new();
+        let idle = dev.state_hash();
+        write(&mut dev, DEBUG_EXIT_PORT, &[0]);
+        let pending_zero = dev.state_hash();
+        assert_ne!(pending_zero, idle, "a pending 0 differs from no request");
+        dev.take_exit_request();
+        assert_eq!(dev.state_hash(), idle);
+    }
+}

@@ -1,0 +1,44 @@
+//! Emulated PC devices. Every device sits behind the [`crate::bus::Bus`] and sees the outside
+//! world only through [`DeviceEnv`], the one seam where record and replay plug in.
+
+pub mod debug_exit;
+pub mod pic;
+pub mod pit;
+pub mod rtc;
+pub mod serial;
+
+/// What a device may ask of the world outside the guest. Every method here is a source of
+/// non-determinism: the recorder logs what it returns, the replayer answers from the log.
+pub trait DeviceEnv {
+    /// Monotonic virtual clock in nanoseconds (never goes backwards).
+    fn clock_ns(&mut self) -> u64;
+    /// Wall-clock time, seconds since the Unix epoch (UTC).
+    fn wall_clock_unix_secs(&mut self) -> u64;
+}
+
+/// A device on the port-I/O bus. `port` is the absolute I/O port (a device may own several
+/// ranges, as the 8259 pair does). Data is little-endian; `data.len()` is 1, 2 or 4.
+pub trait PioDevice: Send {
+    fn read(&mut self, port: u16, data: &mut [u8], env: &mut dyn DeviceEnv);
+    fn write(&mut self, port: u16, data: &[u8], env: &mut dyn DeviceEnv);
+    /// A stable hash of the device's guest-visible state, folded into replay digests.
+    fn state_hash(&self) -> u64;
+}
+
+/// A fixed environment for unit tests: a clock you set by hand.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct FakeEnv {
+    pub now_ns: u64,
+    pub wall_secs: u64,
+}
+
+#[cfg(test)]
+impl DeviceEnv for FakeEnv {
+    fn clock_ns(&mut self) -> u64 {
+        self.now_ns
+    }
+    fn wall_clock_unix_secs(&mut self) -> u64 {
+        self.wall_secs
+    }
+}

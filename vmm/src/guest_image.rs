@@ -1,0 +1,17 @@
+//! The built-in guest kernel, compiled from `guest/` by the build script and embedded here, so
+//! `understudy run --guest compute` needs no file on disk.
+
+use sha2::{Digest, Sha256};
+
+pub static BUILTIN_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/understudy-guest.elf"));
+
+/// Workloads of the built-in guest.
+pub const BUILTIN_WORKLOADS: [&str; 2] = ["ticker", "compute"];
+
+pub fn sha256(image: &[u8]) -> [u8; 32] {
+    Sha256::digest(image).into()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,20 @@
+//! understudy's VMM: one uniprocessor KVM guest on standard PC devices, run live, recorded, or
+//! replayed from a log. See docs/design.md for threads, data flow and position semantics.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod boot;
+pub mod bus;
+pub mod clock;
+pub mod devices;
+pub mod digest;
+pub mod exit;
+pub mod guest_image;
+pub mod live;
+pub mod machine;
+pub mod outcome;
+pub mod precise;
+pub mod replay;
+pub mod sink;
+pub mod source;
+pub mod ticker;
+pub mod vcpu;

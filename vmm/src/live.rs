@@ -1,0 +1,313 @@
+//! Running a guest live: a plain run, or a recording. The two share every line of the vCPU loop;
+//! a plain run just has a sink that logs nothing.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use logging_channel::format::{EndReason, Entry, InputSource, Position};
+
+use crate::clock::{HostClock, SystemClock};
+use crate::devices::DeviceEnv;
+use crate::digest::StateDigest;
+use crate::exit::{ExitError, Stop, handle_exit};
+use crate::machine::Machine;
+use crate::outcome::{Outcome, RunError, RunStats};
+use crate::precise::PrecisePolicy;
+use crate::sink::{LogSink, SinkError};
+use crate::ticker::{TickSchedule, Ticker};
+use crate::vcpu::kick::{self, Kicker};
+use crate::vcpu::{cpl, regs_from_kvm};
+
+/// PIT interrupts arrive on line 0 of the master 8259.
+pub const TIMER_IRQ: u8 = 0;
+
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    /// How long a tick may wait for a guest exit before the vCPU is stopped to take it.
+    pub interrupt_bound: Duration,
+    /// Time between state digests (recording only).
+    pub digest_interval: Duration,
+    pub precise: PrecisePolicy,
+    /// Flush the log at least this often, so a crash loses little.
+    pub flush_interval: Duration,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        Self {
+            interrupt_bound: Duration::from_micros(500),
+            digest_interval: Duration::from_millis(250),
+            precise: PrecisePolicy::default(),
+            flush_interval: Duration::from_millis(50),
+        }
+    }
+}
+
+/// The recorder's side of the device seam: real time, written down.
+struct RecordEnv<'a> {
+    clock: &'a SystemClock,
+    /// Inputs read during the exit being handled, with their values.
+    inputs: &'a mut Vec<(InputSource, u64)>,
+}
+
+impl DeviceEnv for RecordEnv<'_> {
+    fn clock_ns(&mut self) -> u64 {
+        let v = self.clock.monotonic_ns();
+        self.inputs.push((InputSource::Clock, v));
+        v
+    }
+    fn wall_clock_unix_secs(&mut self) -> u64 {
+        let v = self.clock.wall_unix_secs();
+        self.inputs.push((InputSource::WallClock, v));
+        v
+    }
+}
+
+struct Recorder<'a> {
+    m: &'a mut Machine,
+    clock: &'a SystemClock,
+    sink: &'a mut dyn LogSink,
+    console: &'a mut dyn Write,
+    opts: &'a LiveOptions,
+    stats: RunStats,
+    exits: u64,
+    pending_ticks: u64,
+}
+
+impl Recorder<'_> {
+    fn log(&mut self, entry: Entry) -> Result<(), SinkError> {
+        self.stats.entries += 1;
+        self.sink.append(self.clock.monotonic_ns(), &entry)
+    }
+
+    /// Where the vCPU stands after a VMM-initiated stop, if an interrupt may land there.
+    fn precise_position(&self) -> Result<Option<Position>, RunError> {
+        let level = cpl(&self.m.vcpu.sregs());
+        if !self.opts.precise.allows(level, self.m.counter.kind()) {
+            return Ok(None);
+        }
+        let counter = self.m.counter.read()?;
+        Ok(Some(Position::Precise {
+            exits: self.exits,
+            counter,
+            regs: regs_from_kvm(&self.m.vcpu.regs()),
+        }))
+    }
+
+    /// Raises the timer line if ticks are pending and hands the CPU whatever the PIC has, if
+    /// the guest can take it here. Returns whether an interrupt was injected.
+    fn deliver(&mut self, pos: Position) -> Result<bool, RunError> {
+        if self.pending_ticks > 0 {
+            self.pending_ticks = 0;
+            // An edge: the PIT's output pulses once per period.
+            self.m.bus.devices.pic.raise_irq(TIMER_IRQ);
+            self.m.bus.devices.pic.lower_irq(TIMER_IRQ);
+            self.log(Entry::Irq {
+                pos: pos.clone(),
+                line: TIMER_IRQ,
+            })?;
+        }
+        if self.m.bus.devices.pic.pending_vector().is_none() || !self.m.vcpu.ready_for_interrupt() {
+            tracing::trace!(?pos, pending = ?self.m.bus.devices.pic.pending_vector(), ready = self.m.vcpu.ready_for_interrupt(), "interrupt not deliverable");
+            return Ok(false);
+        }
+        let Some(vector) = self.m.bus.devices.pic.acknowledge() else {
+            return Ok(false);
+        };
+        self.m.vcpu.inject(vector)?;
+        if pos.is_precise() {
+            self.stats.interrupts_precise += 1;
+        } else {
+            self.stats.interrupts_at_exit += 1;
+        }
+        self.log(Entry::Inject { pos, vector })?;
+        Ok(true)
+    }
+
+    fn digest(&mut self) -> Result<(), RunError> {
+        let d = StateDigest::take(self.m);
+        self.stats.digests += 1;
+        self.log(d.into_entry(Position::AtExit { exits: self.exits }))?;
+        Ok(())
+    }
+
+    fn forward_console(&mut self) -> Result<(), RunError> {
+        let out = self.m.bus.devices.serial.take_output();
+        if !out.is_empty() {
+            self.console.write_all(&out).map_err(RunError::Console)?;
+        }
+        Ok(())
+    }
+
+    fn pit_schedule(&self) -> Option<TickSchedule> {
+        let pit = &self.m.bus.devices.pit;
+        Some(TickSchedule {
+            epoch_ns: pit.channel0_epoch_ns()?,
+            period_ns: pit.channel0_period_ns()?,
+        })
+    }
+
+    fn run(&mut self) -> Result<Outcome, RunError> {
+        let kicker = Kicker::for_current_thread();
+        kick::publish(self.m.vcpu.immediate_exit_ptr()).map_err(RunError::Signal)?;
+        let mut ticker = Ticker::spawn(self.clock.start(), kicker, self.opts.interrupt_bound)
+            .map_err(RunError::Thread)?;
+        let recording = self.sink.is_recording();
+        let mut last_digest = Instant::now();
+        let mut last_flush = Instant::now();
+        let mut inputs = Vec::new();
+        loop {
+            self.m.vcpu.clear_immediate_exit();
+            let stop = {
+                let mut env = RecordEnv {
+                    clock: self.clock,
+                    inputs: &mut inputs,
+                };
+                handle_exit(self.m.vcpu.fd.run(), &mut self.m.bus, &mut env)
+            }
+            .map_err(|e| RunError::with_state(e, &self.m.vcpu, self.m.memory()))?;
+            if stop.is_guest_exit() {
+                self.exits += 1;
+                self.stats.exits += 1;
+                tracing::trace!(
+                    exits = self.exits,
+                    counter = self.m.counter.read().unwrap_or(0),
+                    rip = self.m.vcpu.regs().rip,
+                    "EXIT"
+                );
+            } else {
+                self.stats.stops += 1;
+            }
+            let at_exit = Position::AtExit { exits: self.exits };
+            for (source, value) in inputs.drain(..) {
+                self.stats.entries += 1;
+                self.sink.append(
+                    self.clock.monotonic_ns(),
+                    &Entry::Input {
+                        pos: at_exit.clone(),
+                        source,
+                        value,
+                    },
+                )?;
+            }
+            self.forward_console()?;
+            if let Stop::Io {
+                port: 0x40..=0x43,
+                write: true,
+            } = stop
+            {
+                ticker.set_schedule(self.pit_schedule());
+            }
+            match stop {
+                Stop::Shutdown => {
+                    self.log(Entry::End {
+                        pos: at_exit,
+                        reason: EndReason::Shutdown,
+                    })?;
+                    self.sink.flush()?;
+                    return Err(RunError::triple_fault(&self.m.vcpu));
+                }
+                Stop::Debug { pc } => {
+                    return Err(RunError::Exit(ExitError::Unexpected(format!(
+                        "debug exit at {pc:#x}"
+                    ))));
+                }
+                _ => {}
+            }
+            if let Some(code) = self.m.bus.devices.debug_exit.take_exit_request() {
+                if recording {
+                    self.digest()?;
+                }
+                self.log(Entry::End {
+                    pos: at_exit,
+                    reason: EndReason::PowerOff { code },
+                })?;
+                self.sink.flush()?;
+                self.console.flush().map_err(RunError::Console)?;
+                return Ok(Outcome::PowerOff { code });
+            }
+
+            self.pending_ticks += ticker.take();
+            let pos = if stop.is_guest_exit() {
+                Some(at_exit.clone())
+            } else {
+                self.precise_position()?
+            };
+            if recording
+                && stop.is_guest_exit()
+                && last_digest.elapsed() >= self.opts.digest_interval
+            {
+                self.digest()?;
+                last_digest = Instant::now();
+            }
+            let mut injected = false;
+            if let Some(pos) = pos {
+                injected = self.deliver(pos)?;
+            } else if self.pending_ticks > 0 {
+                self.stats.deferred_stops += 1;
+            }
+            if stop == Stop::Halt {
+                self.idle(&ticker, injected, &at_exit)?;
+            }
+            if last_flush.elapsed() >= self.opts.flush_interval {
+                self.sink.flush()?;
+                self.console.flush().map_err(RunError::Console)?;
+                last_flush = Instant::now();
+            }
+        }
+    }
+
+    /// The guest halted: wait for a tick and deliver it at the `hlt` exit.
+    fn idle(
+        &mut self,
+        ticker: &Ticker,
+        mut injected: bool,
+        at_exit: &Position,
+    ) -> Result<(), RunError> {
+        let started = Instant::now();
+        while !injected {
+            if !self.m.vcpu.ready_for_interrupt() {
+                return Err(RunError::halted(&self.m.vcpu, "interrupts disabled"));
+            }
+            if !ticker.is_running() && self.m.bus.devices.pic.pending_vector().is_none() {
+                return Err(RunError::halted(
+                    &self.m.vcpu,
+                    "no timer programmed and no interrupt pending",
+                ));
+            }
+            self.pending_ticks += ticker.wait(Duration::from_millis(100));
+            if self.pending_ticks > 0 || self.m.bus.devices.pic.pending_vector().is_some() {
+                injected = self.deliver(at_exit.clone())?;
+            }
+        }
+        self.stats.idle += started.elapsed();
+        Ok(())
+    }
+}
+
+/// Runs the machine until the guest powers off (or fails), logging into `sink`.
+pub fn run_live(
+    m: &mut Machine,
+    clock: &SystemClock,
+    sink: &mut dyn LogSink,
+    console: &mut dyn Write,
+    opts: &LiveOptions,
+) -> Result<(Outcome, RunStats), RunError> {
+    let started = Instant::now();
+    let mut rec = Recorder {
+        m,
+        clock,
+        sink,
+        console,
+        opts,
+        stats: RunStats::default(),
+        exits: 0,
+        pending_ticks: 0,
+    };
+    let outcome = rec.run();
+    let _ = rec.console.flush();
+    let _ = rec.sink.flush();
+    let mut stats = rec.stats;
+    stats.wall = started.elapsed();
+    outcome.map(|o| (o, stats))
+}

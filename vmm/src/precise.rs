@@ -1,0 +1,220 @@
+//! Where an interrupt may land mid-execution, and how replay gets back to such a place.
+//!
+//! A precise position is (guest exits so far, instruction counter, all registers). Recording one
+//! is cheap: stop the vCPU, read the counter and the registers. Replaying one is the hard part:
+//! nothing on this host interrupts the guest after N instructions, so the replayer approaches
+//! the count in steps, as rr does with its branch counter: timed kicks aimed well short of the
+//! target while it is far away, then a hardware breakpoint on the recorded `rip` (each hit
+//! costs a step-over, so it is used only for the last few passes), or single steps when the
+//! remaining distance is a handful of instructions.
+
+use logging_channel::format::CounterKind;
+
+/// At which privilege levels interrupts may land mid-execution on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrecisePolicy {
+    pub cpl0: bool,
+    pub cpl3: bool,
+}
+
+impl Default for PrecisePolicy {
+    /// On PVM: CPL0 yes (exact counter, working breakpoints and single-step); CPL3 no (the
+    /// counter does not see native CPL3 code and guest debugging does not work there).
+    fn default() -> Self {
+        Self {
+            cpl0: true,
+            cpl3: false,
+        }
+    }
+}
+
+impl PrecisePolicy {
+    pub const NONE: Self = Self {
+        cpl0: false,
+        cpl3: false,
+    };
+
+    pub fn allows(&self, cpl: u8, counter: CounterKind) -> bool {
+        if counter == CounterKind::None {
+            return false;
+        }
+        match cpl {
+            0 => self.cpl0,
+            3 => self.cpl3,
+            _ => false,
+        }
+    }
+}
+
+/// What the replayer does next to reach a recorded count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ApproachStep {
+    /// Let the guest run and kick it after this many nanoseconds.
+    Kick { after_ns: u64 },
+    /// Run to the recorded `rip` with a hardware breakpoint.
+    Breakpoint,
+    /// Execute exactly one instruction.
+    SingleStep,
+}
+
+/// Tuning of the approach, measured on this host (see docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ApproachTuning {
+    /// Rate assumed before any has been measured, ns per counted instruction. Deliberately
+    /// fast (PVM's simplest instructions take ~280 ns) so the first kicks land short.
+    pub initial_insn_ns: f64,
+    /// Time from a timer's expiry to the vCPU's stop during which the guest keeps running, ns.
+    pub kick_latency_ns: f64,
+    /// Fraction of the remaining distance each kick aims to cover. Leaves room for the guest
+    /// to run up to 1/aim times faster than estimated without passing the target.
+    pub aim: f64,
+    /// Kicks shorter than this are not worth a round trip: use breakpoints instead, ns.
+    pub min_kick_ns: f64,
+    /// Below this distance, single-step instead of breakpoints.
+    pub single_step_within: u64,
+}
+
+impl Default for ApproachTuning {
+    fn default() -> Self {
+        Self {
+            initial_insn_ns: 200.0,
+            kick_latency_ns: 15_000.0,
+            aim: 0.4,
+            min_kick_ns: 20_000.0,
+            single_step_within: 8,
+        }
+    }
+}
+
+/// Decides the next step for `remaining` instructions to go when the guest currently executes
+/// about `insn_ns` nanoseconds per counted instruction. Pure, so it is tested exhaustively.
+pub fn plan(remaining: u64, insn_ns: f64, t: &ApproachTuning) -> ApproachStep {
+    if remaining <= t.single_step_within {
+        return ApproachStep::SingleStep;
+    }
+    // The guest runs for `after_ns` plus the kick latency; that must stay within `aim` of the
+    // distance at the estimated rate.
+    let budget_ns = remaining as f64 * insn_ns * t.aim - t.kick_latency_ns;
+    if budget_ns < t.min_kick_ns {
+        return ApproachStep::Breakpoint;
+    }
+    ApproachStep::Kick {
+        after_ns: budget_ns as u64,
+    }
+}
+
+/// Running estimate of how fast the counter advances, from the replay's own kicks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateEstimate {
+    insn_ns: f64,
+}
+
+impl RateEstimate {
+    pub fn new(t: &ApproachTuning) -> Self {
+        Self {
+            insn_ns: t.initial_insn_ns,
+        }
+    }
+
+    pub fn insn_ns(&self) -> f64 {
+        self.insn_ns
+    }
+
+    /// Learns from a kick that let the guest run `ran` counted instructions in `ran_ns`.
+    /// Faster samples are taken at once (the safe direction), slower ones only gradually, so
+    /// one slow stretch (the guest in native CPL3 code, the host busy) cannot make the next
+    /// kick aim too far.
+    pub fn observe(&mut self, ran: u64, ran_ns: f64) {
+        if ran < 16 || ran_ns <= 0.0 {
+            return;
+        }
+        let sample = ran_ns / ran as f64;
+        self.insn_ns = if sample < self.insn_ns {
+            sample
+        } else {
+            self.insn_ns * 0.8 + sample * 0.2
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_needs_a_counter() {
+        let p = PrecisePolicy::default();
+        assert!(p.allows(0, CounterKind::PvmInsnEmulation));
+        assert!(!p.allows(3, CounterKind::PvmInsnEmulation));
+        assert!(!p.allows(0, CounterKind::None));
+        assert!(!PrecisePolicy::NONE.allows(0, CounterKind::PvmInsnEmulation));
+    }
+
+    #[test]
+    fn near_targets_are_stepped_then_breakpointed_then_kicked() {
+        let t = ApproachTuning::default();
+        assert_eq!(plan(0, 1000.0, &t), ApproachStep::SingleStep);
+        assert_eq!(
+            plan(t.single_step_within, 1000.0, &t),
+            ApproachStep::SingleStep
+        );
+        assert_eq!(
+            plan(t.single_step_within + 1, 1000.0, &t),
+            ApproachStep::Breakpoint
+        );
+        assert_eq!(plan(50, 1000.0, &t), ApproachStep::Breakpoint);
+        assert!(matches!(
+            plan(1_000_000, 1000.0, &t),
+            ApproachStep::Kick { .. }
+        ));
+    }
+
+    #[test]
+    fn a_kick_never_aims_past_the_target_even_if_the_guest_runs_faster_than_estimated() {
+        let t = ApproachTuning::default();
+        for insn_ns in [150.0, 280.0, 1000.0, 3000.0] {
+            for remaining in (0..2_000_000u64).step_by(997) {
+                if let ApproachStep::Kick { after_ns } = plan(remaining, insn_ns, &t) {
+                    // Up to 1/aim (2.5x) faster than estimated still stops short.
+                    let worst = (after_ns as f64 + t.kick_latency_ns) / (insn_ns * t.aim * 1.0001);
+                    assert!(
+                        worst <= remaining as f64,
+                        "{insn_ns} ns/insn, remaining {remaining}: may overshoot"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kicks_shrink_geometrically() {
+        let t = ApproachTuning::default();
+        let insn_ns = 1000.0;
+        let mut remaining = 1_000_000u64;
+        let mut kicks = 0;
+        while let ApproachStep::Kick { after_ns } = plan(remaining, insn_ns, &t) {
+            remaining -= ((after_ns as f64 + t.kick_latency_ns) / insn_ns) as u64;
+            kicks += 1;
+        }
+        assert!(kicks <= 20, "{kicks} kicks");
+        assert!(
+            remaining < 200,
+            "ended kicking {remaining} instructions away"
+        );
+    }
+
+    #[test]
+    fn rate_estimate_follows_faster_samples_at_once_and_slower_ones_slowly() {
+        let t = ApproachTuning::default();
+        let mut r = RateEstimate::new(&t);
+        r.observe(1000, 100_000.0);
+        assert_eq!(r.insn_ns(), 100.0);
+        r.observe(1000, 1_000_000.0);
+        assert!((r.insn_ns() - 280.0).abs() < 1e-9);
+        r.observe(10, 1.0);
+        assert!(
+            (r.insn_ns() - 280.0).abs() < 1e-9,
+            "tiny samples are ignored"
+        );
+    }
+}

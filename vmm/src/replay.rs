@@ -1,0 +1,549 @@
+//! Replaying a log: the guest runs with every outside input and interrupt taken from the log,
+//! at the recorded positions, and every digest is checked. The first mismatch stops replay and
+//! says where and what.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use logging_channel::format::{EndReason, Entry, Frame, InputSource, Position, Regs};
+
+use crate::devices::DeviceEnv;
+use crate::digest::{StateDigest, format_regs, regs_differences};
+use crate::exit::{Stop, handle_exit};
+use crate::machine::Machine;
+use crate::outcome::{Outcome, RunError, RunStats};
+use crate::precise::{ApproachStep, ApproachTuning, RateEstimate, plan};
+use crate::source::{EntrySource, SourceError};
+use crate::vcpu::kick::{self, ThreadTimer};
+use crate::vcpu::{cpl, regs_from_kvm};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("replay diverged at entry #{seq} ({entry}): {what}")]
+    Divergence {
+        seq: u64,
+        entry: String,
+        what: String,
+    },
+    #[error("the log ends after entry {} (it is incomplete); replayed everything up to there, {exits} guest exits", last_seq.map_or("(none)".to_string(), |s| format!("#{s}")))]
+    LogEnded { last_seq: Option<u64>, exits: u64 },
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// One line naming an entry, for messages.
+pub fn describe(entry: &Entry) -> String {
+    let pos = describe_pos(entry.pos());
+    match entry {
+        Entry::Input { source, value, .. } => format!("input {source:?}={value} at {pos}"),
+        Entry::Irq { line, .. } => format!("irq line {line} at {pos}"),
+        Entry::Inject { vector, .. } => format!("inject vector {vector:#x} at {pos}"),
+        Entry::ConsoleInput { bytes, .. } => {
+            format!("console input of {} bytes at {pos}", bytes.len())
+        }
+        Entry::Digest { .. } => format!("digest at {pos}"),
+        Entry::End { reason, .. } => format!("end ({reason:?}) at {pos}"),
+    }
+}
+
+pub fn describe_pos(pos: &Position) -> String {
+    match pos {
+        Position::AtExit { exits } => format!("exit {exits}"),
+        Position::Precise {
+            exits,
+            counter,
+            regs,
+        } => {
+            format!("exit {exits} + counter {counter}, rip {:#x}", regs.rip)
+        }
+    }
+}
+
+/// Where the replayed vCPU stands relative to recorded positions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Here {
+    /// Stopped at guest exit N, nothing executed since.
+    AtExit(u64),
+    /// Stopped exactly at a recorded mid-execution position.
+    Precise { exits: u64, counter: u64 },
+}
+
+struct ReplayEnv<'a> {
+    source: &'a mut dyn EntrySource,
+    /// Number the exit being handled will get.
+    exit: u64,
+    failure: Option<ReplayError>,
+}
+
+impl ReplayEnv<'_> {
+    fn take(&mut self, want: InputSource) -> u64 {
+        if self.failure.is_some() {
+            return 0;
+        }
+        let exit = self.exit;
+        match self.source.peek() {
+            Ok(Some(Frame {
+                entry:
+                    Entry::Input {
+                        pos: Position::AtExit { exits },
+                        source,
+                        value,
+                    },
+                ..
+            })) if *exits == exit && *source == want => {
+                let v = *value;
+                let _ = self.source.pop();
+                v
+            }
+            Ok(Some(f)) => {
+                self.failure = Some(ReplayError::Divergence {
+                    seq: f.seq,
+                    entry: describe(&f.entry),
+                    what: format!(
+                        "the replayed guest read {want:?} at exit {exit}; the log has no such input next"
+                    ),
+                });
+                0
+            }
+            Ok(None) => {
+                self.failure = Some(ReplayError::LogEnded {
+                    last_seq: None,
+                    exits: exit,
+                });
+                0
+            }
+            Err(e) => {
+                self.failure = Some(e.into());
+                0
+            }
+        }
+    }
+}
+
+impl DeviceEnv for ReplayEnv<'_> {
+    fn clock_ns(&mut self) -> u64 {
+        self.take(InputSource::Clock)
+    }
+    fn wall_clock_unix_secs(&mut self) -> u64 {
+        self.take(InputSource::WallClock)
+    }
+}
+
+/// Result of a replay that reached the recorded end.
+#[derive(Debug, Clone)]
+pub struct ReplayReport {
+    pub outcome: Outcome,
+    pub digests_verified: u64,
+    pub stats: RunStats,
+}
+
+struct Replayer<'a> {
+    m: &'a mut Machine,
+    source: &'a mut dyn EntrySource,
+    console: &'a mut dyn Write,
+    tuning: ApproachTuning,
+    rate: RateEstimate,
+    timer: ThreadTimer,
+    stats: RunStats,
+    exits: u64,
+    here: Here,
+    halted: bool,
+    power_off: Option<u32>,
+    shutdown: bool,
+    digests_verified: u64,
+    last_seq: Option<u64>,
+}
+
+impl Replayer<'_> {
+    fn diverged(&self, frame: &Frame, what: impl Into<String>) -> ReplayError {
+        ReplayError::Divergence {
+            seq: frame.seq,
+            entry: describe(&frame.entry),
+            what: what.into(),
+        }
+    }
+
+    fn is_due(here: &Here, pos: &Position) -> bool {
+        match (pos, here) {
+            (Position::AtExit { exits }, Here::AtExit(e)) => exits == e,
+            (
+                Position::Precise { exits, counter, .. },
+                Here::Precise {
+                    exits: e,
+                    counter: c,
+                },
+            ) => exits == e && counter == c,
+            _ => false,
+        }
+    }
+
+    /// Applies one entry at the current position. `Some` when the recorded run ended here.
+    fn apply(&mut self, frame: &Frame) -> Result<Option<Outcome>, ReplayError> {
+        self.last_seq = Some(frame.seq);
+        match &frame.entry {
+            Entry::Input { .. } => {
+                return Err(self.diverged(
+                    frame,
+                    "the recorded guest read this input here; the replayed guest did not",
+                ));
+            }
+            Entry::Irq { line, .. } => {
+                self.m.bus.devices.pic.raise_irq(*line);
+                self.m.bus.devices.pic.lower_irq(*line);
+            }
+            Entry::Inject { vector, pos } => {
+                let offered = self.m.bus.devices.pic.pending_vector();
+                if offered != Some(*vector) {
+                    return Err(self.diverged(
+                        frame,
+                        format!("the replayed PIC offers {offered:?}, not vector {vector:#x}"),
+                    ));
+                }
+                if !self.m.vcpu.ready_for_interrupt() {
+                    return Err(self.diverged(frame, "the replayed guest cannot take an interrupt here (IF clear or interrupt shadow)"));
+                }
+                self.m.bus.devices.pic.acknowledge();
+                self.m.vcpu.inject(*vector).map_err(RunError::from)?;
+                self.halted = false;
+                if pos.is_precise() {
+                    self.stats.interrupts_precise += 1;
+                } else {
+                    self.stats.interrupts_at_exit += 1;
+                }
+            }
+            Entry::ConsoleInput { bytes, .. } => {
+                self.m.bus.devices.serial.enqueue_input(bytes);
+            }
+            Entry::Digest { .. } => {
+                let recorded = StateDigest::from_entry(&frame.entry)
+                    .ok_or_else(|| self.diverged(frame, "not a digest"))?;
+                let replayed = StateDigest::take(self.m);
+                let diff = StateDigest::differences(&recorded, &replayed);
+                if !diff.is_empty() {
+                    return Err(
+                        self.diverged(frame, format!("state digest mismatch: {}", diff.join("; ")))
+                    );
+                }
+                self.digests_verified += 1;
+            }
+            Entry::End { reason, .. } => {
+                return match reason {
+                    EndReason::PowerOff { code } if self.power_off == Some(*code) => Ok(Some(Outcome::PowerOff { code: *code })),
+                    EndReason::PowerOff { code } => Err(self.diverged(
+                        frame,
+                        format!("the recorded guest powered off here with code {code}; the replayed guest did not ({:?})", self.power_off),
+                    )),
+                    EndReason::Shutdown if self.shutdown => Err(RunError::triple_fault(&self.m.vcpu).into()),
+                    EndReason::Shutdown => Err(self.diverged(frame, "the recorded guest triple-faulted here; the replayed guest did not")),
+                    EndReason::Stopped => Ok(Some(Outcome::Stopped)),
+                };
+            }
+        }
+        Ok(None)
+    }
+
+    fn run(&mut self) -> Result<Outcome, ReplayError> {
+        loop {
+            loop {
+                let due = match self.source.peek()? {
+                    Some(frame) => Self::is_due(&self.here, frame.entry.pos()),
+                    None => false,
+                };
+                if !due {
+                    break;
+                }
+                let Some(frame) = self.source.pop()? else {
+                    break;
+                };
+                if let Some(outcome) = self.apply(&frame)? {
+                    return Ok(outcome);
+                }
+            }
+            let Some(next) = self.source.peek()? else {
+                return Err(ReplayError::LogEnded {
+                    last_seq: self.last_seq,
+                    exits: self.exits,
+                });
+            };
+            let next = next.clone();
+            if let Some(code) = self.power_off {
+                return Err(self.diverged(
+                    &next,
+                    format!(
+                        "the replayed guest powered off at exit {} (code {code}); the log goes on",
+                        self.exits
+                    ),
+                ));
+            }
+            if self.shutdown {
+                return Err(self.diverged(
+                    &next,
+                    format!(
+                        "the replayed guest triple-faulted at exit {}; the log goes on",
+                        self.exits
+                    ),
+                ));
+            }
+            if self.halted {
+                return Err(self.diverged(&next, format!("the replayed guest halted at exit {} and the log has no interrupt for it there", self.exits)));
+            }
+            let pos = next.entry.pos();
+            if pos.exits() < self.exits {
+                return Err(self.diverged(
+                    &next,
+                    format!("the replayed guest is already at exit {}", self.exits),
+                ));
+            }
+            match pos {
+                Position::Precise {
+                    exits,
+                    counter,
+                    regs,
+                } if *exits == self.exits => {
+                    self.approach(&next, *counter, regs)?;
+                    self.here = Here::Precise {
+                        exits: *exits,
+                        counter: *counter,
+                    };
+                }
+                Position::AtExit { exits } if *exits == self.exits => {
+                    return Err(self.diverged(
+                        &next,
+                        "this entry cannot be applied at this point of the replayed run",
+                    ));
+                }
+                _ => self.run_to_next_exit(&next)?,
+            }
+        }
+    }
+
+    fn run_to_next_exit(&mut self, next: &Frame) -> Result<(), ReplayError> {
+        loop {
+            self.m.vcpu.clear_immediate_exit();
+            let stop = self.run_once()?;
+            if stop.is_guest_exit() {
+                return Ok(());
+            }
+            if let Stop::Debug { pc } = stop {
+                return Err(self.diverged(next, format!("unexpected debug exit at {pc:#x}")));
+            }
+        }
+    }
+
+    /// One `KVM_RUN`; handles a guest exit completely (inputs from the log, console output).
+    /// Callers clear `immediate_exit` themselves, before arming a kick: clearing it here
+    /// would lose a kick that fires between arming and entering the guest.
+    fn run_once(&mut self) -> Result<Stop, ReplayError> {
+        let mut env = ReplayEnv {
+            source: &mut *self.source,
+            exit: self.exits + 1,
+            failure: None,
+        };
+        let stop = handle_exit(self.m.vcpu.fd.run(), &mut self.m.bus, &mut env);
+        let stop = stop.map_err(|e| RunError::with_state(e, &self.m.vcpu, self.m.memory()))?;
+        if let Some(failure) = env.failure {
+            return Err(failure);
+        }
+        if stop.is_guest_exit() {
+            self.exits += 1;
+            self.stats.exits += 1;
+            tracing::trace!(
+                exits = self.exits,
+                counter = self.m.counter.read().unwrap_or(0),
+                rip = self.m.vcpu.regs().rip,
+                "EXIT"
+            );
+            self.here = Here::AtExit(self.exits);
+            let out = self.m.bus.devices.serial.take_output();
+            if !out.is_empty() {
+                self.console.write_all(&out).map_err(RunError::Console)?;
+            }
+            match stop {
+                Stop::Halt => self.halted = true,
+                Stop::Shutdown => self.shutdown = true,
+                _ => {}
+            }
+            if let Some(code) = self.m.bus.devices.debug_exit.take_exit_request() {
+                self.power_off = Some(code);
+            }
+        } else {
+            self.stats.stops += 1;
+        }
+        Ok(stop)
+    }
+
+    /// Runs the guest forward to instruction count `target` at registers `regs`, without
+    /// passing it, and stops there.
+    fn approach(&mut self, next: &Frame, target: u64, regs: &Regs) -> Result<(), ReplayError> {
+        let started = Instant::now();
+        let result = self.approach_inner(next, target, regs);
+        self.timer.disarm().map_err(RunError::Timer)?;
+        self.m.vcpu.set_breakpoint(None).map_err(RunError::from)?;
+        self.stats.approach += started.elapsed();
+        result
+    }
+
+    fn approach_inner(
+        &mut self,
+        next: &Frame,
+        target: u64,
+        want: &Regs,
+    ) -> Result<(), ReplayError> {
+        loop {
+            let count = self.m.counter.read().map_err(RunError::from)?;
+            let now = regs_from_kvm(&self.m.vcpu.regs());
+            let level = cpl(&self.m.vcpu.sregs());
+            if count == target && now.rip == want.rip && level == 0 {
+                if now == *want {
+                    return Ok(());
+                }
+                return Err(self.diverged(
+                    next,
+                    format!(
+                        "at the recorded position the registers differ: {}",
+                        regs_differences(want, &now).join("; ")
+                    ),
+                ));
+            }
+            if count > target || (count == target && level == 0) {
+                return Err(self.diverged(
+                    next,
+                    format!(
+                        "the replayed guest passed the recorded position: counter {count} (recorded {target}), registers now:\n{}",
+                        format_regs(&now)
+                    ),
+                ));
+            }
+            let remaining = target - count;
+            self.m.vcpu.clear_immediate_exit();
+            tracing::debug!(count, target, remaining, level, rip = now.rip, "approach");
+            // Native CPL3 code does not move the counter and cannot be stepped on this host: run
+            // to the recorded rip, which the guest reaches after it re-enters the kernel.
+            let step = if level != 0 {
+                ApproachStep::Breakpoint
+            } else {
+                plan(remaining, self.rate.insn_ns(), &self.tuning)
+            };
+            let stop = match step {
+                ApproachStep::Kick { after_ns } => {
+                    self.stats.approach_kicks += 1;
+                    let t0 = Instant::now();
+                    self.timer
+                        .arm(Duration::from_nanos(after_ns))
+                        .map_err(RunError::Timer)?;
+                    let stop = self.run_once()?;
+                    self.timer.disarm().map_err(RunError::Timer)?;
+                    let ran = self
+                        .m
+                        .counter
+                        .read()
+                        .map_err(RunError::from)?
+                        .saturating_sub(count);
+                    let took_ns = t0.elapsed().as_nanos() as f64;
+                    if stop == Stop::Kicked {
+                        self.rate.observe(ran, took_ns);
+                    }
+                    tracing::debug!(
+                        after_ns,
+                        took_ns,
+                        ran,
+                        remaining,
+                        ?stop,
+                        rate = self.rate.insn_ns(),
+                        "kick step"
+                    );
+                    stop
+                }
+                ApproachStep::Breakpoint => {
+                    self.stats.approach_steps += 1;
+                    self.m
+                        .vcpu
+                        .set_breakpoint(Some(want.rip))
+                        .map_err(RunError::from)?;
+                    let stop = self.run_once()?;
+                    tracing::debug!(
+                        ?stop,
+                        count = self.m.counter.read().unwrap_or(0),
+                        rip = self.m.vcpu.regs().rip,
+                        "breakpoint run"
+                    );
+                    if let Stop::Debug { .. } = stop {
+                        let c = self.m.counter.read().map_err(RunError::from)?;
+                        let r = regs_from_kvm(&self.m.vcpu.regs());
+                        if !(c == target && r == *want) && c < target {
+                            // Not the instance we want: step over the breakpoint (RF does not
+                            // get past it on this host; one single step does).
+                            self.m.vcpu.set_single_step(true).map_err(RunError::from)?;
+                            let s = self.run_once()?;
+                            self.m.vcpu.set_single_step(false).map_err(RunError::from)?;
+                            self.check_no_exit(next, s, target)?;
+                        }
+                    }
+                    self.m.vcpu.set_breakpoint(None).map_err(RunError::from)?;
+                    stop
+                }
+                ApproachStep::SingleStep => {
+                    self.stats.approach_steps += 1;
+                    self.m.vcpu.set_single_step(true).map_err(RunError::from)?;
+                    let stop = self.run_once()?;
+                    self.m.vcpu.set_single_step(false).map_err(RunError::from)?;
+                    stop
+                }
+            };
+            self.check_no_exit(next, stop, target)?;
+        }
+    }
+
+    fn check_no_exit(&self, next: &Frame, stop: Stop, target: u64) -> Result<(), ReplayError> {
+        if stop.is_guest_exit() {
+            return Err(self.diverged(
+                next,
+                format!(
+                    "the replayed guest reached exit {} before the recorded counter {target}",
+                    self.exits
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Replays `source` on a freshly booted `m` until the recorded end.
+pub fn replay(
+    m: &mut Machine,
+    source: &mut dyn EntrySource,
+    console: &mut dyn Write,
+    tuning: ApproachTuning,
+) -> Result<ReplayReport, ReplayError> {
+    let started = Instant::now();
+    kick::publish(m.vcpu.immediate_exit_ptr()).map_err(RunError::Signal)?;
+    let timer = ThreadTimer::for_current_thread().map_err(RunError::Timer)?;
+    let mut r = Replayer {
+        m,
+        source,
+        console,
+        tuning,
+        rate: RateEstimate::new(&tuning),
+        timer,
+        stats: RunStats::default(),
+        exits: 0,
+        here: Here::AtExit(0),
+        halted: false,
+        power_off: None,
+        shutdown: false,
+        digests_verified: 0,
+        last_seq: None,
+    };
+    let result = r.run();
+    let _ = r.console.flush();
+    let mut stats = r.stats.clone();
+    stats.wall = started.elapsed();
+    stats.digests = r.digests_verified;
+    result.map(|outcome| ReplayReport {
+        outcome,
+        digests_verified: r.digests_verified,
+        stats,
+    })
+}

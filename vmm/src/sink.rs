@@ -1,0 +1,96 @@
+//! Where the recorder's entries go: nowhere (a plain run), a log file, or (later) the logging
+//! channel to a backup.
+
+use std::path::Path;
+
+use logging_channel::file::LogWriter;
+use logging_channel::format::{Entry, Header};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("writing the replay log failed")]
+    Log(#[from] logging_channel::file::LogError),
+}
+
+pub trait LogSink {
+    /// False for a plain run: nothing is logged and no digests are computed.
+    fn is_recording(&self) -> bool;
+    fn append(&mut self, t_ns: u64, entry: &Entry) -> Result<(), SinkError>;
+    /// Pushes buffered entries out, so a crash of the VMM loses at most what came after.
+    fn flush(&mut self) -> Result<(), SinkError>;
+}
+
+/// A plain run: no log.
+#[derive(Debug, Default)]
+pub struct NullSink;
+
+impl LogSink for NullSink {
+    fn is_recording(&self) -> bool {
+        false
+    }
+    fn append(&mut self, _t_ns: u64, _entry: &Entry) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// A replay log on disk.
+#[derive(Debug)]
+pub struct FileSink {
+    writer: LogWriter,
+}
+
+impl FileSink {
+    pub fn create(path: &Path, header: &Header) -> Result<Self, SinkError> {
+        Ok(Self {
+            writer: LogWriter::create(path, header)?,
+        })
+    }
+
+    /// Marks the log complete (only after its `End` entry was appended).
+    pub fn finish(self) -> Result<(), SinkError> {
+        Ok(self.writer.finish()?)
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.writer.entries_written()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.writer.bytes_written()
+    }
+}
+
+impl LogSink for FileSink {
+    fn is_recording(&self) -> bool {
+        true
+    }
+    fn append(&mut self, t_ns: u64, entry: &Entry) -> Result<(), SinkError> {
+        self.writer.append(t_ns, entry)?;
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(self.writer.flush()?)
+    }
+}
+
+/// Collects entries in memory (tests, and the in-process record→replay checks).
+#[derive(Debug, Default)]
+pub struct VecSink {
+    pub entries: Vec<(u64, Entry)>,
+}
+
+impl LogSink for VecSink {
+    fn is_recording(&self) -> bool {
+        true
+    }
+    fn append(&mut self, t_ns: u64, entry: &Entry) -> Result<(), SinkError> {
+        self.entries.push((t_ns, entry.clone()));
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}

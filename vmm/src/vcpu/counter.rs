@@ -1,0 +1,144 @@
+//! Instruction counters: how far the guest has executed between two exits.
+//!
+//! Precise interrupt landing needs a counter that is exact and identical between record and
+//! replay. On real VMX/SVM hosts that would be a PMU retired-branch counter (rr, VMware FT). On
+//! this host (PVM backend, no PMU) KVM's per-vCPU `insn_emulation` statistic counts every guest
+//! CPL0 instruction exactly, because PVM emulates CPL0 code instruction by instruction. Hosts
+//! with neither get [`CounterKind::None`] and interrupts wait for the next guest exit.
+
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::FileExt;
+
+use kvm_ioctls::VcpuFd;
+use logging_channel::format::CounterKind;
+use vmm_sys_util::ioctl::ioctl;
+use vmm_sys_util::ioctl_io_nr;
+
+const KVMIO: u32 = 0xAE;
+ioctl_io_nr!(KVM_GET_STATS_FD, KVMIO, 0xce);
+
+/// The statistic that counts emulated instructions on the PVM backend.
+const PVM_INSN_STAT: &str = "insn_emulation";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CounterError {
+    #[error("KVM_GET_STATS_FD on the vCPU failed")]
+    StatsFd(#[source] std::io::Error),
+    #[error("reading the vCPU statistics failed")]
+    Read(#[source] std::io::Error),
+    #[error("the vCPU statistics have no '{0}' counter")]
+    Missing(&'static str),
+    #[error("malformed vCPU statistics header: {0}")]
+    Malformed(&'static str),
+}
+
+/// A monotonically increasing count of guest instructions, as far as the host can tell.
+pub trait InsnCounter: std::fmt::Debug {
+    fn kind(&self) -> CounterKind;
+    fn read(&self) -> Result<u64, CounterError>;
+}
+
+/// No counter: positions are identified by exit counts only.
+#[derive(Debug)]
+pub struct NoCounter;
+
+impl InsnCounter for NoCounter {
+    fn kind(&self) -> CounterKind {
+        CounterKind::None
+    }
+    fn read(&self) -> Result<u64, CounterError> {
+        Ok(0)
+    }
+}
+
+/// PVM's exact CPL0 instruction count, read from the vCPU's binary stats fd.
+#[derive(Debug)]
+pub struct PvmInsnCounter {
+    stats: File,
+    data_offset: u64,
+}
+
+impl PvmInsnCounter {
+    pub fn open(vcpu: &VcpuFd) -> Result<Self, CounterError> {
+        // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd or -1.
+        let fd = unsafe { ioctl(vcpu, KVM_GET_STATS_FD()) };
+        if fd < 0 {
+            return Err(CounterError::StatsFd(std::io::Error::last_os_error()));
+        }
+        // SAFETY: the kernel just gave us this fd; nobody else owns it.
+        let stats = unsafe { File::from_raw_fd(fd) };
+        let data_offset = find_stat(&stats, PVM_INSN_STAT)?;
+        Ok(Self { stats, data_offset })
+    }
+}
+
+impl InsnCounter for PvmInsnCounter {
+    fn kind(&self) -> CounterKind {
+        CounterKind::PvmInsnEmulation
+    }
+    fn read(&self) -> Result<u64, CounterError> {
+        let mut buf = [0u8; 8];
+        self.stats
+            .read_exact_at(&mut buf, self.data_offset)
+            .map_err(CounterError::Read)?;
+        Ok(u64::from_ne_bytes(buf))
+    }
+}
+
+fn read_u32(buf: &[u8], at: usize) -> Result<u32, CounterError> {
+    buf.get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_ne_bytes)
+        .ok_or(CounterError::Malformed("field past end"))
+}
+
+/// Walks the descriptor table of a KVM binary stats fd (Documentation/virt/kvm/api.rst,
+/// "KVM_GET_STATS_FD") and returns the file offset of the named u64 counter.
+fn find_stat(stats: &File, name: &'static str) -> Result<u64, CounterError> {
+    let mut header = [0u8; 24];
+    stats
+        .read_exact_at(&mut header, 0)
+        .map_err(CounterError::Read)?;
+    let name_size = read_u32(&header, 4)? as usize;
+    let num_desc = read_u32(&header, 8)? as usize;
+    let desc_offset = u64::from(read_u32(&header, 16)?);
+    let data_offset = u64::from(read_u32(&header, 20)?);
+    // struct kvm_stats_desc: flags u32, exponent s16, size u16, offset u32, bucket_size u32, name[name_size]
+    let desc_size = 16 + name_size;
+    if num_desc > 4096 || name_size > 4096 {
+        return Err(CounterError::Malformed(
+            "implausible descriptor count or name size",
+        ));
+    }
+    let mut descs = vec![0u8; desc_size * num_desc];
+    stats
+        .read_exact_at(&mut descs, desc_offset)
+        .map_err(CounterError::Read)?;
+    for d in descs.chunks_exact(desc_size) {
+        let raw_name = &d[16..];
+        let end = raw_name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(raw_name.len());
+        if &raw_name[..end] == name.as_bytes() {
+            let offset = u64::from(read_u32(d, 8)?);
+            return Ok(data_offset + offset);
+        }
+    }
+    Err(CounterError::Missing(name))
+}
+
+/// Best counter this host offers for `vcpu`.
+pub fn best_counter(vcpu: &VcpuFd) -> Box<dyn InsnCounter + Send> {
+    match PvmInsnCounter::open(vcpu) {
+        Ok(c) if is_pvm_host() => Box::new(c),
+        _ => Box::new(NoCounter),
+    }
+}
+
+/// `insn_emulation` exists on every KVM, but only PVM routes every CPL0 instruction through the
+/// emulator; on VMX/SVM it counts rare emulations and is useless as a position.
+pub fn is_pvm_host() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}

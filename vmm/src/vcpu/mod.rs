@@ -1,0 +1,175 @@
+//! The one vCPU: register access through `KVM_CAP_SYNC_REGS`, interrupt injection without an
+//! in-kernel irqchip, and guest-debug controls used by the replayer's final approach.
+
+pub mod counter;
+pub mod kick;
+
+use kvm_bindings::{
+    KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, kvm_guest_debug,
+    kvm_regs, kvm_sregs,
+};
+use kvm_ioctls::{SyncReg, VcpuFd};
+use logging_channel::format::Regs;
+use vmm_sys_util::ioctl::ioctl_with_ref;
+use vmm_sys_util::ioctl_iow_nr;
+
+const KVMIO: u32 = 0xAE;
+// kvm-ioctls does not wrap KVM_INTERRUPT (it is only meaningful without an in-kernel irqchip).
+ioctl_iow_nr!(KVM_INTERRUPT, KVMIO, 0x86, kvm_bindings::kvm_interrupt);
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("KVM_INTERRUPT (vector {vector:#x}) failed")]
+    Interrupt { vector: u8, source: std::io::Error },
+    #[error("KVM_SET_GUEST_DEBUG failed")]
+    SetGuestDebug(#[source] kvm_ioctls::Error),
+    #[error("KVM_GET_REGS failed")]
+    GetRegs(#[source] kvm_ioctls::Error),
+    #[error("KVM_SET_REGS failed")]
+    SetRegs(#[source] kvm_ioctls::Error),
+    #[error("KVM_GET_SREGS failed")]
+    GetSregs(#[source] kvm_ioctls::Error),
+    #[error("KVM_SET_SREGS failed")]
+    SetSregs(#[source] kvm_ioctls::Error),
+}
+
+/// Converts KVM's register block to the log's register set (same 18 registers).
+pub fn regs_from_kvm(r: &kvm_regs) -> Regs {
+    Regs {
+        rax: r.rax,
+        rbx: r.rbx,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        rsp: r.rsp,
+        rbp: r.rbp,
+        r8: r.r8,
+        r9: r.r9,
+        r10: r.r10,
+        r11: r.r11,
+        r12: r.r12,
+        r13: r.r13,
+        r14: r.r14,
+        r15: r.r15,
+        rip: r.rip,
+        rflags: r.rflags,
+    }
+}
+
+/// Requested-privilege level of the code segment: the guest's current privilege level.
+pub fn cpl(sregs: &kvm_sregs) -> u8 {
+    // In long mode CS.DPL is the CPL; SS.DPL agrees for all normal code.
+    sregs.cs.dpl
+}
+
+/// The guest's one vCPU with sync registers enabled, so registers are free to read at every exit.
+#[derive(Debug)]
+pub struct Vcpu {
+    pub fd: VcpuFd,
+    debug_flags: u32,
+}
+
+impl Vcpu {
+    pub fn new(mut fd: VcpuFd) -> Self {
+        fd.set_sync_valid_reg(SyncReg::Register);
+        fd.set_sync_valid_reg(SyncReg::SystemRegister);
+        fd.set_sync_valid_reg(SyncReg::VcpuEvents);
+        Self { fd, debug_flags: 0 }
+    }
+
+    /// Registers as of the last exit (valid after the first `KVM_RUN`).
+    pub fn regs(&self) -> kvm_regs {
+        self.fd.sync_regs().regs
+    }
+
+    pub fn sregs(&self) -> kvm_sregs {
+        self.fd.sync_regs().sregs
+    }
+
+    /// Registers read with an ioctl: needed before the first run, when sync regs are not yet valid.
+    pub fn get_regs(&self) -> Result<kvm_regs, VcpuError> {
+        self.fd.get_regs().map_err(VcpuError::GetRegs)
+    }
+
+    pub fn get_sregs(&self) -> Result<kvm_sregs, VcpuError> {
+        self.fd.get_sregs().map_err(VcpuError::GetSregs)
+    }
+
+    pub fn set_regs(&self, regs: &kvm_regs) -> Result<(), VcpuError> {
+        self.fd.set_regs(regs).map_err(VcpuError::SetRegs)
+    }
+
+    pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), VcpuError> {
+        self.fd.set_sregs(sregs).map_err(VcpuError::SetSregs)
+    }
+
+    /// Whether KVM would accept an interrupt now: IF set and no interrupt shadow.
+    pub fn ready_for_interrupt(&mut self) -> bool {
+        let run = self.fd.get_kvm_run();
+        run.ready_for_interrupt_injection != 0 && run.if_flag != 0
+    }
+
+    /// Asks KVM to exit as soon as the guest can take an interrupt.
+    pub fn request_interrupt_window(&mut self, on: bool) {
+        self.fd.get_kvm_run().request_interrupt_window = u8::from(on);
+    }
+
+    /// Queues `vector` for delivery at the next entry. The caller must have checked
+    /// [`Self::ready_for_interrupt`]: KVM ignores IF here and a second call replaces the first.
+    pub fn inject(&self, vector: u8) -> Result<(), VcpuError> {
+        let irq = kvm_bindings::kvm_interrupt {
+            irq: u32::from(vector),
+        };
+        // SAFETY: KVM_INTERRUPT reads one `kvm_interrupt` from the pointer, which is valid.
+        let ret = unsafe { ioctl_with_ref(&self.fd, KVM_INTERRUPT(), &irq) };
+        if ret < 0 {
+            return Err(VcpuError::Interrupt {
+                vector,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Pointer to `kvm_run.immediate_exit`, for the kick signal handler.
+    pub fn immediate_exit_ptr(&mut self) -> *mut u8 {
+        &mut self.fd.get_kvm_run().immediate_exit
+    }
+
+    pub fn clear_immediate_exit(&mut self) {
+        self.fd.set_kvm_immediate_exit(0);
+    }
+
+    /// Arms a hardware execution breakpoint at `rip` (DR0), or clears all debugging with `None`.
+    pub fn set_breakpoint(&mut self, rip: Option<u64>) -> Result<(), VcpuError> {
+        let mut dbg = kvm_guest_debug::default();
+        if let Some(addr) = rip {
+            dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
+            dbg.arch.debugreg[0] = addr;
+            // DR7: L0 enable, R/W0 = 00 (execute), LEN0 = 00.
+            dbg.arch.debugreg[7] = 0x1;
+        }
+        self.set_debug(dbg)
+    }
+
+    /// Makes the next `KVM_RUN` execute exactly one instruction (at CPL0 on this host).
+    pub fn set_single_step(&mut self, on: bool) -> Result<(), VcpuError> {
+        let mut dbg = kvm_guest_debug::default();
+        if on {
+            dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
+        }
+        self.set_debug(dbg)
+    }
+
+    fn set_debug(&mut self, dbg: kvm_guest_debug) -> Result<(), VcpuError> {
+        if dbg.control == 0 && self.debug_flags == 0 {
+            return Ok(());
+        }
+        self.fd
+            .set_guest_debug(&dbg)
+            .map_err(VcpuError::SetGuestDebug)?;
+        self.debug_flags = dbg.control;
+        Ok(())
+    }
+}
