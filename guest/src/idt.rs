@@ -7,7 +7,6 @@
 use crate::gdt::KERNEL_CS;
 use crate::sync::Global;
 
-pub const VECTOR_SYSCALL: u8 = 0x80;
 pub const VECTOR_YIELD: u8 = 0x81;
 
 /// Stubs are laid out at `isr_stubs + 16 * vector`.
@@ -143,7 +142,6 @@ const EMPTY_GATE: Gate = Gate {
 /// Interrupt gates (IF cleared on entry) for everything: the dispatcher and
 /// scheduler assume they run with interrupts off.
 const GATE_KERNEL: u8 = 0x8e;
-const GATE_USER: u8 = 0xee;
 
 #[repr(C, align(16))]
 struct Idt([Gate; 256]);
@@ -167,12 +165,9 @@ pub fn init() {
             offset_low: handler as u16,
             selector: KERNEL_CS,
             ist: 0,
-            // Only the syscall gate may be raised with `int` from CPL3.
-            type_attr: if vector == usize::from(VECTOR_SYSCALL) {
-                GATE_USER
-            } else {
-                GATE_KERNEL
-            },
+            // No gate is callable with `int` from CPL3: system calls use
+            // `ud2` (see syscall.rs).
+            type_attr: GATE_KERNEL,
             offset_mid: (handler >> 16) as u16,
             offset_high: (handler >> 32) as u32,
             reserved: 0,

@@ -2,7 +2,7 @@
 //! returns the frame to resume (a different task's after a switch).
 
 use crate::fmt::LineBuf;
-use crate::idt::{Frame, VECTOR_SYSCALL, VECTOR_YIELD};
+use crate::idt::{Frame, VECTOR_YIELD};
 use crate::{clock, console, pic, power, sched, syscall};
 
 const EXCEPTION_NAMES: [&str; 32] = [
@@ -51,6 +51,12 @@ extern "C" fn isr_dispatch(frame: *mut Frame) -> *mut Frame {
     // stack; nothing else aliases it while we run.
     let vector = unsafe { (*frame).vector };
     match vector {
+        // SAFETY: see above; the frame is ours until we return it.
+        6 if syscall::is_syscall(unsafe { &*frame }) => {
+            // SAFETY: as above.
+            unsafe { (*frame).rip += syscall::SYSCALL_OPCODE.len() as u64 };
+            syscall::handle(frame)
+        }
         0..=31 => exception(frame),
         IRQ_TIMER => {
             clock::tick();
@@ -63,7 +69,6 @@ extern "C" fn isr_dispatch(frame: *mut Frame) -> *mut Frame {
             pic::ack((v - IRQ_BASE) as u8);
             frame
         }
-        v if v == u64::from(VECTOR_SYSCALL) => syscall::handle(frame),
         v if v == u64::from(VECTOR_YIELD) => sched::schedule(frame),
         v => {
             let mut line = LineBuf::new();

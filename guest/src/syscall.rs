@@ -1,7 +1,16 @@
-//! `int 0x80` system calls for CPL3 tasks: rax = number, args in rdi/rsi,
+//! System calls for CPL3 tasks: `ud2`, rax = number, args in rdi/rsi,
 //! result in rax.
+//!
+//! Neither `int 0x80` nor `syscall` works from CPL3 on the host's PVM
+//! backend for a guest that is not PVM-aware: `int n` raises #UD, and
+//! `syscall` enters LSTAR without leaving CPL3. Exceptions from CPL3, however,
+//! are delivered through the IDT to CPL0 like on any x86 machine. So a task
+//! asks for a service with `ud2` (a deliberate #UD); the #UD handler
+//! recognises it by the opcode bytes at rip and a CPL3 code segment, skips
+//! the two bytes and treats the trap as a system call. It works the same on
+//! VMX/SVM hosts.
 
-use crate::idt::{Frame, VECTOR_SYSCALL};
+use crate::idt::Frame;
 use crate::{clock, console, sched};
 
 pub const SYS_WRITE: u64 = 1;
@@ -57,6 +66,20 @@ pub fn handle(frame: *mut Frame) -> *mut Frame {
     }
 }
 
+/// `ud2`, the opcode a CPL3 task uses to call the kernel.
+pub const SYSCALL_OPCODE: [u8; 2] = [0x0f, 0x0b];
+
+/// Whether a #UD `frame` is a system call: raised at CPL3 by a `ud2`.
+pub fn is_syscall(frame: &Frame) -> bool {
+    if frame.cs & 3 != 3 || frame.rip >= USER_LIMIT - 2 {
+        return false;
+    }
+    // SAFETY: rip is inside the identity-mapped first GiB (checked above)
+    // and pointed at an instruction the task just tried to execute.
+    let bytes = unsafe { core::ptr::read_unaligned(frame.rip as *const [u8; 2]) };
+    bytes == SYSCALL_OPCODE
+}
+
 // User-side wrappers (run at CPL3).
 
 pub fn write(bytes: &[u8]) -> u64 {
@@ -65,8 +88,7 @@ pub fn write(bytes: &[u8]) -> u64 {
     // except rax.
     unsafe {
         core::arch::asm!(
-            "int {v}",
-            v = const VECTOR_SYSCALL,
+            "ud2",
             inlateout("rax") SYS_WRITE => ret,
             in("rdi") bytes.as_ptr(),
             in("rsi") bytes.len(),
@@ -79,7 +101,7 @@ pub fn write(bytes: &[u8]) -> u64 {
 pub fn exit() -> ! {
     // SAFETY: the kernel never returns to an exited task.
     unsafe {
-        core::arch::asm!("int {v}", v = const VECTOR_SYSCALL, in("rax") SYS_EXIT, options(noreturn));
+        core::arch::asm!("ud2", in("rax") SYS_EXIT, options(noreturn));
     }
 }
 
@@ -89,8 +111,7 @@ pub fn clock_ns() -> u64 {
     // SAFETY: no memory is touched; only rax changes.
     unsafe {
         core::arch::asm!(
-            "int {v}",
-            v = const VECTOR_SYSCALL,
+            "ud2",
             inlateout("rax") SYS_CLOCK_NS => ret,
             options(nostack),
         );

@@ -97,6 +97,12 @@ impl Recorder<'_> {
     /// Raises the timer line if ticks are pending and hands the CPU whatever the PIC has, if
     /// the guest can take it here. Returns whether an interrupt was injected.
     fn deliver(&mut self, pos: Position) -> Result<bool, RunError> {
+        // A mid-execution stop is worth logging only if the interrupt lands right here;
+        // otherwise the tick waits for the next exit, which replay reaches for free.
+        if pos.is_precise() && !self.m.vcpu.ready_for_interrupt() {
+            self.stats.deferred_stops += 1;
+            return Ok(false);
+        }
         if self.pending_ticks > 0 {
             self.pending_ticks = 0;
             // An edge: the PIT's output pulses once per period.
