@@ -12,7 +12,7 @@ use logging_channel::{
 
 fn write_all(writer: &mut LogWriter) {
     for (i, entry) in common::entries().iter().enumerate() {
-        let seq = writer.append(1_000 * i as u64, entry).unwrap();
+        let seq = writer.append(1_000 * i as u64, 0, entry).unwrap();
         assert_eq!(seq, i as u64);
     }
 }
@@ -47,7 +47,7 @@ fn dropped_writer_leaves_an_incomplete_readable_log() {
     let mut writer = LogWriter::create(&file.0, &common::header()).unwrap();
     let entries = common::entries();
     for entry in &entries[..3] {
-        writer.append(5, entry).unwrap();
+        writer.append(5, 0, entry).unwrap();
     }
     writer.flush().unwrap();
     drop(writer);
@@ -71,7 +71,7 @@ fn flushed_entries_are_on_disk_while_the_writer_lives() {
     // The prefix is flushed by create: an immediately crashed recorder
     // still leaves a readable empty log.
     assert_eq!(LogReader::open(&file.0).unwrap().frames().count(), 0);
-    writer.append(0, &common::entries()[0]).unwrap();
+    writer.append(0, 0, &common::entries()[0]).unwrap();
     writer.flush().unwrap();
     let reader = LogReader::open(&file.0).unwrap();
     assert_eq!(reader.frames().count(), 1);
@@ -83,7 +83,7 @@ fn writer_refuses_entries_after_end_and_finish_without_end() {
     let file = TempFile(temp_path("after-end"));
     let mut writer = LogWriter::create(&file.0, &common::header()).unwrap();
     let entries = common::entries();
-    writer.append(0, &entries[0]).unwrap();
+    writer.append(0, 0, &entries[0]).unwrap();
     let at = writer.bytes_written();
     let err = writer.finish().unwrap_err();
     assert!(
@@ -98,7 +98,7 @@ fn writer_refuses_entries_after_end_and_finish_without_end() {
     let mut writer = LogWriter::create(&file.0, &common::header()).unwrap();
     write_all(&mut writer);
     let before = writer.bytes_written();
-    let err = writer.append(0, &entries[0]).unwrap_err();
+    let err = writer.append(0, 0, &entries[0]).unwrap_err();
     assert!(
         matches!(err.without_path(), LogError::AfterEnd { offset } if *offset == before),
         "{err}"
@@ -120,7 +120,7 @@ fn writer_refuses_oversized_frames() {
         pos: Position::AtExit { exits: 1 },
         bytes: vec![0; MAX_FRAME_LEN as usize],
     };
-    let err = writer.append(0, &huge).unwrap_err();
+    let err = writer.append(0, 0, &huge).unwrap_err();
     assert!(
         matches!(
             err.without_path(),
@@ -129,7 +129,7 @@ fn writer_refuses_oversized_frames() {
         "{err}"
     );
     assert_eq!(writer.entries_written(), 0);
-    assert_eq!(writer.append(0, &common::entries()[0]).unwrap(), 0);
+    assert_eq!(writer.append(0, 0, &common::entries()[0]).unwrap(), 0);
 }
 
 #[test]

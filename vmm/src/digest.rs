@@ -90,6 +90,16 @@ impl StateDigest {
     }
 }
 
+/// The per-entry register check of the log format: xxh3-64 over the 18 registers in `Regs`
+/// order, little-endian. Never 0 (0 means "not checked" in the log).
+pub fn regs_check(r: &Regs) -> u64 {
+    let mut bytes = [0u8; Regs::COUNT * 8];
+    for (chunk, v) in bytes.chunks_exact_mut(8).zip(r.to_array()) {
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_64(&bytes).max(1)
+}
+
 /// Named register pairs, in the log's order.
 pub fn named_regs(r: &Regs) -> [(&'static str, u64); 18] {
     [

@@ -8,7 +8,7 @@ use logging_channel::format::{EndReason, Entry, InputSource, Position};
 
 use crate::clock::{HostClock, SystemClock};
 use crate::devices::DeviceEnv;
-use crate::digest::StateDigest;
+use crate::digest::{StateDigest, regs_check};
 use crate::exit::{ExitError, Stop, handle_exit};
 use crate::machine::Machine;
 use crate::outcome::{Outcome, RunError, RunStats};
@@ -77,7 +77,11 @@ struct Recorder<'a> {
 impl Recorder<'_> {
     fn log(&mut self, entry: Entry) -> Result<(), SinkError> {
         self.stats.entries += 1;
-        self.sink.append(self.clock.monotonic_ns(), &entry)
+        if !self.sink.is_recording() {
+            return Ok(());
+        }
+        let check = regs_check(&regs_from_kvm(&self.m.vcpu.regs()));
+        self.sink.append(self.clock.monotonic_ns(), check, &entry)
     }
 
     /// Where the vCPU stands after a VMM-initiated stop, if an interrupt may land there.
@@ -186,15 +190,11 @@ impl Recorder<'_> {
             }
             let at_exit = Position::AtExit { exits: self.exits };
             for (source, value) in inputs.drain(..) {
-                self.stats.entries += 1;
-                self.sink.append(
-                    self.clock.monotonic_ns(),
-                    &Entry::Input {
-                        pos: at_exit.clone(),
-                        source,
-                        value,
-                    },
-                )?;
+                self.log(Entry::Input {
+                    pos: at_exit.clone(),
+                    source,
+                    value,
+                })?;
             }
             self.forward_console()?;
             if let Stop::Io {

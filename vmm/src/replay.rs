@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use logging_channel::format::{EndReason, Entry, Frame, InputSource, Position, Regs};
 
 use crate::devices::DeviceEnv;
-use crate::digest::{StateDigest, format_regs, regs_differences};
+use crate::digest::{StateDigest, format_regs, regs_check, regs_differences};
 use crate::exit::{Stop, handle_exit};
 use crate::machine::Machine;
 use crate::outcome::{Outcome, RunError, RunStats};
@@ -74,6 +74,9 @@ struct ReplayEnv<'a> {
     source: &'a mut dyn EntrySource,
     /// Number the exit being handled will get.
     exit: u64,
+    /// Inputs consumed at this exit, checked against the vCPU's registers once the exit is
+    /// handled (the registers cannot be read while KVM's exit data is borrowed).
+    consumed: Vec<Frame>,
     failure: Option<ReplayError>,
 }
 
@@ -131,6 +134,24 @@ impl DeviceEnv for ReplayEnv<'_> {
     }
 }
 
+/// Compares an entry's recorded register check with the replayed vCPU's.
+fn verify_regs_check(recorded: u64, replayed: u64, last_seq: Option<u64>) -> Result<(), String> {
+    if recorded == 0 || recorded == replayed {
+        return Ok(());
+    }
+    let since = match last_seq {
+        Some(s) => format!(
+            "the replay matched the recording up to entry #{s}, so the cause lies in or after it"
+        ),
+        None => {
+            "no entry before it was applied, so the guest diverged from its very start".to_string()
+        }
+    };
+    Err(format!(
+        "the replayed registers differ from the recorded ones at this entry's position; {since}"
+    ))
+}
+
 /// Result of a replay that reached the recorded end.
 #[derive(Debug, Clone)]
 pub struct ReplayReport {
@@ -181,6 +202,10 @@ impl Replayer<'_> {
 
     /// Applies one entry at the current position. `Some` when the recorded run ended here.
     fn apply(&mut self, frame: &Frame) -> Result<Option<Outcome>, ReplayError> {
+        let now = regs_check(&regs_from_kvm(&self.m.vcpu.regs()));
+        if let Err(what) = verify_regs_check(frame.regs_check, now, self.last_seq) {
+            return Err(self.diverged(frame, what));
+        }
         self.last_seq = Some(frame.seq);
         match &frame.entry {
             Entry::Input { .. } => {
@@ -339,11 +364,22 @@ impl Replayer<'_> {
         let mut env = ReplayEnv {
             source: &mut *self.source,
             exit: self.exits + 1,
+            consumed: Vec::new(),
             failure: None,
         };
         let stop = handle_exit(self.m.vcpu.fd.run(), &mut self.m.bus, &mut env);
         let stop = stop.map_err(|e| RunError::with_state(e, &self.m.vcpu, self.m.memory()))?;
-        if let Some(failure) = env.failure {
+        let (consumed, failure) = (env.consumed, env.failure);
+        if !consumed.is_empty() {
+            let now = regs_check(&regs_from_kvm(&self.m.vcpu.regs()));
+            for f in &consumed {
+                if let Err(what) = verify_regs_check(f.regs_check, now, self.last_seq) {
+                    return Err(self.diverged(f, what));
+                }
+                self.last_seq = Some(f.seq);
+            }
+        }
+        if let Some(failure) = failure {
             return Err(failure);
         }
         if stop.is_guest_exit() {

@@ -131,6 +131,7 @@ fn every_entry_kind_round_trips() {
         let frame = Frame {
             seq: i as u64,
             t_ns: 1000 * i as u64,
+            regs_check: 0,
             entry,
         };
         let bytes = encoded(&frame);
@@ -155,6 +156,7 @@ fn frame_layout_is_pinned() {
     let frame = Frame {
         seq: 1,
         t_ns: 2,
+        regs_check: 0,
         entry: Entry::Irq {
             pos: Position::AtExit { exits: 5 },
             line: 0,
@@ -164,19 +166,20 @@ fn frame_layout_is_pinned() {
         &[2u8][..],          // kind irq
         &1u64.to_le_bytes(), // seq
         &2u64.to_le_bytes(), // t_ns
+        &0u64.to_le_bytes(), // regs_check
         &[1],                // position tag AtExit
         &5u64.to_le_bytes(), // exits
         &[0],                // line
     ]
     .concat();
-    assert_eq!(body.len(), 27);
+    assert_eq!(body.len(), 35);
     assert_eq!(encoded(&frame), framed(&body));
     // The hex dump printed in the spec.
     let hex: Vec<String> = encoded(&frame).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(
         hex.join(" "),
-        "1b 00 00 00 54 87 fe 80 02 01 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 \
-         01 05 00 00 00 00 00 00 00 00"
+        "23 00 00 00 ce 4a 28 d9 02 01 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 \
+         00 00 00 00 00 00 00 00 01 05 00 00 00 00 00 00 00 00"
     );
 }
 
@@ -282,6 +285,7 @@ fn crc_mismatch_names_the_frame() {
     let frame = Frame {
         seq: 0,
         t_ns: 0,
+        regs_check: 0,
         entry: Entry::Irq {
             pos: Position::AtExit { exits: 1 },
             line: 4,
@@ -305,6 +309,7 @@ fn unknown_kind_is_rejected_including_the_reserved_zero() {
         let mut body = body_of(&Frame {
             seq: 0,
             t_ns: 0,
+            regs_check: 0,
             entry: Entry::Irq {
                 pos: Position::AtExit { exits: 1 },
                 line: 0,
@@ -330,6 +335,7 @@ fn strict_bodies_trailing_bytes() {
     let mut body = body_of(&Frame {
         seq: 0,
         t_ns: 0,
+        regs_check: 0,
         entry: Entry::Inject {
             pos: Position::AtExit { exits: 1 },
             vector: 0x30,
@@ -347,24 +353,26 @@ fn strict_bodies_unknown_position_tag() {
     let mut body = body_of(&Frame {
         seq: 0,
         t_ns: 0,
+        regs_check: 0,
         entry: Entry::Irq {
             pos: Position::AtExit { exits: 1 },
             line: 0,
         },
     });
-    body[17] = 3;
+    body[25] = 3;
     let (offset, what) = malformed_offset(&body, 0);
-    assert_eq!(offset, 8 + 17);
+    assert_eq!(offset, 8 + 25);
     assert!(what.contains("position tag"), "{what}");
 }
 
 #[test]
 fn strict_bodies_unknown_input_source_and_end_reason() {
     let pos = Position::AtExit { exits: 1 };
-    let source_at = 17 + 9;
+    let source_at = 25 + 9;
     let mut body = body_of(&Frame {
         seq: 0,
         t_ns: 0,
+        regs_check: 0,
         entry: Entry::Input {
             pos: pos.clone(),
             source: InputSource::Clock,
@@ -377,6 +385,7 @@ fn strict_bodies_unknown_input_source_and_end_reason() {
     let mut body = body_of(&Frame {
         seq: 0,
         t_ns: 0,
+        regs_check: 0,
         entry: Entry::End {
             pos,
             reason: EndReason::Stopped,
@@ -391,6 +400,7 @@ fn strict_bodies_short_body() {
     let body = body_of(&Frame {
         seq: 0,
         t_ns: 0,
+        regs_check: 0,
         entry: Entry::Digest {
             pos: precise(),
             regs: Regs::default(),
@@ -452,6 +462,7 @@ fn grown_length_field_is_corruption_not_truncation() {
     let frame = Frame {
         seq: 3,
         t_ns: 9,
+        regs_check: 0,
         entry: Entry::ConsoleInput {
             pos: precise(),
             bytes: b"hello".to_vec(),
