@@ -1,6 +1,6 @@
 //! Kernel command line: whitespace-separated tokens.
 //!
-//! The first workload name wins (`ticker`, `compute`, `triplefault`); the
+//! The first workload name wins (`ticker`, `compute`, `exits`, `triplefault`); the
 //! rest are `key=value` options or the `user` flag. Anything else is an error
 //! so that typos in tests fail loudly instead of silently using defaults.
 
@@ -8,6 +8,7 @@
 pub enum Workload {
     Ticker,
     Compute,
+    Exits,
     TripleFault,
 }
 
@@ -16,6 +17,7 @@ impl Workload {
         match self {
             Workload::Ticker => "ticker",
             Workload::Compute => "compute",
+            Workload::Exits => "exits",
             Workload::TripleFault => "triplefault",
         }
     }
@@ -46,6 +48,10 @@ pub struct Config {
     pub report: u64,
     pub user: bool,
     pub exit: Option<u8>,
+    /// exits: number of port writes.
+    pub n: u64,
+    /// exits: the port written.
+    pub port: u16,
 }
 
 #[derive(Debug)]
@@ -63,6 +69,8 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
     let mut report = None;
     let mut user = false;
     let mut exit = None;
+    let mut n = crate::workloads::exits::DEFAULT_N;
+    let mut port = crate::workloads::exits::DEFAULT_PORT;
 
     for tok in cmdline
         .split(|b| b.is_ascii_whitespace())
@@ -71,6 +79,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
         let named = match tok {
             b"ticker" => Some(Workload::Ticker),
             b"compute" => Some(Workload::Compute),
+            b"exits" => Some(Workload::Exits),
             b"triplefault" => Some(Workload::TripleFault),
             _ => None,
         };
@@ -108,6 +117,8 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
                 }
             }
             b"report" => report = Some(num()?),
+            b"n" => n = num()?,
+            b"port" => port = u16::try_from(num()?).map_err(|_| Error::Invalid(tok))?,
             b"exit" => {
                 exit = match u8::try_from(num()?) {
                     Ok(v) => Some(v),
@@ -132,19 +143,24 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
         report: report.unwrap_or((iters / DEFAULT_REPORTS).max(1)),
         user,
         exit,
+        n,
+        port,
     })
 }
 
+/// Decimal, or hexadecimal with `0x` (port numbers are written in hex).
 fn parse_u64(s: &[u8]) -> Option<u64> {
+    let (s, radix) = match s.strip_prefix(b"0x") {
+        Some(hex) => (hex, 16),
+        None => (s, 10),
+    };
     if s.is_empty() {
         return None;
     }
     let mut v: u64 = 0;
     for &b in s {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        let d = char::from(b).to_digit(radix)?;
+        v = v.checked_mul(u64::from(radix))?.checked_add(u64::from(d))?;
     }
     Some(v)
 }

@@ -88,6 +88,7 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         Workload::Compute => {
             workloads::compute::run(config.tasks, config.iters, config.report, config.user)
         }
+        Workload::Exits => workloads::exits::run(config.n, config.port),
         Workload::TripleFault => idt::triple_fault(),
     }
 }
@@ -111,6 +112,12 @@ fn print_banner(c: &Config) {
                 .dec(c.report)
                 .str(" mode=")
                 .str(if c.user { "user" } else { "kernel" });
+        }
+        Workload::Exits => {
+            line.str(" n=")
+                .dec(c.n)
+                .str(" port=")
+                .hex(u64::from(c.port));
         }
         Workload::TripleFault => {}
     }

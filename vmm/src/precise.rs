@@ -104,36 +104,46 @@ pub fn plan(remaining: u64, insn_ns: f64, t: &ApproachTuning) -> ApproachStep {
 }
 
 /// Running estimate of how fast the counter advances, from the replay's own kicks.
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// The estimate is the fastest of the recent samples. Overshooting a target is fatal while
+/// stopping short only costs another kick, and slow samples are mostly artefacts (the vCPU
+/// thread was descheduled, or the guest spent time in code the counter does not see), so a
+/// slow sample must never make the next kick aim far.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateEstimate {
-    insn_ns: f64,
+    recent: [f64; Self::WINDOW],
+    next: usize,
+    initial: f64,
 }
 
 impl RateEstimate {
+    const WINDOW: usize = 16;
+
     pub fn new(t: &ApproachTuning) -> Self {
         Self {
-            insn_ns: t.initial_insn_ns,
+            recent: [f64::INFINITY; Self::WINDOW],
+            next: 0,
+            initial: t.initial_insn_ns,
         }
     }
 
+    /// Nanoseconds per counted instruction to plan with.
     pub fn insn_ns(&self) -> f64 {
-        self.insn_ns
+        let fastest = self.recent.iter().copied().fold(f64::INFINITY, f64::min);
+        if fastest.is_finite() {
+            fastest
+        } else {
+            self.initial
+        }
     }
 
     /// Learns from a kick that let the guest run `ran` counted instructions in `ran_ns`.
-    /// Faster samples are taken at once (the safe direction), slower ones only gradually, so
-    /// one slow stretch (the guest in native CPL3 code, the host busy) cannot make the next
-    /// kick aim too far.
     pub fn observe(&mut self, ran: u64, ran_ns: f64) {
         if ran < 16 || ran_ns <= 0.0 {
             return;
         }
-        let sample = ran_ns / ran as f64;
-        self.insn_ns = if sample < self.insn_ns {
-            sample
-        } else {
-            self.insn_ns * 0.8 + sample * 0.2
-        };
+        self.recent[self.next] = ran_ns / ran as f64;
+        self.next = (self.next + 1) % Self::WINDOW;
     }
 }
 
@@ -175,7 +185,7 @@ mod tests {
         for insn_ns in [150.0, 280.0, 1000.0, 3000.0] {
             for remaining in (0..2_000_000u64).step_by(997) {
                 if let ApproachStep::Kick { after_ns } = plan(remaining, insn_ns, &t) {
-                    // Up to 1/aim (2.5x) faster than estimated still stops short.
+                    // Up to 1/aim (~2.9x) faster than estimated still stops short.
                     let worst = (after_ns as f64 + t.kick_latency_ns) / (insn_ns * t.aim * 1.0001);
                     assert!(
                         worst <= remaining as f64,

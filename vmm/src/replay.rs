@@ -431,19 +431,10 @@ impl Replayer<'_> {
             let count = self.m.counter.read().map_err(RunError::from)?;
             let now = regs_from_kvm(&self.m.vcpu.regs());
             let level = cpl(&self.m.vcpu.sregs());
-            if count == target && now.rip == want.rip && level == 0 {
-                if now == *want {
-                    return Ok(());
-                }
-                return Err(self.diverged(
-                    next,
-                    format!(
-                        "at the recorded position the registers differ: {}",
-                        regs_differences(want, &now).join("; ")
-                    ),
-                ));
+            if count == target && now == *want && level == 0 {
+                return Ok(());
             }
-            if count > target || (count == target && level == 0) {
+            if count > target {
                 return Err(self.diverged(
                     next,
                     format!(
@@ -452,13 +443,34 @@ impl Replayer<'_> {
                     ),
                 ));
             }
+            // Same count and rip but other registers: a `rep` string instruction still running
+            // differs only in rcx/rsi/rdi (step on); anything else is a divergence.
+            let rep_in_progress = Regs {
+                rcx: want.rcx,
+                rsi: want.rsi,
+                rdi: want.rdi,
+                ..now
+            } == *want;
+            if count == target && now.rip == want.rip && level == 0 && !rep_in_progress {
+                return Err(self.diverged(
+                    next,
+                    format!(
+                        "at the recorded position the registers differ: {}",
+                        regs_differences(want, &now).join("; ")
+                    ),
+                ));
+            }
             let remaining = target - count;
             self.m.vcpu.clear_immediate_exit();
             tracing::debug!(count, target, remaining, level, rip = now.rip, "approach");
             // Native CPL3 code does not move the counter and cannot be stepped on this host: run
-            // to the recorded rip, which the guest reaches after it re-enters the kernel.
+            // to the recorded rip, which the guest reaches after it re-enters the kernel. At
+            // the recorded count but elsewhere, the instructions in between are ones the
+            // counter skips (PVM does not count `sti`, for one): step through them.
             let step = if level != 0 {
                 ApproachStep::Breakpoint
+            } else if remaining == 0 {
+                ApproachStep::SingleStep
             } else {
                 plan(remaining, self.rate.insn_ns(), &self.tuning)
             };

@@ -1,2 +1,3 @@
 pub mod compute;
+pub mod exits;
 pub mod ticker;

@@ -1,0 +1,72 @@
+//! Helpers for end-to-end tests: they run the real `understudy` binary on real KVM.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_understudy")
+}
+
+pub fn understudy(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env_remove("UNDERSTUDY_LOG")
+        .output()
+        .expect("spawn understudy")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `understudy run` of a built-in workload, recording to `log`.
+pub fn record(log: &Path, guest: &str, guest_args: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        "--guest",
+        guest,
+        "--record",
+        log.to_str().expect("utf-8 path"),
+    ];
+    for a in guest_args {
+        args.push("--guest-arg");
+        args.push(a);
+    }
+    understudy(&args)
+}
+
+pub fn replay(log: &Path) -> Output {
+    understudy(&["replay", log.to_str().expect("utf-8 path")])
+}
+
+pub fn inspect_json(log: &Path) -> serde_json::Value {
+    let o = understudy(&[
+        "log",
+        "inspect",
+        "--json",
+        log.to_str().expect("utf-8 path"),
+    ]);
+    assert!(o.status.success(), "inspect failed: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).expect("inspect --json prints JSON")
+}
+
+/// The built-in guest image on disk (built by vmm's build script).
+pub fn guest_elf() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("guest/target/x86_64-unknown-linux-gnu/release/understudy-guest")
+}
+
+pub fn assert_ok(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what} failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
