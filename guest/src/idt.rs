@@ -181,14 +181,15 @@ pub fn init() {
     unsafe { core::arch::asm!("lidt [{}]", in(reg) &raw const ptr, options(readonly, nostack)) };
 }
 
-/// Deliberately unrecoverable: with a zero-limit IDT, `int3` raises #GP,
+/// Deliberately unrecoverable: with a zero-limit IDT, `ud2` (not `int3`,
+/// which the host's CPL0 emulator cannot execute) raises #UD, whose delivery raises #GP,
 /// which cannot be delivered either (#DF), which cannot be delivered
 /// (triple fault -> shutdown).
 pub fn triple_fault() -> ! {
     let ptr = Pointer { limit: 0, base: 0 };
     // SAFETY: intentionally destroys the machine; nothing runs afterwards.
     unsafe {
-        core::arch::asm!("cli", "lidt [{}]", "int3", in(reg) &raw const ptr, options(readonly, nostack));
+        core::arch::asm!("cli", "lidt [{}]", "ud2", in(reg) &raw const ptr, options(readonly, nostack));
     }
     crate::power::halt_forever()
 }

@@ -66,10 +66,10 @@ pub(crate) fn entry() -> impl Strategy<Value = Entry> {
 
 pub(crate) fn frame() -> impl Strategy<Value = Frame> {
     (any::<u64>(), any::<u64>(), any::<u64>(), entry()).prop_map(
-        |(seq, t_ns, regs_check, entry)| Frame {
+        |(seq, t_ns, state_check, entry)| Frame {
             seq,
             t_ns,
-            regs_check,
+            state_check,
             entry,
         },
     )

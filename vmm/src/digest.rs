@@ -90,11 +90,12 @@ impl StateDigest {
     }
 }
 
-/// The per-entry register check of the log format: xxh3-64 over the 18 registers in `Regs`
-/// order, little-endian. Never 0 (0 means "not checked" in the log).
-pub fn regs_check(r: &Regs) -> u64 {
-    let mut bytes = [0u8; Regs::COUNT * 8];
-    for (chunk, v) in bytes.chunks_exact_mut(8).zip(r.to_array()) {
+/// The per-entry state check of the log format: xxh3-64 over the 18 registers in `Regs` order
+/// and then the console hash, all little-endian. Never 0 (0 means "not checked" in the log).
+pub fn state_check(r: &Regs, console_hash: u64) -> u64 {
+    let mut bytes = [0u8; (Regs::COUNT + 1) * 8];
+    let values = r.to_array().into_iter().chain(std::iter::once(console_hash));
+    for (chunk, v) in bytes.chunks_exact_mut(8).zip(values) {
         chunk.copy_from_slice(&v.to_le_bytes());
     }
     xxhash_rust::xxh3::xxh3_64(&bytes).max(1)

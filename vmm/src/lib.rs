@@ -5,6 +5,7 @@
 pub mod boot;
 pub mod bus;
 pub mod clock;
+pub mod console;
 pub mod devices;
 pub mod digest;
 pub mod exit;

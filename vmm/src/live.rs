@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use logging_channel::format::{EndReason, Entry, InputSource, Position};
 
 use crate::clock::{HostClock, SystemClock};
+use crate::console::ConsoleStream;
 use crate::devices::DeviceEnv;
-use crate::digest::{StateDigest, regs_check};
+use crate::digest::{StateDigest, state_check};
 use crate::exit::{ExitError, Stop, handle_exit};
 use crate::machine::Machine;
 use crate::outcome::{Outcome, RunError, RunStats};
@@ -72,6 +73,7 @@ struct Recorder<'a> {
     stats: RunStats,
     exits: u64,
     pending_ticks: u64,
+    console_stream: ConsoleStream,
 }
 
 impl Recorder<'_> {
@@ -80,7 +82,7 @@ impl Recorder<'_> {
         if !self.sink.is_recording() {
             return Ok(());
         }
-        let check = regs_check(&regs_from_kvm(&self.m.vcpu.regs()));
+        let check = state_check(&regs_from_kvm(&self.m.vcpu.regs()), self.console_stream.hash);
         self.sink.append(self.clock.monotonic_ns(), check, &entry)
     }
 
@@ -142,11 +144,7 @@ impl Recorder<'_> {
     }
 
     fn forward_console(&mut self) -> Result<(), RunError> {
-        let out = self.m.bus.devices.serial.take_output();
-        if !out.is_empty() {
-            self.console.write_all(&out).map_err(RunError::Console)?;
-        }
-        Ok(())
+        self.console_stream.forward(&mut self.m.bus, self.console).map_err(RunError::Console)
     }
 
     fn pit_schedule(&self) -> Option<TickSchedule> {
@@ -309,6 +307,7 @@ pub fn run_live(
         stats: RunStats::default(),
         exits: 0,
         pending_ticks: 0,
+        console_stream: ConsoleStream::default(),
     };
     let outcome = rec.run();
     let _ = rec.console.flush();

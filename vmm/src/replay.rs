@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use logging_channel::format::{EndReason, Entry, Frame, InputSource, Position, Regs};
 
+use crate::console::ConsoleStream;
 use crate::devices::DeviceEnv;
-use crate::digest::{StateDigest, format_regs, regs_check, regs_differences};
+use crate::digest::{StateDigest, format_regs, state_check, regs_differences};
 use crate::exit::{Stop, handle_exit};
 use crate::machine::Machine;
 use crate::outcome::{Outcome, RunError, RunStats};
@@ -97,7 +98,9 @@ impl ReplayEnv<'_> {
                 ..
             })) if *exits == exit && *source == want => {
                 let v = *value;
-                let _ = self.source.pop();
+                if let Ok(Some(f)) = self.source.pop() {
+                    self.consumed.push(f);
+                }
                 v
             }
             Ok(Some(f)) => {
@@ -134,8 +137,8 @@ impl DeviceEnv for ReplayEnv<'_> {
     }
 }
 
-/// Compares an entry's recorded register check with the replayed vCPU's.
-fn verify_regs_check(recorded: u64, replayed: u64, last_seq: Option<u64>) -> Result<(), String> {
+/// Compares an entry's recorded state check with the replayed guest's.
+fn verify_state_check(recorded: u64, replayed: u64, last_seq: Option<u64>) -> Result<(), String> {
     if recorded == 0 || recorded == replayed {
         return Ok(());
     }
@@ -148,7 +151,7 @@ fn verify_regs_check(recorded: u64, replayed: u64, last_seq: Option<u64>) -> Res
         }
     };
     Err(format!(
-        "the replayed registers differ from the recorded ones at this entry's position; {since}"
+        "the replayed guest's state (registers or console output so far) differs from the recording at this entry's position; {since}"
     ))
 }
 
@@ -175,6 +178,7 @@ struct Replayer<'a> {
     shutdown: bool,
     digests_verified: u64,
     last_seq: Option<u64>,
+    console_stream: ConsoleStream,
 }
 
 impl Replayer<'_> {
@@ -202,8 +206,8 @@ impl Replayer<'_> {
 
     /// Applies one entry at the current position. `Some` when the recorded run ended here.
     fn apply(&mut self, frame: &Frame) -> Result<Option<Outcome>, ReplayError> {
-        let now = regs_check(&regs_from_kvm(&self.m.vcpu.regs()));
-        if let Err(what) = verify_regs_check(frame.regs_check, now, self.last_seq) {
+        let now = state_check(&regs_from_kvm(&self.m.vcpu.regs()), self.console_stream.hash);
+        if let Err(what) = verify_state_check(frame.state_check, now, self.last_seq) {
             return Err(self.diverged(frame, what));
         }
         self.last_seq = Some(frame.seq);
@@ -371,9 +375,9 @@ impl Replayer<'_> {
         let stop = stop.map_err(|e| RunError::with_state(e, &self.m.vcpu, self.m.memory()))?;
         let (consumed, failure) = (env.consumed, env.failure);
         if !consumed.is_empty() {
-            let now = regs_check(&regs_from_kvm(&self.m.vcpu.regs()));
+            let now = state_check(&regs_from_kvm(&self.m.vcpu.regs()), self.console_stream.hash);
             for f in &consumed {
-                if let Err(what) = verify_regs_check(f.regs_check, now, self.last_seq) {
+                if let Err(what) = verify_state_check(f.state_check, now, self.last_seq) {
                     return Err(self.diverged(f, what));
                 }
                 self.last_seq = Some(f.seq);
@@ -392,10 +396,7 @@ impl Replayer<'_> {
                 "EXIT"
             );
             self.here = Here::AtExit(self.exits);
-            let out = self.m.bus.devices.serial.take_output();
-            if !out.is_empty() {
-                self.console.write_all(&out).map_err(RunError::Console)?;
-            }
+            self.console_stream.forward(&mut self.m.bus, self.console).map_err(RunError::Console)?;
             match stop {
                 Stop::Halt => self.halted = true,
                 Stop::Shutdown => self.shutdown = true,
@@ -583,6 +584,7 @@ pub fn replay(
         shutdown: false,
         digests_verified: 0,
         last_seq: None,
+        console_stream: ConsoleStream::default(),
     };
     let result = r.run();
     let _ = r.console.flush();

@@ -15,7 +15,7 @@ pub enum SinkError {
 pub trait LogSink {
     /// False for a plain run: nothing is logged and no digests are computed.
     fn is_recording(&self) -> bool;
-    fn append(&mut self, t_ns: u64, regs_check: u64, entry: &Entry) -> Result<(), SinkError>;
+    fn append(&mut self, t_ns: u64, state_check: u64, entry: &Entry) -> Result<(), SinkError>;
     /// Pushes buffered entries out, so a crash of the VMM loses at most what came after.
     fn flush(&mut self) -> Result<(), SinkError>;
 }
@@ -28,7 +28,7 @@ impl LogSink for NullSink {
     fn is_recording(&self) -> bool {
         false
     }
-    fn append(&mut self, _t_ns: u64, _regs_check: u64, _entry: &Entry) -> Result<(), SinkError> {
+    fn append(&mut self, _t_ns: u64, _state_check: u64, _entry: &Entry) -> Result<(), SinkError> {
         Ok(())
     }
     fn flush(&mut self) -> Result<(), SinkError> {
@@ -67,8 +67,8 @@ impl LogSink for FileSink {
     fn is_recording(&self) -> bool {
         true
     }
-    fn append(&mut self, t_ns: u64, regs_check: u64, entry: &Entry) -> Result<(), SinkError> {
-        self.writer.append(t_ns, regs_check, entry)?;
+    fn append(&mut self, t_ns: u64, state_check: u64, entry: &Entry) -> Result<(), SinkError> {
+        self.writer.append(t_ns, state_check, entry)?;
         Ok(())
     }
     fn flush(&mut self) -> Result<(), SinkError> {
@@ -86,8 +86,8 @@ impl LogSink for VecSink {
     fn is_recording(&self) -> bool {
         true
     }
-    fn append(&mut self, t_ns: u64, regs_check: u64, entry: &Entry) -> Result<(), SinkError> {
-        self.entries.push((t_ns, regs_check, entry.clone()));
+    fn append(&mut self, t_ns: u64, state_check: u64, entry: &Entry) -> Result<(), SinkError> {
+        self.entries.push((t_ns, state_check, entry.clone()));
         Ok(())
     }
     fn flush(&mut self) -> Result<(), SinkError> {

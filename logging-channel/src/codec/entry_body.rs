@@ -18,13 +18,13 @@ pub(crate) fn put_entry_body(
     out: &mut Vec<u8>,
     seq: u64,
     t_ns: u64,
-    regs_check: u64,
+    state_check: u64,
     entry: &Entry,
 ) {
     put_u8(out, entry.kind() as u8);
     put_u64(out, seq);
     put_u64(out, t_ns);
-    put_u64(out, regs_check);
+    put_u64(out, state_check);
     put_position(out, entry.pos());
     match entry {
         Entry::Input { source, value, .. } => {
@@ -90,7 +90,7 @@ pub(crate) fn decode_entry_body(body: &[u8], base: u64) -> Result<Frame, CodecEr
     })?;
     let seq = c.u64("seq")?;
     let t_ns = c.u64("t_ns")?;
-    let regs_check = c.u64("regs_check")?;
+    let state_check = c.u64("state_check")?;
     let pos = position(&mut c)?;
     let entry = match kind {
         EntryKind::Input => {
@@ -141,7 +141,7 @@ pub(crate) fn decode_entry_body(body: &[u8], base: u64) -> Result<Frame, CodecEr
     Ok(Frame {
         seq,
         t_ns,
-        regs_check,
+        state_check,
         entry,
     })
 }

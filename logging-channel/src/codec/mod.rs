@@ -34,13 +34,13 @@ pub const VERSION_OFFSET: u64 = HEADER_FRAME_OFFSET + 8;
 /// Appends one entry frame to `out`. Does not enforce `MAX_FRAME_LEN`;
 /// writers must (`LogWriter` does), as every reader rejects larger frames.
 pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) {
-    encode_entry(frame.seq, frame.t_ns, frame.regs_check, &frame.entry, out);
+    encode_entry(frame.seq, frame.t_ns, frame.state_check, &frame.entry, out);
 }
 
 /// `encode_frame` without building a `Frame` (which would clone the entry).
-pub(crate) fn encode_entry(seq: u64, t_ns: u64, regs_check: u64, entry: &Entry, out: &mut Vec<u8>) {
+pub(crate) fn encode_entry(seq: u64, t_ns: u64, state_check: u64, entry: &Entry, out: &mut Vec<u8>) {
     envelope::put_frame(out, |body| {
-        entry_body::put_entry_body(body, seq, t_ns, regs_check, entry)
+        entry_body::put_entry_body(body, seq, t_ns, state_check, entry)
     });
 }
 

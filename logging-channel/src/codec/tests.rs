@@ -131,7 +131,7 @@ fn every_entry_kind_round_trips() {
         let frame = Frame {
             seq: i as u64,
             t_ns: 1000 * i as u64,
-            regs_check: 0,
+            state_check: 0,
             entry,
         };
         let bytes = encoded(&frame);
@@ -156,7 +156,7 @@ fn frame_layout_is_pinned() {
     let frame = Frame {
         seq: 1,
         t_ns: 2,
-        regs_check: 0,
+        state_check: 0,
         entry: Entry::Irq {
             pos: Position::AtExit { exits: 5 },
             line: 0,
@@ -166,7 +166,7 @@ fn frame_layout_is_pinned() {
         &[2u8][..],          // kind irq
         &1u64.to_le_bytes(), // seq
         &2u64.to_le_bytes(), // t_ns
-        &0u64.to_le_bytes(), // regs_check
+        &0u64.to_le_bytes(), // state_check
         &[1],                // position tag AtExit
         &5u64.to_le_bytes(), // exits
         &[0],                // line
@@ -285,7 +285,7 @@ fn crc_mismatch_names_the_frame() {
     let frame = Frame {
         seq: 0,
         t_ns: 0,
-        regs_check: 0,
+        state_check: 0,
         entry: Entry::Irq {
             pos: Position::AtExit { exits: 1 },
             line: 4,
@@ -309,7 +309,7 @@ fn unknown_kind_is_rejected_including_the_reserved_zero() {
         let mut body = body_of(&Frame {
             seq: 0,
             t_ns: 0,
-            regs_check: 0,
+            state_check: 0,
             entry: Entry::Irq {
                 pos: Position::AtExit { exits: 1 },
                 line: 0,
@@ -335,7 +335,7 @@ fn strict_bodies_trailing_bytes() {
     let mut body = body_of(&Frame {
         seq: 0,
         t_ns: 0,
-        regs_check: 0,
+        state_check: 0,
         entry: Entry::Inject {
             pos: Position::AtExit { exits: 1 },
             vector: 0x30,
@@ -353,7 +353,7 @@ fn strict_bodies_unknown_position_tag() {
     let mut body = body_of(&Frame {
         seq: 0,
         t_ns: 0,
-        regs_check: 0,
+        state_check: 0,
         entry: Entry::Irq {
             pos: Position::AtExit { exits: 1 },
             line: 0,
@@ -372,7 +372,7 @@ fn strict_bodies_unknown_input_source_and_end_reason() {
     let mut body = body_of(&Frame {
         seq: 0,
         t_ns: 0,
-        regs_check: 0,
+        state_check: 0,
         entry: Entry::Input {
             pos: pos.clone(),
             source: InputSource::Clock,
@@ -385,7 +385,7 @@ fn strict_bodies_unknown_input_source_and_end_reason() {
     let mut body = body_of(&Frame {
         seq: 0,
         t_ns: 0,
-        regs_check: 0,
+        state_check: 0,
         entry: Entry::End {
             pos,
             reason: EndReason::Stopped,
@@ -400,7 +400,7 @@ fn strict_bodies_short_body() {
     let body = body_of(&Frame {
         seq: 0,
         t_ns: 0,
-        regs_check: 0,
+        state_check: 0,
         entry: Entry::Digest {
             pos: precise(),
             regs: Regs::default(),
@@ -462,7 +462,7 @@ fn grown_length_field_is_corruption_not_truncation() {
     let frame = Frame {
         seq: 3,
         t_ns: 9,
-        regs_check: 0,
+        state_check: 0,
         entry: Entry::ConsoleInput {
             pos: precise(),
             bytes: b"hello".to_vec(),

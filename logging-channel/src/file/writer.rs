@@ -78,14 +78,14 @@ impl LogWriter {
     /// Appends `entry` with the next sequence number and returns that number.
     /// Refuses (writing nothing) an entry after `End` and a frame larger than
     /// `MAX_FRAME_LEN`, since no reader would accept either.
-    pub fn append(&mut self, t_ns: u64, regs_check: u64, entry: &Entry) -> Result<u64, LogError> {
+    pub fn append(&mut self, t_ns: u64, state_check: u64, entry: &Entry) -> Result<u64, LogError> {
         let offset = self.bytes_written;
         if self.ended {
             return Err(LogError::AfterEnd { offset }.in_file(Some(&self.path)));
         }
         let seq = self.next_seq;
         self.scratch.clear();
-        codec::encode_entry(seq, t_ns, regs_check, entry, &mut self.scratch);
+        codec::encode_entry(seq, t_ns, state_check, entry, &mut self.scratch);
         let body_len = (self.scratch.len() - ENVELOPE_LEN) as u64;
         if body_len > u64::from(MAX_FRAME_LEN) {
             return Err(LogError::from(CodecError::FrameTooLarge {

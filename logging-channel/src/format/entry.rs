@@ -144,9 +144,9 @@ pub struct Frame {
     /// Recorder's monotonic time since the start of recording. Informative
     /// (durations, lag); replay ignores it.
     pub t_ns: u64,
-    /// xxh3-64 of the 18 registers (in `Regs` order, little-endian) at the entry's position,
-    /// as the recorder saw them; 0 if it did not look. Replay compares it before applying the
-    /// entry, so a divergence shows at the first entry after its cause, not at the next digest.
-    pub regs_check: u64,
+    /// Fingerprint of the guest at the entry's position as the recorder saw it (registers and
+    /// console output so far; see docs/log-format.md); 0 if it did not look. Replay compares it
+    /// before applying the entry, so a divergence shows at the first entry after its cause.
+    pub state_check: u64,
     pub entry: Entry,
 }

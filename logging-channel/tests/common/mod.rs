@@ -83,7 +83,7 @@ pub fn frames() -> Vec<Frame> {
         .map(|(i, entry)| Frame {
             seq: i as u64,
             t_ns: 1_000 * i as u64,
-            regs_check: 0,
+            state_check: 0,
             entry,
         })
         .collect()

@@ -1,0 +1,53 @@
+//! The guest console as it leaves the VM: bytes the UART collected, forwarded after each exit,
+//! and a running hash of everything forwarded so replay can compare it with the recording.
+
+use std::io::Write;
+
+use crate::bus::Bus;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConsoleStream {
+    /// `xxh3_64_with_seed(chunk, previous)` over each exit's output (docs/log-format.md).
+    pub hash: u64,
+    pub bytes: u64,
+}
+
+impl ConsoleStream {
+    /// Moves the UART's pending output to `out`, folding it into the hash.
+    pub fn forward(&mut self, bus: &mut Bus, out: &mut dyn Write) -> std::io::Result<()> {
+        let chunk = bus.devices.serial.take_output();
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.hash = xxhash_rust::xxh3::xxh3_64_with_seed(&chunk, self.hash);
+        self.bytes += chunk.len() as u64;
+        out.write_all(&chunk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::FakeEnv;
+
+    #[test]
+    fn forwarding_hashes_what_it_writes_and_nothing_when_idle() {
+        let mut bus = Bus::new();
+        let mut env = FakeEnv::default();
+        let mut stream = ConsoleStream::default();
+        let mut out = Vec::new();
+        stream.forward(&mut bus, &mut out).unwrap();
+        assert_eq!(stream, ConsoleStream::default());
+        for b in b"hi\n" {
+            bus.write(0x3f8, &[*b], &mut env);
+        }
+        stream.forward(&mut bus, &mut out).unwrap();
+        assert_eq!(out, b"hi\n");
+        assert_eq!(stream.bytes, 3);
+        assert_eq!(stream.hash, xxhash_rust::xxh3::xxh3_64_with_seed(b"hi\n", 0));
+        let before = stream;
+        bus.write(0x3f8, b"x", &mut env);
+        stream.forward(&mut bus, &mut out).unwrap();
+        assert_ne!(stream.hash, before.hash, "the same prefix with more output hashes differently");
+    }
+}
