@@ -23,7 +23,12 @@ fn load(log: &std::path::Path) -> (logging_channel::format::Header, LogState, Ve
     (reader.header().clone(), reader.state(), frames)
 }
 
-fn write_log(path: &std::path::Path, header: &logging_channel::format::Header, state: LogState, frames: &[(u64, Frame)]) {
+fn write_log(
+    path: &std::path::Path,
+    header: &logging_channel::format::Header,
+    state: LogState,
+    frames: &[(u64, Frame)],
+) {
     let mut bytes = encode_prefix(header, state);
     for (_, f) in frames {
         encode_frame(f, &mut bytes);
@@ -46,13 +51,23 @@ fn a_flipped_byte_is_rejected_by_inspect_and_replay_naming_the_offset() {
     let inspect = understudy(&["log", "inspect", bad.to_str().unwrap()]);
     assert_eq!(inspect.status.code(), Some(1), "{}", stderr(&inspect));
     let msg = stderr(&inspect);
-    assert!(msg.contains(&format!("byte {offset}")), "inspect must name the frame's offset {offset}: {msg}");
+    assert!(
+        msg.contains(&format!("byte {offset}")),
+        "inspect must name the frame's offset {offset}: {msg}"
+    );
     assert!(!msg.contains("panicked"), "{msg}");
 
     let rep = replay(&bad);
     assert_eq!(rep.status.code(), Some(1), "{}", stderr(&rep));
-    assert!(stderr(&rep).contains(&format!("byte {offset}")), "{}", stderr(&rep));
-    assert!(stdout(&rep).is_empty(), "a corrupt log must not be replayed at all");
+    assert!(
+        stderr(&rep).contains(&format!("byte {offset}")),
+        "{}",
+        stderr(&rep)
+    );
+    assert!(
+        stdout(&rep).is_empty(),
+        "a corrupt log must not be replayed at all"
+    );
 }
 
 #[test]
@@ -74,7 +89,10 @@ fn a_truncated_log_is_reported_incomplete_and_replays_to_its_last_whole_entry() 
     let rep = replay(&cut);
     assert_eq!(rep.status.code(), Some(3), "{}", stderr(&rep));
     let msg = stderr(&rep);
-    assert!(msg.contains("INCOMPLETE") && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains("INCOMPLETE") && msg.contains("truncated"),
+        "{msg}"
+    );
     assert!(msg.contains(&format!("#{} of {keep}", keep - 1)), "{msg}");
     // What replay printed is a prefix of what the recording printed.
     let full = replay(&log);
@@ -87,7 +105,13 @@ fn a_killed_recorder_leaves_a_log_that_replays_as_far_as_it_goes() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("killed.ulog");
     let mut child = Command::new(bin())
-        .args(["run", "--guest", "compute", "--record", log.to_str().unwrap()])
+        .args([
+            "run",
+            "--guest",
+            "compute",
+            "--record",
+            log.to_str().unwrap(),
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -120,7 +144,15 @@ fn an_altered_input_with_a_valid_crc_is_caught_at_that_entry() {
     let (idx, altered_seq) = frames
         .iter()
         .enumerate()
-        .filter(|(_, (_, f))| matches!(f.entry, Entry::Input { source: InputSource::Clock, .. }))
+        .filter(|(_, (_, f))| {
+            matches!(
+                f.entry,
+                Entry::Input {
+                    source: InputSource::Clock,
+                    ..
+                }
+            )
+        })
         .map(|(i, (_, f))| (i, f.seq))
         .nth(2)
         .expect("ticker reads the clock");
@@ -129,14 +161,18 @@ fn an_altered_input_with_a_valid_crc_is_caught_at_that_entry() {
     }
     let bad = dir.path().join("altered.ulog");
     write_log(&bad, &header, state, &frames);
-    assert!(LogReader::open(&bad).is_ok(), "the altered log must be well-formed (valid CRCs)");
+    assert!(
+        LogReader::open(&bad).is_ok(),
+        "the altered log must be well-formed (valid CRCs)"
+    );
 
     let rep = replay(&bad);
     assert_eq!(rep.status.code(), Some(4), "{}", stderr(&rep));
     let msg = stderr(&rep);
     assert!(msg.contains("DIVERGED"), "{msg}");
     assert!(
-        msg.contains(&format!("up to entry #{altered_seq},")) || msg.contains(&format!("entry #{altered_seq} (")),
+        msg.contains(&format!("up to entry #{altered_seq},"))
+            || msg.contains(&format!("entry #{altered_seq} (")),
         "the report must name the altered entry #{altered_seq}: {msg}"
     );
 }
@@ -151,7 +187,11 @@ fn a_log_of_another_guest_image_is_refused() {
     write_log(&other, &header, state, &frames);
     let rep = replay(&other);
     assert_eq!(rep.status.code(), Some(1));
-    assert!(stderr(&rep).contains("recorded with guest image"), "{}", stderr(&rep));
+    assert!(
+        stderr(&rep).contains("recorded with guest image"),
+        "{}",
+        stderr(&rep)
+    );
     assert!(stdout(&rep).is_empty());
 }
 
@@ -162,7 +202,11 @@ fn a_malformed_guest_image_is_a_clear_error() {
     std::fs::write(&garbage, b"\x7fELF this is not really an ELF file").unwrap();
     let o = understudy(&["run", "--guest", garbage.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("not a loadable x86_64 ELF"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a loadable x86_64 ELF"),
+        "{}",
+        stderr(&o)
+    );
 
     // A real ELF, but not a PVH kernel.
     let o = understudy(&["run", "--guest", "/bin/true"]);
@@ -171,7 +215,11 @@ fn a_malformed_guest_image_is_a_clear_error() {
 
     let o = understudy(&["run", "--guest", "/nonexistent/guest.elf"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("cannot read guest image /nonexistent/guest.elf"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot read guest image /nonexistent/guest.elf"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -194,7 +242,13 @@ fn bad_flags_are_usage_errors() {
 
 #[test]
 fn a_guest_triple_fault_ends_the_run_with_the_registers() {
-    let o = understudy(&["run", "--guest", guest_elf().to_str().unwrap(), "--guest-arg", "triplefault"]);
+    let o = understudy(&[
+        "run",
+        "--guest",
+        guest_elf().to_str().unwrap(),
+        "--guest-arg",
+        "triplefault",
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let msg = stderr(&o);
     assert!(msg.contains("triple fault"), "{msg}");
@@ -209,8 +263,18 @@ fn a_missing_dev_kvm_is_a_clear_error() {
         eprintln!("skipping: cannot create a mount namespace here");
         return;
     }
-    let script = format!("mount -t tmpfs none /dev && exec {} run --guest ticker", bin());
-    let o = Command::new("unshare").args(["--mount", "sh", "-c", &script]).output().unwrap();
+    let script = format!(
+        "mount -t tmpfs none /dev && exec {} run --guest ticker",
+        bin()
+    );
+    let o = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("cannot open /dev/kvm"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot open /dev/kvm"),
+        "{}",
+        stderr(&o)
+    );
 }

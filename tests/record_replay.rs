@@ -101,3 +101,20 @@ fn a_plain_run_prints_the_guest_console_and_returns_its_exit_code() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_replay_whose_kick_lands_too_late_is_retried_without_printing_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("compute.ulog");
+    let rec = record(&log, "compute", &["iters=6000"]);
+    assert_ok(&rec, "recording");
+    // Aiming kicks at 4x the remaining distance makes the first attempt overshoot for sure.
+    let rep = understudy(&["replay", log.to_str().unwrap(), "--aim", "4"]);
+    assert_ok(&rep, "replay with overshooting kicks");
+    assert!(
+        stderr(&rep).contains("attempt 1 overshot entry #"),
+        "{}",
+        stderr(&rep)
+    );
+    assert_eq!(stdout(&rep), stdout(&rec));
+}

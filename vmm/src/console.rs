@@ -44,10 +44,16 @@ mod tests {
         stream.forward(&mut bus, &mut out).unwrap();
         assert_eq!(out, b"hi\n");
         assert_eq!(stream.bytes, 3);
-        assert_eq!(stream.hash, xxhash_rust::xxh3::xxh3_64_with_seed(b"hi\n", 0));
+        assert_eq!(
+            stream.hash,
+            xxhash_rust::xxh3::xxh3_64_with_seed(b"hi\n", 0)
+        );
         let before = stream;
         bus.write(0x3f8, b"x", &mut env);
         stream.forward(&mut bus, &mut out).unwrap();
-        assert_ne!(stream.hash, before.hash, "the same prefix with more output hashes differently");
+        assert_ne!(
+            stream.hash, before.hash,
+            "the same prefix with more output hashes differently"
+        );
     }
 }

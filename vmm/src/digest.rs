@@ -94,7 +94,10 @@ impl StateDigest {
 /// and then the console hash, all little-endian. Never 0 (0 means "not checked" in the log).
 pub fn state_check(r: &Regs, console_hash: u64) -> u64 {
     let mut bytes = [0u8; (Regs::COUNT + 1) * 8];
-    let values = r.to_array().into_iter().chain(std::iter::once(console_hash));
+    let values = r
+        .to_array()
+        .into_iter()
+        .chain(std::iter::once(console_hash));
     for (chunk, v) in bytes.chunks_exact_mut(8).zip(values) {
         chunk.copy_from_slice(&v.to_le_bytes());
     }

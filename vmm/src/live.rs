@@ -82,7 +82,10 @@ impl Recorder<'_> {
         if !self.sink.is_recording() {
             return Ok(());
         }
-        let check = state_check(&regs_from_kvm(&self.m.vcpu.regs()), self.console_stream.hash);
+        let check = state_check(
+            &regs_from_kvm(&self.m.vcpu.regs()),
+            self.console_stream.hash,
+        );
         self.sink.append(self.clock.monotonic_ns(), check, &entry)
     }
 
@@ -144,7 +147,9 @@ impl Recorder<'_> {
     }
 
     fn forward_console(&mut self) -> Result<(), RunError> {
-        self.console_stream.forward(&mut self.m.bus, self.console).map_err(RunError::Console)
+        self.console_stream
+            .forward(&mut self.m.bus, self.console)
+            .map_err(RunError::Console)
     }
 
     fn pit_schedule(&self) -> Option<TickSchedule> {
@@ -310,6 +315,7 @@ pub fn run_live(
         console_stream: ConsoleStream::default(),
     };
     let outcome = rec.run();
+    kick::unpublish();
     let _ = rec.console.flush();
     let _ = rec.sink.flush();
     let mut stats = rec.stats;

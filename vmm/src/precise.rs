@@ -86,6 +86,18 @@ impl Default for ApproachTuning {
     }
 }
 
+impl ApproachTuning {
+    /// For a second attempt after a kick landed late: aims at a tenth of the distance and
+    /// assumes kicks may come 200 µs late.
+    pub fn cautious() -> Self {
+        Self {
+            aim: 0.1,
+            kick_latency_ns: 200_000.0,
+            ..Self::default()
+        }
+    }
+}
+
 /// Decides the next step for `remaining` instructions to go when the guest currently executes
 /// about `insn_ns` nanoseconds per counted instruction. Pure, so it is tested exhaustively.
 pub fn plan(remaining: u64, insn_ns: f64, t: &ApproachTuning) -> ApproachStep {

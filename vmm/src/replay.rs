@@ -9,7 +9,7 @@ use logging_channel::format::{EndReason, Entry, Frame, InputSource, Position, Re
 
 use crate::console::ConsoleStream;
 use crate::devices::DeviceEnv;
-use crate::digest::{StateDigest, format_regs, state_check, regs_differences};
+use crate::digest::{StateDigest, format_regs, regs_differences, state_check};
 use crate::exit::{Stop, handle_exit};
 use crate::machine::Machine;
 use crate::outcome::{Outcome, RunError, RunStats};
@@ -28,6 +28,18 @@ pub enum ReplayError {
     },
     #[error("the log ends after entry {} (it is incomplete); replayed everything up to there, {exits} guest exits", last_seq.map_or("(none)".to_string(), |s| format!("#{s}")))]
     LogEnded { last_seq: Option<u64>, exits: u64 },
+    /// A timed kick landed so late that the guest ran past a recorded position. The replay is
+    /// not wrong, only lost: run it again (from a checkpoint, or from the start) more cautiously.
+    #[error(
+        "replay overshot entry #{seq} ({entry}): a timed kick landed late and the guest ran past it (counter {count}, recorded {target})"
+    )]
+    Overshot {
+        seq: u64,
+        entry: String,
+        count: u64,
+        target: u64,
+        console_bytes: u64,
+    },
     #[error(transparent)]
     Run(#[from] RunError),
     #[error(transparent)]
@@ -179,6 +191,7 @@ struct Replayer<'a> {
     digests_verified: u64,
     last_seq: Option<u64>,
     console_stream: ConsoleStream,
+    in_approach: bool,
 }
 
 impl Replayer<'_> {
@@ -206,7 +219,10 @@ impl Replayer<'_> {
 
     /// Applies one entry at the current position. `Some` when the recorded run ended here.
     fn apply(&mut self, frame: &Frame) -> Result<Option<Outcome>, ReplayError> {
-        let now = state_check(&regs_from_kvm(&self.m.vcpu.regs()), self.console_stream.hash);
+        let now = state_check(
+            &regs_from_kvm(&self.m.vcpu.regs()),
+            self.console_stream.hash,
+        );
         if let Err(what) = verify_state_check(frame.state_check, now, self.last_seq) {
             return Err(self.diverged(frame, what));
         }
@@ -375,7 +391,10 @@ impl Replayer<'_> {
         let stop = stop.map_err(|e| RunError::with_state(e, &self.m.vcpu, self.m.memory()))?;
         let (consumed, failure) = (env.consumed, env.failure);
         if !consumed.is_empty() {
-            let now = state_check(&regs_from_kvm(&self.m.vcpu.regs()), self.console_stream.hash);
+            let now = state_check(
+                &regs_from_kvm(&self.m.vcpu.regs()),
+                self.console_stream.hash,
+            );
             for f in &consumed {
                 if let Err(what) = verify_state_check(f.state_check, now, self.last_seq) {
                     return Err(self.diverged(f, what));
@@ -396,7 +415,13 @@ impl Replayer<'_> {
                 "EXIT"
             );
             self.here = Here::AtExit(self.exits);
-            self.console_stream.forward(&mut self.m.bus, self.console).map_err(RunError::Console)?;
+            // A guest exit in the middle of an approach means the guest went past a recorded
+            // position: whatever it printed there is not what the recording printed.
+            if !self.in_approach {
+                self.console_stream
+                    .forward(&mut self.m.bus, self.console)
+                    .map_err(RunError::Console)?;
+            }
             match stop {
                 Stop::Halt => self.halted = true,
                 Stop::Shutdown => self.shutdown = true,
@@ -415,7 +440,9 @@ impl Replayer<'_> {
     /// passing it, and stops there.
     fn approach(&mut self, next: &Frame, target: u64, regs: &Regs) -> Result<(), ReplayError> {
         let started = Instant::now();
+        self.in_approach = true;
         let result = self.approach_inner(next, target, regs);
+        self.in_approach = false;
         self.timer.disarm().map_err(RunError::Timer)?;
         self.m.vcpu.set_breakpoint(None).map_err(RunError::from)?;
         self.stats.approach += started.elapsed();
@@ -428,12 +455,22 @@ impl Replayer<'_> {
         target: u64,
         want: &Regs,
     ) -> Result<(), ReplayError> {
+        let mut last_step_was_kick = false;
         loop {
             let count = self.m.counter.read().map_err(RunError::from)?;
             let now = regs_from_kvm(&self.m.vcpu.regs());
             let level = cpl(&self.m.vcpu.sregs());
             if count == target && now == *want && level == 0 {
                 return Ok(());
+            }
+            if count > target && last_step_was_kick {
+                return Err(ReplayError::Overshot {
+                    seq: next.seq,
+                    entry: describe(&next.entry),
+                    count,
+                    target,
+                    console_bytes: self.console_stream.bytes,
+                });
             }
             if count > target {
                 return Err(self.diverged(
@@ -475,6 +512,7 @@ impl Replayer<'_> {
             } else {
                 plan(remaining, self.rate.insn_ns(), &self.tuning)
             };
+            last_step_was_kick = matches!(step, ApproachStep::Kick { .. });
             let stop = match step {
                 ApproachStep::Kick { after_ns } => {
                     self.stats.approach_kicks += 1;
@@ -541,6 +579,15 @@ impl Replayer<'_> {
                     stop
                 }
             };
+            if last_step_was_kick && stop.is_guest_exit() {
+                return Err(ReplayError::Overshot {
+                    seq: next.seq,
+                    entry: describe(&next.entry),
+                    count: self.m.counter.read().map_err(RunError::from)?,
+                    target,
+                    console_bytes: self.console_stream.bytes,
+                });
+            }
             self.check_no_exit(next, stop, target)?;
         }
     }
@@ -585,8 +632,10 @@ pub fn replay(
         digests_verified: 0,
         last_seq: None,
         console_stream: ConsoleStream::default(),
+        in_approach: false,
     };
     let result = r.run();
+    kick::unpublish();
     let _ = r.console.flush();
     let mut stats = r.stats.clone();
     stats.wall = started.elapsed();

@@ -38,7 +38,13 @@ pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) {
 }
 
 /// `encode_frame` without building a `Frame` (which would clone the entry).
-pub(crate) fn encode_entry(seq: u64, t_ns: u64, state_check: u64, entry: &Entry, out: &mut Vec<u8>) {
+pub(crate) fn encode_entry(
+    seq: u64,
+    t_ns: u64,
+    state_check: u64,
+    entry: &Entry,
+    out: &mut Vec<u8>,
+) {
     envelope::put_frame(out, |body| {
         entry_body::put_entry_body(body, seq, t_ns, state_check, entry)
     });

@@ -38,6 +38,12 @@ pub fn publish(immediate_exit: *mut u8) -> std::io::Result<()> {
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
+/// Forgets the published `immediate_exit` byte: call before the vCPU is unmapped, so a late
+/// kick cannot write into freed memory.
+pub fn unpublish() {
+    IMMEDIATE_EXIT.store(std::ptr::null_mut(), Ordering::Release);
+}
+
 /// A handle that can stop the vCPU thread it was created on.
 #[derive(Debug, Clone, Copy)]
 pub struct Kicker {
