@@ -1,6 +1,8 @@
 //! Bad input gets a clear error that says what and where, never a panic, and never a replay
 //! that silently goes wrong.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Command;

@@ -1,5 +1,7 @@
 //! The log as a debugging artefact: `log inspect` and `log dump` report what is in it.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,8 @@
 //! land differently, clocks read differently), and each replays byte-identically with every
 //! digest matching.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashSet;
