@@ -28,8 +28,9 @@ pub fn position_semantics(counter: CounterKind, policy: PrecisePolicy) -> Positi
         CounterKind::PvmInsnEmulation => format!(
             "AtExit{{exits}}: at the n-th guest-initiated VM exit (port/MMIO I/O, hlt), before the guest resumes. \
              Precise{{exits, counter, regs}}: after `exits` guest exits, when KVM's per-vCPU insn_emulation \
-             statistic read `counter` (on the PVM backend it counts every CPL0 guest instruction exactly) and the \
-             18 registers were `regs`; precise landing allowed at CPL0={} CPL3={}",
+             statistic read `counter` (on the PVM backend it counts the guest's CPL0 instructions, which PVM \
+             emulates one by one; a few such as `sti` are not counted, so the registers complete the position) \
+             and the 18 registers were `regs`; precise landing allowed at CPL0={} CPL3={}",
             policy.cpl0, policy.cpl3
         ),
         CounterKind::None => "AtExit{exits} only: interrupts are delivered at guest-initiated exits (port/MMIO I/O, hlt); \
