@@ -35,7 +35,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
     pub interrupt_bound_us: u64,
     /// Milliseconds between state digests in the log.
-    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub digest_interval_ms: u64,
     /// Deliver interrupts only at guest exits, never mid-execution (the portable fallback).
     #[arg(long)]

@@ -37,7 +37,7 @@ impl Default for LiveOptions {
     fn default() -> Self {
         Self {
             interrupt_bound: Duration::from_micros(500),
-            digest_interval: Duration::from_millis(250),
+            digest_interval: Duration::from_millis(1000),
             precise: PrecisePolicy::default(),
             flush_interval: Duration::from_millis(50),
         }

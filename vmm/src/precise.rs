@@ -226,17 +226,27 @@ mod tests {
     }
 
     #[test]
-    fn rate_estimate_follows_faster_samples_at_once_and_slower_ones_slowly() {
+    fn rate_estimate_is_the_fastest_recent_sample() {
         let t = ApproachTuning::default();
         let mut r = RateEstimate::new(&t);
-        r.observe(1000, 100_000.0);
-        assert_eq!(r.insn_ns(), 100.0);
+        assert_eq!(r.insn_ns(), t.initial_insn_ns);
         r.observe(1000, 1_000_000.0);
-        assert!((r.insn_ns() - 280.0).abs() < 1e-9);
+        assert_eq!(r.insn_ns(), 1000.0);
+        r.observe(1000, 9_000_000.0);
+        assert_eq!(r.insn_ns(), 1000.0, "a slow sample does not slow the estimate down");
         r.observe(10, 1.0);
-        assert!(
-            (r.insn_ns() - 280.0).abs() < 1e-9,
-            "tiny samples are ignored"
-        );
+        assert_eq!(r.insn_ns(), 1000.0, "tiny samples are ignored");
+        r.observe(1000, 700_000.0);
+        assert_eq!(r.insn_ns(), 700.0);
+        for _ in 0..16 {
+            r.observe(1000, 2_000_000.0);
+        }
+        assert_eq!(r.insn_ns(), 2000.0, "old fast samples age out after a window");
+    }
+
+    #[test]
+    fn cautious_tuning_aims_shorter_and_expects_later_kicks() {
+        let (d, c) = (ApproachTuning::default(), ApproachTuning::cautious());
+        assert!(c.aim < d.aim && c.kick_latency_ns > d.kick_latency_ns);
     }
 }
