@@ -105,27 +105,9 @@ pub fn state_check(r: &Regs, console_hash: u64) -> u64 {
 }
 
 /// Named register pairs, in the log's order.
-pub fn named_regs(r: &Regs) -> [(&'static str, u64); 18] {
-    [
-        ("rax", r.rax),
-        ("rbx", r.rbx),
-        ("rcx", r.rcx),
-        ("rdx", r.rdx),
-        ("rsi", r.rsi),
-        ("rdi", r.rdi),
-        ("rsp", r.rsp),
-        ("rbp", r.rbp),
-        ("r8", r.r8),
-        ("r9", r.r9),
-        ("r10", r.r10),
-        ("r11", r.r11),
-        ("r12", r.r12),
-        ("r13", r.r13),
-        ("r14", r.r14),
-        ("r15", r.r15),
-        ("rip", r.rip),
-        ("rflags", r.rflags),
-    ]
+pub fn named_regs(r: &Regs) -> [(&'static str, u64); Regs::COUNT] {
+    let values = r.to_array();
+    std::array::from_fn(|i| (Regs::NAMES[i], values[i]))
 }
 
 pub fn regs_differences(recorded: &Regs, replayed: &Regs) -> Vec<String> {

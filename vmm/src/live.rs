@@ -10,7 +10,7 @@ use crate::clock::{HostClock, SystemClock};
 use crate::console::ConsoleStream;
 use crate::devices::DeviceEnv;
 use crate::digest::{StateDigest, state_check};
-use crate::exit::{ExitError, Stop, handle_exit};
+use crate::exit::{ExitError, Stop, handle_exit, trace_guest_exit};
 use crate::machine::Machine;
 use crate::outcome::{Outcome, RunError, RunStats};
 use crate::precise::PrecisePolicy;
@@ -182,12 +182,7 @@ impl Recorder<'_> {
             if stop.is_guest_exit() {
                 self.exits += 1;
                 self.stats.exits += 1;
-                tracing::trace!(
-                    exits = self.exits,
-                    counter = self.m.counter.read().unwrap_or(0),
-                    rip = self.m.vcpu.regs().rip,
-                    "EXIT"
-                );
+                trace_guest_exit(self.exits, self.m.counter.as_ref(), self.m.vcpu.regs().rip);
             } else {
                 self.stats.stops += 1;
             }

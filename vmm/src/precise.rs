@@ -233,7 +233,11 @@ mod tests {
         r.observe(1000, 1_000_000.0);
         assert_eq!(r.insn_ns(), 1000.0);
         r.observe(1000, 9_000_000.0);
-        assert_eq!(r.insn_ns(), 1000.0, "a slow sample does not slow the estimate down");
+        assert_eq!(
+            r.insn_ns(),
+            1000.0,
+            "a slow sample does not slow the estimate down"
+        );
         r.observe(10, 1.0);
         assert_eq!(r.insn_ns(), 1000.0, "tiny samples are ignored");
         r.observe(1000, 700_000.0);
@@ -241,7 +245,11 @@ mod tests {
         for _ in 0..16 {
             r.observe(1000, 2_000_000.0);
         }
-        assert_eq!(r.insn_ns(), 2000.0, "old fast samples age out after a window");
+        assert_eq!(
+            r.insn_ns(),
+            2000.0,
+            "old fast samples age out after a window"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use logging_channel::format::{EndReason, Entry, Frame, InputSource, Position, Re
 use crate::console::ConsoleStream;
 use crate::devices::DeviceEnv;
 use crate::digest::{StateDigest, format_regs, regs_differences, state_check};
-use crate::exit::{Stop, handle_exit};
+use crate::exit::{Stop, handle_exit, trace_guest_exit};
 use crate::machine::Machine;
 use crate::outcome::{Outcome, RunError, RunStats};
 use crate::precise::{ApproachStep, ApproachTuning, RateEstimate, plan};
@@ -408,12 +408,7 @@ impl Replayer<'_> {
         if stop.is_guest_exit() {
             self.exits += 1;
             self.stats.exits += 1;
-            tracing::trace!(
-                exits = self.exits,
-                counter = self.m.counter.read().unwrap_or(0),
-                rip = self.m.vcpu.regs().rip,
-                "EXIT"
-            );
+            trace_guest_exit(self.exits, self.m.counter.as_ref(), self.m.vcpu.regs().rip);
             self.here = Here::AtExit(self.exits);
             // A guest exit in the middle of an approach means the guest went past a recorded
             // position: whatever it printed there is not what the recording printed.

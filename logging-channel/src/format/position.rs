@@ -28,6 +28,12 @@ impl Regs {
     /// Number of registers; each is encoded as a u64.
     pub const COUNT: usize = 18;
 
+    /// Register names, in the same (on-disk) order as [`Regs::to_array`].
+    pub const NAMES: [&'static str; Self::COUNT] = [
+        "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12",
+        "r13", "r14", "r15", "rip", "rflags",
+    ];
+
     /// The registers in on-disk order.
     pub fn to_array(&self) -> [u64; Self::COUNT] {
         [
