@@ -28,6 +28,10 @@ enum Command {
     /// Inspect replay logs.
     #[command(subcommand)]
     Log(commands::log::LogCommand),
+    /// Run the view service: decides which server is primary and which is backup.
+    Viewserver(commands::viewserver::ViewserverArgs),
+    /// Print the current view of a viewserver.
+    View(commands::view::ViewArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +47,8 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(&args),
         Command::Replay(args) => commands::replay::run(&args),
         Command::Log(cmd) => commands::log::run(&cmd),
+        Command::Viewserver(args) => commands::viewserver::run(&args),
+        Command::View(args) => commands::view::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,8 @@
 pub mod log;
 pub mod replay;
 pub mod run;
+pub mod view;
+pub mod viewserver;
 
 use logging_channel::format::{CounterKind, Header, PositionSemantics};
 use vmm::precise::PrecisePolicy;

@@ -1,0 +1,296 @@
+//! The viewserver end to end: a real `understudy viewserver` process on
+//! loopback, driven by the client module as nodes would, and by raw bytes as a
+//! hostile peer would.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use viewserver::View;
+
+const BIN: &str = env!("CARGO_BIN_EXE_understudy");
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The child viewserver; killed (by the PID we started) when dropped, so a
+/// failing assertion does not leak it.
+struct Viewserver {
+    child: Child,
+    addr: String,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Viewserver {
+    fn start() -> Self {
+        let mut child = Command::new(BIN)
+            .args([
+                "viewserver",
+                "--listen",
+                "127.0.0.1:0",
+                "--ping-interval-ms",
+                "20",
+                "--dead-pings",
+                "3",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        let addr = first
+            .strip_prefix("viewserver: listening on ")
+            .unwrap_or_else(|| panic!("unexpected first stderr line {first:?}"))
+            .to_string();
+        Viewserver {
+            child,
+            addr,
+            stderr: rx,
+        }
+    }
+
+    fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.try_iter().collect()
+    }
+}
+
+impl Drop for Viewserver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A node as the protocol wants it: pings with the view number it knows.
+struct Node {
+    name: &'static str,
+    known: u64,
+}
+
+impl Node {
+    fn new(name: &'static str) -> Self {
+        Node { name, known: 0 }
+    }
+}
+
+/// Every live node pings every 5 ms (well inside the 20 ms interval) until
+/// the view satisfies `done`.
+fn pump(addr: &str, nodes: &mut [&mut Node], done: impl Fn(&View) -> bool) -> View {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut last = None;
+        for n in nodes.iter_mut() {
+            let v = viewserver::ping(addr, n.name, n.known, TIMEOUT).unwrap();
+            n.known = v.viewnum;
+            last = Some(v);
+        }
+        let v = last.unwrap();
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "view never got there; last {v:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn understudy_view(addr: &str, json: bool) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["view", "--viewserver", addr]);
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.output().unwrap()
+}
+
+/// Sends raw bytes, returns the whole answer.
+fn raw(addr: &str, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(bytes).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_and_error(answer: &str) -> (u16, String) {
+    let status = answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    (status, v["error"].as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn primary_backup_failover_end_to_end() {
+    let vs = Viewserver::start();
+    let addr = vs.addr.as_str();
+    assert_eq!(
+        viewserver::get_view(addr, TIMEOUT).unwrap(),
+        View::default()
+    );
+
+    let (mut a, mut b, mut c) = (Node::new("a"), Node::new("b"), Node::new("c"));
+    let v = pump(addr, &mut [&mut a], |v| v.viewnum == 1);
+    assert_eq!((v.primary.as_str(), v.backup.as_str()), ("a", ""));
+
+    // b joins and is co-opted once a acked view 1; a then acks view 2.
+    let v = pump(addr, &mut [&mut a, &mut b], |v| v.backup == "b");
+    assert_eq!(v.primary, "a");
+    let backup_view = v.viewnum;
+    // Two rounds: a learns view 2, then its ping carries that number (the ack).
+    pump(addr, &mut [&mut a, &mut b], |_| true);
+    pump(addr, &mut [&mut a, &mut b], |_| true);
+    assert_eq!(a.known, backup_view);
+
+    // c idles; a stops pinging: b takes over and c becomes its backup.
+    let v = pump(addr, &mut [&mut b, &mut c], |v| {
+        v.primary == "b" && v.backup == "c"
+    });
+    assert!(v.viewnum > backup_view, "{v:?}");
+    let final_view = pump(addr, &mut [&mut b, &mut c], |v| {
+        v.primary == "b" && v.backup == "c"
+    });
+
+    // `understudy view` sees the same thing, in both formats.
+    let out = understudy_view(addr, false);
+    assert!(out.status.success(), "{out:?}");
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(line, format!("{final_view}\n"));
+    assert!(line.starts_with(&format!("view {}: primary=b backup=c", final_view.viewnum)));
+    let out = understudy_view(addr, true);
+    assert!(out.status.success(), "{out:?}");
+    let json: View = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json, final_view);
+
+    // View changes are logged.
+    let log = vs.stderr_lines();
+    assert!(
+        log.iter()
+            .any(|l| l == "viewserver: view 2: primary=a backup=b"),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("viewserver: view ") && l.contains("primary=b backup=c")),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn bad_requests_get_4xx_and_the_server_keeps_serving() {
+    let vs = Viewserver::start();
+    let addr = vs.addr.as_str();
+    let big = format!(
+        "POST /ping HTTP/1.1\r\nContent-Length: {}\r\n\r\n{}",
+        64 * 1024 + 1,
+        "x".repeat(64 * 1024 + 1)
+    );
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n".to_vec(),
+            400,
+        ),
+        (b"hello\r\n\r\n".to_vec(), 400),
+        (b"GET /nope HTTP/1.1\r\n\r\n".to_vec(), 404),
+        (b"DELETE /view HTTP/1.1\r\n\r\n".to_vec(), 405),
+        (b"GET /ping HTTP/1.1\r\n\r\n".to_vec(), 405),
+        (
+            b"POST /ping HTTP/1.1\r\nContent-Length: 5\r\n\r\n{oops".to_vec(),
+            400,
+        ),
+        (
+            b"POST /ping HTTP/1.1\r\nContent-Length: 13\r\n\r\n{\"server\":\"a\"}".to_vec(),
+            400,
+        ),
+        (big.into_bytes(), 413),
+        (
+            b"POST /ping HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            411,
+        ),
+    ];
+    for (bytes, want) in &cases {
+        let answer = raw(addr, bytes);
+        let (status, error) = status_and_error(&answer);
+        assert_eq!(
+            status,
+            *want,
+            "{:?} -> {answer}",
+            String::from_utf8_lossy(bytes)
+        );
+        assert!(!error.is_empty(), "{answer}");
+    }
+    // A peer that connects and says nothing is cut off by the read timeout,
+    // and does not stop others from being served meanwhile.
+    let silent = TcpStream::connect(addr).unwrap();
+    let v = viewserver::ping(addr, "a", 0, TIMEOUT).unwrap();
+    assert_eq!((v.viewnum, v.primary.as_str()), (1, "a"));
+    drop(silent);
+    // A well-formed ping via raw bytes, as curl would send it.
+    let body = r#"{"server": "b", "viewnum": 0}"#;
+    let answer = raw(
+        addr,
+        format!(
+            "POST /ping HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("{\"viewnum\":1,\"primary\":\"a\",\"backup\":\"\"}\n"),
+        "{answer}"
+    );
+    assert_eq!(viewserver::get_view(addr, TIMEOUT).unwrap().primary, "a");
+}
+
+#[test]
+fn view_command_reports_an_unreachable_viewserver() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let out = understudy_view(&addr, false);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("cannot reach viewserver at {addr}: ")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn viewserver_refuses_an_address_it_cannot_bind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["viewserver", "--listen", &addr])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
