@@ -54,7 +54,9 @@ for l in sys.stdin:
 [ -x "$bench_exe" ] || die "exit_cost bench executable not found"
 # Private copies: others may rebuild target/ while the benchmark runs.
 cp "$ROOT/target/release/understudy" "$WORK/bin/understudy"
-cp "$ROOT/guest/target/x86_64-unknown-linux-gnu/release/understudy-guest" "$WORK/bin/guest.elf"
+# The image embedded in the binary, not guest/target/...: that file can be newer or older than
+# what the binary boots, and the comparison needs the identical image.
+"$WORK/bin/understudy" export-guest "$WORK/bin/guest.elf"
 cp "$bench_exe" "$WORK/bin/exit_cost"
 US="$WORK/bin/understudy"
 ELF="$WORK/bin/guest.elf"

@@ -32,6 +32,9 @@ enum Command {
     Viewserver(commands::viewserver::ViewserverArgs),
     /// Print the current view of a viewserver.
     View(commands::view::ViewArgs),
+    /// Write the built-in guest kernel (the exact image `run --guest compute` boots) to a file,
+    /// e.g. to boot it under QEMU for a side-by-side comparison.
+    ExportGuest(commands::export_guest::ExportGuestArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Log(cmd) => commands::log::run(&cmd),
         Command::Viewserver(args) => commands::viewserver::run(&args),
         Command::View(args) => commands::view::run(&args),
+        Command::ExportGuest(args) => commands::export_guest::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -244,10 +244,12 @@ fn bad_flags_are_usage_errors() {
 
 #[test]
 fn a_guest_triple_fault_ends_the_run_with_the_registers() {
+    let dir = tempfile::tempdir().unwrap();
+    let elf = guest_elf(dir.path());
     let o = understudy(&[
         "run",
         "--guest",
-        guest_elf().to_str().unwrap(),
+        elf.to_str().unwrap(),
         "--guest-arg",
         "triplefault",
     ]);

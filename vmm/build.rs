@@ -12,7 +12,6 @@ fn main() {
     let guest_dir = manifest.parent().expect("vmm/ has a parent").join("guest");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     for path in [
-        "src",
         "Cargo.toml",
         "Cargo.lock",
         "link.ld",
@@ -20,6 +19,23 @@ fn main() {
         ".cargo/config.toml",
     ] {
         println!("cargo:rerun-if-changed={}", guest_dir.join(path).display());
+    }
+    // Every source file by name, not just the directory, so no edit can leave a stale guest
+    // embedded in the VMM.
+    let mut dirs = vec![guest_dir.join("src")];
+    while let Some(dir) = dirs.pop() {
+        println!("cargo:rerun-if-changed={}", dir.display());
+        for entry in std::fs::read_dir(&dir)
+            .expect("reading guest/src")
+            .flatten()
+        {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
     }
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());

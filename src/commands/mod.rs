@@ -1,3 +1,4 @@
+pub mod export_guest;
 pub mod log;
 pub mod replay;
 pub mod run;

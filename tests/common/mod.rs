@@ -55,10 +55,12 @@ pub fn inspect_json(log: &Path) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).expect("inspect --json prints JSON")
 }
 
-/// The built-in guest image on disk (built by vmm's build script).
-pub fn guest_elf() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("guest/target/x86_64-unknown-linux-gnu/release/understudy-guest")
+/// The built-in guest image, exported from the binary into `dir`.
+pub fn guest_elf(dir: &Path) -> PathBuf {
+    let path = dir.join("guest.elf");
+    let o = understudy(&["export-guest", path.to_str().expect("utf-8 path")]);
+    assert_ok(&o, "export-guest");
+    path
 }
 
 pub fn assert_ok(o: &Output, what: &str) {
