@@ -7,6 +7,7 @@
 pub mod codec;
 pub mod file;
 pub mod format;
+pub mod net;
 
 #[cfg(test)]
 mod strategies;

@@ -1,0 +1,381 @@
+//! The channel's messages and their bytes. Every message is one frame in the
+//! log's envelope (`u32 body_len | u32 crc32(body) | body`); the body is
+//! `u8 message type | payload`. Pure, I/O-free, like `codec`.
+
+use crate::codec::{CodecError, ENVELOPE_LEN, decode_frame, encode_frame};
+use crate::format::{Frame, MAX_FRAME_LEN};
+
+/// First bytes of a `Hello`, so a stray client (or a log file piped into
+/// the port) is refused as "not an understudy primary" before anything else.
+pub const CHANNEL_MAGIC: [u8; 8] = *b"USTUDYCH";
+
+/// The only channel protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+const T_HELLO: u8 = 1;
+const T_WELCOME: u8 = 2;
+const T_REFUSE: u8 = 3;
+const T_ENTRY: u8 = 4;
+const T_ACK: u8 = 5;
+const T_HEARTBEAT: u8 = 6;
+const T_BYE: u8 = 7;
+
+/// The primary's first message: who it is and what it will stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Always [`CHANNEL_MAGIC`] unless a test wants to be refused.
+    pub magic: [u8; 8],
+    /// Always [`PROTOCOL_VERSION`] unless a test wants to be refused.
+    pub protocol_version: u16,
+    /// SHA-256 of the guest image: replaying a log against another image
+    /// diverges at once, so the backup refuses it up front.
+    pub guest_image_sha256: [u8; 32],
+    /// The view the primary believes it is primary of.
+    pub viewnum: u64,
+    /// The primary's server name as the viewserver knows it.
+    pub primary: String,
+    /// Seq of the first entry the primary will send.
+    pub first_seq: u64,
+}
+
+impl Hello {
+    pub fn new(
+        guest_image_sha256: [u8; 32],
+        viewnum: u64,
+        primary: impl Into<String>,
+        first_seq: u64,
+    ) -> Self {
+        Self {
+            magic: CHANNEL_MAGIC,
+            protocol_version: PROTOCOL_VERSION,
+            guest_image_sha256,
+            viewnum,
+            primary: primary.into(),
+            first_seq,
+        }
+    }
+}
+
+/// One message on the channel. See docs/log-format.md, "Over TCP".
+// Entry is the big variant and also by far the most common one; boxing it
+// would cost an allocation per entry to shrink messages that live only
+// briefly on the stack.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Primary → backup, first message.
+    Hello(Hello),
+    /// Backup → primary: accepted; the first entry must have seq `next_seq`.
+    Welcome { next_seq: u64 },
+    /// Backup → primary: not accepted; the backup closes after sending it.
+    Refuse { reason: String },
+    /// Primary → backup: one log entry, payload = the log's entry body.
+    Entry(Frame),
+    /// Backup → primary: every entry with seq ≤ `seq` is in the backup's
+    /// buffer (cumulative).
+    Ack { seq: u64 },
+    /// Both ways, sent when nothing else was sent for a heartbeat interval:
+    /// the sender's newest entry (`t_ns` of it, 0 if none) so an idle link
+    /// still shows how far each side is.
+    Heartbeat { t_ns: u64, last_seq: Option<u64> },
+    /// Either way: a clean close, with why.
+    Bye { reason: String },
+}
+
+impl Message {
+    /// Name for error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "Hello",
+            Self::Welcome { .. } => "Welcome",
+            Self::Refuse { .. } => "Refuse",
+            Self::Entry(_) => "Entry",
+            Self::Ack { .. } => "Ack",
+            Self::Heartbeat { .. } => "Heartbeat",
+            Self::Bye { .. } => "Bye",
+        }
+    }
+}
+
+/// Appends the message's frame to `out` and returns the frame's length.
+/// Does not enforce `MAX_FRAME_LEN` (see [`encoded_len_ok`]).
+pub fn encode_message(msg: &Message, out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; ENVELOPE_LEN]);
+    match msg {
+        Message::Hello(h) => {
+            out.push(T_HELLO);
+            out.extend_from_slice(&h.magic);
+            out.extend_from_slice(&h.protocol_version.to_le_bytes());
+            out.extend_from_slice(&h.guest_image_sha256);
+            out.extend_from_slice(&h.viewnum.to_le_bytes());
+            put_str(out, &h.primary);
+            out.extend_from_slice(&h.first_seq.to_le_bytes());
+        }
+        Message::Welcome { next_seq } => {
+            out.push(T_WELCOME);
+            out.extend_from_slice(&next_seq.to_le_bytes());
+        }
+        Message::Refuse { reason } => {
+            out.push(T_REFUSE);
+            put_str(out, reason);
+        }
+        Message::Entry(frame) => {
+            out.truncate(start);
+            return encode_entry_message(frame, out);
+        }
+        Message::Ack { seq } => {
+            out.push(T_ACK);
+            out.extend_from_slice(&seq.to_le_bytes());
+        }
+        Message::Heartbeat { t_ns, last_seq } => {
+            out.push(T_HEARTBEAT);
+            out.extend_from_slice(&t_ns.to_le_bytes());
+            out.push(u8::from(last_seq.is_some()));
+            out.extend_from_slice(&last_seq.unwrap_or(0).to_le_bytes());
+        }
+        Message::Bye { reason } => {
+            out.push(T_BYE);
+            put_str(out, reason);
+        }
+    }
+    seal(out, start)
+}
+
+/// `encode_message(&Message::Entry(frame.clone()), out)` without the clone.
+pub fn encode_entry_message(frame: &Frame, out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; ENVELOPE_LEN]);
+    out.push(T_ENTRY);
+    // The codec only exposes whole frames; strip its envelope so the
+    // payload is byte-for-byte the log file's entry body.
+    let at = out.len();
+    encode_frame(frame, out);
+    out.drain(at..at + ENVELOPE_LEN);
+    seal(out, start)
+}
+
+/// Fills in the envelope of the frame that starts at `start`.
+fn seal(out: &mut [u8], start: usize) -> usize {
+    let body = &out[start + ENVELOPE_LEN..];
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    let crc = crc32fast::hash(body);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    out.len() - start
+}
+
+/// Whether an encoded frame of `frame_len` bytes is within the size cap
+/// every reader enforces.
+pub fn encoded_len_ok(frame_len: usize) -> bool {
+    frame_len - ENVELOPE_LEN <= MAX_FRAME_LEN as usize
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Saturating: an oversized string makes an oversized frame, which the
+    // sender refuses, rather than a wrapped length that desynchronises.
+    out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The envelope of the frame at the start of `buf`, checked the way the log
+/// reader checks it: `Ok(None)` until the whole frame is there, the length
+/// cap before waiting for (or buffering) the body, then the CRC.
+/// `offset` is the stream offset of `buf[0]`.
+pub fn open_envelope(buf: &[u8], offset: u64) -> Result<Option<(&[u8], usize)>, CodecError> {
+    let (Some(len), Some(crc)) = (buf.get(0..4), buf.get(4..8)) else {
+        return Ok(None);
+    };
+    let len = le_u32(len);
+    let stored = le_u32(crc);
+    if len > MAX_FRAME_LEN {
+        return Err(CodecError::FrameTooLarge {
+            offset,
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let total = ENVELOPE_LEN + len as usize;
+    let Some(body) = buf.get(ENVELOPE_LEN..total) else {
+        return Ok(None);
+    };
+    let computed = crc32fast::hash(body);
+    if computed != stored {
+        return Err(CodecError::Crc {
+            offset,
+            stored,
+            computed,
+        });
+    }
+    Ok(Some((body, total)))
+}
+
+/// Decodes the message frame at the start of `buf` (stream offset
+/// `offset`). `Ok(None)`: not all of it is there yet. Also returns the
+/// frame's length. Never panics on any input.
+///
+/// A `Hello` with another magic or version fails with `BadMagic` /
+/// `UnsupportedVersion` (offset of that field) without parsing further,
+/// because a future version may lay the rest out differently.
+pub fn decode_message(buf: &[u8], offset: u64) -> Result<Option<(Message, usize)>, CodecError> {
+    let Some((body, total)) = open_envelope(buf, offset)? else {
+        return Ok(None);
+    };
+    let body_at = offset + ENVELOPE_LEN as u64;
+    let mut c = Cur {
+        buf: body,
+        pos: 0,
+        base: body_at,
+    };
+    let msg = match c.u8("message type")? {
+        T_HELLO => {
+            let magic_at = c.offset();
+            let magic: [u8; 8] = c.array("hello magic")?;
+            if magic != CHANNEL_MAGIC {
+                return Err(CodecError::BadMagic { offset: magic_at });
+            }
+            let version_at = c.offset();
+            let protocol_version = u16::from_le_bytes(c.array("hello protocol_version")?);
+            if protocol_version != PROTOCOL_VERSION {
+                return Err(CodecError::UnsupportedVersion {
+                    offset: version_at,
+                    found: protocol_version,
+                    supported: PROTOCOL_VERSION,
+                });
+            }
+            Message::Hello(Hello {
+                magic,
+                protocol_version,
+                guest_image_sha256: c.array("hello guest_image_sha256")?,
+                viewnum: c.u64("hello viewnum")?,
+                primary: c.string("hello primary")?,
+                first_seq: c.u64("hello first_seq")?,
+            })
+        }
+        T_WELCOME => Message::Welcome {
+            next_seq: c.u64("welcome next_seq")?,
+        },
+        T_REFUSE => Message::Refuse {
+            reason: c.string("refuse reason")?,
+        },
+        T_ENTRY => {
+            // Re-wrap the entry body in a log envelope so the one strict entry
+            // decoder is used; `offset + 1` makes its error offsets land on the
+            // real stream bytes (the type byte takes the place of nothing).
+            let entry = &body[1..];
+            let mut framed = Vec::with_capacity(ENVELOPE_LEN + entry.len());
+            framed.extend_from_slice(&u32::try_from(entry.len()).unwrap_or(0).to_le_bytes());
+            framed.extend_from_slice(&crc32fast::hash(entry).to_le_bytes());
+            framed.extend_from_slice(entry);
+            let Some((frame, _)) = decode_frame(&framed, offset + 1)? else {
+                return Err(c.malformed("entry body ends early"));
+            };
+            return Ok(Some((Message::Entry(frame), total)));
+        }
+        T_ACK => Message::Ack {
+            seq: c.u64("ack seq")?,
+        },
+        T_HEARTBEAT => {
+            let t_ns = c.u64("heartbeat t_ns")?;
+            let flag_at = c.offset();
+            let has = c.u8("heartbeat last_seq flag")?;
+            let seq = c.u64("heartbeat last_seq")?;
+            let last_seq = match has {
+                0 => None,
+                1 => Some(seq),
+                v => {
+                    return Err(CodecError::Malformed {
+                        offset: flag_at,
+                        what: format!("heartbeat last_seq flag is {v:#04x}, not 0 or 1"),
+                    });
+                }
+            };
+            Message::Heartbeat { t_ns, last_seq }
+        }
+        T_BYE => Message::Bye {
+            reason: c.string("bye reason")?,
+        },
+        t => {
+            return Err(CodecError::Malformed {
+                offset: body_at,
+                what: format!("unknown channel message type {t}"),
+            });
+        }
+    };
+    c.finish()?;
+    Ok(Some((msg, total)))
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(b);
+    u32::from_le_bytes(a)
+}
+
+/// Bounds-checked reader over one message body that knows its stream offset.
+struct Cur<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    base: u64,
+}
+
+impl Cur<'_> {
+    fn offset(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    fn malformed(&self, what: impl Into<String>) -> CodecError {
+        CodecError::Malformed {
+            offset: self.offset(),
+            what: what.into(),
+        }
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&[u8], CodecError> {
+        let left = self.buf.len() - self.pos;
+        if n > left {
+            return Err(self.malformed(format!(
+                "message body ends inside {what} (needs {n} bytes, {left} left)"
+            )));
+        }
+        let b = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(b)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], CodecError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8, CodecError> {
+        Ok(self.array::<1>(what)?[0])
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, CodecError> {
+        self.array(what).map(u64::from_le_bytes)
+    }
+
+    fn string(&mut self, what: &str) -> Result<String, CodecError> {
+        let at = self.offset();
+        let len = u32::from_le_bytes(self.array(what)?) as usize;
+        let bytes = self.take(len, what)?.to_vec();
+        String::from_utf8(bytes).map_err(|e| CodecError::Malformed {
+            offset: at + 4 + e.utf8_error().valid_up_to() as u64,
+            what: format!("{what} is not valid UTF-8"),
+        })
+    }
+
+    /// Strict like the log: trailing bytes mean a writer bug or a version mix.
+    fn finish(self) -> Result<(), CodecError> {
+        let trailing = self.buf.len() - self.pos;
+        if trailing == 0 {
+            Ok(())
+        } else {
+            Err(self.malformed(format!(
+                "{trailing} trailing bytes after the end of the message body"
+            )))
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The live logging channel: a primary streams log entries over TCP to a
+//! backup, which acknowledges them (docs/log-format.md, "Over TCP").
+//!
+//! Blocking std I/O with a few threads per connection, no async runtime:
+//! a connection carries one ordered stream and the VMM threads that use it
+//! block anyway (the primary on a full window, the backup on an empty
+//! buffer).
+//!
+//! - Primary: [`LogSender::connect`], then [`LogSender::send`] each entry;
+//!   [`LogSender::wait_acked`] before releasing output (the output rule).
+//! - Backup: [`LogReceiver::listen`] → [`Listener::accept`] → [`LogReceiver::recv`].
+
+mod error;
+mod message;
+mod receiver;
+mod sender;
+mod stream;
+
+use std::time::Duration;
+
+pub use error::ChannelError;
+pub use message::{
+    CHANNEL_MAGIC, Hello, Message, PROTOCOL_VERSION, decode_message, encode_entry_message,
+    encode_message,
+};
+pub use receiver::{ExpectedPrimary, Listener, LogReceiver};
+pub use sender::LogSender;
+
+/// Timeouts and buffer sizes of one connection. Both sides must use the
+/// same `peer_timeout` / `heartbeat_interval` ballpark: a side declares its
+/// peer dead after `peer_timeout` of silence, and the peer only speaks
+/// every `heartbeat_interval` when idle.
+#[derive(Debug, Clone)]
+pub struct ChannelConfig {
+    /// TCP connect (primary only).
+    pub connect_timeout: Duration,
+    /// Silence after which the peer is considered gone. Also bounds the
+    /// handshake.
+    pub peer_timeout: Duration,
+    /// Send a heartbeat when nothing else was sent for this long.
+    pub heartbeat_interval: Duration,
+    /// How long `LogSender::send` waits for room in a full window.
+    pub send_timeout: Duration,
+    /// Window: entries sent but not yet acknowledged (primary).
+    pub max_unacked: usize,
+    /// Window in encoded bytes (primary); at least one entry always fits.
+    pub max_unacked_bytes: usize,
+    /// Entries received but not yet taken by `recv` (backup). When full, the
+    /// backup stops reading the socket, and TCP backpressure plus the
+    /// window stall the primary.
+    pub max_buffered: usize,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_millis(100),
+            send_timeout: Duration::from_secs(1),
+            max_unacked: 4096,
+            max_unacked_bytes: 16 << 20,
+            max_buffered: 8192,
+        }
+    }
+}
+
+impl ChannelConfig {
+    /// How often blocked threads wake up to check liveness and local close:
+    /// small against the timeouts so failures are noticed promptly.
+    fn poll_interval(&self) -> Duration {
+        (self.heartbeat_interval / 2)
+            .min(self.peer_timeout / 4)
+            .clamp(Duration::from_millis(1), Duration::from_millis(50))
+    }
+}
+
+/// How far the backup is behind the primary (seen by the primary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lag {
+    /// Entries sent (handed to `send`) but not yet acknowledged.
+    pub entries: u64,
+    /// `t_ns` of the newest sent entry minus `t_ns` of the newest
+    /// acknowledged one (before any ack: minus the oldest sent one). 0 when
+    /// everything is acknowledged.
+    pub t_ns: u64,
+}

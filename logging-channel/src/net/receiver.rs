@@ -1,0 +1,605 @@
+//! Backup side.
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::message::{Hello, Message};
+use super::stream::{MsgReader, Polled, encode_checked, is_timeout, shutdown, write_all_while};
+use super::{ChannelConfig, ChannelError};
+use crate::codec::CodecError;
+use crate::format::Frame;
+
+/// Ack at least this often during a long burst, so the primary's window
+/// and lag figures move even when the socket never looks drained.
+const ACK_EVERY: u64 = 64;
+
+/// The usual accept decision: the image, view and primary this backup's
+/// current view expects. Use as `|h| expected.check(h)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedPrimary {
+    pub guest_image_sha256: [u8; 32],
+    pub viewnum: u64,
+    pub primary: String,
+}
+
+impl ExpectedPrimary {
+    /// `Err(reason)` is sent to the primary in the `Refuse`.
+    pub fn check(&self, hello: &Hello) -> Result<(), String> {
+        if hello.guest_image_sha256 != self.guest_image_sha256 {
+            return Err(format!(
+                "guest image mismatch: primary runs {}, backup has {}",
+                hex(&hello.guest_image_sha256),
+                hex(&self.guest_image_sha256)
+            ));
+        }
+        if hello.viewnum != self.viewnum {
+            return Err(format!(
+                "view mismatch: primary says view {}, backup is in view {}",
+                hello.viewnum, self.viewnum
+            ));
+        }
+        if hello.primary != self.primary {
+            return Err(format!(
+                "not the primary of view {}: {:?} connected, the view's primary is {:?}",
+                self.viewnum, hello.primary, self.primary
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A backup's listening socket. Survives refused or broken connection
+/// attempts: call `accept` again for the next primary.
+#[derive(Debug)]
+pub struct Listener {
+    inner: TcpListener,
+    local: SocketAddr,
+}
+
+impl Listener {
+    pub fn bind(addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<Self, ChannelError> {
+        let listen_err = |e| ChannelError::Listen {
+            addr: format!("{addr:?}"),
+            source: Arc::new(e),
+        };
+        let inner = TcpListener::bind(&addr).map_err(listen_err)?;
+        let local = inner.local_addr().map_err(listen_err)?;
+        Ok(Self { inner, local })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Waits for one primary and runs the handshake. `check` decides on its
+    /// `Hello` (magic and protocol version are checked before it is called);
+    /// `Err(reason)` sends `Refuse { reason }`, closes, and returns
+    /// `RefusedPrimary`. Any error except `Accept`/`AcceptTimeout` concerns
+    /// only that connection: call again for the next primary.
+    ///
+    /// `timeout`: `None` waits forever for a connection; the handshake
+    /// itself is always bounded by `peer_timeout`.
+    pub fn accept(
+        &self,
+        check: impl FnOnce(&Hello) -> Result<(), String>,
+        cfg: ChannelConfig,
+        timeout: Option<Duration>,
+    ) -> Result<LogReceiver, ChannelError> {
+        let (stream, peer) = self.accept_tcp(timeout)?;
+        handshake(stream, peer, check, cfg)
+    }
+
+    fn accept_tcp(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<(TcpStream, SocketAddr), ChannelError> {
+        let local = self.local;
+        let err = |e| ChannelError::Accept {
+            local,
+            source: Arc::new(e),
+        };
+        let Some(timeout) = timeout else {
+            self.inner.set_nonblocking(false).map_err(err)?;
+            return self.inner.accept().map_err(err);
+        };
+        // std has no accept timeout; poll a non-blocking listener.
+        self.inner.set_nonblocking(true).map_err(err)?;
+        let started = Instant::now();
+        loop {
+            match self.inner.accept() {
+                Ok((s, peer)) => {
+                    s.set_nonblocking(false).map_err(err)?;
+                    return Ok((s, peer));
+                }
+                Err(e) if is_timeout(&e) || e.kind() == std::io::ErrorKind::Interrupted => {
+                    if started.elapsed() >= timeout {
+                        return Err(ChannelError::AcceptTimeout {
+                            local,
+                            waited: started.elapsed(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+    }
+}
+
+fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    check: impl FnOnce(&Hello) -> Result<(), String>,
+    cfg: ChannelConfig,
+) -> Result<LogReceiver, ChannelError> {
+    let io_err = |e| ChannelError::Read {
+        peer,
+        offset: 0,
+        source: Arc::new(e),
+    };
+    stream.set_nodelay(true).map_err(io_err)?;
+    stream
+        .set_read_timeout(Some(cfg.poll_interval()))
+        .map_err(io_err)?;
+    stream
+        .set_write_timeout(Some(cfg.poll_interval()))
+        .map_err(io_err)?;
+    let mut reader = MsgReader::new(stream.try_clone().map_err(io_err)?, peer);
+    let mut writer = stream;
+    let started = Instant::now();
+    let timeout = cfg.peer_timeout;
+    let mut say = |msg: Message| -> Result<(), ChannelError> {
+        let bytes = encode_checked(&msg, peer)?;
+        // A primary that never reads must not hold the handshake forever.
+        write_all_while(&mut writer, peer, &bytes, || {
+            if started.elapsed() > timeout * 2 {
+                Err(ChannelError::PeerTimeout {
+                    peer,
+                    waited: started.elapsed(),
+                })
+            } else {
+                Ok(())
+            }
+        })
+    };
+
+    let hello = match reader.next_within(timeout) {
+        Ok((Message::Hello(h), _)) => h,
+        Ok((m, offset)) => {
+            let e = ChannelError::Unexpected {
+                peer,
+                offset,
+                message: m.name(),
+                when: "before Hello",
+            };
+            let _ = say(Message::Refuse {
+                reason: e.to_string(),
+            });
+            return Err(e);
+        }
+        Err(ChannelError::Corrupt { source, .. })
+            if matches!(
+                source,
+                CodecError::BadMagic { .. } | CodecError::UnsupportedVersion { .. }
+            ) =>
+        {
+            let reason = match source {
+                CodecError::UnsupportedVersion {
+                    found, supported, ..
+                } => format!(
+                    "unsupported channel protocol version {found} (this backup speaks {supported})"
+                ),
+                _ => "not an understudy primary: bad magic in Hello".to_string(),
+            };
+            return refuse(say, peer, reason);
+        }
+        Err(e) => {
+            // Tell a confused client what went wrong, if it listens.
+            let _ = say(Message::Refuse {
+                reason: e.to_string(),
+            });
+            return Err(e);
+        }
+    };
+    if let Err(reason) = check(&hello) {
+        return refuse(say, peer, reason);
+    }
+    let next_seq = hello.first_seq;
+    say(Message::Welcome { next_seq })?;
+    LogReceiver::start(writer, reader, peer, hello, cfg)
+}
+
+fn refuse(
+    mut say: impl FnMut(Message) -> Result<(), ChannelError>,
+    peer: SocketAddr,
+    reason: String,
+) -> Result<LogReceiver, ChannelError> {
+    // Best effort: the primary may already be gone; the refusal stands.
+    let _ = say(Message::Refuse {
+        reason: reason.clone(),
+    });
+    Err(ChannelError::RefusedPrimary { peer, reason })
+}
+
+struct RxState {
+    buf: VecDeque<Frame>,
+    /// (seq, t_ns) of the newest entry put into `buf`.
+    newest: Option<(u64, u64)>,
+    error: Option<ChannelError>,
+    closing: bool,
+}
+
+struct Writer {
+    stream: TcpStream,
+    last_tx: Instant,
+    acked: Option<u64>,
+}
+
+struct Shared {
+    state: Mutex<RxState>,
+    cond: Condvar,
+    /// Separate from `state` so that `recv` never waits behind a write.
+    writer: Mutex<Writer>,
+    peer: SocketAddr,
+    cfg: ChannelConfig,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("peer", &self.peer).finish()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, RxState> {
+        // With panic=abort no thread dies holding the lock.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait_until<'a>(
+        &self,
+        g: MutexGuard<'a, RxState>,
+        deadline: Instant,
+    ) -> MutexGuard<'a, RxState> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.cond.wait_timeout(g, left) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        }
+    }
+
+    fn fail(&self, e: ChannelError) {
+        let mut g = self.lock();
+        if g.error.is_none() {
+            g.error = Some(e);
+        }
+        drop(g);
+        self.cond.notify_all();
+    }
+
+    fn alive(&self) -> Result<(), ChannelError> {
+        let g = self.lock();
+        match &g.error {
+            Some(e) => Err(e.clone()),
+            None if g.closing => Err(ChannelError::Closed { peer: self.peer }),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends `msg`; `Ack`s only if they say something new.
+    fn send(&self, msg: &Message) -> Result<(), ChannelError> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Message::Ack { seq } = msg {
+            if w.acked.is_some_and(|a| a >= *seq) {
+                return Ok(());
+            }
+            w.acked = Some(*seq);
+        }
+        let bytes = encode_checked(msg, self.peer)?;
+        write_all_while(&mut w.stream, self.peer, &bytes, || self.alive())?;
+        w.last_tx = Instant::now();
+        Ok(())
+    }
+
+    fn ack(&self) -> Result<(), ChannelError> {
+        let newest = self.lock().newest;
+        match newest {
+            Some((seq, _)) => self.send(&Message::Ack { seq }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The backup's end of the logging channel.
+#[derive(Debug)]
+pub struct LogReceiver {
+    shared: Arc<Shared>,
+    hello: Hello,
+    stream: TcpStream,
+    reader: Option<JoinHandle<()>>,
+    heartbeat: Option<JoinHandle<()>>,
+}
+
+impl LogReceiver {
+    /// Binds the backup's listening socket (`127.0.0.1:0` for tests).
+    pub fn listen(addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<Listener, ChannelError> {
+        Listener::bind(addr)
+    }
+
+    fn start(
+        stream: TcpStream,
+        reader: MsgReader,
+        peer: SocketAddr,
+        hello: Hello,
+        cfg: ChannelConfig,
+    ) -> Result<Self, ChannelError> {
+        let io_err = |e| ChannelError::Read {
+            peer,
+            offset: 0,
+            source: Arc::new(e),
+        };
+        let control = stream.try_clone().map_err(io_err)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(RxState {
+                buf: VecDeque::new(),
+                newest: None,
+                error: None,
+                closing: false,
+            }),
+            cond: Condvar::new(),
+            writer: Mutex::new(Writer {
+                stream,
+                last_tx: Instant::now(),
+                acked: None,
+            }),
+            peer,
+            cfg,
+        });
+        let first = hello.first_seq;
+        let s = Arc::clone(&shared);
+        let reader = std::thread::Builder::new()
+            .name(format!("logch-rx {peer}"))
+            .spawn(move || {
+                let e = read_loop(&s, reader, first);
+                s.fail(e);
+            })
+            .map_err(io_err)?;
+        let s = Arc::clone(&shared);
+        let heartbeat = std::thread::Builder::new()
+            .name(format!("logch-hb {peer}"))
+            .spawn(move || heartbeat_loop(&s))
+            .map_err(io_err);
+        let heartbeat = match heartbeat {
+            Ok(h) => h,
+            Err(e) => {
+                shared.fail(ChannelError::Closed { peer });
+                shutdown(&control);
+                let _ = reader.join();
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            shared,
+            hello,
+            stream: control,
+            reader: Some(reader),
+            heartbeat: Some(heartbeat),
+        })
+    }
+
+    /// The primary's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    /// The accepted primary's `Hello`.
+    pub fn hello(&self) -> &Hello {
+        &self.hello
+    }
+
+    /// The next entry, waiting up to `timeout`; `None` if none arrived (the
+    /// backup stalls on an empty buffer). Entries received before a failure
+    /// are all delivered before the failure is returned, so a backup that
+    /// takes over can consume everything the primary got to it.
+    pub fn recv(&self, timeout: Duration) -> Result<Option<Frame>, ChannelError> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.shared.lock();
+        loop {
+            if let Some(f) = g.buf.pop_front() {
+                drop(g);
+                self.shared.cond.notify_all();
+                return Ok(Some(f));
+            }
+            if let Some(e) = &g.error {
+                return Err(e.clone());
+            }
+            if g.closing {
+                return Err(ChannelError::Closed {
+                    peer: self.shared.peer,
+                });
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            g = self.shared.wait_until(g, deadline);
+        }
+    }
+
+    /// Entries received and acknowledged but not yet taken by `recv`.
+    pub fn buffered(&self) -> usize {
+        self.shared.lock().buf.len()
+    }
+
+    /// Seq of the newest entry received (and acknowledged, or about to be).
+    pub fn last_received(&self) -> Option<u64> {
+        self.shared.lock().newest.map(|(s, _)| s)
+    }
+
+    /// False once the connection failed or was closed (buffered entries
+    /// may still be waiting for `recv`).
+    pub fn is_alive(&self) -> bool {
+        let g = self.shared.lock();
+        g.error.is_none() && !g.closing
+    }
+
+    /// The error that ended the connection, if any.
+    pub fn error(&self) -> Option<ChannelError> {
+        self.shared.lock().error.clone()
+    }
+
+    /// Says `Bye` and closes; unreceived entries are dropped.
+    pub fn close(mut self) -> Result<(), ChannelError> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<(), ChannelError> {
+        let earlier = self.shared.lock().error.clone();
+        if earlier.is_none() {
+            let _ = self.shared.send(&Message::Bye {
+                reason: "backup closed the channel".into(),
+            });
+        }
+        {
+            let mut g = self.shared.lock();
+            g.closing = true;
+            if g.error.is_none() {
+                g.error = Some(ChannelError::Closed {
+                    peer: self.shared.peer,
+                });
+            }
+        }
+        self.shared.cond.notify_all();
+        shutdown(&self.stream);
+        if let Some(h) = self.reader.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.heartbeat.take() {
+            let _ = h.join();
+        }
+        earlier.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for LogReceiver {
+    fn drop(&mut self) {
+        if self.reader.is_some() || self.heartbeat.is_some() {
+            let _ = self.finish();
+        }
+    }
+}
+
+fn read_loop(shared: &Shared, mut reader: MsgReader, first_seq: u64) -> ChannelError {
+    let peer = shared.peer;
+    let cfg = &shared.cfg;
+    let mut expected = first_seq;
+    let mut last_rx = Instant::now();
+    let mut since_ack = 0u64;
+    loop {
+        let polled = match reader.poll() {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        if let Err(e) = shared.alive() {
+            return e;
+        }
+        match polled {
+            Polled::Msg(Message::Entry(frame), offset) => {
+                last_rx = Instant::now();
+                if frame.seq != expected {
+                    return ChannelError::SeqGap {
+                        peer,
+                        offset,
+                        expected,
+                        found: frame.seq,
+                    };
+                }
+                let mut g = shared.lock();
+                if g.buf.len() >= cfg.max_buffered {
+                    // Full: ack what we hold, then stop reading the socket so
+                    // TCP backpressure (and the window) stall the primary.
+                    drop(g);
+                    if let Err(e) = shared.ack() {
+                        return e;
+                    }
+                    since_ack = 0;
+                    g = shared.lock();
+                    while g.buf.len() >= cfg.max_buffered && g.error.is_none() && !g.closing {
+                        g = shared.wait_until(g, Instant::now() + cfg.poll_interval());
+                    }
+                    // Our own stall, not the primary's silence.
+                    last_rx = Instant::now();
+                }
+                if let Some(e) = &g.error {
+                    return e.clone();
+                }
+                g.newest = Some((frame.seq, frame.t_ns));
+                g.buf.push_back(frame);
+                drop(g);
+                shared.cond.notify_all();
+                expected += 1;
+                since_ack += 1;
+            }
+            Polled::Msg(Message::Heartbeat { .. }, _) => last_rx = Instant::now(),
+            Polled::Msg(Message::Bye { reason }, _) => return ChannelError::Bye { peer, reason },
+            Polled::Msg(m, offset) => {
+                return ChannelError::Unexpected {
+                    peer,
+                    offset,
+                    message: m.name(),
+                    when: "from a primary after Welcome",
+                };
+            }
+            Polled::Idle => {
+                let waited = last_rx.elapsed();
+                if waited > cfg.peer_timeout {
+                    return ChannelError::PeerTimeout { peer, waited };
+                }
+            }
+        }
+        // Ack once what has arrived is drained (any message, heartbeats
+        // included, may be the last one buffered), so a sender waiting on
+        // the output rule is answered at once, yet a burst costs few acks.
+        if since_ack > 0 && (since_ack >= ACK_EVERY || !reader.has_whole_frame()) {
+            if let Err(e) = shared.ack() {
+                return e;
+            }
+            since_ack = 0;
+        }
+    }
+}
+
+fn heartbeat_loop(shared: &Shared) {
+    let interval = shared.cfg.heartbeat_interval;
+    loop {
+        // Sleep rather than wait on the condvar: it fires on every entry.
+        std::thread::sleep(shared.cfg.poll_interval());
+        let newest = {
+            let g = shared.lock();
+            if g.error.is_some() || g.closing {
+                return;
+            }
+            g.newest
+        };
+        let idle = {
+            let w = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+            w.last_tx.elapsed() >= interval
+        };
+        if idle {
+            let hb = Message::Heartbeat {
+                t_ns: newest.map_or(0, |(_, t)| t),
+                last_seq: newest.map(|(s, _)| s),
+            };
+            if let Err(e) = shared.send(&hb) {
+                shared.fail(e);
+                return;
+            }
+        }
+    }
+}

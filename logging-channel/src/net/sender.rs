@@ -1,0 +1,512 @@
+//! Primary side.
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::message::{Hello, Message, encode_entry_message};
+use super::stream::{MsgReader, Polled, check_len, encode_checked, shutdown, write_all_while};
+use super::{ChannelConfig, ChannelError, Lag};
+use crate::format::Frame;
+
+struct InFlight {
+    seq: u64,
+    t_ns: u64,
+    bytes: usize,
+}
+
+struct TxState {
+    /// Encoded messages handed to `send` and not yet given to the socket.
+    queue: Vec<u8>,
+    next_seq: u64,
+    /// (seq, t_ns) of the newest entry handed to `send`.
+    newest: Option<(u64, u64)>,
+    /// Sent (or queued) and not acknowledged, oldest first.
+    inflight: VecDeque<InFlight>,
+    unacked_bytes: usize,
+    acked: Option<(u64, u64)>,
+    /// The first failure; every later call returns it.
+    error: Option<ChannelError>,
+    closing: bool,
+    writer_done: bool,
+    last_rx: Instant,
+}
+
+struct Shared {
+    state: Mutex<TxState>,
+    /// One condvar for every state change: few waiters, rare wake-ups.
+    cond: Condvar,
+    peer: SocketAddr,
+    cfg: ChannelConfig,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, TxState> {
+        // A poisoned lock means a thread panicked, and with panic=abort that
+        // cannot happen; recover the guard rather than unwrap.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait_until<'a>(
+        &self,
+        g: MutexGuard<'a, TxState>,
+        deadline: Instant,
+    ) -> MutexGuard<'a, TxState> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.cond.wait_timeout(g, left) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        }
+    }
+
+    fn fail(&self, e: ChannelError) {
+        let mut g = self.lock();
+        if g.error.is_none() {
+            g.error = Some(e);
+        }
+        drop(g);
+        self.cond.notify_all();
+    }
+}
+
+/// The primary's end of the logging channel.
+#[derive(Debug)]
+pub struct LogSender {
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    next_seq: u64,
+    reader: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("peer", &self.peer).finish()
+    }
+}
+
+impl LogSender {
+    /// Connects to the backup, sends `hello` and waits (up to
+    /// `peer_timeout`) for its `Welcome`. A `Refuse` becomes
+    /// `ChannelError::Refused` with the backup's reason.
+    pub fn connect(
+        addr: impl ToSocketAddrs,
+        hello: Hello,
+        cfg: ChannelConfig,
+    ) -> Result<Self, ChannelError> {
+        let (mut stream, peer) = dial(addr, &cfg)?;
+        let io_err = |source| ChannelError::Connect {
+            peer: peer.to_string(),
+            source: Arc::new(source),
+        };
+        // Latency is the output rule's cost: every entry should go out now.
+        stream.set_nodelay(true).map_err(io_err)?;
+        stream
+            .set_read_timeout(Some(cfg.poll_interval()))
+            .map_err(io_err)?;
+        stream
+            .set_write_timeout(Some(cfg.poll_interval()))
+            .map_err(io_err)?;
+
+        let first_seq = hello.first_seq;
+        let bytes = encode_checked(&Message::Hello(hello), peer)?;
+        let started = Instant::now();
+        let handshake_alive = || {
+            if started.elapsed() > cfg.peer_timeout {
+                Err(ChannelError::PeerTimeout {
+                    peer,
+                    waited: started.elapsed(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        write_all_while(&mut stream, peer, &bytes, handshake_alive)?;
+        let read_half = stream.try_clone().map_err(io_err)?;
+        let mut reader = MsgReader::new(read_half, peer);
+        let next_seq = match reader.next_within(cfg.peer_timeout)? {
+            (Message::Welcome { next_seq }, _) => next_seq,
+            (Message::Refuse { reason }, _) => return Err(ChannelError::Refused { peer, reason }),
+            (Message::Bye { reason }, _) => return Err(ChannelError::Bye { peer, reason }),
+            (m, offset) => {
+                return Err(ChannelError::Unexpected {
+                    peer,
+                    offset,
+                    message: m.name(),
+                    when: "before Welcome",
+                });
+            }
+        };
+        if next_seq != first_seq {
+            // The transport cannot replay older entries; the node must
+            // reinitialise the backup (state transfer) instead.
+            let reason = format!("cannot start at seq {next_seq}, first entry is {first_seq}");
+            if let Ok(b) = encode_checked(&Message::Bye { reason }, peer) {
+                let _ = write_all_while(&mut stream, peer, &b, handshake_alive);
+            }
+            shutdown(&stream);
+            return Err(ChannelError::WelcomeMismatch {
+                peer,
+                first_seq,
+                next_seq,
+            });
+        }
+
+        let shared = Arc::new(Shared {
+            state: Mutex::new(TxState {
+                queue: Vec::new(),
+                next_seq,
+                newest: None,
+                inflight: VecDeque::new(),
+                unacked_bytes: 0,
+                acked: None,
+                error: None,
+                closing: false,
+                writer_done: false,
+                last_rx: Instant::now(),
+            }),
+            cond: Condvar::new(),
+            peer,
+            cfg,
+        });
+        let write_half = stream.try_clone().map_err(io_err)?;
+        let s = Arc::clone(&shared);
+        let reader = std::thread::Builder::new()
+            .name(format!("logch-rx {peer}"))
+            .spawn(move || read_loop(&s, reader))
+            .map_err(io_err)?;
+        let s = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name(format!("logch-tx {peer}"))
+            .spawn(move || write_loop(&s, write_half))
+            .map_err(io_err);
+        let writer = match writer {
+            Ok(w) => w,
+            Err(e) => {
+                shared.fail(ChannelError::Closed { peer });
+                shutdown(&stream);
+                let _ = reader.join();
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            shared,
+            stream,
+            next_seq,
+            reader: Some(reader),
+            writer: Some(writer),
+        })
+    }
+
+    /// The backup's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    /// The seq the backup's `Welcome` asked for (= `Hello::first_seq`).
+    pub fn welcome_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Queues `frame` for transmission. Seqs must be consecutive from
+    /// `welcome_seq()`. Blocks while `max_unacked` entries (or
+    /// `max_unacked_bytes`) are unacknowledged, up to `send_timeout`, then
+    /// fails with `WindowFull` (the entry is not sent; retrying is fine).
+    pub fn send(&self, frame: &Frame) -> Result<(), ChannelError> {
+        let peer = self.shared.peer;
+        let mut bytes = Vec::new();
+        let len = encode_entry_message(frame, &mut bytes);
+        let bytes = check_len(bytes, len, peer)?;
+        let cfg = &self.shared.cfg;
+        let started = Instant::now();
+        let deadline = started + cfg.send_timeout;
+        let mut g = self.shared.lock();
+        loop {
+            if let Some(e) = &g.error {
+                return Err(e.clone());
+            }
+            if g.closing {
+                return Err(ChannelError::Closed { peer });
+            }
+            if frame.seq != g.next_seq {
+                return Err(ChannelError::OutOfOrder {
+                    peer,
+                    expected: g.next_seq,
+                    found: frame.seq,
+                });
+            }
+            let full = g.inflight.len() >= cfg.max_unacked
+                || (!g.inflight.is_empty()
+                    && g.unacked_bytes + bytes.len() > cfg.max_unacked_bytes);
+            if !full {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(ChannelError::WindowFull {
+                    peer,
+                    waited: started.elapsed(),
+                    unacked: g.inflight.len() as u64,
+                    unacked_bytes: g.unacked_bytes as u64,
+                });
+            }
+            g = self.shared.wait_until(g, deadline);
+        }
+        g.queue.extend_from_slice(&bytes);
+        g.inflight.push_back(InFlight {
+            seq: frame.seq,
+            t_ns: frame.t_ns,
+            bytes: bytes.len(),
+        });
+        g.unacked_bytes += bytes.len();
+        g.next_seq += 1;
+        g.newest = Some((frame.seq, frame.t_ns));
+        drop(g);
+        self.shared.cond.notify_all();
+        Ok(())
+    }
+
+    /// Highest seq the backup acknowledged (cumulatively).
+    pub fn acked(&self) -> Option<u64> {
+        self.shared.lock().acked.map(|(seq, _)| seq)
+    }
+
+    /// Blocks until the backup acknowledged `seq` (true), `timeout` passed
+    /// (false) or the connection failed (error). The output rule: release
+    /// an output only after `wait_acked(seq of its entry)` is true.
+    pub fn wait_acked(&self, seq: u64, timeout: Duration) -> Result<bool, ChannelError> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.shared.lock();
+        loop {
+            if g.acked.is_some_and(|(a, _)| a >= seq) {
+                return Ok(true);
+            }
+            if let Some(e) = &g.error {
+                return Err(e.clone());
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            g = self.shared.wait_until(g, deadline);
+        }
+    }
+
+    /// How far the backup is behind.
+    pub fn lag(&self) -> Lag {
+        let g = self.shared.lock();
+        let newest_t = g.newest.map_or(0, |(_, t)| t);
+        let base_t = match (g.acked, g.inflight.front()) {
+            (Some((_, t)), _) => t,
+            (None, Some(oldest)) => oldest.t_ns,
+            (None, None) => newest_t,
+        };
+        Lag {
+            entries: g.inflight.len() as u64,
+            t_ns: if g.inflight.is_empty() {
+                0
+            } else {
+                newest_t.saturating_sub(base_t)
+            },
+        }
+    }
+
+    /// False once the connection failed or was closed.
+    pub fn is_alive(&self) -> bool {
+        let g = self.shared.lock();
+        g.error.is_none() && !g.closing
+    }
+
+    /// The error that ended the connection, if any.
+    pub fn error(&self) -> Option<ChannelError> {
+        self.shared.lock().error.clone()
+    }
+
+    /// Flushes what was sent (waiting at most `send_timeout` for the socket
+    /// to take it), says `Bye`, and closes. Does not wait for acks: call
+    /// `wait_acked` first if they matter. Returns the connection's error if
+    /// it had already failed.
+    pub fn close(mut self) -> Result<(), ChannelError> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<(), ChannelError> {
+        let peer = self.shared.peer;
+        let deadline = Instant::now() + self.shared.cfg.send_timeout;
+        let mut g = self.shared.lock();
+        let earlier = g.error.clone();
+        g.closing = true;
+        self.shared.cond.notify_all();
+        while !g.writer_done && Instant::now() < deadline {
+            g = self.shared.wait_until(g, deadline);
+        }
+        if g.error.is_none() {
+            g.error = Some(ChannelError::Closed { peer });
+        }
+        drop(g);
+        self.shared.cond.notify_all();
+        // Unblocks a writer stuck on a peer that does not read, and the reader.
+        shutdown(&self.stream);
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.reader.take() {
+            let _ = h.join();
+        }
+        earlier.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for LogSender {
+    fn drop(&mut self) {
+        if self.writer.is_some() || self.reader.is_some() {
+            let _ = self.finish();
+        }
+    }
+}
+
+fn dial(
+    addr: impl ToSocketAddrs,
+    cfg: &ChannelConfig,
+) -> Result<(TcpStream, SocketAddr), ChannelError> {
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| ChannelError::Connect {
+            peer: "(unresolved address)".into(),
+            source: Arc::new(e),
+        })?
+        .collect();
+    let mut last = None;
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, cfg.connect_timeout) {
+            Ok(s) => return Ok((s, *a)),
+            Err(e) => last = Some((a, e)),
+        }
+    }
+    Err(match last {
+        Some((a, e)) => ChannelError::Connect {
+            peer: a.to_string(),
+            source: Arc::new(e),
+        },
+        None => ChannelError::Connect {
+            peer: "(no address)".into(),
+            source: Arc::new(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "address resolved to nothing",
+            )),
+        },
+    })
+}
+
+fn read_loop(shared: &Shared, mut reader: MsgReader) {
+    let peer = shared.peer;
+    let err = loop {
+        let polled = reader.poll();
+        let mut g = shared.lock();
+        if g.closing && g.writer_done {
+            // Our own Bye is out; whatever happens now is the close itself.
+            return;
+        }
+        match polled {
+            Ok(Polled::Msg(Message::Ack { seq }, offset)) => {
+                g.last_rx = Instant::now();
+                let sent = g.newest.map(|(s, _)| s);
+                let previous = g.acked.map(|(s, _)| s);
+                if sent.is_none_or(|s| seq > s) || previous.is_some_and(|p| seq < p) {
+                    break ChannelError::BadAck {
+                        peer,
+                        offset,
+                        seq,
+                        sent,
+                        previous,
+                    };
+                }
+                while let Some(f) = g.inflight.pop_front() {
+                    if f.seq > seq {
+                        g.inflight.push_front(f);
+                        break;
+                    }
+                    g.unacked_bytes -= f.bytes;
+                    g.acked = Some((f.seq, f.t_ns));
+                }
+                drop(g);
+                shared.cond.notify_all();
+            }
+            Ok(Polled::Msg(Message::Heartbeat { .. }, _)) => g.last_rx = Instant::now(),
+            Ok(Polled::Msg(Message::Bye { reason }, _)) => {
+                break ChannelError::Bye { peer, reason };
+            }
+            Ok(Polled::Msg(m, offset)) => {
+                break ChannelError::Unexpected {
+                    peer,
+                    offset,
+                    message: m.name(),
+                    when: "from a backup after Welcome",
+                };
+            }
+            Ok(Polled::Idle) => {
+                if g.error.is_some() {
+                    return;
+                }
+                let waited = g.last_rx.elapsed();
+                if waited > shared.cfg.peer_timeout {
+                    break ChannelError::PeerTimeout { peer, waited };
+                }
+            }
+            Err(e) => break e,
+        }
+    };
+    shared.fail(err);
+}
+
+fn write_loop(shared: &Shared, mut stream: TcpStream) {
+    let peer = shared.peer;
+    let interval = shared.cfg.heartbeat_interval;
+    let mut last_tx = Instant::now();
+    let alive = || match &shared.lock().error {
+        Some(e) => Err(e.clone()),
+        None => Ok(()),
+    };
+    loop {
+        let mut g = shared.lock();
+        let (bytes, bye) = loop {
+            if g.error.is_some() {
+                g.writer_done = true;
+                drop(g);
+                shared.cond.notify_all();
+                return;
+            }
+            if !g.queue.is_empty() {
+                break (std::mem::take(&mut g.queue), false);
+            }
+            if g.closing {
+                let bye = Message::Bye {
+                    reason: "primary closed the channel".into(),
+                };
+                break (encode_checked(&bye, peer).unwrap_or_default(), true);
+            }
+            if last_tx.elapsed() >= interval {
+                let hb = Message::Heartbeat {
+                    t_ns: g.newest.map_or(0, |(_, t)| t),
+                    last_seq: g.newest.map(|(s, _)| s),
+                };
+                break (encode_checked(&hb, peer).unwrap_or_default(), false);
+            }
+            g = shared.wait_until(g, last_tx + interval);
+        };
+        drop(g);
+        if let Err(e) = write_all_while(&mut stream, peer, &bytes, alive) {
+            shared.fail(e);
+            continue;
+        }
+        last_tx = Instant::now();
+        // `send` refuses new entries once closing, so nothing follows the Bye.
+        if bye {
+            let mut g = shared.lock();
+            g.writer_done = true;
+            drop(g);
+            shared.cond.notify_all();
+            return;
+        }
+    }
+}

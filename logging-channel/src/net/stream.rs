@@ -1,0 +1,197 @@
+//! Message I/O on a `TcpStream`: a buffering reader that tracks the stream
+//! offset (for error messages) and a writer that survives slow peers.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::ChannelError;
+use super::message::{Message, decode_message, encode_message, encoded_len_ok};
+use crate::codec::ENVELOPE_LEN;
+use crate::format::MAX_FRAME_LEN;
+
+const READ_CHUNK: usize = 64 * 1024;
+
+// Lives for one loop iteration; see `Message` on not boxing entries.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Polled {
+    /// A message and the stream offset of its frame.
+    Msg(Message, u64),
+    /// Nothing complete arrived within the socket's read timeout.
+    Idle,
+}
+
+pub(crate) struct MsgReader {
+    stream: TcpStream,
+    peer: SocketAddr,
+    buf: Vec<u8>,
+    start: usize,
+    /// Stream offset of `buf[start]`.
+    offset: u64,
+}
+
+impl MsgReader {
+    pub(crate) fn new(stream: TcpStream, peer: SocketAddr) -> Self {
+        Self {
+            stream,
+            peer,
+            buf: Vec::new(),
+            start: 0,
+            offset: 0,
+        }
+    }
+
+    fn buffered(&mut self) -> Result<Option<(Message, u64)>, ChannelError> {
+        let at = self.offset;
+        match decode_message(&self.buf[self.start..], at) {
+            Ok(Some((msg, len))) => {
+                self.start += len;
+                self.offset += len as u64;
+                Ok(Some((msg, at)))
+            }
+            Ok(None) => Ok(None),
+            Err(source) => Err(ChannelError::Corrupt {
+                peer: self.peer,
+                source,
+            }),
+        }
+    }
+
+    /// Whether a whole frame is already buffered, i.e. the peer's data that
+    /// has arrived is not yet drained.
+    pub(crate) fn has_whole_frame(&self) -> bool {
+        let b = &self.buf[self.start..];
+        match b.get(0..4) {
+            Some(len) => {
+                let mut a = [0u8; 4];
+                a.copy_from_slice(len);
+                let len = u32::from_le_bytes(a);
+                len > MAX_FRAME_LEN || b.len() >= ENVELOPE_LEN + len as usize
+            }
+            None => false,
+        }
+    }
+
+    /// Returns a buffered message, or reads once (bounded by the socket's
+    /// read timeout) and tries again.
+    pub(crate) fn poll(&mut self) -> Result<Polled, ChannelError> {
+        if let Some((m, at)) = self.buffered()? {
+            return Ok(Polled::Msg(m, at));
+        }
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let have = self.buf.len();
+        self.buf.resize(have + READ_CHUNK, 0);
+        let res = self.stream.read(&mut self.buf[have..]);
+        let n = *res.as_ref().unwrap_or(&0);
+        self.buf.truncate(have + n);
+        match res {
+            Ok(0) if have == 0 => Err(ChannelError::PeerClosed {
+                peer: self.peer,
+                offset: self.offset,
+            }),
+            Ok(0) => Err(ChannelError::Truncated {
+                peer: self.peer,
+                offset: self.offset,
+                have,
+            }),
+            Ok(_) => Ok(match self.buffered()? {
+                Some((m, at)) => Polled::Msg(m, at),
+                None => Polled::Idle,
+            }),
+            Err(e) if is_timeout(&e) || e.kind() == ErrorKind::Interrupted => Ok(Polled::Idle),
+            Err(e) => Err(ChannelError::Read {
+                peer: self.peer,
+                offset: self.offset + have as u64,
+                source: Arc::new(e),
+            }),
+        }
+    }
+
+    /// The next message, waiting at most `timeout` (handshake only).
+    pub(crate) fn next_within(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(Message, u64), ChannelError> {
+        let start = Instant::now();
+        loop {
+            if let Polled::Msg(m, at) = self.poll()? {
+                return Ok((m, at));
+            }
+            if start.elapsed() >= timeout {
+                return Err(ChannelError::PeerTimeout {
+                    peer: self.peer,
+                    waited: start.elapsed(),
+                });
+            }
+        }
+    }
+}
+
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+/// Encodes `msg`, refusing frames every reader would reject.
+pub(crate) fn encode_checked(msg: &Message, peer: SocketAddr) -> Result<Vec<u8>, ChannelError> {
+    let mut out = Vec::new();
+    let len = encode_message(msg, &mut out);
+    check_len(out, len, peer)
+}
+
+/// Refuses frames every reader would reject.
+pub(crate) fn check_len(
+    out: Vec<u8>,
+    len: usize,
+    peer: SocketAddr,
+) -> Result<Vec<u8>, ChannelError> {
+    if !encoded_len_ok(len) {
+        return Err(ChannelError::TooLarge {
+            peer,
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes all of `bytes`. The socket's write timeout is only a polling
+/// interval: a peer that reads slowly (because its buffer is full) is flow
+/// control, not failure, so we keep going for as long as `alive` says the
+/// connection is still good. Partial writes are kept, so the stream never
+/// desynchronises.
+pub(crate) fn write_all_while(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    bytes: &[u8],
+    alive: impl Fn() -> Result<(), ChannelError>,
+) -> Result<(), ChannelError> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match stream.write(&bytes[done..]) {
+            Ok(0) => {
+                return Err(ChannelError::Write {
+                    peer,
+                    source: Arc::new(io::Error::from(ErrorKind::WriteZero)),
+                });
+            }
+            Ok(n) => done += n,
+            Err(e) if is_timeout(&e) || e.kind() == ErrorKind::Interrupted => alive()?,
+            Err(e) => {
+                return Err(ChannelError::Write {
+                    peer,
+                    source: Arc::new(e),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Best effort: the connection is being abandoned anyway.
+pub(crate) fn shutdown(stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Both);
+}

@@ -1,0 +1,774 @@
+//! The logging channel over real TCP on 127.0.0.1. Every wait is bounded.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use logging_channel::codec::encode_frame;
+use logging_channel::net::{
+    ChannelConfig, ChannelError, ExpectedPrimary, Hello, Listener, LogReceiver, LogSender, Message,
+    decode_message, encode_message,
+};
+use logging_channel::{CodecError, EndReason, Entry, Frame, InputSource, Position, Regs};
+
+const IMAGE: [u8; 32] = [7; 32];
+const VIEW: u64 = 3;
+const WAIT: Duration = Duration::from_secs(10);
+
+fn cfg() -> ChannelConfig {
+    ChannelConfig {
+        connect_timeout: Duration::from_secs(2),
+        peer_timeout: Duration::from_millis(500),
+        heartbeat_interval: Duration::from_millis(50),
+        send_timeout: Duration::from_millis(300),
+        ..ChannelConfig::default()
+    }
+}
+
+fn hello() -> Hello {
+    Hello::new(IMAGE, VIEW, "alpha", 0)
+}
+
+fn expected() -> ExpectedPrimary {
+    ExpectedPrimary {
+        guest_image_sha256: IMAGE,
+        viewnum: VIEW,
+        primary: "alpha".into(),
+    }
+}
+
+fn entry(i: u64) -> Entry {
+    let pos = if i.is_multiple_of(2) {
+        Position::AtExit { exits: i }
+    } else {
+        Position::Precise {
+            exits: i,
+            counter: i * 3,
+            regs: Regs {
+                rip: 0x1000 + i,
+                rcx: i,
+                ..Regs::default()
+            },
+        }
+    };
+    match i % 6 {
+        0 => Entry::Input {
+            pos,
+            source: InputSource::Clock,
+            value: i * 7,
+        },
+        1 => Entry::Irq { pos, line: 0 },
+        2 => Entry::Inject { pos, vector: 0x20 },
+        3 => Entry::ConsoleInput {
+            pos,
+            bytes: format!("line {i}\n").into_bytes(),
+        },
+        4 => Entry::Digest {
+            pos,
+            regs: Regs::default(),
+            cr0: 1,
+            cr3: 2,
+            cr4: 3,
+            efer: 4,
+            mem_hash: i,
+            devices_hash: 6,
+        },
+        _ => Entry::End {
+            pos,
+            reason: EndReason::PowerOff { code: 0 },
+        },
+    }
+}
+
+fn frame(i: u64) -> Frame {
+    Frame {
+        seq: i,
+        t_ns: 1_000 * i,
+        state_check: i ^ 0x55,
+        entry: entry(i),
+    }
+}
+
+fn listen() -> Listener {
+    LogReceiver::listen("127.0.0.1:0").unwrap()
+}
+
+/// A connected pair: the receiver is accepted on another thread.
+fn pair(cfg: ChannelConfig) -> (LogSender, LogReceiver) {
+    let listener = listen();
+    let addr = listener.local_addr();
+    let c = cfg.clone();
+    let acceptor = thread::spawn(move || {
+        let exp = expected();
+        listener.accept(|h| exp.check(h), c, Some(WAIT))
+    });
+    let sender = LogSender::connect(addr, hello(), cfg).unwrap();
+    let receiver = acceptor.join().unwrap().unwrap();
+    (sender, receiver)
+}
+
+fn msg_bytes(m: &Message) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode_message(m, &mut v);
+    v
+}
+
+/// Reads one message from a raw socket (test peers that misbehave).
+fn read_msg(s: &mut TcpStream, buf: &mut Vec<u8>) -> Message {
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    loop {
+        if let Some((m, n)) = decode_message(buf, 0).unwrap() {
+            buf.drain(..n);
+            return m;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "peer closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A hand-driven primary that has completed the handshake; returns the
+/// stream offset after the Hello (where the first entry will start).
+fn raw_primary(listener: &Listener) -> (TcpStream, u64) {
+    let mut s = TcpStream::connect(listener.local_addr()).unwrap();
+    let h = msg_bytes(&Message::Hello(hello()));
+    s.write_all(&h).unwrap();
+    (s, h.len() as u64)
+}
+
+fn accept(listener: &Listener) -> Result<LogReceiver, ChannelError> {
+    let exp = expected();
+    listener.accept(|h| exp.check(h), cfg(), Some(WAIT))
+}
+
+#[test]
+fn handshake_is_accepted() {
+    let (sender, receiver) = pair(cfg());
+    assert_eq!(sender.welcome_seq(), 0);
+    assert_eq!(receiver.hello(), &hello());
+    assert!(sender.is_alive() && receiver.is_alive());
+    assert_eq!(sender.acked(), None);
+    assert_eq!(sender.lag().entries, 0);
+    sender.close().unwrap();
+}
+
+#[test]
+fn refused_for_each_reason_and_the_listener_keeps_accepting() {
+    let listener = listen();
+    let addr = listener.local_addr();
+    let cases: Vec<(Hello, &str)> = vec![
+        (
+            Hello {
+                protocol_version: 2,
+                ..hello()
+            },
+            "protocol version 2",
+        ),
+        (
+            Hello {
+                magic: *b"NOTUSTDY",
+                ..hello()
+            },
+            "bad magic",
+        ),
+        (
+            Hello {
+                guest_image_sha256: [9; 32],
+                ..hello()
+            },
+            "guest image mismatch",
+        ),
+        (
+            Hello {
+                viewnum: VIEW + 1,
+                ..hello()
+            },
+            "view mismatch",
+        ),
+        (
+            Hello {
+                primary: "mallory".into(),
+                ..hello()
+            },
+            "not the primary",
+        ),
+    ];
+    let n = cases.len();
+    let backup = thread::spawn(move || {
+        let mut refusals = Vec::new();
+        for _ in 0..n {
+            match accept(&listener) {
+                Err(ChannelError::RefusedPrimary { reason, .. }) => refusals.push(reason),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+        // Still listening: the right primary gets in.
+        (refusals, accept(&listener).unwrap())
+    });
+    for (h, why) in cases {
+        match LogSender::connect(addr, h, cfg()) {
+            Err(e @ ChannelError::Refused { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains(why), "{text}");
+                assert!(text.contains(&addr.to_string()), "{text}");
+            }
+            other => panic!("expected Refused ({why}), got {other:?}"),
+        }
+    }
+    let sender = LogSender::connect(addr, hello(), cfg()).unwrap();
+    let (refusals, receiver) = backup.join().unwrap();
+    assert_eq!(refusals.len(), n);
+    sender.send(&frame(0)).unwrap();
+    assert_eq!(receiver.recv(WAIT).unwrap(), Some(frame(0)));
+}
+
+#[test]
+fn garbage_instead_of_hello_is_a_clear_error() {
+    let listener = listen();
+    let mut s = TcpStream::connect(listener.local_addr()).unwrap();
+    let me = s.local_addr().unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let e = accept(&listener).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ChannelError::Corrupt {
+                source: CodecError::FrameTooLarge { offset: 0, .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains(&me.to_string()), "{e}");
+
+    // A well-framed message of an unknown type 0.
+    let mut s = TcpStream::connect(listener.local_addr()).unwrap();
+    let body = [0u8, 1, 2];
+    let mut bytes = (body.len() as u32).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&crc32fast_hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    s.write_all(&bytes).unwrap();
+    let e = accept(&listener).unwrap_err();
+    assert!(
+        e.to_string().contains("unknown channel message type 0"),
+        "{e}"
+    );
+    assert_eq!(e.offset(), Some(8));
+
+    // Silence instead of a Hello: bounded by peer_timeout.
+    let _s = TcpStream::connect(listener.local_addr()).unwrap();
+    let t = Instant::now();
+    let e = accept(&listener).unwrap_err();
+    assert!(matches!(e, ChannelError::PeerTimeout { .. }), "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+/// CRC-32/IEEE, bitwise (tests avoid depending on crc32fast directly).
+fn crc32fast_hash(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn streams_20000_mixed_entries_in_order() {
+    const N: u64 = 20_000;
+    let (sender, receiver) = pair(cfg());
+    let backup = thread::spawn(move || {
+        let mut got = Vec::new();
+        while got.len() < N as usize {
+            match receiver.recv(WAIT).unwrap() {
+                Some(f) => got.push(f),
+                None => panic!("stalled after {} entries", got.len()),
+            }
+        }
+        (got, receiver)
+    });
+    for i in 0..N {
+        sender.send(&frame(i)).unwrap();
+    }
+    assert!(sender.wait_acked(N - 1, WAIT).unwrap());
+    assert_eq!(sender.acked(), Some(N - 1));
+    assert_eq!(sender.lag().entries, 0);
+    assert_eq!(sender.lag().t_ns, 0);
+    let (got, _receiver) = backup.join().unwrap();
+    assert_eq!(got.len(), N as usize);
+    for (i, f) in got.iter().enumerate() {
+        assert_eq!(f, &frame(i as u64));
+    }
+    // Already acked: immediate.
+    assert!(sender.wait_acked(5, Duration::ZERO).unwrap());
+    // Not sent yet: times out.
+    assert!(!sender.wait_acked(N, Duration::from_millis(50)).unwrap());
+    sender.close().unwrap();
+}
+
+#[test]
+fn flow_control_window_full_lag_and_resume() {
+    let c = ChannelConfig {
+        max_unacked: 100,
+        max_buffered: 50,
+        ..cfg()
+    };
+    let (sender, receiver) = pair(c.clone());
+    let mut sent = 0u64;
+    let full_after = loop {
+        let t = Instant::now();
+        match sender.send(&frame(sent)) {
+            Ok(()) => sent += 1,
+            Err(ChannelError::WindowFull { unacked, .. }) => {
+                assert!(t.elapsed() >= c.send_timeout, "{:?}", t.elapsed());
+                assert_eq!(unacked, 100);
+                break sent;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(sent < 1_000, "the window never filled");
+    };
+    // The backup acked only what fits its buffer.
+    assert!((100..=150).contains(&full_after), "{full_after}");
+    let acked = sender.acked().unwrap();
+    assert_eq!(acked, full_after - 101);
+    assert_eq!(receiver.buffered(), 50);
+    let lag = sender.lag();
+    assert_eq!(lag.entries, 100);
+    assert_eq!(lag.t_ns, frame(full_after - 1).t_ns - frame(acked).t_ns);
+    assert!(
+        sender.is_alive() && receiver.is_alive(),
+        "a stall is not a failure"
+    );
+
+    // Drain: sending resumes and everything arrives in order.
+    let total = full_after + 500;
+    let backup = thread::spawn(move || {
+        for i in 0..total {
+            assert_eq!(receiver.recv(WAIT).unwrap(), Some(frame(i)));
+        }
+        receiver
+    });
+    for i in full_after..total {
+        sender.send(&frame(i)).unwrap();
+    }
+    assert!(sender.wait_acked(total - 1, WAIT).unwrap());
+    let _receiver = backup.join().unwrap();
+    assert_eq!(sender.lag().entries, 0);
+}
+
+#[test]
+fn lag_grows_while_the_backup_lags() {
+    let c = ChannelConfig {
+        max_buffered: 10,
+        ..cfg()
+    };
+    let (sender, receiver) = pair(c);
+    for i in 0..10 {
+        sender.send(&frame(i)).unwrap();
+    }
+    assert!(sender.wait_acked(9, WAIT).unwrap());
+    assert_eq!(sender.lag().entries, 0);
+    // The backup's buffer is full; these stay unacknowledged.
+    for i in 10..40 {
+        sender.send(&frame(i)).unwrap();
+    }
+    thread::sleep(Duration::from_millis(200));
+    let lag = sender.lag();
+    assert_eq!(lag.entries, 30);
+    assert_eq!(lag.t_ns, frame(39).t_ns - frame(9).t_ns);
+    // The backup catches up: lag returns to zero.
+    for i in 0..40 {
+        assert_eq!(receiver.recv(WAIT).unwrap().unwrap().seq, i);
+    }
+    let ok = sender.wait_acked(39, WAIT).unwrap();
+    assert!(
+        ok,
+        "acked {:?} last_received {:?} lag {:?}",
+        sender.acked(),
+        receiver.last_received(),
+        sender.lag()
+    );
+    assert_eq!(sender.lag(), Default::default());
+    assert_eq!(receiver.recv(Duration::from_millis(20)).unwrap(), None);
+}
+
+#[test]
+fn idle_link_stays_alive_on_heartbeats() {
+    let c = cfg();
+    let (sender, receiver) = pair(c.clone());
+    // Three peer timeouts, thirty heartbeat intervals.
+    thread::sleep(c.peer_timeout * 3);
+    assert!(sender.is_alive(), "{:?}", sender.error());
+    assert!(receiver.is_alive(), "{:?}", receiver.error());
+    sender.send(&frame(0)).unwrap();
+    assert_eq!(receiver.recv(WAIT).unwrap(), Some(frame(0)));
+    assert!(sender.wait_acked(0, WAIT).unwrap());
+}
+
+#[test]
+fn closing_the_primary_fails_the_backup_after_it_drains() {
+    let (sender, receiver) = pair(cfg());
+    let primary = receiver.peer_addr();
+    sender.send(&frame(0)).unwrap();
+    sender.send(&frame(1)).unwrap();
+    let t = Instant::now();
+    drop(sender);
+    // Entries received before the end are still delivered.
+    assert_eq!(receiver.recv(WAIT).unwrap(), Some(frame(0)));
+    assert_eq!(receiver.recv(WAIT).unwrap(), Some(frame(1)));
+    let e = receiver.recv(WAIT).unwrap_err();
+    assert!(t.elapsed() < cfg().peer_timeout + Duration::from_millis(500));
+    assert!(matches!(e, ChannelError::Bye { .. }), "{e:?}");
+    assert!(e.to_string().contains(&primary.to_string()), "{e}");
+    assert!(!receiver.is_alive());
+}
+
+#[test]
+fn closing_the_backup_fails_the_primary_promptly() {
+    let (sender, receiver) = pair(cfg());
+    let backup = sender.peer_addr();
+    let t = Instant::now();
+    drop(receiver);
+    let e = sender.wait_acked(0, WAIT).unwrap_err();
+    assert!(t.elapsed() < cfg().peer_timeout + Duration::from_millis(500));
+    assert!(e.to_string().contains(&backup.to_string()), "{e}");
+    let e2 = sender.send(&frame(0)).unwrap_err();
+    assert_eq!(e.to_string(), e2.to_string());
+    assert!(!sender.is_alive());
+}
+
+#[test]
+fn a_silent_primary_times_out_on_the_backup() {
+    let listener = listen();
+    let (mut s, _) = raw_primary(&listener);
+    let receiver = accept(&listener).unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_msg(&mut s, &mut buf), Message::Welcome { next_seq: 0 });
+    let t = Instant::now();
+    let e = receiver.recv(WAIT).unwrap_err();
+    let took = t.elapsed();
+    assert!(matches!(e, ChannelError::PeerTimeout { .. }), "{e:?}");
+    assert!(took >= cfg().peer_timeout && took < cfg().peer_timeout + Duration::from_millis(500));
+    assert!(
+        e.to_string().contains(&s.local_addr().unwrap().to_string()),
+        "{e}"
+    );
+    // Meanwhile the backup heartbeated the (silent) primary.
+    assert!(matches!(
+        read_msg(&mut s, &mut buf),
+        Message::Heartbeat { last_seq: None, .. }
+    ));
+}
+
+#[test]
+fn a_silent_backup_times_out_on_the_primary() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr: SocketAddr = l.local_addr().unwrap();
+    let backup = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = Vec::new();
+        assert!(matches!(read_msg(&mut s, &mut buf), Message::Hello(_)));
+        s.write_all(&msg_bytes(&Message::Welcome { next_seq: 0 }))
+            .unwrap();
+        // Then silence, with the socket open.
+        thread::sleep(Duration::from_secs(3));
+    });
+    let sender = LogSender::connect(addr, hello(), cfg()).unwrap();
+    sender.send(&frame(0)).unwrap();
+    let t = Instant::now();
+    let e = sender.wait_acked(0, WAIT).unwrap_err();
+    let took = t.elapsed();
+    assert!(matches!(e, ChannelError::PeerTimeout { .. }), "{e:?}");
+    assert!(
+        took < cfg().peer_timeout + Duration::from_millis(500),
+        "{took:?}"
+    );
+    assert!(e.to_string().contains(&addr.to_string()), "{e}");
+    drop(sender);
+    backup.join().unwrap();
+}
+
+#[test]
+fn welcome_for_another_seq_is_an_error() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let backup = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = Vec::new();
+        read_msg(&mut s, &mut buf);
+        s.write_all(&msg_bytes(&Message::Welcome { next_seq: 7 }))
+            .unwrap();
+        read_msg(&mut s, &mut buf)
+    });
+    let e = LogSender::connect(addr, hello(), cfg()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ChannelError::WelcomeMismatch {
+                first_seq: 0,
+                next_seq: 7,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(matches!(backup.join().unwrap(), Message::Bye { .. }));
+}
+
+fn seq_error_case(seqs: &[u64]) -> (ChannelError, u64, Vec<Frame>) {
+    let listener = listen();
+    let (mut s, mut offset) = raw_primary(&listener);
+    let receiver = accept(&listener).unwrap();
+    let mut bad_at = 0;
+    let mut stream = Vec::new();
+    for (i, &seq) in seqs.iter().enumerate() {
+        if i == seqs.len() - 1 {
+            bad_at = offset;
+        }
+        let b = msg_bytes(&Message::Entry(frame(seq)));
+        offset += b.len() as u64;
+        stream.extend_from_slice(&b);
+    }
+    s.write_all(&stream).unwrap();
+    let mut got = Vec::new();
+    let e = loop {
+        match receiver.recv(WAIT) {
+            Ok(Some(f)) => got.push(f),
+            Ok(None) => panic!("no error"),
+            Err(e) => break e,
+        }
+    };
+    (e, bad_at, got)
+}
+
+#[test]
+fn seq_gap_and_duplicate_are_detected() {
+    let (e, at, got) = seq_error_case(&[0, 1, 3]);
+    assert_eq!(got, vec![frame(0), frame(1)]);
+    assert!(
+        matches!(e, ChannelError::SeqGap { expected: 2, found: 3, offset, .. } if offset == at),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(text.contains("seq 3") && text.contains("seq 2"), "{text}");
+
+    let (e, at, _) = seq_error_case(&[0, 1, 1]);
+    assert!(
+        matches!(e, ChannelError::SeqGap { expected: 2, found: 1, offset, .. } if offset == at),
+        "{e:?}"
+    );
+
+    // Starting anywhere but the welcomed seq is a gap too.
+    let (e, _, _) = seq_error_case(&[1]);
+    assert!(
+        matches!(
+            e,
+            ChannelError::SeqGap {
+                expected: 0,
+                found: 1,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_corrupted_frame_is_detected_with_its_offset() {
+    let listener = listen();
+    let (mut s, start) = raw_primary(&listener);
+    let receiver = accept(&listener).unwrap();
+    let mut stream = Vec::new();
+    let mut offsets = Vec::new();
+    for i in 0..5 {
+        offsets.push(start + stream.len() as u64);
+        encode_message(&Message::Entry(frame(i)), &mut stream);
+    }
+    // One bit in the body of entry 3 (after its 8-byte envelope).
+    let at = (offsets[3] - start) as usize + 20;
+    stream[at] ^= 0x10;
+    s.write_all(&stream).unwrap();
+    for i in 0..3 {
+        assert_eq!(receiver.recv(WAIT).unwrap(), Some(frame(i)));
+    }
+    let e = receiver.recv(WAIT).unwrap_err();
+    assert!(
+        matches!(e, ChannelError::Corrupt { source: CodecError::Crc { offset, .. }, .. } if offset == offsets[3]),
+        "{e:?}"
+    );
+    assert_eq!(e.offset(), Some(offsets[3]));
+    assert!(
+        e.to_string().contains(&format!("byte {}", offsets[3])),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_oversized_length_is_refused_before_reading_the_body() {
+    let listener = listen();
+    let (mut s, start) = raw_primary(&listener);
+    let receiver = accept(&listener).unwrap();
+    s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    s.write_all(&[0; 4]).unwrap();
+    let e = receiver.recv(WAIT).unwrap_err();
+    assert!(
+        matches!(e, ChannelError::Corrupt { source: CodecError::FrameTooLarge { offset, .. }, .. } if offset == start),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn sends_must_be_consecutive() {
+    let (sender, _receiver) = pair(cfg());
+    sender.send(&frame(0)).unwrap();
+    let e = sender.send(&frame(2)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ChannelError::OutOfOrder {
+                expected: 1,
+                found: 2,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // A caller bug, not a broken link.
+    assert!(sender.is_alive());
+    sender.send(&frame(1)).unwrap();
+    assert!(sender.wait_acked(1, WAIT).unwrap());
+}
+
+#[test]
+fn entry_payload_is_the_log_entry_body() {
+    for i in 0..12 {
+        let f = frame(i);
+        let mut log = Vec::new();
+        encode_frame(&f, &mut log);
+        let wire = msg_bytes(&Message::Entry(f.clone()));
+        assert_eq!(wire[8], 4, "Entry message type");
+        assert_eq!(&wire[9..], &log[8..]);
+        let (m, n) = decode_message(&wire, 0).unwrap().unwrap();
+        assert_eq!((m, n), (Message::Entry(f), wire.len()));
+    }
+}
+
+#[test]
+fn every_message_round_trips_and_partial_input_waits() {
+    let msgs = vec![
+        Message::Hello(hello()),
+        Message::Welcome { next_seq: 42 },
+        Message::Refuse {
+            reason: "no".into(),
+        },
+        Message::Entry(frame(3)),
+        Message::Ack { seq: 9 },
+        Message::Heartbeat {
+            t_ns: 5,
+            last_seq: Some(4),
+        },
+        Message::Heartbeat {
+            t_ns: 0,
+            last_seq: None,
+        },
+        Message::Bye {
+            reason: "done".into(),
+        },
+    ];
+    for m in msgs {
+        let b = msg_bytes(&m);
+        for cut in 0..b.len() {
+            assert_eq!(decode_message(&b[..cut], 0).unwrap(), None);
+        }
+        assert_eq!(decode_message(&b, 0).unwrap(), Some((m, b.len())));
+    }
+}
+
+#[test]
+fn an_entry_followed_by_a_heartbeat_is_still_acked() {
+    let listener = listen();
+    let (mut s, _) = raw_primary(&listener);
+    let receiver = accept(&listener).unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_msg(&mut s, &mut buf), Message::Welcome { next_seq: 0 });
+    // One write, so the backup sees both in one read: the entry is not the
+    // last buffered message, yet it must be acknowledged.
+    let mut bytes = msg_bytes(&Message::Entry(frame(0)));
+    bytes.extend(msg_bytes(&Message::Heartbeat {
+        t_ns: 0,
+        last_seq: Some(0),
+    }));
+    s.write_all(&bytes).unwrap();
+    loop {
+        match read_msg(&mut s, &mut buf) {
+            Message::Ack { seq } => {
+                assert_eq!(seq, 0);
+                break;
+            }
+            Message::Heartbeat { .. } => {}
+            m => panic!("unexpected {m:?}"),
+        }
+    }
+    assert_eq!(receiver.recv(WAIT).unwrap(), Some(frame(0)));
+}
+
+#[test]
+fn a_backup_that_vanishes_without_bye_fails_the_primary() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let backup = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = Vec::new();
+        read_msg(&mut s, &mut buf);
+        s.write_all(&msg_bytes(&Message::Welcome { next_seq: 0 }))
+            .unwrap();
+        thread::sleep(Duration::from_millis(100));
+        // Dropped like a killed process: FIN, no Bye.
+    });
+    let sender = LogSender::connect(addr, hello(), cfg()).unwrap();
+    backup.join().unwrap();
+    let t = Instant::now();
+    let e = sender.wait_acked(0, WAIT).unwrap_err();
+    assert!(t.elapsed() < cfg().peer_timeout, "{:?}", t.elapsed());
+    // FIN, or RST if our heartbeats were still unread in its socket.
+    assert!(
+        matches!(
+            e,
+            ChannelError::PeerClosed { .. } | ChannelError::Read { .. }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains(&addr.to_string()), "{e}");
+    assert!(sender.send(&frame(0)).is_err());
+}
+
+#[test]
+fn a_primary_that_vanishes_mid_frame_is_reported_as_truncated() {
+    let listener = listen();
+    let (mut s, start) = raw_primary(&listener);
+    let receiver = accept(&listener).unwrap();
+    let whole = msg_bytes(&Message::Entry(frame(0)));
+    let partial = msg_bytes(&Message::Entry(frame(1)));
+    s.write_all(&whole).unwrap();
+    s.write_all(&partial[..10]).unwrap();
+    // Half-close: a full close with the backup's heartbeats unread would
+    // be a reset, which Linux may report before the data.
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(receiver.recv(WAIT).unwrap(), Some(frame(0)));
+    let e = receiver.recv(WAIT).unwrap_err();
+    assert!(
+        matches!(e, ChannelError::Truncated { offset, have: 10, .. } if offset == start + whole.len() as u64),
+        "{e:?}"
+    );
+}
