@@ -3,7 +3,7 @@
 //! "need more bytes" (`Ok(None)`) when a frame is incomplete.
 
 mod entry_body;
-mod envelope;
+pub(crate) mod envelope;
 mod error;
 mod header_body;
 mod partial;

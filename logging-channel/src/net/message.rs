@@ -2,7 +2,7 @@
 //! log's envelope (`u32 body_len | u32 crc32(body) | body`); the body is
 //! `u8 message type | payload`. Pure, I/O-free, like `codec`.
 
-use crate::codec::{CodecError, ENVELOPE_LEN, decode_frame, encode_frame};
+use crate::codec::{CodecError, ENVELOPE_LEN, decode_frame, encode_frame, envelope};
 use crate::format::{Frame, MAX_FRAME_LEN};
 
 /// First bytes of a `Hello`, so a stray client (or a log file piped into
@@ -178,38 +178,6 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// The envelope of the frame at the start of `buf`, checked the way the log
-/// reader checks it: `Ok(None)` until the whole frame is there, the length
-/// cap before waiting for (or buffering) the body, then the CRC.
-/// `offset` is the stream offset of `buf[0]`.
-pub fn open_envelope(buf: &[u8], offset: u64) -> Result<Option<(&[u8], usize)>, CodecError> {
-    let (Some(len), Some(crc)) = (buf.get(0..4), buf.get(4..8)) else {
-        return Ok(None);
-    };
-    let len = le_u32(len);
-    let stored = le_u32(crc);
-    if len > MAX_FRAME_LEN {
-        return Err(CodecError::FrameTooLarge {
-            offset,
-            len,
-            max: MAX_FRAME_LEN,
-        });
-    }
-    let total = ENVELOPE_LEN + len as usize;
-    let Some(body) = buf.get(ENVELOPE_LEN..total) else {
-        return Ok(None);
-    };
-    let computed = crc32fast::hash(body);
-    if computed != stored {
-        return Err(CodecError::Crc {
-            offset,
-            stored,
-            computed,
-        });
-    }
-    Ok(Some((body, total)))
-}
-
 /// Decodes the message frame at the start of `buf` (stream offset
 /// `offset`). `Ok(None)`: not all of it is there yet. Also returns the
 /// frame's length. Never panics on any input.
@@ -218,7 +186,8 @@ pub fn open_envelope(buf: &[u8], offset: u64) -> Result<Option<(&[u8], usize)>, 
 /// `UnsupportedVersion` (offset of that field) without parsing further,
 /// because a future version may lay the rest out differently.
 pub fn decode_message(buf: &[u8], offset: u64) -> Result<Option<(Message, usize)>, CodecError> {
-    let Some((body, total)) = open_envelope(buf, offset)? else {
+    // The same envelope check as the log reader's: length cap first, then the CRC.
+    let Some((body, total)) = envelope::open_frame(buf, offset)? else {
         return Ok(None);
     };
     let body_at = offset + ENVELOPE_LEN as u64;
@@ -304,12 +273,6 @@ pub fn decode_message(buf: &[u8], offset: u64) -> Result<Option<(Message, usize)
     };
     c.finish()?;
     Ok(Some((msg, total)))
-}
-
-fn le_u32(b: &[u8]) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(b);
-    u32::from_le_bytes(a)
 }
 
 /// Bounds-checked reader over one message body that knows its stream offset.

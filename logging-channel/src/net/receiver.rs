@@ -259,8 +259,7 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, RxState> {
-        // With panic=abort no thread dies holding the lock.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        super::stream::lock(&self.state)
     }
 
     fn wait_until<'a>(
@@ -268,11 +267,7 @@ impl Shared {
         g: MutexGuard<'a, RxState>,
         deadline: Instant,
     ) -> MutexGuard<'a, RxState> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match self.cond.wait_timeout(g, left) {
-            Ok((g, _)) => g,
-            Err(p) => p.into_inner().0,
-        }
+        super::stream::wait_until(&self.cond, g, deadline)
     }
 
     fn fail(&self, e: ChannelError) {

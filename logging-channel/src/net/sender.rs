@@ -44,9 +44,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, TxState> {
-        // A poisoned lock means a thread panicked, and with panic=abort that
-        // cannot happen; recover the guard rather than unwrap.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        super::stream::lock(&self.state)
     }
 
     fn wait_until<'a>(
@@ -54,11 +52,7 @@ impl Shared {
         g: MutexGuard<'a, TxState>,
         deadline: Instant,
     ) -> MutexGuard<'a, TxState> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match self.cond.wait_timeout(g, left) {
-            Ok((g, _)) => g,
-            Err(p) => p.into_inner().0,
-        }
+        super::stream::wait_until(&self.cond, g, deadline)
     }
 
     fn fail(&self, e: ChannelError) {

@@ -195,3 +195,22 @@ pub(crate) fn write_all_while(
 pub(crate) fn shutdown(stream: &TcpStream) {
     let _ = stream.shutdown(Shutdown::Both);
 }
+
+/// Locks a channel end's shared state. A poisoned lock would mean a thread panicked while
+/// holding it, which `panic = "abort"` rules out; recover the guard rather than unwrap.
+pub(crate) fn lock<S>(state: &std::sync::Mutex<S>) -> std::sync::MutexGuard<'_, S> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits on `cond` until notified or `deadline`, whichever comes first.
+pub(crate) fn wait_until<'a, S>(
+    cond: &std::sync::Condvar,
+    g: std::sync::MutexGuard<'a, S>,
+    deadline: std::time::Instant,
+) -> std::sync::MutexGuard<'a, S> {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    match cond.wait_timeout(g, left) {
+        Ok((g, _)) => g,
+        Err(p) => p.into_inner().0,
+    }
+}
