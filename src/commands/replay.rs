@@ -6,11 +6,13 @@ use std::process::ExitCode;
 
 use clap::Args;
 use logging_channel::file::{LogReader, Tail};
+use logging_channel::net::{ChannelConfig, Hello, Listener};
+use vmm::guest_image::hex;
 use vmm::machine::{Machine, MachineConfig};
 use vmm::outcome::Outcome;
 use vmm::precise::ApproachTuning;
-use vmm::replay::{ReplayError, replay};
-use vmm::source::VecSource;
+use vmm::replay::{ReplayError, ReplayReport, replay};
+use vmm::source::{NetSource, VecSource};
 
 use super::CmdResult;
 use crate::guest_choice::Guest;
@@ -47,10 +49,22 @@ impl<W: Write> Write for SkipWriter<'_, W> {
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
     /// The replay log.
-    pub file: PathBuf,
-    /// Use this guest image instead of the one named in the log (its hash must match).
-    #[arg(long, value_name = "PATH")]
-    pub guest: Option<PathBuf>,
+    #[arg(required_unless_present = "listen")]
+    pub file: Option<PathBuf>,
+    /// Instead of a file, replay a log streamed live by `understudy run --stream-to`: listen on
+    /// this address for one primary (needs --guest, and the same --guest-arg/--mem-mib).
+    #[arg(long, value_name = "ADDR", conflicts_with = "file", requires = "guest")]
+    pub listen: Option<String>,
+    /// With a file: use this guest image instead of the one named in the log (its hash must
+    /// match). With --listen: the guest the primary runs (`ticker`, `compute` or a path).
+    #[arg(long, value_name = "GUEST")]
+    pub guest: Option<String>,
+    /// With --listen: guest arguments, as given to the primary.
+    #[arg(long = "guest-arg", value_name = "ARG", requires = "listen")]
+    pub guest_args: Vec<String>,
+    /// With --listen: guest memory in MiB, as given to the primary.
+    #[arg(long, default_value_t = 64, requires = "listen")]
+    pub mem_mib: u32,
     /// Print replay statistics to stderr at the end.
     #[arg(long)]
     pub stats: bool,
@@ -64,7 +78,13 @@ pub struct ReplayArgs {
 }
 
 pub fn run(args: &ReplayArgs) -> CmdResult {
-    let reader = LogReader::open(&args.file)?;
+    if let Some(addr) = &args.listen {
+        return run_streamed(args, addr);
+    }
+    let Some(file) = &args.file else {
+        return Err("replay needs a log file or --listen ADDR".into());
+    };
+    let reader = LogReader::open(file)?;
     let header = reader.header().clone();
     let mut frames = Vec::new();
     for item in reader.frames() {
@@ -76,7 +96,7 @@ pub fn run(args: &ReplayArgs) -> CmdResult {
         &header.guest_name,
         &header.guest_args,
         &header.guest_image_sha256,
-        args.guest.as_deref(),
+        args.guest.as_deref().map(std::path::Path::new),
     )?;
     let mut machine = Machine::new(&MachineConfig {
         mem_mib: header.mem_mib,
@@ -136,6 +156,62 @@ pub fn run(args: &ReplayArgs) -> CmdResult {
         }
     };
     console.flush()?;
+    let why_incomplete = if truncated {
+        "the log is truncated (the recorder did not finish)".to_string()
+    } else {
+        "the log has no end entry".to_string()
+    };
+    report(result, &format!("of {total}"), &why_incomplete, args.stats)
+}
+
+/// The backup side of `run --stream-to`: replays entries as they arrive.
+fn run_streamed(args: &ReplayArgs, addr: &str) -> CmdResult {
+    let name = args.guest.as_deref().ok_or("--listen needs --guest")?;
+    let guest = Guest::resolve(name, &args.guest_args)?;
+    let listener = Listener::bind(addr)?;
+    eprintln!("replay: listening on {}", listener.local_addr());
+    let image = guest.sha256();
+    let check = |hello: &Hello| {
+        if hello.guest_image_sha256 == image {
+            Ok(())
+        } else {
+            Err(format!(
+                "guest image mismatch: the primary runs {}, this backup boots {}",
+                hex(&hello.guest_image_sha256),
+                hex(&image)
+            ))
+        }
+    };
+    let rx = listener.accept(check, ChannelConfig::default(), None)?;
+    eprintln!("replay: streaming from {}", rx.peer_addr());
+    let mut machine = Machine::new(&MachineConfig {
+        mem_mib: args.mem_mib,
+        image: &guest.image,
+        cmdline: guest.cmdline.clone(),
+    })?;
+    let mut source = NetSource::new(rx);
+    let stdout = std::io::stdout();
+    let mut console = std::io::LineWriter::new(stdout.lock());
+    let mut tuning = ApproachTuning::default();
+    if let Some(aim) = args.aim {
+        tuning.aim = aim;
+    }
+    // No retry here: a live stream cannot be rewound (that needs checkpoints).
+    let result = replay(&mut machine, &mut source, &mut console, tuning);
+    console.flush()?;
+    let why = match source.ended_by() {
+        Some(e) => format!("the primary's stream ended before its end entry ({e})"),
+        None => "the primary's stream ended before its end entry".to_string(),
+    };
+    report(result, "received", &why, args.stats)
+}
+
+fn report(
+    result: Result<ReplayReport, ReplayError>,
+    of_total: &str,
+    why_incomplete: &str,
+    stats: bool,
+) -> CmdResult {
     match result {
         Ok(report) => {
             let code = match report.outcome {
@@ -143,12 +219,13 @@ pub fn run(args: &ReplayArgs) -> CmdResult {
                 Outcome::Stopped => "recording had been stopped".to_string(),
             };
             eprintln!(
-                "replay: OK: reached the recorded end ({code}); {total} entries, {} digests verified, interrupts {} at exit + {} precise",
+                "replay: OK: reached the recorded end ({code}); {} entries, {} digests verified, interrupts {} at exit + {} precise",
+                report.entries,
                 report.digests_verified,
                 report.stats.interrupts_at_exit,
                 report.stats.interrupts_precise
             );
-            if args.stats {
+            if stats {
                 let s = &report.stats;
                 eprintln!(
                     "replay: {:.3} s wall, {} exits, approach {:.3} s ({} kicks, {} breakpoint/steps, {} stops)",
@@ -163,14 +240,9 @@ pub fn run(args: &ReplayArgs) -> CmdResult {
             Ok(ExitCode::SUCCESS)
         }
         Err(ReplayError::LogEnded { last_seq, exits }) => {
-            let why = if truncated {
-                "the log is truncated (the recorder did not finish)"
-            } else {
-                "the log has no end entry"
-            };
             let last = last_seq.map_or("none".to_string(), |s| format!("#{s}"));
             eprintln!(
-                "replay: INCOMPLETE: {why}; replayed faithfully up to its last whole entry ({last} of {total}), {exits} guest exits"
+                "replay: INCOMPLETE: {why_incomplete}; replayed faithfully up to its last whole entry ({last} {of_total}), {exits} guest exits"
             );
             Ok(ExitCode::from(EXIT_INCOMPLETE))
         }

@@ -7,15 +7,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use logging_channel::format::{FORMAT_VERSION, Header};
+use logging_channel::net::{ChannelConfig, Hello, LogSender};
 use vmm::clock::SystemClock;
 use vmm::live::{LiveOptions, run_live};
 use vmm::machine::{Machine, MachineConfig};
 use vmm::outcome::Outcome;
 use vmm::precise::PrecisePolicy;
-use vmm::sink::{FileSink, NullSink};
+use vmm::sink::{FileSink, NetSink, NullSink};
 
 use super::{CmdResult, host_description, position_semantics};
 use crate::guest_choice::Guest;
+
+/// How a `run --stream-to` primary names itself to the backup (no view service involved).
+const STREAM_PRIMARY_NAME: &str = "understudy-run";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -31,6 +35,9 @@ pub struct RunArgs {
     /// Record a replay log to this file.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Stream the log live to a backup replaying it (`understudy replay --listen ADDR`).
+    #[arg(long, value_name = "ADDR", conflicts_with = "record")]
+    pub stream_to: Option<String>,
     /// Microseconds a timer tick may wait for a guest exit before the vCPU is stopped for it.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
     pub interrupt_bound_us: u64,
@@ -92,10 +99,30 @@ pub fn run(args: &RunArgs) -> CmdResult {
             }
             (result, Some(info))
         }
-        None => (
-            run_live(&mut machine, &clock, &mut NullSink, &mut console, &opts),
-            None,
-        ),
+        None => match &args.stream_to {
+            Some(addr) => {
+                let hello = Hello::new(guest.sha256(), 0, STREAM_PRIMARY_NAME, 0);
+                let sender = LogSender::connect(addr.as_str(), hello, ChannelConfig::default())?;
+                let mut sink = NetSink::new(sender);
+                let result = run_live(&mut machine, &clock, &mut sink, &mut console, &opts);
+                let lag = sink.lag();
+                if args.stats {
+                    eprintln!(
+                        "run: backup lag at the end: {} entries, {:.3} ms",
+                        lag.entries,
+                        lag.t_ns as f64 / 1e6
+                    );
+                }
+                if result.is_ok() {
+                    sink.finish(Duration::from_secs(10))?;
+                }
+                (result, None)
+            }
+            None => (
+                run_live(&mut machine, &clock, &mut NullSink, &mut console, &opts),
+                None,
+            ),
+        },
     };
     console.flush()?;
     let (outcome, stats) = result?;

@@ -171,6 +171,8 @@ fn verify_state_check(recorded: u64, replayed: u64, last_seq: Option<u64>) -> Re
 #[derive(Debug, Clone)]
 pub struct ReplayReport {
     pub outcome: Outcome,
+    /// Entries applied.
+    pub entries: u64,
     pub digests_verified: u64,
     pub stats: RunStats,
 }
@@ -635,7 +637,9 @@ pub fn replay(
     let mut stats = r.stats.clone();
     stats.wall = started.elapsed();
     stats.digests = r.digests_verified;
+    let entries = r.last_seq.map_or(0, |s| s + 1);
     result.map(|outcome| ReplayReport {
+        entries,
         outcome,
         digests_verified: r.digests_verified,
         stats,

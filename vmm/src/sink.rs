@@ -10,6 +10,10 @@ use logging_channel::format::{Entry, Header};
 pub enum SinkError {
     #[error("writing the replay log failed")]
     Log(#[from] logging_channel::file::LogError),
+    #[error("streaming the log to the backup failed")]
+    Channel(#[from] logging_channel::net::ChannelError),
+    #[error("the backup did not acknowledge the log up to entry #{last} in time")]
+    Unacknowledged { last: u64 },
 }
 
 pub trait LogSink {
@@ -88,6 +92,55 @@ impl LogSink for VecSink {
     }
     fn append(&mut self, t_ns: u64, state_check: u64, entry: &Entry) -> Result<(), SinkError> {
         self.entries.push((t_ns, state_check, entry.clone()));
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// The log streamed live to a backup over the logging channel.
+#[derive(Debug)]
+pub struct NetSink {
+    sender: logging_channel::net::LogSender,
+    next_seq: u64,
+}
+
+impl NetSink {
+    pub fn new(sender: logging_channel::net::LogSender) -> Self {
+        let next_seq = sender.welcome_seq();
+        Self { sender, next_seq }
+    }
+
+    /// Waits until the backup acknowledged everything sent, then closes the channel.
+    pub fn finish(self, timeout: std::time::Duration) -> Result<(), SinkError> {
+        if let Some(last) = self.next_seq.checked_sub(1)
+            && !self.sender.wait_acked(last, timeout)?
+        {
+            return Err(SinkError::Unacknowledged { last });
+        }
+        Ok(self.sender.close()?)
+    }
+
+    pub fn lag(&self) -> logging_channel::net::Lag {
+        self.sender.lag()
+    }
+}
+
+impl LogSink for NetSink {
+    fn is_recording(&self) -> bool {
+        true
+    }
+    fn append(&mut self, t_ns: u64, state_check: u64, entry: &Entry) -> Result<(), SinkError> {
+        let frame = logging_channel::format::Frame {
+            seq: self.next_seq,
+            t_ns,
+            state_check,
+            entry: entry.clone(),
+        };
+        // A full window blocks here: the primary stalls while the backup is far behind.
+        self.sender.send(&frame)?;
+        self.next_seq += 1;
         Ok(())
     }
     fn flush(&mut self) -> Result<(), SinkError> {

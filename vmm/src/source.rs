@@ -39,3 +39,48 @@ impl EntrySource for VecSource {
         Ok(self.frames.pop_front())
     }
 }
+
+/// Entries arriving live from a primary over the logging channel. The replayer blocks in
+/// `peek` while the buffer is empty (the backup stalls); when the primary is gone and every
+/// received entry was consumed, the source ends and `ended_by` says why.
+#[derive(Debug)]
+pub struct NetSource {
+    rx: logging_channel::net::LogReceiver,
+    front: Option<Frame>,
+    ended_by: Option<logging_channel::net::ChannelError>,
+}
+
+impl NetSource {
+    pub fn new(rx: logging_channel::net::LogReceiver) -> Self {
+        Self {
+            rx,
+            front: None,
+            ended_by: None,
+        }
+    }
+
+    pub fn ended_by(&self) -> Option<&logging_channel::net::ChannelError> {
+        self.ended_by.as_ref()
+    }
+
+    fn fill(&mut self) {
+        while self.front.is_none() && self.ended_by.is_none() {
+            match self.rx.recv(std::time::Duration::from_millis(100)) {
+                Ok(Some(frame)) => self.front = Some(frame),
+                Ok(None) => {}
+                Err(e) => self.ended_by = Some(e),
+            }
+        }
+    }
+}
+
+impl EntrySource for NetSource {
+    fn peek(&mut self) -> Result<Option<&Frame>, SourceError> {
+        self.fill();
+        Ok(self.front.as_ref())
+    }
+    fn pop(&mut self) -> Result<Option<Frame>, SourceError> {
+        self.fill();
+        Ok(self.front.take())
+    }
+}
