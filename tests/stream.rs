@@ -34,9 +34,27 @@ fn start_backup(guest_args: &[&str]) -> (Child, String, BufReader<std::process::
     (child, addr, err)
 }
 
+/// Waits for the backup to end: its exit status, stdout and stderr.
+fn finish_backup(
+    mut backup: Child,
+    mut err: BufReader<std::process::ChildStderr>,
+) -> (std::process::ExitStatus, String, String) {
+    let mut out = String::new();
+    backup
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let status = backup.wait().unwrap();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    (status, out, rest)
+}
+
 #[test]
 fn a_backup_replays_the_primary_live_and_prints_the_same_console() {
-    let (mut backup, addr, mut backup_err) = start_backup(&["iters=8000"]);
+    let (backup, addr, backup_err) = start_backup(&["iters=8000"]);
     let primary = understudy(&[
         "run",
         "--guest",
@@ -47,16 +65,7 @@ fn a_backup_replays_the_primary_live_and_prints_the_same_console() {
         &addr,
     ]);
     assert_ok(&primary, "primary");
-    let mut backup_out = String::new();
-    backup
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut backup_out)
-        .unwrap();
-    let status = backup.wait().unwrap();
-    let mut err = String::new();
-    backup_err.read_to_string(&mut err).unwrap();
+    let (status, backup_out, err) = finish_backup(backup, backup_err);
     assert!(status.success(), "backup failed: {err}");
     assert!(
         err.contains("replay: OK: reached the recorded end"),
@@ -67,7 +76,7 @@ fn a_backup_replays_the_primary_live_and_prints_the_same_console() {
 
 #[test]
 fn a_killed_primary_leaves_the_backup_with_a_faithful_prefix() {
-    let (mut backup, addr, mut backup_err) = start_backup(&[]);
+    let (backup, addr, backup_err) = start_backup(&[]);
     let mut primary = Command::new(bin())
         .args(["run", "--guest", "compute", "--stream-to", &addr])
         .stdout(Stdio::piped())
@@ -78,16 +87,7 @@ fn a_killed_primary_leaves_the_backup_with_a_faithful_prefix() {
     primary.kill().unwrap();
     let primary_out =
         String::from_utf8_lossy(&primary.wait_with_output().unwrap().stdout).into_owned();
-    let mut backup_out = String::new();
-    backup
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut backup_out)
-        .unwrap();
-    let status = backup.wait().unwrap();
-    let mut err = String::new();
-    backup_err.read_to_string(&mut err).unwrap();
+    let (status, backup_out, err) = finish_backup(backup, backup_err);
     assert_eq!(status.code(), Some(3), "{err}");
     assert!(
         err.contains("INCOMPLETE: the primary's stream ended"),

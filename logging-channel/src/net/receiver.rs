@@ -271,12 +271,7 @@ impl Shared {
     }
 
     fn fail(&self, e: ChannelError) {
-        let mut g = self.lock();
-        if g.error.is_none() {
-            g.error = Some(e);
-        }
-        drop(g);
-        self.cond.notify_all();
+        super::stream::fail_first(&self.state, &self.cond, |s| &mut s.error, e);
     }
 
     fn alive(&self) -> Result<(), ChannelError> {

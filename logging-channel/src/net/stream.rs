@@ -214,3 +214,21 @@ pub(crate) fn wait_until<'a, S>(
         Err(p) => p.into_inner().0,
     }
 }
+
+/// Records `e` as the channel end's error unless an earlier one is there (the first error is
+/// the cause; later ones are consequences), and wakes every waiter so they see it.
+pub(crate) fn fail_first<S>(
+    state: &std::sync::Mutex<S>,
+    cond: &std::sync::Condvar,
+    slot: impl FnOnce(&mut S) -> &mut Option<super::ChannelError>,
+    e: super::ChannelError,
+) {
+    {
+        let mut g = lock(state);
+        let error = slot(&mut g);
+        if error.is_none() {
+            *error = Some(e);
+        }
+    }
+    cond.notify_all();
+}
