@@ -192,11 +192,12 @@ fn run_streamed(args: &ReplayArgs, addr: &str) -> CmdResult {
     let mut source = NetSource::new(rx);
     let stdout = std::io::stdout();
     let mut console = std::io::LineWriter::new(stdout.lock());
-    let mut tuning = ApproachTuning::default();
+    // No retry here: a live stream cannot be rewound (that needs checkpoints), so aim
+    // cautiously from the start.
+    let mut tuning = ApproachTuning::cautious();
     if let Some(aim) = args.aim {
         tuning.aim = aim;
     }
-    // No retry here: a live stream cannot be rewound (that needs checkpoints).
     let result = replay(&mut machine, &mut source, &mut console, tuning);
     console.flush()?;
     let why = match source.ended_by() {

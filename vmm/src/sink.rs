@@ -138,8 +138,14 @@ impl LogSink for NetSink {
             state_check,
             entry: entry.clone(),
         };
-        // A full window blocks here: the primary stalls while the backup is far behind.
-        self.sender.send(&frame)?;
+        // A full window stalls the primary for as long as the backup is behind but alive; a
+        // dead backup surfaces as a channel error instead.
+        loop {
+            match self.sender.send(&frame) {
+                Err(logging_channel::net::ChannelError::WindowFull { .. }) => continue,
+                other => break other?,
+            }
+        }
         self.next_seq += 1;
         Ok(())
     }
