@@ -87,12 +87,12 @@ impl Default for ApproachTuning {
 }
 
 impl ApproachTuning {
-    /// For a second attempt after a kick landed late: aims at a tenth of the distance and
-    /// assumes kicks may come 200 µs late.
+    /// For a replay that cannot afford an overshoot (a live stream) or a second attempt after
+    /// one: aims at a sixth of the distance and assumes kicks may come 100 µs late.
     pub fn cautious() -> Self {
         Self {
-            aim: 0.1,
-            kick_latency_ns: 200_000.0,
+            aim: 0.15,
+            kick_latency_ns: 100_000.0,
             ..Self::default()
         }
     }

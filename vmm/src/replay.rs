@@ -546,7 +546,19 @@ impl Replayer<'_> {
                         .vcpu
                         .set_breakpoint(Some(want.rip))
                         .map_err(RunError::from)?;
+                    let t0 = Instant::now();
                     let stop = self.run_once()?;
+                    // A breakpoint run measures the guest's speed as well as a kick does (and
+                    // is the only measurement when kicks are too risky to start with).
+                    if stop != Stop::Kicked && level == 0 {
+                        let ran = self
+                            .m
+                            .counter
+                            .read()
+                            .map_err(RunError::from)?
+                            .saturating_sub(count);
+                        self.rate.observe(ran, t0.elapsed().as_nanos() as f64);
+                    }
                     tracing::debug!(
                         ?stop,
                         count = self.m.counter.read().unwrap_or(0),
