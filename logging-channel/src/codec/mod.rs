@@ -8,7 +8,7 @@ mod error;
 mod header_body;
 mod partial;
 mod prefix;
-mod wire;
+pub(crate) mod wire;
 
 #[cfg(test)]
 mod tests;

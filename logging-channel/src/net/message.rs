@@ -2,6 +2,7 @@
 //! log's envelope (`u32 body_len | u32 crc32(body) | body`); the body is
 //! `u8 message type | payload`. Pure, I/O-free, like `codec`.
 
+use crate::codec::wire::{self, put_str};
 use crate::codec::{CodecError, ENVELOPE_LEN, decode_frame, encode_frame, envelope};
 use crate::format::{Frame, MAX_FRAME_LEN};
 
@@ -171,13 +172,6 @@ pub fn encoded_len_ok(frame_len: usize) -> bool {
     frame_len - ENVELOPE_LEN <= MAX_FRAME_LEN as usize
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    // Saturating: an oversized string makes an oversized frame, which the
-    // sender refuses, rather than a wrapped length that desynchronises.
-    out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
 /// Decodes the message frame at the start of `buf` (stream offset
 /// `offset`). `Ok(None)`: not all of it is there yet. Also returns the
 /// frame's length. Never panics on any input.
@@ -191,11 +185,7 @@ pub fn decode_message(buf: &[u8], offset: u64) -> Result<Option<(Message, usize)
         return Ok(None);
     };
     let body_at = offset + ENVELOPE_LEN as u64;
-    let mut c = Cur {
-        buf: body,
-        pos: 0,
-        base: body_at,
-    };
+    let mut c = wire::Cursor::new(body, body_at);
     let msg = match c.u8("message type")? {
         T_HELLO => {
             let magic_at = c.offset();
@@ -273,72 +263,4 @@ pub fn decode_message(buf: &[u8], offset: u64) -> Result<Option<(Message, usize)
     };
     c.finish()?;
     Ok(Some((msg, total)))
-}
-
-/// Bounds-checked reader over one message body that knows its stream offset.
-struct Cur<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    base: u64,
-}
-
-impl Cur<'_> {
-    fn offset(&self) -> u64 {
-        self.base + self.pos as u64
-    }
-
-    fn malformed(&self, what: impl Into<String>) -> CodecError {
-        CodecError::Malformed {
-            offset: self.offset(),
-            what: what.into(),
-        }
-    }
-
-    fn take(&mut self, n: usize, what: &str) -> Result<&[u8], CodecError> {
-        let left = self.buf.len() - self.pos;
-        if n > left {
-            return Err(self.malformed(format!(
-                "message body ends inside {what} (needs {n} bytes, {left} left)"
-            )));
-        }
-        let b = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(b)
-    }
-
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], CodecError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N, what)?);
-        Ok(a)
-    }
-
-    fn u8(&mut self, what: &str) -> Result<u8, CodecError> {
-        Ok(self.array::<1>(what)?[0])
-    }
-
-    fn u64(&mut self, what: &str) -> Result<u64, CodecError> {
-        self.array(what).map(u64::from_le_bytes)
-    }
-
-    fn string(&mut self, what: &str) -> Result<String, CodecError> {
-        let at = self.offset();
-        let len = u32::from_le_bytes(self.array(what)?) as usize;
-        let bytes = self.take(len, what)?.to_vec();
-        String::from_utf8(bytes).map_err(|e| CodecError::Malformed {
-            offset: at + 4 + e.utf8_error().valid_up_to() as u64,
-            what: format!("{what} is not valid UTF-8"),
-        })
-    }
-
-    /// Strict like the log: trailing bytes mean a writer bug or a version mix.
-    fn finish(self) -> Result<(), CodecError> {
-        let trailing = self.buf.len() - self.pos;
-        if trailing == 0 {
-            Ok(())
-        } else {
-            Err(self.malformed(format!(
-                "{trailing} trailing bytes after the end of the message body"
-            )))
-        }
-    }
 }
