@@ -61,6 +61,13 @@ pub(crate) fn entry() -> impl Strategy<Value = Entry> {
             }
         ),
         (position(), end_reason()).prop_map(|(pos, reason)| Entry::End { pos, reason }),
+        (position(), any::<u64>(), any::<u64>()).prop_map(|(pos, console_bytes, released)| {
+            Entry::Output {
+                pos,
+                console_bytes,
+                released,
+            }
+        }),
     ]
 }
 

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use logging_channel::codec::encode_frame;
 use logging_channel::net::{
     ChannelConfig, ChannelError, ExpectedPrimary, Hello, Listener, LogReceiver, LogSender, Message,
-    decode_message, encode_message,
+    PAGE_SIZE, PROTOCOL_VERSION, StatePart, StateSender, decode_message, decode_pages,
+    encode_message, encode_page,
 };
 use logging_channel::{CodecError, EndReason, Entry, Frame, InputSource, Position, Regs};
 
@@ -163,10 +164,10 @@ fn refused_for_each_reason_and_the_listener_keeps_accepting() {
     let cases: Vec<(Hello, &str)> = vec![
         (
             Hello {
-                protocol_version: 2,
+                protocol_version: PROTOCOL_VERSION + 1,
                 ..hello()
             },
-            "protocol version 2",
+            "protocol version 3",
         ),
         (
             Hello {
@@ -685,6 +686,15 @@ fn every_message_round_trips_and_partial_input_waits() {
         Message::Bye {
             reason: "done".into(),
         },
+        Message::StateOffer {
+            hello: hello(),
+            mem_bytes: 64 << 20,
+        },
+        Message::StatePages {
+            records: vec![1, 2, 3],
+        },
+        Message::StateFinal { blob: vec![9; 100] },
+        Message::StateInstalled { next_seq: 77 },
     ];
     for m in msgs {
         let b = msg_bytes(&m);
@@ -771,4 +781,120 @@ fn a_primary_that_vanishes_mid_frame_is_reported_as_truncated() {
         matches!(e, ChannelError::Truncated { offset, have: 10, .. } if offset == start + whole.len() as u64),
         "{e:?}"
     );
+}
+
+/// A whole state transfer over loopback: offer, pages, final state, install, then the log
+/// stream continues on the same connection from the state's next entry.
+#[test]
+fn state_transfer_then_stream_on_the_same_connection() {
+    let listener = listen();
+    let addr = listener.local_addr();
+    let backup = thread::spawn(move || {
+        let exp = expected();
+        let mut rx = listener
+            .accept_transfer(
+                |h, mem| {
+                    exp.check(h)?;
+                    if mem == 8 * PAGE_SIZE as u64 {
+                        Ok(())
+                    } else {
+                        Err(format!("memory {mem}"))
+                    }
+                },
+                cfg(),
+                Some(WAIT),
+            )
+            .unwrap();
+        let mut memory = vec![0xeeu8; 8 * PAGE_SIZE];
+        let blob = loop {
+            match rx.next_part().unwrap() {
+                StatePart::Pages(records) => {
+                    for (i, page) in decode_pages(&records, 8).unwrap() {
+                        let at = i as usize * PAGE_SIZE;
+                        match page {
+                            Some(p) => memory[at..at + PAGE_SIZE].copy_from_slice(p),
+                            None => memory[at..at + PAGE_SIZE].fill(0),
+                        }
+                    }
+                }
+                StatePart::Final(blob) => break blob,
+            }
+        };
+        let exp = expected();
+        let log = rx.installed(40, |h| exp.check(h)).unwrap();
+        let got: Vec<Frame> = (0..3).map(|_| log.recv(WAIT).unwrap().unwrap()).collect();
+        (memory, blob, got)
+    });
+    let mut tx = StateSender::connect(addr, hello(), 8 * PAGE_SIZE as u64, cfg()).unwrap();
+    let mut expect = vec![0u8; 8 * PAGE_SIZE];
+    let mut records = Vec::new();
+    for i in 0..8u32 {
+        let page = if i % 3 == 0 {
+            vec![0u8; PAGE_SIZE]
+        } else {
+            vec![i as u8; PAGE_SIZE]
+        };
+        expect[i as usize * PAGE_SIZE..(i as usize + 1) * PAGE_SIZE].copy_from_slice(&page);
+        encode_page(&mut records, i, &page);
+    }
+    tx.send_pages(records).unwrap();
+    let first = Frame {
+        seq: 40,
+        ..frame(40)
+    };
+    let sender = tx
+        .finish(
+            b"machine".to_vec(),
+            Hello::new(IMAGE, VIEW, "alpha", 40),
+            WAIT,
+        )
+        .unwrap();
+    for i in 40..43 {
+        sender.send(&Frame { seq: i, ..frame(i) }).unwrap();
+    }
+    assert!(sender.wait_acked(42, WAIT).unwrap());
+    let (memory, blob, got) = backup.join().unwrap();
+    assert_eq!(memory, expect, "zero pages overwrite, data pages copy");
+    assert_eq!(blob, b"machine");
+    assert_eq!(got[0], first);
+    assert_eq!(
+        got.iter().map(|f| f.seq).collect::<Vec<_>>(),
+        vec![40, 41, 42]
+    );
+}
+
+/// A state offer from a node that is not the view's primary is refused with the reason, and
+/// a plain Hello where a state offer is due is refused too (a new backup needs state first).
+#[test]
+fn state_transfer_refusals() {
+    let listener = listen();
+    let addr = listener.local_addr();
+    let backup = thread::spawn(move || {
+        let exp = expected();
+        let a = listener
+            .accept_transfer(|h, _| exp.check(h), cfg(), Some(WAIT))
+            .err()
+            .unwrap();
+        let b = listener
+            .accept_transfer(|h, _| exp.check(h), cfg(), Some(WAIT))
+            .err()
+            .unwrap();
+        (a, b)
+    });
+    let wrong = Hello::new(IMAGE, VIEW, "mallory", 0);
+    match StateSender::connect(addr, wrong, 4096, cfg()) {
+        Err(ChannelError::Refused { reason, .. }) => {
+            assert!(reason.contains("mallory"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    match LogSender::connect(addr, hello(), cfg()) {
+        Err(ChannelError::Refused { reason, .. }) => {
+            assert!(reason.contains("StateOffer"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let (a, b) = backup.join().unwrap();
+    assert!(matches!(a, ChannelError::RefusedPrimary { .. }), "{a:?}");
+    assert!(b.to_string().contains("Hello"), "{b}");
 }

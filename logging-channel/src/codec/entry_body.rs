@@ -57,6 +57,14 @@ pub(crate) fn put_entry_body(
             EndReason::Shutdown => put_u8(out, END_SHUTDOWN),
             EndReason::Stopped => put_u8(out, END_STOPPED),
         },
+        Entry::Output {
+            console_bytes,
+            released,
+            ..
+        } => {
+            put_u64(out, *console_bytes);
+            put_u64(out, *released);
+        }
     }
 }
 
@@ -128,6 +136,11 @@ pub(crate) fn decode_entry_body(body: &[u8], base: u64) -> Result<Frame, CodecEr
         EntryKind::End => Entry::End {
             pos,
             reason: end_reason(&mut c)?,
+        },
+        EntryKind::Output => Entry::Output {
+            pos,
+            console_bytes: c.u64("output console_bytes")?,
+            released: c.u64("output released")?,
         },
         // `from_u8` never yields it; kept an error rather than a panic.
         EntryKind::Invalid => {

@@ -94,8 +94,13 @@ fn every_entry() -> Vec<Entry> {
                 reason: EndReason::Shutdown,
             },
             Entry::End {
-                pos,
+                pos: pos.clone(),
                 reason: EndReason::Stopped,
+            },
+            Entry::Output {
+                pos,
+                console_bytes: 4096,
+                released: 1000,
             },
         ]);
     }
@@ -305,7 +310,7 @@ fn crc_mismatch_names_the_frame() {
 
 #[test]
 fn unknown_kind_is_rejected_including_the_reserved_zero() {
-    for kind in [0u8, 7, 255] {
+    for kind in [0u8, 8, 255] {
         let mut body = body_of(&Frame {
             seq: 0,
             t_ns: 0,

@@ -59,6 +59,16 @@ pub enum Entry {
     },
     /// The recorded run ended here (last entry of a complete log).
     End { pos: Position, reason: EndReason },
+    /// The guest's console had written `console_bytes` bytes in all when it reached this
+    /// position. Console output is released to the world only once the backup acknowledged an
+    /// entry at or after it; this entry exists so a line does not wait for the next event.
+    /// `released` is how many bytes the primary had released when it wrote this entry: a
+    /// backup that goes live re-releases from there, so no output is lost.
+    Output {
+        pos: Position,
+        console_bytes: u64,
+        released: u64,
+    },
 }
 
 impl Entry {
@@ -70,6 +80,7 @@ impl Entry {
             Self::ConsoleInput { .. } => EntryKind::ConsoleInput,
             Self::Digest { .. } => EntryKind::Digest,
             Self::End { .. } => EntryKind::End,
+            Self::Output { .. } => EntryKind::Output,
         }
     }
 
@@ -80,7 +91,8 @@ impl Entry {
             | Self::Inject { pos, .. }
             | Self::ConsoleInput { pos, .. }
             | Self::Digest { pos, .. }
-            | Self::End { pos, .. } => pos,
+            | Self::End { pos, .. }
+            | Self::Output { pos, .. } => pos,
         }
     }
 }
@@ -98,17 +110,19 @@ pub enum EntryKind {
     ConsoleInput = 4,
     Digest = 5,
     End = 6,
+    Output = 7,
 }
 
 impl EntryKind {
     /// Every kind an entry can have (without `Invalid`).
-    pub const ALL: [EntryKind; 6] = [
+    pub const ALL: [EntryKind; 7] = [
         Self::Input,
         Self::Irq,
         Self::Inject,
         Self::ConsoleInput,
         Self::Digest,
         Self::End,
+        Self::Output,
     ];
 
     /// Stable name for command lines and JSON output.
@@ -121,6 +135,7 @@ impl EntryKind {
             Self::ConsoleInput => "console-input",
             Self::Digest => "digest",
             Self::End => "end",
+            Self::Output => "output",
         }
     }
 

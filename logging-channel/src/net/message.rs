@@ -11,7 +11,7 @@ use crate::format::{Frame, MAX_FRAME_LEN};
 pub const CHANNEL_MAGIC: [u8; 8] = *b"USTUDYCH";
 
 /// The only channel protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 const T_HELLO: u8 = 1;
 const T_WELCOME: u8 = 2;
@@ -20,6 +20,10 @@ const T_ENTRY: u8 = 4;
 const T_ACK: u8 = 5;
 const T_HEARTBEAT: u8 = 6;
 const T_BYE: u8 = 7;
+const T_STATE_OFFER: u8 = 8;
+const T_STATE_PAGES: u8 = 9;
+const T_STATE_FINAL: u8 = 10;
+const T_STATE_INSTALLED: u8 = 11;
 
 /// The primary's first message: who it is and what it will stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +85,20 @@ pub enum Message {
     Heartbeat { t_ns: u64, last_seq: Option<u64> },
     /// Either way: a clean close, with why.
     Bye { reason: String },
+    /// Primary → backup, first message of a state transfer (instead of
+    /// `Hello`): who it is (`first_seq` is unused, 0) and how much guest
+    /// memory follows. The backup answers `Welcome { next_seq: 0 }` or
+    /// `Refuse`.
+    StateOffer { hello: Hello, mem_bytes: u64 },
+    /// Primary → backup: guest pages, see [`super::transfer::encode_pages`].
+    StatePages { records: Vec<u8> },
+    /// Primary → backup: the rest of the machine (vCPU, devices, log
+    /// position), opaque to the channel; the last transfer message.
+    StateFinal { blob: Vec<u8> },
+    /// Backup → primary: the state is installed and the backup will replay
+    /// from entry `next_seq`. The primary then sends `Hello` on the same
+    /// connection and streams the log.
+    StateInstalled { next_seq: u64 },
 }
 
 impl Message {
@@ -94,6 +112,10 @@ impl Message {
             Self::Ack { .. } => "Ack",
             Self::Heartbeat { .. } => "Heartbeat",
             Self::Bye { .. } => "Bye",
+            Self::StateOffer { .. } => "StateOffer",
+            Self::StatePages { .. } => "StatePages",
+            Self::StateFinal { .. } => "StateFinal",
+            Self::StateInstalled { .. } => "StateInstalled",
         }
     }
 }
@@ -106,12 +128,7 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) -> usize {
     match msg {
         Message::Hello(h) => {
             out.push(T_HELLO);
-            out.extend_from_slice(&h.magic);
-            out.extend_from_slice(&h.protocol_version.to_le_bytes());
-            out.extend_from_slice(&h.guest_image_sha256);
-            out.extend_from_slice(&h.viewnum.to_le_bytes());
-            put_str(out, &h.primary);
-            out.extend_from_slice(&h.first_seq.to_le_bytes());
+            put_hello(out, h);
         }
         Message::Welcome { next_seq } => {
             out.push(T_WELCOME);
@@ -139,8 +156,62 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) -> usize {
             out.push(T_BYE);
             put_str(out, reason);
         }
+        Message::StateOffer { hello, mem_bytes } => {
+            out.push(T_STATE_OFFER);
+            put_hello(out, hello);
+            out.extend_from_slice(&mem_bytes.to_le_bytes());
+        }
+        Message::StatePages { records } => {
+            out.push(T_STATE_PAGES);
+            wire::put_bytes(out, records);
+        }
+        Message::StateFinal { blob } => {
+            out.push(T_STATE_FINAL);
+            wire::put_bytes(out, blob);
+        }
+        Message::StateInstalled { next_seq } => {
+            out.push(T_STATE_INSTALLED);
+            out.extend_from_slice(&next_seq.to_le_bytes());
+        }
     }
     seal(out, start)
+}
+
+fn put_hello(out: &mut Vec<u8>, h: &Hello) {
+    out.extend_from_slice(&h.magic);
+    out.extend_from_slice(&h.protocol_version.to_le_bytes());
+    out.extend_from_slice(&h.guest_image_sha256);
+    out.extend_from_slice(&h.viewnum.to_le_bytes());
+    put_str(out, &h.primary);
+    out.extend_from_slice(&h.first_seq.to_le_bytes());
+}
+
+/// A `Hello` (or the identity in a `StateOffer`). Another magic or version
+/// fails at that field without parsing further: a future version may lay
+/// the rest out differently.
+fn hello(c: &mut wire::Cursor<'_>) -> Result<Hello, CodecError> {
+    let magic_at = c.offset();
+    let magic: [u8; 8] = c.array("hello magic")?;
+    if magic != CHANNEL_MAGIC {
+        return Err(CodecError::BadMagic { offset: magic_at });
+    }
+    let version_at = c.offset();
+    let protocol_version = u16::from_le_bytes(c.array("hello protocol_version")?);
+    if protocol_version != PROTOCOL_VERSION {
+        return Err(CodecError::UnsupportedVersion {
+            offset: version_at,
+            found: protocol_version,
+            supported: PROTOCOL_VERSION,
+        });
+    }
+    Ok(Hello {
+        magic,
+        protocol_version,
+        guest_image_sha256: c.array("hello guest_image_sha256")?,
+        viewnum: c.u64("hello viewnum")?,
+        primary: c.string("hello primary")?,
+        first_seq: c.u64("hello first_seq")?,
+    })
 }
 
 /// `encode_message(&Message::Entry(frame.clone()), out)` without the clone.
@@ -187,30 +258,7 @@ pub fn decode_message(buf: &[u8], offset: u64) -> Result<Option<(Message, usize)
     let body_at = offset + ENVELOPE_LEN as u64;
     let mut c = wire::Cursor::new(body, body_at);
     let msg = match c.u8("message type")? {
-        T_HELLO => {
-            let magic_at = c.offset();
-            let magic: [u8; 8] = c.array("hello magic")?;
-            if magic != CHANNEL_MAGIC {
-                return Err(CodecError::BadMagic { offset: magic_at });
-            }
-            let version_at = c.offset();
-            let protocol_version = u16::from_le_bytes(c.array("hello protocol_version")?);
-            if protocol_version != PROTOCOL_VERSION {
-                return Err(CodecError::UnsupportedVersion {
-                    offset: version_at,
-                    found: protocol_version,
-                    supported: PROTOCOL_VERSION,
-                });
-            }
-            Message::Hello(Hello {
-                magic,
-                protocol_version,
-                guest_image_sha256: c.array("hello guest_image_sha256")?,
-                viewnum: c.u64("hello viewnum")?,
-                primary: c.string("hello primary")?,
-                first_seq: c.u64("hello first_seq")?,
-            })
-        }
+        T_HELLO => Message::Hello(hello(&mut c)?),
         T_WELCOME => Message::Welcome {
             next_seq: c.u64("welcome next_seq")?,
         },
@@ -253,6 +301,19 @@ pub fn decode_message(buf: &[u8], offset: u64) -> Result<Option<(Message, usize)
         }
         T_BYE => Message::Bye {
             reason: c.string("bye reason")?,
+        },
+        T_STATE_OFFER => Message::StateOffer {
+            hello: hello(&mut c)?,
+            mem_bytes: c.u64("state offer mem_bytes")?,
+        },
+        T_STATE_PAGES => Message::StatePages {
+            records: c.bytes("state pages")?,
+        },
+        T_STATE_FINAL => Message::StateFinal {
+            blob: c.bytes("state final")?,
+        },
+        T_STATE_INSTALLED => Message::StateInstalled {
+            next_seq: c.u64("state installed next_seq")?,
         },
         t => {
             return Err(CodecError::Malformed {

@@ -15,6 +15,7 @@ mod message;
 mod receiver;
 mod sender;
 mod stream;
+mod transfer;
 
 use std::time::Duration;
 
@@ -25,6 +26,10 @@ pub use message::{
 };
 pub use receiver::{ExpectedPrimary, Listener, LogReceiver};
 pub use sender::LogSender;
+pub use transfer::{
+    PAGE_SIZE, PAGES_PER_MESSAGE, PageRecord, StatePart, StateReceiver, StateSender, decode_pages,
+    encode_page,
+};
 
 /// Timeouts and buffer sizes of one connection. Both sides must use the
 /// same `peer_timeout` / `heartbeat_interval` ballpark: a side declares its

@@ -7,7 +7,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::message::{Hello, Message};
-use super::stream::{MsgReader, Polled, encode_checked, is_timeout, shutdown, write_all_while};
+use super::stream::{
+    MsgReader, Polled, encode_checked, is_timeout, shutdown, tune, write_all_while,
+};
 use super::{ChannelConfig, ChannelError};
 use crate::codec::CodecError;
 use crate::format::Frame;
@@ -96,7 +98,7 @@ impl Listener {
         handshake(stream, peer, check, cfg)
     }
 
-    fn accept_tcp(
+    pub(crate) fn accept_tcp(
         &self,
         timeout: Option<Duration>,
     ) -> Result<(TcpStream, SocketAddr), ChannelError> {
@@ -133,25 +135,40 @@ impl Listener {
     }
 }
 
-fn handshake(
+pub(crate) fn handshake(
     stream: TcpStream,
     peer: SocketAddr,
     check: impl FnOnce(&Hello) -> Result<(), String>,
     cfg: ChannelConfig,
 ) -> Result<LogReceiver, ChannelError> {
+    let reader = prepare(&stream, peer, &cfg)?;
+    handshake_on(stream, reader, peer, check, cfg)
+}
+
+/// Socket options for a backup's connection, and a reader on it.
+pub(crate) fn prepare(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    cfg: &ChannelConfig,
+) -> Result<MsgReader, ChannelError> {
     let io_err = |e| ChannelError::Read {
         peer,
         offset: 0,
         source: Arc::new(e),
     };
-    stream.set_nodelay(true).map_err(io_err)?;
-    stream
-        .set_read_timeout(Some(cfg.poll_interval()))
-        .map_err(io_err)?;
-    stream
-        .set_write_timeout(Some(cfg.poll_interval()))
-        .map_err(io_err)?;
-    let mut reader = MsgReader::new(stream.try_clone().map_err(io_err)?, peer);
+    Ok(MsgReader::new(tune(stream, cfg).map_err(io_err)?, peer))
+}
+
+/// The handshake on a prepared connection (fresh, or one that just carried
+/// a state transfer: then `reader` may hold nothing unread, which holds
+/// because the primary waits for `StateInstalled` before its `Hello`).
+pub(crate) fn handshake_on(
+    stream: TcpStream,
+    mut reader: MsgReader,
+    peer: SocketAddr,
+    check: impl FnOnce(&Hello) -> Result<(), String>,
+    cfg: ChannelConfig,
+) -> Result<LogReceiver, ChannelError> {
     let mut writer = stream;
     let started = Instant::now();
     let timeout = cfg.peer_timeout;

@@ -7,7 +7,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::message::{Hello, Message, encode_entry_message};
-use super::stream::{MsgReader, Polled, check_len, encode_checked, shutdown, write_all_while};
+use super::stream::{
+    MsgReader, Polled, check_len, encode_checked, shutdown, tune, write_all_while,
+};
 use super::{ChannelConfig, ChannelError, Lag};
 use crate::format::Frame;
 
@@ -85,20 +87,24 @@ impl LogSender {
         hello: Hello,
         cfg: ChannelConfig,
     ) -> Result<Self, ChannelError> {
-        let (mut stream, peer) = dial(addr, &cfg)?;
+        let (stream, peer) = dial(addr, &cfg)?;
+        let reader = prepare(&stream, peer, &cfg)?;
+        Self::handshake(stream, reader, peer, hello, cfg)
+    }
+
+    /// The handshake and start-up on a connection already set up by
+    /// [`prepare`] (a fresh one, or one that just carried a state transfer).
+    pub(crate) fn handshake(
+        mut stream: TcpStream,
+        mut reader: MsgReader,
+        peer: SocketAddr,
+        hello: Hello,
+        cfg: ChannelConfig,
+    ) -> Result<Self, ChannelError> {
         let io_err = |source| ChannelError::Connect {
             peer: peer.to_string(),
             source: Arc::new(source),
         };
-        // Latency is the output rule's cost: every entry should go out now.
-        stream.set_nodelay(true).map_err(io_err)?;
-        stream
-            .set_read_timeout(Some(cfg.poll_interval()))
-            .map_err(io_err)?;
-        stream
-            .set_write_timeout(Some(cfg.poll_interval()))
-            .map_err(io_err)?;
-
         let first_seq = hello.first_seq;
         let bytes = encode_checked(&Message::Hello(hello), peer)?;
         let started = Instant::now();
@@ -113,8 +119,6 @@ impl LogSender {
             }
         };
         write_all_while(&mut stream, peer, &bytes, handshake_alive)?;
-        let read_half = stream.try_clone().map_err(io_err)?;
-        let mut reader = MsgReader::new(read_half, peer);
         let next_seq = match reader.next_within(cfg.peer_timeout)? {
             (Message::Welcome { next_seq }, _) => next_seq,
             (Message::Refuse { reason }, _) => return Err(ChannelError::Refused { peer, reason }),
@@ -354,7 +358,20 @@ impl Drop for LogSender {
     }
 }
 
-fn dial(
+/// Socket options for a primary's connection, and a reader on it.
+pub(crate) fn prepare(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    cfg: &ChannelConfig,
+) -> Result<MsgReader, ChannelError> {
+    let io_err = |source| ChannelError::Connect {
+        peer: peer.to_string(),
+        source: Arc::new(source),
+    };
+    Ok(MsgReader::new(tune(stream, cfg).map_err(io_err)?, peer))
+}
+
+pub(crate) fn dial(
     addr: impl ToSocketAddrs,
     cfg: &ChannelConfig,
 ) -> Result<(TcpStream, SocketAddr), ChannelError> {

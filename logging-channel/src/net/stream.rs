@@ -6,8 +6,8 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::ChannelError;
 use super::message::{Message, decode_message, encode_message, encoded_len_ok};
+use super::{ChannelConfig, ChannelError};
 use crate::codec::ENVELOPE_LEN;
 use crate::format::MAX_FRAME_LEN;
 
@@ -129,6 +129,16 @@ impl MsgReader {
             }
         }
     }
+}
+
+/// Socket options for either end, and a second handle for the reading thread. No Nagle:
+/// latency is the output rule's cost, so every entry should go out now. Short timeouts let the
+/// channel's threads notice a stop or a silent peer.
+pub(crate) fn tune(stream: &TcpStream, cfg: &ChannelConfig) -> io::Result<TcpStream> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(cfg.poll_interval()))?;
+    stream.set_write_timeout(Some(cfg.poll_interval()))?;
+    stream.try_clone()
 }
 
 pub(crate) fn is_timeout(e: &io::Error) -> bool {
