@@ -6,7 +6,7 @@ use crate::devices::pic::DualPic;
 use crate::devices::pit::Pit;
 use crate::devices::rtc::Rtc;
 use crate::devices::serial::Serial;
-use crate::devices::{DeviceEnv, PioDevice};
+use crate::devices::{DeviceEnv, DeviceStateError, DevicesState, PioDevice};
 
 /// The standard PC devices of an understudy guest.
 #[derive(Debug)]
@@ -142,6 +142,35 @@ impl Bus {
         }
         xxhash_rust::xxh3::xxh3_64(&bytes)
     }
+
+    /// Everything the devices and the bus hold, for [`Bus::restore_state`] on another bus.
+    pub fn save_state(&self) -> DevicesState {
+        let d = &self.devices;
+        DevicesState {
+            pic: d.pic.save(),
+            pit: d.pit.save(),
+            rtc: d.rtc.save(),
+            serial: d.serial.save(),
+            debug_exit: d.debug_exit.save(),
+            unclaimed_accesses: self.unclaimed_accesses,
+        }
+    }
+
+    /// Puts every device into the saved state. From then on, given the same [`DeviceEnv`]
+    /// answers (the PIT's saved epochs are clock readings), the bus behaves exactly as the
+    /// one that was saved. All or nothing: on an error the bus is left as it was.
+    pub fn restore_state(&mut self, state: &DevicesState) -> Result<(), DeviceStateError> {
+        let devices = Devices {
+            pic: DualPic::restore(&state.pic)?,
+            pit: Pit::restore(&state.pit)?,
+            rtc: Rtc::restore(&state.rtc)?,
+            serial: Serial::restore(&state.serial)?,
+            debug_exit: DebugExit::restore(&state.debug_exit)?,
+        };
+        self.devices = devices;
+        self.unclaimed_accesses = state.unclaimed_accesses;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -178,5 +207,170 @@ mod tests {
         let mut env = FakeEnv::default();
         bus.write(0xf4, &[7], &mut env);
         assert_eq!(bus.devices.debug_exit.take_exit_request(), Some(7));
+    }
+
+    mod saved_state {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::devices::state::twins::{self, PortOp, Seen};
+
+        /// What the guest and the vCPU loop do to a bus.
+        #[derive(Debug, Clone)]
+        enum BusOp {
+            Port(PortOp),
+            Raise(u8),
+            Lower(u8),
+            Acknowledge,
+            Input(Vec<u8>),
+            TakeOutput,
+            TakeInterrupt,
+            TakeExit,
+        }
+
+        fn apply(bus: &mut Bus, op: &BusOp, env: &mut FakeEnv) -> Seen {
+            let d = &mut bus.devices;
+            match op {
+                BusOp::Port(PortOp::Read { port, width }) => {
+                    let mut data = vec![0u8; *width];
+                    bus.read(*port, &mut data, env);
+                    Seen::Bytes(data)
+                }
+                BusOp::Port(PortOp::Write { port, data }) => {
+                    bus.write(*port, data, env);
+                    Seen::Nothing
+                }
+                BusOp::Port(PortOp::Advance { ns, secs }) => {
+                    env.now_ns += ns;
+                    env.wall_secs += secs;
+                    Seen::Nothing
+                }
+                BusOp::Raise(line) => {
+                    d.pic.raise_irq(*line);
+                    Seen::Nothing
+                }
+                BusOp::Lower(line) => {
+                    d.pic.lower_irq(*line);
+                    Seen::Nothing
+                }
+                BusOp::Acknowledge => Seen::Vector(d.pic.acknowledge()),
+                BusOp::Input(bytes) => Seen::Count(d.serial.enqueue_input(bytes)),
+                BusOp::TakeOutput => Seen::Bytes(d.serial.take_output()),
+                BusOp::TakeInterrupt => Seen::Flag(d.serial.take_interrupt()),
+                BusOp::TakeExit => Seen::Code(d.debug_exit.take_exit_request()),
+            }
+        }
+
+        /// Every decoded port, plus a few that nothing decodes.
+        fn ports() -> Vec<u16> {
+            let decoded = PC_LAYOUT.iter().flat_map(|r| r.base..r.base + r.len);
+            decoded.chain([0x80, 0x61, 0x3f7, 0x1234]).collect()
+        }
+
+        fn bus_op() -> impl Strategy<Value = BusOp> {
+            prop_oneof![
+                10 => twins::port_op(&ports()).prop_map(BusOp::Port),
+                1 => (0u8..16).prop_map(BusOp::Raise),
+                1 => (0u8..16).prop_map(BusOp::Lower),
+                1 => Just(BusOp::Acknowledge),
+                1 => vec(any::<u8>(), 0..8).prop_map(BusOp::Input),
+                1 => Just(BusOp::TakeOutput),
+                1 => Just(BusOp::TakeInterrupt),
+                1 => Just(BusOp::TakeExit),
+            ]
+        }
+
+        /// Linux-like programming of the PIC and PIT, and some traffic on every device.
+        fn busy_bus(env: &mut FakeEnv) -> Bus {
+            let mut bus = Bus::new();
+            env.now_ns = 5_000_000;
+            env.wall_secs = 1_709_214_307;
+            let writes: [(u16, u8); 14] = [
+                (0x20, 0x11),
+                (0x21, 0x20),
+                (0x21, 0x04),
+                (0x21, 0x01),
+                (0xa0, 0x11),
+                (0xa1, 0x28),
+                (0xa1, 0x02),
+                (0xa1, 0x01),
+                (0x43, 0x34),
+                (0x40, 0x9c),
+                (0x40, 0x2e),
+                (0x70, 0x8b),
+                (0x3f9, 0x03),
+                (0x3f8, b'!'),
+            ];
+            for (port, value) in writes {
+                bus.write(port, &[value], env);
+            }
+            bus.devices.pic.raise_irq(0);
+            bus.devices.pic.acknowledge();
+            bus.devices.serial.enqueue_input(b"abc");
+            bus.write(0xf4, &[0x31], env);
+            bus.read(0x1234, &mut [0u8; 2], env);
+            bus
+        }
+
+        fn bincode_round_trip(state: &DevicesState) -> DevicesState {
+            bincode::deserialize(&bincode::serialize(state).unwrap()).unwrap()
+        }
+
+        #[test]
+        fn busy_bus_round_trips_through_json_and_bincode() {
+            let mut env = FakeEnv::default();
+            let original = busy_bus(&mut env);
+            let saved = original.save_state();
+            assert_eq!(twins::through_json(&saved), saved);
+            assert_eq!(bincode_round_trip(&saved), saved);
+
+            let mut restored = Bus::new();
+            restored.restore_state(&bincode_round_trip(&saved)).unwrap();
+            assert_eq!(restored.save_state(), saved);
+            assert_eq!(restored.state_hash(), original.state_hash());
+            assert_eq!(restored.unclaimed_accesses, 1);
+            assert_eq!(restored.devices.debug_exit.take_exit_request(), Some(0x31));
+            assert_eq!(restored.devices.serial.take_output(), b"!");
+        }
+
+        #[test]
+        fn a_refused_state_leaves_the_bus_alone() {
+            let mut env = FakeEnv::default();
+            let mut bus = busy_bus(&mut env);
+            let before = bus.save_state();
+            let mut corrupt = Bus::new().save_state();
+            corrupt.serial.rx_fifo = vec![0; 100];
+            let err = bus.restore_state(&corrupt).unwrap_err();
+            assert!(err.to_string().starts_with("serial:"), "{err}");
+            assert_eq!(bus.save_state(), before);
+        }
+
+        proptest! {
+            #[test]
+            fn restored_bus_is_indistinguishable(
+                busy in any::<bool>(),
+                before in vec(bus_op(), 0..60),
+                after in vec(bus_op(), 1..100),
+            ) {
+                let mut env = FakeEnv::default();
+                let mut original = if busy { busy_bus(&mut env) } else { Bus::new() };
+                for op in &before {
+                    apply(&mut original, op, &mut env);
+                }
+                let mut restored = Bus::new();
+                restored.restore_state(&twins::through_json(&original.save_state())).unwrap();
+                prop_assert_eq!(restored.save_state(), original.save_state());
+
+                let (mut env_a, mut env_b) = twins::env_pair(&env);
+                for (i, op) in after.iter().enumerate() {
+                    let seen_a = apply(&mut original, op, &mut env_a);
+                    let seen_b = apply(&mut restored, op, &mut env_b);
+                    prop_assert_eq!(&seen_a, &seen_b, "step {} {:?}", i, op);
+                    prop_assert_eq!(original.state_hash(), restored.state_hash(), "step {}", i);
+                }
+                prop_assert_eq!(restored.save_state(), original.save_state());
+            }
+        }
     }
 }

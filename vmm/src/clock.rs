@@ -13,17 +13,28 @@ pub trait HostClock: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone, Copy)]
 pub struct SystemClock {
     start: Instant,
+    /// What `monotonic_ns` read at `start`: 0 for a fresh clock.
+    base_ns: u64,
 }
 
 impl SystemClock {
     pub fn new() -> Self {
+        Self::continuing(0)
+    }
+
+    /// A clock that reads `base_ns` now and runs on from there: a backup that goes live keeps
+    /// the guest's time base (its PIT epoch, its clock readings) where the primary left it.
+    pub fn continuing(base_ns: u64) -> Self {
         Self {
             start: Instant::now(),
+            base_ns,
         }
     }
 
-    pub fn start(&self) -> Instant {
-        self.start
+    /// The host instant at which this clock reads `ns` (now, for readings already past).
+    pub fn instant_at(&self, ns: u64) -> Instant {
+        let now_ns = self.monotonic_ns();
+        Instant::now() + std::time::Duration::from_nanos(ns.saturating_sub(now_ns))
     }
 }
 
@@ -35,7 +46,8 @@ impl Default for SystemClock {
 
 impl HostClock for SystemClock {
     fn monotonic_ns(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        let elapsed = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.base_ns.saturating_add(elapsed)
     }
     fn wall_unix_secs(&self) -> u64 {
         SystemTime::now()

@@ -14,15 +14,26 @@ pub struct ConsoleStream {
 
 impl ConsoleStream {
     /// Moves the UART's pending output to `out`, folding it into the hash.
-    pub fn forward(&mut self, bus: &mut Bus, out: &mut dyn Write) -> std::io::Result<()> {
+    pub fn forward(&mut self, bus: &mut Bus, out: &mut dyn Write) -> std::io::Result<Forwarded> {
         let chunk = bus.devices.serial.take_output();
         if chunk.is_empty() {
-            return Ok(());
+            return Ok(Forwarded::default());
         }
         self.hash = xxhash_rust::xxh3::xxh3_64_with_seed(&chunk, self.hash);
         self.bytes += chunk.len() as u64;
-        out.write_all(&chunk)
+        out.write_all(&chunk)?;
+        Ok(Forwarded {
+            bytes: chunk.len(),
+            newline: chunk.contains(&b'\n'),
+        })
     }
+}
+
+/// What one [`ConsoleStream::forward`] moved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarded {
+    pub bytes: usize,
+    pub newline: bool,
 }
 
 #[cfg(test)]

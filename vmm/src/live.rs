@@ -15,6 +15,7 @@ use crate::machine::Machine;
 use crate::outcome::{Outcome, RunError, RunStats};
 use crate::precise::PrecisePolicy;
 use crate::sink::{LogSink, SinkError};
+use crate::snapshot::LogPoint;
 use crate::ticker::{TickSchedule, Ticker};
 use crate::vcpu::kick::{self, Kicker};
 use crate::vcpu::{cpl, regs_from_kvm};
@@ -64,6 +65,20 @@ impl DeviceEnv for RecordEnv<'_> {
     }
 }
 
+/// Where a live run starts: a freshly booted guest (the default), or a replayed one that goes
+/// live where its replay stopped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LiveStart {
+    pub exits: u64,
+    pub console: ConsoleStream,
+    /// The guest is halted at exit `exits`, waiting for an interrupt.
+    pub halted: bool,
+}
+
+/// Console bytes that no log entry covers yet: an `Output` entry is logged once a line ends or
+/// this many bytes have piled up, so held output does not wait for the next event.
+const OUTPUT_MARKER_BYTES: u64 = 128;
+
 struct Recorder<'a> {
     m: &'a mut Machine,
     clock: &'a SystemClock,
@@ -74,11 +89,15 @@ struct Recorder<'a> {
     exits: u64,
     pending_ticks: u64,
     console_stream: ConsoleStream,
+    /// Console bytes written since the last logged entry.
+    uncovered: u64,
+    start_halted: bool,
 }
 
 impl Recorder<'_> {
     fn log(&mut self, entry: Entry) -> Result<(), SinkError> {
         self.stats.entries += 1;
+        self.uncovered = 0;
         if !self.sink.is_recording() {
             return Ok(());
         }
@@ -146,10 +165,51 @@ impl Recorder<'_> {
         Ok(())
     }
 
-    fn forward_console(&mut self) -> Result<(), RunError> {
-        self.console_stream
+    fn forward_console(&mut self, at_exit: &Position) -> Result<(), RunError> {
+        let out = self
+            .console_stream
             .forward(&mut self.m.bus, self.console)
-            .map_err(RunError::Console)
+            .map_err(RunError::Console)?;
+        if out.bytes == 0 || !self.sink.output_markers() {
+            return Ok(());
+        }
+        self.uncovered += out.bytes as u64;
+        if out.newline || self.uncovered >= OUTPUT_MARKER_BYTES {
+            let released = self.sink.released();
+            self.log(Entry::Output {
+                pos: at_exit.clone(),
+                console_bytes: self.console_stream.bytes,
+                released,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Hands the stopped machine to the sink if it asked for it (state transfer to a new
+    /// backup). Only at a point the backup can start replaying from: the exit fully handled,
+    /// nothing injected that the vCPU has not taken yet, the guest not halted.
+    fn offer_state(&mut self, stop: Stop, injected_before: bool) -> Result<(), RunError> {
+        if !self.sink.state_wanted()
+            || stop == Stop::Halt
+            || (injected_before && !stop.is_guest_exit())
+        {
+            return Ok(());
+        }
+        if stop.is_guest_exit() {
+            self.m.vcpu.complete_pending_exit()?;
+        }
+        let point = LogPoint {
+            exits: self.exits,
+            counter: self.m.counter.read()?,
+            mid_execution: !stop.is_guest_exit(),
+            console_bytes: self.console_stream.bytes,
+            console_hash: self.console_stream.hash,
+            clock_ns: self.clock.monotonic_ns(),
+            next_seq: 0,
+            released: 0,
+        };
+        self.sink.take_state(self.m, point)?;
+        Ok(())
     }
 
     fn pit_schedule(&self) -> Option<TickSchedule> {
@@ -163,13 +223,21 @@ impl Recorder<'_> {
     fn run(&mut self) -> Result<Outcome, RunError> {
         let kicker = Kicker::for_current_thread();
         kick::publish(self.m.vcpu.immediate_exit_ptr()).map_err(RunError::Signal)?;
-        let mut ticker = Ticker::spawn(self.clock.start(), kicker, self.opts.interrupt_bound)
+        let mut ticker = Ticker::spawn(*self.clock, kicker, self.opts.interrupt_bound)
             .map_err(RunError::Thread)?;
+        // A guest that went live after replay has its PIT programmed already.
+        ticker.set_schedule(self.pit_schedule());
+        if self.start_halted {
+            let at_exit = Position::AtExit { exits: self.exits };
+            self.idle(&ticker, false, &at_exit)?;
+        }
         let recording = self.sink.is_recording();
         let mut last_digest = Instant::now();
         let mut last_flush = Instant::now();
         let mut inputs = Vec::new();
+        let mut injected = false;
         loop {
+            let injected_before = std::mem::take(&mut injected);
             self.m.vcpu.clear_immediate_exit();
             let stop = {
                 let mut env = RecordEnv {
@@ -194,7 +262,7 @@ impl Recorder<'_> {
                     value,
                 })?;
             }
-            self.forward_console()?;
+            self.forward_console(&at_exit)?;
             if let Stop::Io {
                 port: 0x40..=0x43,
                 write: true,
@@ -231,6 +299,7 @@ impl Recorder<'_> {
                 return Ok(Outcome::PowerOff { code });
             }
 
+            self.offer_state(stop, injected_before)?;
             self.pending_ticks += ticker.take();
             let pos = if stop.is_guest_exit() {
                 Some(at_exit.clone())
@@ -244,7 +313,6 @@ impl Recorder<'_> {
                 self.digest()?;
                 last_digest = Instant::now();
             }
-            let mut injected = false;
             if let Some(pos) = pos {
                 injected = self.deliver(pos)?;
             } else if self.pending_ticks > 0 {
@@ -297,6 +365,18 @@ pub fn run_live(
     console: &mut dyn Write,
     opts: &LiveOptions,
 ) -> Result<(Outcome, RunStats), RunError> {
+    run_live_from(m, clock, sink, console, opts, LiveStart::default())
+}
+
+/// [`run_live`] from where `start` says the guest stands.
+pub fn run_live_from(
+    m: &mut Machine,
+    clock: &SystemClock,
+    sink: &mut dyn LogSink,
+    console: &mut dyn Write,
+    opts: &LiveOptions,
+    start: LiveStart,
+) -> Result<(Outcome, RunStats), RunError> {
     let started = Instant::now();
     let mut rec = Recorder {
         m,
@@ -305,9 +385,11 @@ pub fn run_live(
         console,
         opts,
         stats: RunStats::default(),
-        exits: 0,
+        exits: start.exits,
         pending_ticks: 0,
-        console_stream: ConsoleStream::default(),
+        console_stream: start.console,
+        uncovered: 0,
+        start_halted: start.halted,
     };
     let outcome = rec.run();
     kick::unpublish();

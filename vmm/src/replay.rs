@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use logging_channel::format::{EndReason, Entry, Frame, InputSource, Position, Regs};
 
+use crate::clock::{HostClock, SystemClock};
 use crate::console::ConsoleStream;
 use crate::devices::DeviceEnv;
 use crate::digest::{StateDigest, format_regs, regs_differences, state_check};
@@ -14,6 +15,7 @@ use crate::exit::{Stop, handle_exit, trace_guest_exit};
 use crate::machine::Machine;
 use crate::outcome::{Outcome, RunError, RunStats};
 use crate::precise::{ApproachStep, ApproachTuning, RateEstimate, plan};
+use crate::snapshot::LogPoint;
 use crate::source::{EntrySource, SourceError};
 use crate::vcpu::kick::{self, ThreadTimer};
 use crate::vcpu::{cpl, regs_from_kvm};
@@ -58,6 +60,9 @@ pub fn describe(entry: &Entry) -> String {
         }
         Entry::Digest { .. } => format!("digest at {pos}"),
         Entry::End { reason, .. } => format!("end ({reason:?}) at {pos}"),
+        Entry::Output { console_bytes, .. } => {
+            format!("output up to console byte {console_bytes} at {pos}")
+        }
     }
 }
 
@@ -85,6 +90,10 @@ enum Here {
 
 struct ReplayEnv<'a> {
     source: &'a mut dyn EntrySource,
+    /// Set when the log may end because its primary is gone (a live backup): a read past the
+    /// end then takes the time from this clock, which continues the primary's, instead of
+    /// failing. Only a backup that goes live ever runs on from such a state.
+    after_end: Option<&'a mut AfterEnd>,
     /// Number the exit being handled will get.
     exit: u64,
     /// Inputs consumed at this exit, checked against the vCPU's registers once the exit is
@@ -125,13 +134,16 @@ impl ReplayEnv<'_> {
                 });
                 0
             }
-            Ok(None) => {
-                self.failure = Some(ReplayError::LogEnded {
-                    last_seq: None,
-                    exits: exit,
-                });
-                0
-            }
+            Ok(None) => match self.after_end.as_deref_mut() {
+                Some(after) => after.read(want),
+                None => {
+                    self.failure = Some(ReplayError::LogEnded {
+                        last_seq: None,
+                        exits: exit,
+                    });
+                    0
+                }
+            },
             Err(e) => {
                 self.failure = Some(e.into());
                 0
@@ -146,6 +158,39 @@ impl DeviceEnv for ReplayEnv<'_> {
     }
     fn wall_clock_unix_secs(&mut self) -> u64 {
         self.take(InputSource::WallClock)
+    }
+}
+
+/// Time for a live backup whose log ended in the middle of an exit (see `ReplayEnv`).
+#[derive(Debug)]
+struct AfterEnd {
+    /// Latest time the log showed (entry stamps and clock readings).
+    last_ns: u64,
+    clock: Option<SystemClock>,
+}
+
+impl AfterEnd {
+    fn read(&mut self, want: InputSource) -> u64 {
+        let last = self.last_ns;
+        let clock = *self
+            .clock
+            .get_or_insert_with(|| SystemClock::continuing(last));
+        match want {
+            InputSource::Clock => clock.monotonic_ns(),
+            InputSource::WallClock => clock.wall_unix_secs(),
+        }
+    }
+
+    fn saw(&mut self, frame: &Frame) {
+        self.last_ns = self.last_ns.max(frame.t_ns);
+        if let Entry::Input {
+            source: InputSource::Clock,
+            value,
+            ..
+        } = frame.entry
+        {
+            self.last_ns = self.last_ns.max(value);
+        }
     }
 }
 
@@ -194,6 +239,11 @@ struct Replayer<'a> {
     last_seq: Option<u64>,
     console_stream: ConsoleStream,
     in_approach: bool,
+    /// Console bytes the primary had released, as its `Output` entries said.
+    released: u64,
+    after_end: AfterEnd,
+    /// Whether the log may end because its primary died (a live backup).
+    live_source: bool,
 }
 
 impl Replayer<'_> {
@@ -229,6 +279,7 @@ impl Replayer<'_> {
             return Err(self.diverged(frame, what));
         }
         self.last_seq = Some(frame.seq);
+        self.after_end.saw(frame);
         match &frame.entry {
             Entry::Input { .. } => {
                 return Err(self.diverged(
@@ -262,6 +313,22 @@ impl Replayer<'_> {
             }
             Entry::ConsoleInput { bytes, .. } => {
                 self.m.bus.devices.serial.enqueue_input(bytes);
+            }
+            Entry::Output {
+                console_bytes,
+                released,
+                ..
+            } => {
+                if *console_bytes != self.console_stream.bytes {
+                    return Err(self.diverged(
+                        frame,
+                        format!(
+                            "the replayed console has written {} bytes here",
+                            self.console_stream.bytes
+                        ),
+                    ));
+                }
+                self.released = self.released.max(*released);
             }
             Entry::Digest { .. } => {
                 let recorded = StateDigest::from_entry(&frame.entry)
@@ -385,6 +452,11 @@ impl Replayer<'_> {
     fn run_once(&mut self) -> Result<Stop, ReplayError> {
         let mut env = ReplayEnv {
             source: &mut *self.source,
+            after_end: if self.live_source {
+                Some(&mut self.after_end)
+            } else {
+                None
+            },
             exit: self.exits + 1,
             consumed: Vec::new(),
             failure: None,
@@ -402,6 +474,7 @@ impl Replayer<'_> {
                     return Err(self.diverged(f, what));
                 }
                 self.last_seq = Some(f.seq);
+                self.after_end.saw(f);
             }
         }
         if let Some(failure) = failure {
@@ -622,9 +695,61 @@ pub fn replay(
     console: &mut dyn Write,
     tuning: ApproachTuning,
 ) -> Result<ReplayReport, ReplayError> {
+    let (report, _) = replay_from(m, source, console, tuning, None);
+    report
+}
+
+/// Where a live backup's replay stopped when its log ended: what it needs to go live.
+#[derive(Debug, Clone)]
+pub struct Stopped {
+    pub exits: u64,
+    pub console: ConsoleStream,
+    pub halted: bool,
+    /// Seq of the last entry applied.
+    pub last_seq: Option<u64>,
+    /// Console bytes the old primary had released, as far as its log said.
+    pub released: u64,
+    /// A clock continuing the primary's time base.
+    pub clock: SystemClock,
+    pub stats: RunStats,
+}
+
+/// Replays `source` on `m`, from the start or (for a backup that received the primary's
+/// state) from `from`. With `from` set, the log may end because the primary is gone: the
+/// second result then says where the guest stands, for going live.
+pub fn replay_from(
+    m: &mut Machine,
+    source: &mut dyn EntrySource,
+    console: &mut dyn Write,
+    tuning: ApproachTuning,
+    from: Option<LogPoint>,
+) -> (Result<ReplayReport, ReplayError>, Option<Stopped>) {
     let started = Instant::now();
-    kick::publish(m.vcpu.immediate_exit_ptr()).map_err(RunError::Signal)?;
-    let timer = ThreadTimer::for_current_thread().map_err(RunError::Timer)?;
+    if let Err(e) = kick::publish(m.vcpu.immediate_exit_ptr()) {
+        return (Err(RunError::Signal(e).into()), None);
+    }
+    let timer = match ThreadTimer::for_current_thread() {
+        Ok(t) => t,
+        Err(e) => return (Err(RunError::Timer(e).into()), None),
+    };
+    let point = from.unwrap_or(LogPoint {
+        exits: 0,
+        counter: 0,
+        mid_execution: false,
+        console_bytes: 0,
+        console_hash: 0,
+        clock_ns: 0,
+        next_seq: 0,
+        released: 0,
+    });
+    let here = if point.mid_execution {
+        Here::Precise {
+            exits: point.exits,
+            counter: point.counter,
+        }
+    } else {
+        Here::AtExit(point.exits)
+    };
     let mut r = Replayer {
         m,
         source,
@@ -633,15 +758,21 @@ pub fn replay(
         rate: RateEstimate::new(&tuning),
         timer,
         stats: RunStats::default(),
-        exits: 0,
-        here: Here::AtExit(0),
+        exits: point.exits,
+        here,
         halted: false,
         power_off: None,
         shutdown: false,
         digests_verified: 0,
-        last_seq: None,
-        console_stream: ConsoleStream::default(),
+        last_seq: point.next_seq.checked_sub(1),
+        console_stream: point.console(),
         in_approach: false,
+        released: point.released,
+        after_end: AfterEnd {
+            last_ns: point.clock_ns,
+            clock: None,
+        },
+        live_source: from.is_some(),
     };
     let result = r.run();
     kick::unpublish();
@@ -650,10 +781,29 @@ pub fn replay(
     stats.wall = started.elapsed();
     stats.digests = r.digests_verified;
     let entries = r.last_seq.map_or(0, |s| s + 1);
-    result.map(|outcome| ReplayReport {
+    let stopped = match &result {
+        Err(ReplayError::LogEnded { .. }) if r.live_source => {
+            let last = r.after_end.last_ns;
+            Some(Stopped {
+                exits: r.exits,
+                console: r.console_stream,
+                halted: r.halted,
+                last_seq: r.last_seq,
+                released: r.released,
+                clock: r
+                    .after_end
+                    .clock
+                    .unwrap_or_else(|| SystemClock::continuing(last)),
+                stats: stats.clone(),
+            })
+        }
+        _ => None,
+    };
+    let report = result.map(|outcome| ReplayReport {
         entries,
         outcome,
         digests_verified: r.digests_verified,
         stats,
-    })
+    });
+    (report, stopped)
 }

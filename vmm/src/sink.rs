@@ -14,6 +14,10 @@ pub enum SinkError {
     Channel(#[from] logging_channel::net::ChannelError),
     #[error("the backup did not acknowledge the log up to entry #{last} in time")]
     Unacknowledged { last: u64 },
+    #[error("another node is primary now")]
+    Superseded,
+    #[error("saving the machine for the new backup failed")]
+    State(#[from] crate::snapshot::SnapshotError),
 }
 
 pub trait LogSink {
@@ -22,6 +26,28 @@ pub trait LogSink {
     fn append(&mut self, t_ns: u64, state_check: u64, entry: &Entry) -> Result<(), SinkError>;
     /// Pushes buffered entries out, so a crash of the VMM loses at most what came after.
     fn flush(&mut self) -> Result<(), SinkError>;
+    /// Whether the recorder should log `Output` entries (console output is held until the log
+    /// up to it is acknowledged).
+    fn output_markers(&self) -> bool {
+        false
+    }
+    /// Console bytes released to the world so far (for `Output` entries).
+    fn released(&self) -> u64 {
+        0
+    }
+    /// Whether the sink wants the machine's state at the next clean point (a new backup needs
+    /// it). Called at every exit: must be cheap.
+    fn state_wanted(&self) -> bool {
+        false
+    }
+    /// The machine, stopped at a clean point, with where the log stands there.
+    fn take_state(
+        &mut self,
+        _m: &mut crate::machine::Machine,
+        _point: crate::snapshot::LogPoint,
+    ) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// A plain run: no log.

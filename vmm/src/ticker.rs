@@ -9,6 +9,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::clock::{HostClock, SystemClock};
+
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::vcpu::kick::Kicker;
@@ -43,8 +45,8 @@ pub struct Ticker {
 }
 
 impl Ticker {
-    /// `start` is the instant host-clock nanosecond 0 refers to.
-    pub fn spawn(start: Instant, kicker: Kicker, bound: Duration) -> std::io::Result<Self> {
+    /// `clock` is the clock the PIT's epoch is measured on.
+    pub fn spawn(clock: SystemClock, kicker: Kicker, bound: Duration) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -54,7 +56,7 @@ impl Ticker {
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("pit-ticker".into())
-            .spawn(move || tick_loop(&worker, &tx, start, kicker, bound))?;
+            .spawn(move || tick_loop(&worker, &tx, clock, kicker, bound))?;
         Ok(Self {
             shared,
             ticks: rx,
@@ -110,7 +112,13 @@ impl Drop for Ticker {
     }
 }
 
-fn tick_loop(shared: &Shared, tx: &Sender<()>, start: Instant, kicker: Kicker, bound: Duration) {
+fn tick_loop(
+    shared: &Shared,
+    tx: &Sender<()>,
+    clock: SystemClock,
+    kicker: Kicker,
+    bound: Duration,
+) {
     let mut produced: u64 = 0;
     let mut next_index: Option<(TickSchedule, u64)> = None;
     loop {
@@ -133,12 +141,12 @@ fn tick_loop(shared: &Shared, tx: &Sender<()>, start: Instant, kicker: Kicker, b
             }
         };
         // Tick k fires at epoch + (k+1)*period, like a PIT counting down from its reload value.
-        let now_ns = start.elapsed().as_nanos() as u64;
+        let now_ns = clock.monotonic_ns();
         let k = match next_index {
             Some((s, k)) if s == schedule => k,
             _ => now_ns.saturating_sub(schedule.epoch_ns) / schedule.period_ns.max(1),
         };
-        let due = start + Duration::from_nanos(schedule.epoch_ns + (k + 1) * schedule.period_ns);
+        let due = clock.instant_at(schedule.epoch_ns + (k + 1) * schedule.period_ns);
         if !sleep_until(shared, due, schedule) {
             next_index = None;
             continue;

@@ -6,6 +6,7 @@
 //! A second write before the VMM collects the first replaces it.
 
 use super::pic::StateHasher;
+use super::state::{DebugExitState, DeviceStateError};
 use super::{DeviceEnv, PioDevice};
 
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
@@ -19,6 +20,21 @@ pub struct DebugExit {
 impl DebugExit {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The uncollected exit request, for [`DebugExit::restore`].
+    pub fn save(&self) -> DebugExitState {
+        DebugExitState {
+            request: self.request,
+        }
+    }
+
+    /// A port in exactly the saved state. Every exit code is valid, so this cannot fail
+    /// today; it returns a `Result` like every other device's `restore`.
+    pub fn restore(state: &DebugExitState) -> Result<Self, DeviceStateError> {
+        Ok(Self {
+            request: state.request,
+        })
     }
 
     /// The code the guest wrote since the last call, if any; clears it.
@@ -128,5 +144,73 @@ mod tests {
         assert_ne!(pending_zero, idle, "a pending 0 differs from no request");
         dev.take_exit_request();
         assert_eq!(dev.state_hash(), idle);
+    }
+
+    mod saved_state {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::devices::state::twins::{self, PortOp, Seen};
+
+        #[derive(Debug, Clone)]
+        enum DebugExitOp {
+            Port(PortOp),
+            Take,
+        }
+
+        fn apply(dev: &mut DebugExit, op: &DebugExitOp, env: &mut FakeEnv) -> Seen {
+            match op {
+                DebugExitOp::Port(port_op) => port_op.apply(dev, env),
+                DebugExitOp::Take => Seen::Code(dev.take_exit_request()),
+            }
+        }
+
+        fn debug_exit_op() -> impl Strategy<Value = DebugExitOp> {
+            let ports = [DEBUG_EXIT_PORT, DEBUG_EXIT_PORT + 1, DEBUG_EXIT_PORT + 3];
+            prop_oneof![
+                3 => twins::port_op(&ports).prop_map(DebugExitOp::Port),
+                1 => Just(DebugExitOp::Take),
+            ]
+        }
+
+        fn save_and_restore(dev: &DebugExit) -> DebugExit {
+            DebugExit::restore(&twins::through_json(&dev.save())).unwrap()
+        }
+
+        #[test]
+        fn a_pending_request_survives() {
+            let mut original = DebugExit::new();
+            write(&mut original, DEBUG_EXIT_PORT, &[0x34, 0x12]);
+            let mut restored = save_and_restore(&original);
+            assert_eq!(restored.state_hash(), original.state_hash());
+            assert_eq!(restored.take_exit_request(), Some(0x1234));
+            assert_eq!(save_and_restore(&restored).take_exit_request(), None);
+        }
+
+        proptest! {
+            #[test]
+            fn restored_debug_exit_is_indistinguishable(
+                before in vec(debug_exit_op(), 0..10),
+                after in vec(debug_exit_op(), 1..20),
+            ) {
+                let mut env = FakeEnv::default();
+                let mut original = DebugExit::new();
+                for op in &before {
+                    apply(&mut original, op, &mut env);
+                }
+                let mut restored = save_and_restore(&original);
+                prop_assert_eq!(restored.save(), original.save());
+                twins::run_twins(&mut original, &mut restored, &env, &after, apply)?;
+            }
+        }
+
+        /// Every `u32` is a valid exit code, so nothing in a parsed state can be out of range;
+        /// a code too wide for the port is already refused by the parser.
+        #[test]
+        fn an_out_of_range_code_does_not_parse() {
+            let parsed = serde_json::from_str::<DebugExitState>(r#"{"request":4294967296}"#);
+            assert!(parsed.is_err());
+        }
     }
 }

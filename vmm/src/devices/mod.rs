@@ -6,6 +6,12 @@ pub mod pic;
 pub mod pit;
 pub mod rtc;
 pub mod serial;
+pub mod state;
+
+pub use state::{
+    DebugExitState, DeviceStateError, DevicesState, PicChipState, PicState, PitChannelState,
+    PitState, RtcState, SerialState,
+};
 
 /// What a device may ask of the world outside the guest. Every method here is a source of
 /// non-determinism: the recorder logs what it returns, the replayer answers from the log.

@@ -18,6 +18,7 @@
 //!   CALL sequences make no sense under KVM).
 //! - A chip that has not completed its initialisation sequence delivers nothing.
 
+use super::state::{DeviceStateError, PicChipState, PicState};
 use super::{DeviceEnv, PioDevice};
 
 const MASTER_CMD: u16 = 0x20;
@@ -96,6 +97,16 @@ impl InitStep {
             InitStep::Icw2 => 1,
             InitStep::Icw3 => 2,
             InitStep::Icw4 => 3,
+        }
+    }
+
+    fn decode(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(InitStep::Ready),
+            1 => Some(InitStep::Icw2),
+            2 => Some(InitStep::Icw3),
+            3 => Some(InitStep::Icw4),
+            _ => None,
         }
     }
 }
@@ -262,6 +273,72 @@ impl Chip {
             .bool(self.read_isr)
             .bool(self.initialised)
     }
+
+    fn save(&self) -> PicChipState {
+        PicChipState {
+            irr: self.irr,
+            isr: self.isr,
+            imr: self.imr,
+            lines: self.lines,
+            vector_base: self.vector_base,
+            init_step: self.step.encode(),
+            needs_icw4: self.needs_icw4,
+            single: self.single,
+            auto_eoi: self.auto_eoi,
+            read_isr: self.read_isr,
+            initialised: self.initialised,
+        }
+    }
+
+    /// `name` ("master" or "slave") only labels errors.
+    fn restore(name: &'static str, s: &PicChipState) -> Result<Self, DeviceStateError> {
+        let step = InitStep::decode(s.init_step).ok_or(DeviceStateError::PicInitStep {
+            chip: name,
+            step: s.init_step,
+        })?;
+        // The vector is `base | line`: stray low bits would misdirect every interrupt.
+        if s.vector_base & 0x07 != 0 {
+            return Err(DeviceStateError::PicVectorBase {
+                chip: name,
+                base: s.vector_base,
+            });
+        }
+        let chip = Self {
+            irr: s.irr,
+            isr: s.isr,
+            imr: s.imr,
+            lines: s.lines,
+            vector_base: s.vector_base,
+            step,
+            needs_icw4: s.needs_icw4,
+            single: s.single,
+            auto_eoi: s.auto_eoi,
+            read_isr: s.read_isr,
+            initialised: s.initialised,
+        };
+        match chip.init_sequence_conflict() {
+            Some(conflict) => Err(DeviceStateError::PicInitSequence {
+                chip: name,
+                step: s.init_step,
+                conflict,
+            }),
+            None => Ok(chip),
+        }
+    }
+
+    /// Combinations the ICW sequence cannot produce; a state holding one was not saved by a
+    /// chip, and would send the next data-port writes down a path no guest expects.
+    fn init_sequence_conflict(&self) -> Option<&'static str> {
+        match self.step {
+            InitStep::Ready => None,
+            _ if self.initialised => Some("is in progress on a chip marked initialised"),
+            InitStep::Icw3 if self.single => Some("waits for ICW3, which single mode skips"),
+            InitStep::Icw4 if !self.needs_icw4 => {
+                Some("waits for ICW4, which ICW1 did not ask for")
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The master/slave 8259A pair. Port handlers take absolute ports (0x20, 0x21, 0xa0, 0xa1);
@@ -343,6 +420,24 @@ impl DualPic {
             }
             None => Some(slave.vector_base | SPURIOUS_LINE),
         }
+    }
+
+    /// The complete state of both chips, for [`DualPic::restore`].
+    pub fn save(&self) -> PicState {
+        PicState {
+            master: self.chips[MASTER].save(),
+            slave: self.chips[SLAVE].save(),
+        }
+    }
+
+    /// A pair in exactly the saved state. Refuses states the chips could not have been in.
+    pub fn restore(state: &PicState) -> Result<Self, DeviceStateError> {
+        Ok(Self {
+            chips: [
+                Chip::restore("master", &state.master)?,
+                Chip::restore("slave", &state.slave)?,
+            ],
+        })
     }
 
     /// True once the master has completed an initialisation sequence. The slave's lines are
@@ -910,5 +1005,175 @@ mod tests {
                 .finish(),
             0x8594_4171_f739_67e8
         );
+    }
+
+    mod saved_state {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::devices::state::twins::{self, PortOp, Seen};
+
+        /// What the guest (through ports) and the vCPU loop (through the INTA helpers) do to
+        /// a PIC.
+        #[derive(Debug, Clone)]
+        enum PicOp {
+            Port(PortOp),
+            Raise(u8),
+            Lower(u8),
+            Acknowledge,
+            Pending,
+        }
+
+        fn apply(pic: &mut DualPic, op: &PicOp, env: &mut FakeEnv) -> Seen {
+            match op {
+                PicOp::Port(port_op) => port_op.apply(pic, env),
+                PicOp::Raise(line) => {
+                    pic.raise_irq(*line);
+                    Seen::Nothing
+                }
+                PicOp::Lower(line) => {
+                    pic.lower_irq(*line);
+                    Seen::Nothing
+                }
+                PicOp::Acknowledge => Seen::Vector(pic.acknowledge()),
+                PicOp::Pending => Seen::Vector(pic.pending_vector()),
+            }
+        }
+
+        /// The commands a guest actually sends (EOIs, register selects, re-initialisation),
+        /// which arbitrary bytes would rarely hit without also re-initialising half the time.
+        fn command() -> impl Strategy<Value = u8> {
+            prop_oneof![
+                Just(0x20u8),
+                0x60u8..=0x67,
+                Just(0xa0u8),
+                0xc0u8..=0xc7,
+                0xe0u8..=0xe7,
+                Just(0x0au8),
+                Just(0x0bu8),
+                Just(0x0cu8),
+                Just(0x11u8),
+                Just(0x13u8),
+            ]
+        }
+
+        fn pic_op() -> impl Strategy<Value = PicOp> {
+            let cmd_port = proptest::sample::select(vec![MASTER_CMD, SLAVE_CMD]);
+            prop_oneof![
+                3 => twins::port_op(&[MASTER_CMD, MASTER_DATA, SLAVE_CMD, SLAVE_DATA])
+                    .prop_map(PicOp::Port),
+                3 => (cmd_port, command()).prop_map(|(port, value)| {
+                    PicOp::Port(PortOp::Write { port, data: vec![value] })
+                }),
+                3 => (0u8..=16).prop_map(PicOp::Raise),
+                2 => (0u8..=16).prop_map(PicOp::Lower),
+                2 => Just(PicOp::Acknowledge),
+                1 => Just(PicOp::Pending),
+            ]
+        }
+
+        /// A pair with something in every register: master IRQ3 in service with IRQ5 queued
+        /// behind it, IRQ1 held high (so raising it again must not request), a slave request
+        /// masked, ISR selected for reads, and the slave half-way through re-initialisation.
+        fn busy_pic() -> DualPic {
+            let mut pic = ready_pic();
+            pic.raise_irq(3);
+            pic.acknowledge();
+            pic.raise_irq(5);
+            pic.raise_irq(1);
+            pic.acknowledge();
+            eoi_master(&mut pic);
+            out(&mut pic, SLAVE_DATA, 1 << 3);
+            pic.raise_irq(11);
+            select_isr(&mut pic, MASTER_CMD);
+            out(&mut pic, SLAVE_CMD, 0x11);
+            out(&mut pic, SLAVE_DATA, 0x70);
+            pic
+        }
+
+        fn start(kind: u8) -> DualPic {
+            match kind {
+                0 => DualPic::new(),
+                1 => ready_pic(),
+                _ => busy_pic(),
+            }
+        }
+
+        fn save_and_restore(pic: &DualPic) -> DualPic {
+            DualPic::restore(&twins::through_json(&pic.save())).unwrap()
+        }
+
+        #[test]
+        fn busy_pic_restores_exactly() {
+            let original = busy_pic();
+            let mut restored = save_and_restore(&original);
+            assert_eq!(restored.save(), original.save());
+            assert_eq!(restored.state_hash(), original.state_hash());
+
+            // The held line, the queue behind IRQ3 and the slave's ICW3 step all survived.
+            restored.raise_irq(1);
+            assert_eq!(restored.pending_vector(), None, "IRQ5 waits behind IRQ3");
+            eoi_master(&mut restored);
+            assert_eq!(restored.acknowledge(), Some(MASTER_BASE + 5));
+            assert_eq!(inb(&mut restored, MASTER_CMD), 1 << 5, "ISR selected");
+            out(&mut restored, SLAVE_DATA, CASCADE_LINE);
+            out(&mut restored, SLAVE_DATA, 0x01);
+            restored.raise_irq(9);
+            eoi_master(&mut restored);
+            assert_eq!(restored.acknowledge(), Some(0x71));
+        }
+
+        proptest! {
+            #[test]
+            fn restored_pic_is_indistinguishable(
+                kind in 0u8..3,
+                before in vec(pic_op(), 0..40),
+                after in vec(pic_op(), 1..80),
+            ) {
+                let mut env = FakeEnv::default();
+                let mut original = start(kind);
+                for op in &before {
+                    apply(&mut original, op, &mut env);
+                }
+                let mut restored = save_and_restore(&original);
+                prop_assert_eq!(restored.save(), original.save());
+                twins::run_twins(&mut original, &mut restored, &env, &after, apply)?;
+                prop_assert_eq!(restored.save(), original.save());
+            }
+        }
+
+        fn refusal(edit: impl FnOnce(&mut PicState)) -> String {
+            let mut state = busy_pic().save();
+            edit(&mut state);
+            DualPic::restore(&state).unwrap_err().to_string()
+        }
+
+        #[test]
+        fn corrupt_pic_states_are_refused() {
+            let message = refusal(|s| s.master.init_step = 4);
+            assert!(
+                message.starts_with("PIC master: initialisation step 4"),
+                "{message}"
+            );
+
+            let message = refusal(|s| s.slave.vector_base = 0x71);
+            assert!(
+                message.starts_with("PIC slave: vector base 0x71"),
+                "{message}"
+            );
+
+            let message = refusal(|s| s.slave.initialised = true);
+            assert!(
+                message.starts_with("PIC slave: initialisation step 2"),
+                "{message}"
+            );
+
+            let message = refusal(|s| {
+                s.slave.init_step = 3;
+                s.slave.needs_icw4 = false;
+            });
+            assert!(message.contains("ICW4"), "{message}");
+        }
     }
 }

@@ -28,6 +28,7 @@
 //!   complete count write.
 
 use super::pic::StateHasher;
+use super::state::{DeviceStateError, PitChannelState, PitState};
 use super::{DeviceEnv, PioDevice};
 
 /// The PIT's input clock in Hz.
@@ -60,6 +61,17 @@ impl Access {
             Access::LoByte => 1,
             Access::HiByte => 2,
             Access::LoHi => 3,
+        }
+    }
+
+    /// The inverse of [`Access::bits`]; unlike [`Access::from_bits`] nothing is masked off,
+    /// since a saved state with stray bits is corrupt rather than a command.
+    fn decode(bits: u8) -> Option<Self> {
+        match bits {
+            1 => Some(Access::LoByte),
+            2 => Some(Access::HiByte),
+            3 => Some(Access::LoHi),
+            _ => None,
         }
     }
 }
@@ -269,6 +281,65 @@ impl Channel {
             .u8(self.latched_status.unwrap_or(0))
             .bool(self.null_count)
     }
+
+    fn save(&self) -> PitChannelState {
+        PitChannelState {
+            mode: self.mode_bits,
+            access: self.access.bits(),
+            bcd: self.bcd,
+            reload: self.reload,
+            epoch_ns: self.epoch_ns,
+            pending_low: self.pending_low,
+            read_high_next: self.read_high_next,
+            latched_count: self.latched_count,
+            latched_status: self.latched_status,
+            null_count: self.null_count,
+        }
+    }
+
+    /// `index` (0..=2) only labels errors.
+    fn restore(index: usize, s: &PitChannelState) -> Result<Self, DeviceStateError> {
+        // The read-back status byte reports the mode in three bits; more would corrupt it.
+        if s.mode > 7 {
+            return Err(DeviceStateError::PitMode {
+                channel: index,
+                mode: s.mode,
+            });
+        }
+        let access = Access::decode(s.access).ok_or(DeviceStateError::PitAccess {
+            channel: index,
+            access: s.access,
+        })?;
+        // Only lobyte/hibyte access moves the flip-flops, and a control word clears both, so a
+        // set flip-flop under another access mode cannot come from a real channel.
+        if access != Access::LoHi {
+            let stray = if s.pending_low.is_some() {
+                Some("the write flip-flop (a pending low byte)")
+            } else if s.read_high_next {
+                Some("the read flip-flop")
+            } else {
+                None
+            };
+            if let Some(field) = stray {
+                return Err(DeviceStateError::PitFlipFlop {
+                    channel: index,
+                    field,
+                });
+            }
+        }
+        Ok(Self {
+            mode_bits: s.mode,
+            access,
+            bcd: s.bcd,
+            reload: s.reload,
+            epoch_ns: s.epoch_ns,
+            pending_low: s.pending_low,
+            read_high_next: s.read_high_next,
+            latched_count: s.latched_count,
+            latched_status: s.latched_status,
+            null_count: s.null_count,
+        })
+    }
 }
 
 fn elapsed_counts(elapsed_ns: u64) -> u64 {
@@ -300,6 +371,26 @@ impl Pit {
         Self {
             channels: [Channel::new(), Channel::new(), Channel::new()],
         }
+    }
+
+    /// The complete state of all three channels, for [`Pit::restore`]. Epochs are saved as
+    /// the clock values they were read as; the restored device needs the same clock.
+    pub fn save(&self) -> PitState {
+        PitState {
+            channels: self.channels.each_ref().map(Channel::save),
+        }
+    }
+
+    /// A PIT in exactly the saved state. Refuses states no 8254 channel could be in.
+    pub fn restore(state: &PitState) -> Result<Self, DeviceStateError> {
+        let [ch0, ch1, ch2] = &state.channels;
+        Ok(Self {
+            channels: [
+                Channel::restore(0, ch0)?,
+                Channel::restore(1, ch1)?,
+                Channel::restore(2, ch2)?,
+            ],
+        })
     }
 
     /// Channel 0's period, rounded to the nearest nanosecond, while it runs in a periodic
@@ -841,5 +932,157 @@ mod tests {
         let mut same_epoch = Pit::new();
         program_100hz_rate_generator(&mut same_epoch, &mut CountingEnv::at(EPOCH));
         assert_ne!(other_epoch.state_hash(), same_epoch.state_hash());
+    }
+
+    mod saved_state {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::devices::state::twins::{self, PortOp, Seen};
+
+        #[derive(Debug, Clone)]
+        enum PitOp {
+            Port(PortOp),
+            /// What the VMM asks when it schedules IRQ0.
+            Schedule,
+        }
+
+        fn apply(pit: &mut Pit, op: &PitOp, env: &mut FakeEnv) -> Seen {
+            match op {
+                PitOp::Port(port_op) => port_op.apply(pit, env),
+                PitOp::Schedule => Seen::Times(vec![
+                    pit.channel0_period_ns(),
+                    pit.channel0_epoch_ns(),
+                    pit.channel0_tick_ns(1),
+                    pit.channel0_tick_ns(7),
+                    pit.channel0_oneshot_deadline_ns(),
+                ]),
+            }
+        }
+
+        fn pit_op() -> impl Strategy<Value = PitOp> {
+            prop_oneof![
+                8 => twins::port_op(&[CH0, 0x41, CH2, CONTROL_PORT]).prop_map(PitOp::Port),
+                1 => Just(PitOp::Schedule),
+            ]
+        }
+
+        fn write(pit: &mut Pit, env: &mut FakeEnv, port: u16, value: u8) {
+            pit.write(port, &[value], env);
+        }
+
+        fn read(pit: &mut Pit, env: &mut FakeEnv, port: u16) -> u8 {
+            let mut data = [0u8];
+            pit.read(port, &mut data, env);
+            data[0]
+        }
+
+        /// Every flip-flop and latch in use: channel 0 runs at 100 Hz with a latched count
+        /// half read, channel 1 has half a count written, channel 2 runs one-shot with its
+        /// status and count latched by read-back.
+        fn busy_pit(env: &mut FakeEnv) -> Pit {
+            let mut pit = Pit::new();
+            env.now_ns = EPOCH;
+            write(&mut pit, env, CONTROL_PORT, 0x34);
+            write(&mut pit, env, CH0, 0x9c);
+            write(&mut pit, env, CH0, 0x2e);
+            write(&mut pit, env, CONTROL_PORT, 0x70); // ch1, lohi, mode 0
+            write(&mut pit, env, 0x41, 0x12);
+            write(&mut pit, env, CONTROL_PORT, 0xb0); // ch2, lohi, mode 0
+            write(&mut pit, env, CH2, 0xff);
+            write(&mut pit, env, CH2, 0x7f);
+            env.now_ns += 3_000_000;
+            write(&mut pit, env, CONTROL_PORT, 0x00);
+            read(&mut pit, env, CH0);
+            write(&mut pit, env, CONTROL_PORT, 0xc8); // count and status of ch2
+            pit
+        }
+
+        fn start(kind: u8, env: &mut FakeEnv) -> Pit {
+            match kind {
+                0 => Pit::new(),
+                _ => busy_pit(env),
+            }
+        }
+
+        fn save_and_restore(pit: &Pit) -> Pit {
+            Pit::restore(&twins::through_json(&pit.save())).unwrap()
+        }
+
+        #[test]
+        fn busy_pit_restores_exactly() {
+            let mut env = FakeEnv::default();
+            let original = busy_pit(&mut env);
+            let mut restored = save_and_restore(&original);
+            assert_eq!(restored.save(), original.save());
+            assert_eq!(restored.state_hash(), original.state_hash());
+            assert_eq!(restored.channel0_tick_ns(1), Some(EPOCH + 10_000_151));
+
+            // Much later, the latched values still come out, in flip-flop order.
+            env.now_ns += 1_000_000_000;
+            // 3 ms = 3579 clocks.
+            assert_eq!(
+                read(&mut restored, &mut env, CH0),
+                ((RELOAD_100HZ - 3579) >> 8) as u8
+            );
+            assert_eq!(
+                read(&mut restored, &mut env, CH2),
+                0b0011_0000,
+                "status first: OUT still low, count loaded, lohi, mode 0"
+            );
+            let low = read(&mut restored, &mut env, CH2);
+            let high = read(&mut restored, &mut env, CH2);
+            assert_eq!(u16::from_le_bytes([low, high]), 0x7fff - 3579);
+            // Channel 1 still waits for its high byte.
+            write(&mut restored, &mut env, 0x41, 0x00);
+            write(&mut restored, &mut env, CONTROL_PORT, 0x40);
+            assert_eq!(read(&mut restored, &mut env, 0x41), 0x12);
+        }
+
+        proptest! {
+            #[test]
+            fn restored_pit_is_indistinguishable(
+                kind in 0u8..2,
+                before in vec(pit_op(), 0..40),
+                after in vec(pit_op(), 1..80),
+            ) {
+                let mut env = FakeEnv::default();
+                let mut original = start(kind, &mut env);
+                for op in &before {
+                    apply(&mut original, op, &mut env);
+                }
+                let mut restored = save_and_restore(&original);
+                prop_assert_eq!(restored.save(), original.save());
+                twins::run_twins(&mut original, &mut restored, &env, &after, apply)?;
+                prop_assert_eq!(restored.save(), original.save());
+            }
+        }
+
+        fn refusal(edit: impl FnOnce(&mut PitState)) -> String {
+            let mut state = busy_pit(&mut FakeEnv::default()).save();
+            edit(&mut state);
+            Pit::restore(&state).unwrap_err().to_string()
+        }
+
+        #[test]
+        fn corrupt_pit_states_are_refused() {
+            assert_eq!(
+                refusal(|s| s.channels[2].mode = 9),
+                "PIT channel 2: mode 9 is not a valid 8254 mode"
+            );
+            let message = refusal(|s| s.channels[0].access = 0);
+            assert!(message.starts_with("PIT channel 0: access 0"), "{message}");
+            let message = refusal(|s| s.channels[1].access = 1);
+            assert!(
+                message.starts_with("PIT channel 1: the write flip-flop"),
+                "{message}"
+            );
+            let message = refusal(|s| s.channels[0].access = 2);
+            assert!(
+                message.starts_with("PIT channel 0: the read flip-flop"),
+                "{message}"
+            );
+        }
     }
 }

@@ -22,9 +22,11 @@
 //!   clocks beyond year 9999.
 
 use super::pic::StateHasher;
+use super::state::{DeviceStateError, RtcState};
 use super::{DeviceEnv, PioDevice};
 
 const INDEX_PORT: u16 = 0x70;
+const CMOS_BYTES: usize = 128;
 const DATA_PORT: u16 = 0x71;
 
 const REG_SECONDS: u8 = 0x00;
@@ -113,7 +115,7 @@ fn to_bcd(value: u8) -> u8 {
 pub struct Rtc {
     index: u8,
     /// Backing store for every register that is not a time register, status ones included.
-    cmos: [u8; 128],
+    cmos: [u8; CMOS_BYTES],
 }
 
 impl Default for Rtc {
@@ -124,11 +126,37 @@ impl Default for Rtc {
 
 impl Rtc {
     pub fn new() -> Self {
-        let mut cmos = [0u8; 128];
+        let mut cmos = [0u8; CMOS_BYTES];
         cmos[usize::from(REG_STATUS_A)] = STATUS_A_DEFAULT;
         cmos[usize::from(REG_STATUS_B)] = STATUS_B_DEFAULT;
         cmos[usize::from(REG_STATUS_D)] = STATUS_D_VALID;
         Self { index: 0, cmos }
+    }
+
+    /// The index register and the CMOS RAM, for [`Rtc::restore`]. The time is an input, not
+    /// state: the restored RTC reads whatever its [`DeviceEnv`] says.
+    pub fn save(&self) -> RtcState {
+        RtcState {
+            index: self.index,
+            cmos: self.cmos.to_vec(),
+        }
+    }
+
+    /// An RTC in exactly the saved state. Refuses an index past the RAM (every data-port
+    /// access indexes it) and RAM of the wrong size.
+    pub fn restore(state: &RtcState) -> Result<Self, DeviceStateError> {
+        if usize::from(state.index) >= CMOS_BYTES {
+            return Err(DeviceStateError::RtcIndex { index: state.index });
+        }
+        let cmos = <[u8; CMOS_BYTES]>::try_from(state.cmos.as_slice()).map_err(|_| {
+            DeviceStateError::RtcCmosLength {
+                len: state.cmos.len(),
+            }
+        })?;
+        Ok(Self {
+            index: state.index,
+            cmos,
+        })
     }
 
     fn is_time_register(index: u8) -> bool {
@@ -580,5 +608,108 @@ mod tests {
         let mut same = Rtc::new();
         cmos_write(&mut same, &mut at(99), 0x20, 0x01);
         assert_eq!(same.state_hash(), rtc.state_hash());
+    }
+
+    mod saved_state {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::devices::state::twins::{self, PortOp, Seen};
+
+        /// Index writes aimed at the registers with behaviour (time, status), which arbitrary
+        /// bytes would rarely select.
+        fn interesting_index() -> impl Strategy<Value = PortOp> {
+            proptest::sample::select(vec![
+                REG_SECONDS,
+                REG_HOURS,
+                REG_YEAR,
+                REG_CENTURY,
+                REG_STATUS_A,
+                REG_STATUS_B,
+                REG_STATUS_C,
+                REG_STATUS_D,
+                0x80 | REG_STATUS_B,
+            ])
+            .prop_map(|index| PortOp::Write {
+                port: INDEX_PORT,
+                data: vec![index],
+            })
+        }
+
+        fn rtc_op() -> impl Strategy<Value = PortOp> {
+            prop_oneof![
+                3 => twins::port_op(&[INDEX_PORT, DATA_PORT]),
+                1 => interesting_index(),
+            ]
+        }
+
+        fn apply(rtc: &mut Rtc, op: &PortOp, env: &mut FakeEnv) -> Seen {
+            op.apply(rtc, env)
+        }
+
+        /// RAM written, 12-hour binary mode, and an index left pointing at the hours.
+        fn busy_rtc(env: &mut FakeEnv) -> Rtc {
+            let mut rtc = Rtc::new();
+            cmos_write(&mut rtc, env, 0x40, 0xaa);
+            cmos_write(&mut rtc, env, REG_STATUS_A, 0x2f);
+            cmos_write(&mut rtc, env, REG_STATUS_B, STATUS_B_BINARY);
+            rtc.write(INDEX_PORT, &[0x80 | REG_HOURS], env);
+            rtc
+        }
+
+        fn save_and_restore(rtc: &Rtc) -> Rtc {
+            Rtc::restore(&twins::through_json(&rtc.save())).unwrap()
+        }
+
+        #[test]
+        fn busy_rtc_restores_exactly() {
+            let mut env = at(1_709_214_307); // 13:45:07
+            let original = busy_rtc(&mut env);
+            let mut restored = save_and_restore(&original);
+            assert_eq!(restored.save(), original.save());
+            assert_eq!(restored.state_hash(), original.state_hash());
+
+            let mut data = [0u8];
+            restored.read(DATA_PORT, &mut data, &mut env);
+            assert_eq!(data[0], HOUR_PM | 1, "hours still selected, 12h binary");
+            assert_eq!(cmos_read(&mut restored, &mut env, 0x40), 0xaa);
+            assert_eq!(cmos_read(&mut restored, &mut env, REG_STATUS_A), 0x2f);
+        }
+
+        proptest! {
+            #[test]
+            fn restored_rtc_is_indistinguishable(
+                busy in any::<bool>(),
+                wall_secs in 0u64..5_000_000_000,
+                before in vec(rtc_op(), 0..40),
+                after in vec(rtc_op(), 1..80),
+            ) {
+                let mut env = at(wall_secs);
+                let mut original = if busy { busy_rtc(&mut env) } else { Rtc::new() };
+                for op in &before {
+                    apply(&mut original, op, &mut env);
+                }
+                let mut restored = save_and_restore(&original);
+                prop_assert_eq!(restored.save(), original.save());
+                twins::run_twins(&mut original, &mut restored, &env, &after, apply)?;
+                prop_assert_eq!(restored.save(), original.save());
+            }
+        }
+
+        #[test]
+        fn corrupt_rtc_states_are_refused() {
+            let good = busy_rtc(&mut at(0)).save();
+
+            let mut state = good.clone();
+            state.index = 0x80;
+            let message = Rtc::restore(&state).unwrap_err().to_string();
+            assert!(message.starts_with("RTC: register index 0x80"), "{message}");
+
+            let mut state = good;
+            state.cmos.pop();
+            let message = Rtc::restore(&state).unwrap_err().to_string();
+            assert_eq!(message, "RTC: CMOS RAM has 127 bytes, not 128");
+        }
     }
 }

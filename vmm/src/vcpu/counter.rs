@@ -39,6 +39,9 @@ pub enum CounterError {
 pub trait InsnCounter: std::fmt::Debug {
     fn kind(&self) -> CounterKind;
     fn read(&self) -> Result<u64, CounterError>;
+    /// Makes `read` return `now` at this moment and count on from there: a machine restored
+    /// from another's state continues that machine's count.
+    fn rebase(&mut self, now: u64) -> Result<(), CounterError>;
 }
 
 /// No counter: positions are identified by exit counts only.
@@ -52,6 +55,9 @@ impl InsnCounter for NoCounter {
     fn read(&self) -> Result<u64, CounterError> {
         Ok(0)
     }
+    fn rebase(&mut self, _now: u64) -> Result<(), CounterError> {
+        Ok(())
+    }
 }
 
 /// PVM's exact CPL0 instruction count, read from the vCPU's binary stats fd.
@@ -59,6 +65,8 @@ impl InsnCounter for NoCounter {
 pub struct PvmInsnCounter {
     stats: File,
     data_offset: u64,
+    /// Added (wrapping) to KVM's statistic, which starts at 0 for every vCPU.
+    offset: u64,
 }
 
 impl PvmInsnCounter {
@@ -71,7 +79,11 @@ impl PvmInsnCounter {
         // SAFETY: the kernel just gave us this fd; nobody else owns it.
         let stats = unsafe { File::from_raw_fd(fd) };
         let data_offset = find_stat(&stats, PVM_INSN_STAT)?;
-        Ok(Self { stats, data_offset })
+        Ok(Self {
+            stats,
+            data_offset,
+            offset: 0,
+        })
     }
 }
 
@@ -84,7 +96,12 @@ impl InsnCounter for PvmInsnCounter {
         self.stats
             .read_exact_at(&mut buf, self.data_offset)
             .map_err(CounterError::Read)?;
-        Ok(u64::from_ne_bytes(buf))
+        Ok(u64::from_ne_bytes(buf).wrapping_add(self.offset))
+    }
+    fn rebase(&mut self, now: u64) -> Result<(), CounterError> {
+        self.offset = 0;
+        self.offset = now.wrapping_sub(self.read()?);
+        Ok(())
     }
 }
 

@@ -31,6 +31,10 @@ pub enum VcpuError {
     GetSregs(#[source] kvm_ioctls::Error),
     #[error("KVM_SET_SREGS failed")]
     SetSregs(#[source] kvm_ioctls::Error),
+    #[error("KVM_RUN with immediate_exit (to finish the exit's I/O before saving state) failed")]
+    CompleteExit(#[source] kvm_ioctls::Error),
+    #[error("KVM_RUN with immediate_exit ran the guest (exit {0}) instead of returning EINTR")]
+    CompleteExitRan(String),
 }
 
 /// Converts KVM's register block to the log's register set (same 18 registers).
@@ -139,6 +143,25 @@ impl Vcpu {
 
     pub fn clear_immediate_exit(&mut self) {
         self.fd.set_kvm_immediate_exit(0);
+    }
+
+    /// Finishes the instruction of the last exit without running the guest any further.
+    ///
+    /// After a port or MMIO exit KVM has not yet advanced RIP (nor loaded RAX for an `in`): it
+    /// does so at the start of the next `KVM_RUN`, and that pending step is not part of any
+    /// state `KVM_GET_*` returns. State saved for another host must therefore be taken after a
+    /// `KVM_RUN` with `immediate_exit` set, which completes the operation and returns EINTR
+    /// before entering the guest (KVM API, "immediate_exit").
+    pub fn complete_pending_exit(&mut self) -> Result<(), VcpuError> {
+        self.fd.set_kvm_immediate_exit(1);
+        let result = match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Ok(kvm_ioctls::VcpuExit::Intr) => Ok(()),
+            Err(e) => Err(VcpuError::CompleteExit(e)),
+            Ok(exit) => Err(VcpuError::CompleteExitRan(format!("{exit:?}"))),
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        result
     }
 
     /// Arms a hardware execution breakpoint at `rip` (DR0), or clears all debugging with `None`.

@@ -1,0 +1,157 @@
+//! A machine saved at a clean point of a live recording, installed into a fresh VM the way a
+//! backup installs it, replays the rest of that recording exactly. State transfer to a new
+//! backup rests on this: every event is in the state or in the log after it.
+
+use logging_channel::format::{Entry, Frame};
+use logging_channel::net::encode_page;
+use vmm::clock::SystemClock;
+use vmm::guest_image::BUILTIN_GUEST;
+use vmm::live::{LiveOptions, run_live};
+use vmm::machine::{Machine, MachineConfig};
+use vmm::outcome::Outcome;
+use vmm::precise::ApproachTuning;
+use vmm::replay::replay_from;
+use vmm::sink::{LogSink, SinkError};
+use vmm::snapshot::memory::install_pages;
+use vmm::snapshot::{LogPoint, MachineState};
+use vmm::source::VecSource;
+
+const MEM_MIB: u32 = 16;
+const PAGE: usize = 4096;
+
+/// A saved machine: encoded state plus the page records a backup would receive.
+struct Saved {
+    blob: Vec<u8>,
+    pages: Vec<u8>,
+    point: LogPoint,
+}
+
+/// Records into memory and saves the machine whenever another `every` entries were logged.
+struct SavingSink {
+    frames: Vec<Frame>,
+    every: usize,
+    saved: Vec<Saved>,
+    max: usize,
+}
+
+impl LogSink for SavingSink {
+    fn is_recording(&self) -> bool {
+        true
+    }
+    fn append(&mut self, t_ns: u64, state_check: u64, entry: &Entry) -> Result<(), SinkError> {
+        self.frames.push(Frame {
+            seq: self.frames.len() as u64,
+            t_ns,
+            state_check,
+            entry: entry.clone(),
+        });
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn state_wanted(&self) -> bool {
+        self.saved.len() < self.max && self.frames.len() >= (self.saved.len() + 1) * self.every
+    }
+    fn take_state(&mut self, m: &mut Machine, mut point: LogPoint) -> Result<(), SinkError> {
+        point.next_seq = self.frames.len() as u64;
+        let blob = MachineState::save(m, point)?.encode()?;
+        let mut pages = Vec::new();
+        for (index, page) in m.memory().chunks(PAGE).enumerate() {
+            encode_page(
+                &mut pages,
+                u32::try_from(index).expect("page index fits u32"),
+                page,
+            );
+        }
+        self.saved.push(Saved { blob, pages, point });
+        Ok(())
+    }
+}
+
+fn machine(cmdline: &str) -> Machine {
+    Machine::new(&MachineConfig {
+        mem_mib: MEM_MIB,
+        image: BUILTIN_GUEST,
+        cmdline: cmdline.to_string(),
+    })
+    .expect("machine")
+}
+
+/// Records `cmdline` live while saving the machine along the way, then restores every saved
+/// state into a fresh VM and replays the recording's remainder from it.
+fn every_saved_state_replays_the_rest(cmdline: &str, every: usize) {
+    let mut m = machine(cmdline);
+    let mut sink = SavingSink {
+        frames: Vec::new(),
+        every,
+        saved: Vec::new(),
+        max: 12,
+    };
+    let mut console = Vec::new();
+    let (outcome, _) = run_live(
+        &mut m,
+        &SystemClock::new(),
+        &mut sink,
+        &mut console,
+        &LiveOptions::default(),
+    )
+    .expect("live run");
+    assert!(
+        matches!(outcome, Outcome::PowerOff { code: 0 }),
+        "{outcome:?}"
+    );
+    assert!(
+        sink.saved.len() >= 4,
+        "only {} states were saved from {} entries",
+        sink.saved.len(),
+        sink.frames.len()
+    );
+    // The states taken at a guest exit are the ones whose pending I/O must be completed first.
+    assert!(
+        sink.saved.iter().any(|s| !s.point.mid_execution),
+        "no state was saved at a guest exit"
+    );
+
+    for (i, saved) in sink.saved.iter().enumerate() {
+        let mut b = machine(cmdline);
+        install_pages(&b, &saved.pages).expect("install pages");
+        MachineState::decode(&saved.blob)
+            .expect("decode")
+            .restore(&mut b)
+            .expect("restore");
+        let next = usize::try_from(saved.point.next_seq).expect("seq fits usize");
+        let mut source = VecSource::new(sink.frames[next..].iter().cloned());
+        let mut replayed = Vec::new();
+        let (result, _) = replay_from(
+            &mut b,
+            &mut source,
+            &mut replayed,
+            ApproachTuning::default(),
+            Some(saved.point),
+        );
+        let report = result.unwrap_or_else(|e| {
+            panic!(
+                "state #{i} (entry #{next}, exit {}, mid-execution {}) did not replay: {e}",
+                saved.point.exits, saved.point.mid_execution
+            )
+        });
+        assert!(matches!(report.outcome, Outcome::PowerOff { code: 0 }));
+        let from = usize::try_from(saved.point.console_bytes).expect("offset fits usize");
+        assert_eq!(
+            String::from_utf8_lossy(&replayed),
+            String::from_utf8_lossy(&console[from..]),
+            "state #{i}: the replayed console differs from the recording's after byte {from}"
+        );
+    }
+}
+
+#[test]
+fn states_saved_from_a_ticker_guest_replay_the_rest() {
+    every_saved_state_replays_the_rest("ticker ticks=30", 9);
+}
+
+#[test]
+fn states_saved_from_a_compute_guest_replay_the_rest() {
+    every_saved_state_replays_the_rest("compute iters=6000", 5);
+}

@@ -1,0 +1,269 @@
+//! The saved form of every device's guest-visible state, for live state transfer: the primary
+//! saves its [`crate::bus::Bus`] with `save_state`, the backup restores it into a fresh one with
+//! `restore_state` and from then on answers every port access exactly as the primary would have.
+//!
+//! The types here are plain data with a stable serde layout (they travel in bincode and are
+//! debugged as JSON). Enumerations are kept as the raw numbers the hardware uses, not as Rust
+//! enums, so the encoding does not depend on how a device names its internal states; each
+//! device's `restore` checks them and reports anything out of range as a [`DeviceStateError`]
+//! instead of trusting the other end. Times are in the units of
+//! [`super::DeviceEnv::clock_ns`], so the backup must continue that clock from the primary's
+//! value for saved epochs to keep their meaning.
+
+use serde::{Deserialize, Serialize};
+
+/// Every device on the bus, plus the bus's own counter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicesState {
+    pub pic: PicState,
+    pub pit: PitState,
+    pub rtc: RtcState,
+    pub serial: SerialState,
+    pub debug_exit: DebugExitState,
+    /// Accesses to ports no device decodes, as counted by the bus.
+    pub unclaimed_accesses: u64,
+}
+
+/// The 8259A pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PicState {
+    pub master: PicChipState,
+    pub slave: PicChipState,
+}
+
+/// One 8259A.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PicChipState {
+    pub irr: u8,
+    pub isr: u8,
+    pub imr: u8,
+    /// Input levels as last driven: a line that is high requests again only after it has
+    /// been lowered, so losing these would let a held line interrupt twice.
+    pub lines: u8,
+    /// ICW2's vector base; bits 2..0 are always clear.
+    pub vector_base: u8,
+    /// Where the chip is in its initialisation sequence: 0 ready, 1..=3 waiting for
+    /// ICW2..ICW4.
+    pub init_step: u8,
+    pub needs_icw4: bool,
+    pub single: bool,
+    pub auto_eoi: bool,
+    /// OCW3's register selection: command-port reads return ISR rather than IRR.
+    pub read_isr: bool,
+    pub initialised: bool,
+}
+
+/// The 8254, channels 0..=2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PitState {
+    pub channels: [PitChannelState; 3],
+}
+
+/// One 8254 counter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PitChannelState {
+    /// M2..M0 as programmed (0..=7).
+    pub mode: u8,
+    /// The control word's RW field: 1 low byte, 2 high byte, 3 low then high.
+    pub access: u8,
+    pub bcd: bool,
+    /// The count register as written; 0 stands for 65536.
+    pub reload: u16,
+    /// [`super::DeviceEnv::clock_ns`] when the current count was loaded; `None` while no
+    /// count has been loaded since the last control word.
+    pub epoch_ns: Option<u64>,
+    /// Write flip-flop: the low byte of a half-written lobyte/hibyte count.
+    pub pending_low: Option<u8>,
+    /// Read flip-flop: the next lobyte/hibyte read returns the high byte.
+    pub read_high_next: bool,
+    pub latched_count: Option<u16>,
+    pub latched_status: Option<u8>,
+    pub null_count: bool,
+}
+
+/// The CMOS RTC. The time itself is not state: every read asks
+/// [`super::DeviceEnv::wall_clock_unix_secs`], and the guest cannot set the clock, so there is
+/// no offset to carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RtcState {
+    /// The register selected through port 0x70 (0..=0x7f; the NMI-mask bit is not kept).
+    pub index: u8,
+    /// All 128 bytes of CMOS RAM, status registers included.
+    pub cmos: Vec<u8>,
+}
+
+/// The COM1 16550A: vm-superio's registers and receive FIFO, plus what our wrapper holds on
+/// the VMM side of the UART.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialState {
+    pub divisor_low: u8,
+    pub divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    /// Received bytes the guest has not read yet, oldest first (at most 64).
+    pub rx_fifo: Vec<u8>,
+    /// An interrupt request the VMM has not collected with `take_interrupt` yet.
+    pub interrupt_pending: bool,
+    /// Transmitted bytes the VMM has not collected with `take_output` yet.
+    pub pending_output: Vec<u8>,
+}
+
+/// The isa-debug-exit port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugExitState {
+    /// An exit code the VMM has not collected with `take_exit_request` yet.
+    pub request: Option<u32>,
+}
+
+/// A saved device state that no device could be in. Each message names the device (and the
+/// chip or channel) and the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceStateError {
+    #[error(
+        "PIC {chip}: initialisation step {step} is not valid (0 ready, 1..=3 waiting for ICW2..ICW4)"
+    )]
+    PicInitStep { chip: &'static str, step: u8 },
+    #[error("PIC {chip}: vector base {base:#04x} has bits 2..0 set, which ICW2 never stores")]
+    PicVectorBase { chip: &'static str, base: u8 },
+    #[error("PIC {chip}: initialisation step {step} {conflict}")]
+    PicInitSequence {
+        chip: &'static str,
+        step: u8,
+        conflict: &'static str,
+    },
+    #[error("PIT channel {channel}: mode {mode} is not a valid 8254 mode")]
+    PitMode { channel: usize, mode: u8 },
+    #[error(
+        "PIT channel {channel}: access {access} is not a valid 8254 read/write mode (1 low byte, 2 high byte, 3 low then high)"
+    )]
+    PitAccess { channel: usize, access: u8 },
+    #[error("PIT channel {channel}: {field} is set, but only low-then-high access uses it")]
+    PitFlipFlop { channel: usize, field: &'static str },
+    #[error("RTC: register index {index:#04x} is beyond the 128 bytes of CMOS")]
+    RtcIndex { index: u8 },
+    #[error("RTC: CMOS RAM has {len} bytes, not 128")]
+    RtcCmosLength { len: usize },
+    #[error("serial: receive FIFO holds {len} bytes, more than the 16550A's 64")]
+    SerialRxFifo { len: usize },
+}
+
+/// Shared by the device tests: runs a saved-and-restored device side by side with the
+/// original and checks that nothing tells them apart.
+#[cfg(test)]
+pub(crate) mod twins {
+    use std::fmt::Debug;
+
+    use proptest::prelude::*;
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    use crate::devices::{FakeEnv, PioDevice};
+
+    /// What one step of a script showed: everything a guest or the VMM could observe.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) enum Seen {
+        Nothing,
+        Bytes(Vec<u8>),
+        Vector(Option<u8>),
+        Flag(bool),
+        Count(usize),
+        Code(Option<u32>),
+        Times(Vec<Option<u64>>),
+    }
+
+    /// A step every device understands: a port access, or time passing outside the guest.
+    #[derive(Debug, Clone)]
+    pub(crate) enum PortOp {
+        Read { port: u16, width: usize },
+        Write { port: u16, data: Vec<u8> },
+        Advance { ns: u64, secs: u64 },
+    }
+
+    impl PortOp {
+        pub(crate) fn apply(&self, dev: &mut dyn PioDevice, env: &mut FakeEnv) -> Seen {
+            match self {
+                PortOp::Read { port, width } => {
+                    let mut data = vec![0u8; *width];
+                    dev.read(*port, &mut data, env);
+                    Seen::Bytes(data)
+                }
+                PortOp::Write { port, data } => {
+                    dev.write(*port, data, env);
+                    Seen::Nothing
+                }
+                PortOp::Advance { ns, secs } => {
+                    env.now_ns += ns;
+                    env.wall_secs += secs;
+                    Seen::Nothing
+                }
+            }
+        }
+    }
+
+    /// Byte-wide accesses mostly, with some word accesses that straddle registers.
+    fn width() -> impl Strategy<Value = usize> {
+        prop_oneof![4 => Just(1usize), 1 => Just(2usize)]
+    }
+
+    /// Accesses to `ports` with arbitrary data, reads, and clock steps of up to 60 ms.
+    pub(crate) fn port_op(ports: &[u16]) -> impl Strategy<Value = PortOp> + use<> {
+        let port = proptest::sample::select(ports.to_vec());
+        prop_oneof![
+            3 => (port.clone(), width()).prop_map(|(port, width)| PortOp::Read { port, width }),
+            4 => (port, width())
+                .prop_flat_map(|(port, w)| (Just(port), proptest::collection::vec(any::<u8>(), w)))
+                .prop_map(|(port, data)| PortOp::Write { port, data }),
+            1 => (0u64..60_000_000, 0u64..3).prop_map(|(ns, secs)| PortOp::Advance { ns, secs }),
+        ]
+    }
+
+    /// The state as it would arrive at the backup: serialized and parsed back.
+    pub(crate) fn through_json<T: Serialize + DeserializeOwned>(state: &T) -> T {
+        let json = serde_json::to_string(state).unwrap();
+        serde_json::from_str(&json).unwrap()
+    }
+
+    /// Two environments that answer alike, one per twin, so a clock step is taken once each.
+    pub(crate) fn env_pair(env: &FakeEnv) -> (FakeEnv, FakeEnv) {
+        let copy = || FakeEnv {
+            now_ns: env.now_ns,
+            wall_secs: env.wall_secs,
+        };
+        (copy(), copy())
+    }
+
+    /// Applies `ops` to both devices and fails at the first step whose observation or
+    /// resulting state hash differs.
+    pub(crate) fn run_twins<D: PioDevice, Op: Debug>(
+        original: &mut D,
+        restored: &mut D,
+        env: &FakeEnv,
+        ops: &[Op],
+        apply: impl Fn(&mut D, &Op, &mut FakeEnv) -> Seen,
+    ) -> Result<(), TestCaseError> {
+        let (mut env_a, mut env_b) = env_pair(env);
+        prop_assert_eq!(
+            original.state_hash(),
+            restored.state_hash(),
+            "before any step"
+        );
+        for (i, op) in ops.iter().enumerate() {
+            let seen_a = apply(original, op, &mut env_a);
+            let seen_b = apply(restored, op, &mut env_b);
+            prop_assert_eq!(&seen_a, &seen_b, "step {} {:?}", i, op);
+            prop_assert_eq!(
+                original.state_hash(),
+                restored.state_hash(),
+                "step {} {:?}",
+                i,
+                op
+            );
+        }
+        Ok(())
+    }
+}

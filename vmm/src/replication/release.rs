@@ -1,0 +1,295 @@
+//! The output rule: console output leaves the primary only once the backup could reproduce it,
+//! i.e. once it acknowledged a log entry at or after the output (or installed a state that
+//! contains it). With no backup in the view, output flows at once.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use logging_channel::net::LogSender;
+
+/// A chunk of console output and what must happen before it may leave.
+#[derive(Debug)]
+struct Chunk {
+    bytes: Vec<u8>,
+    /// Entries (count, i.e. seq + 1) the backup must hold first; `None` until an entry is
+    /// logged after the output.
+    needs: Option<u64>,
+    produced: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    chunks: VecDeque<Chunk>,
+    /// Entries the backup holds: acknowledged, or inside the state it installed.
+    covered: u64,
+    /// No backup in the view: everything may go.
+    free_flow: bool,
+    /// The stream whose acks cover output.
+    channel: Option<Arc<LogSender>>,
+    closing: bool,
+    /// The whole console so far: a new backup gets it with the state, so every node's
+    /// transcript is the guest's console from its first byte.
+    history: Vec<u8>,
+}
+
+/// Shared between the vCPU thread (which queues output), the replication manager (which
+/// changes what covers it) and the release thread (which writes it out).
+#[derive(Debug, Default)]
+pub struct ReleaseQueue {
+    state: Mutex<State>,
+    changed: Condvar,
+    released: AtomicU64,
+    delays: Mutex<Vec<u32>>,
+}
+
+impl ReleaseQueue {
+    /// A queue for a guest whose console so far is `history`, of which the first `released`
+    /// bytes were released (a backup that goes live holds the rest until it may release it).
+    pub fn resuming(history: Vec<u8>, released: u64) -> Self {
+        let q = Self {
+            released: AtomicU64::new(released),
+            ..Self::default()
+        };
+        {
+            let mut g = q.lock();
+            let from = usize::try_from(released).unwrap_or(usize::MAX);
+            if let Some(rest) = history.get(from..).filter(|r| !r.is_empty()) {
+                g.chunks.push_back(Chunk {
+                    bytes: rest.to_vec(),
+                    needs: None,
+                    produced: Instant::now(),
+                });
+            }
+            g.history = history;
+        }
+        q
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Output the guest just wrote (not yet covered by any entry).
+    pub fn push(&self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut g = self.lock();
+        g.history.extend_from_slice(bytes);
+        match g.chunks.back_mut() {
+            Some(c) if c.needs.is_none() => c.bytes.extend_from_slice(bytes),
+            _ => g.chunks.push_back(Chunk {
+                bytes: bytes.to_vec(),
+                needs: None,
+                produced: Instant::now(),
+            }),
+        }
+        self.changed.notify_all();
+    }
+
+    /// Entry `seq` was logged: output queued so far is covered once the backup holds it.
+    pub fn cover(&self, seq: u64) {
+        let mut g = self.lock();
+        if let Some(c) = g.chunks.back_mut()
+            && c.needs.is_none()
+        {
+            c.needs = Some(seq + 1);
+        }
+    }
+
+    /// The backup installed a state holding every entry before `next_seq` and all output so
+    /// far; its acks on `channel` cover what follows.
+    pub fn installed(&self, next_seq: u64, channel: Arc<LogSender>) {
+        let mut g = self.lock();
+        for c in g.chunks.iter_mut() {
+            if c.needs.is_none() {
+                c.needs = Some(next_seq);
+            }
+        }
+        g.covered = g.covered.max(next_seq);
+        g.channel = Some(channel);
+        g.free_flow = false;
+        self.changed.notify_all();
+    }
+
+    /// The view has no backup (true) or names one that has no state yet (false).
+    pub fn set_free_flow(&self, on: bool) {
+        let mut g = self.lock();
+        g.free_flow = on;
+        if !on {
+            g.channel = None;
+        }
+        self.changed.notify_all();
+    }
+
+    /// The backup's stream broke: nothing covers output until a backup has state again.
+    pub fn channel_lost(&self) {
+        let mut g = self.lock();
+        g.channel = None;
+        self.changed.notify_all();
+    }
+
+    /// Console offset up to which output was released.
+    pub fn released(&self) -> u64 {
+        self.released.load(Ordering::Acquire)
+    }
+
+    /// The whole console so far.
+    pub fn history(&self) -> Vec<u8> {
+        self.lock().history.clone()
+    }
+
+    /// Sorted release delays in microseconds (time from output to release).
+    pub fn delays_us(&self) -> Vec<u32> {
+        let mut d = self
+            .delays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        d.sort_unstable();
+        d
+    }
+
+    /// Drops everything held, for good: this node is no longer primary.
+    pub fn abandon(&self) {
+        let mut g = self.lock();
+        g.chunks.clear();
+        g.free_flow = false;
+        g.channel = None;
+        g.closing = true;
+        self.changed.notify_all();
+    }
+
+    pub fn close(&self) {
+        self.lock().closing = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits up to `timeout` until everything queued was released.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.lock();
+        while !g.chunks.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = self
+                .changed
+                .wait_timeout(g, (deadline - now).min(Duration::from_millis(10)))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        true
+    }
+
+    /// The release thread's loop: writes each chunk to `out` once it is covered.
+    pub fn run(&self, out: &mut dyn Write) {
+        loop {
+            let (chunk, wait_for) = {
+                let mut g = self.lock();
+                // Closing: done once empty, or once nothing could ever cover what is held.
+                if g.closing && (g.chunks.is_empty() || (!g.free_flow && g.channel.is_none())) {
+                    return;
+                }
+                let ready = match g.chunks.front() {
+                    Some(_) if g.free_flow => true,
+                    Some(Chunk { needs: Some(n), .. }) => *n <= g.covered,
+                    _ => false,
+                };
+                if ready {
+                    (g.chunks.pop_front(), None)
+                } else {
+                    let want = match g.chunks.front() {
+                        Some(Chunk { needs: Some(n), .. }) => g.channel.clone().map(|ch| (ch, *n)),
+                        _ => None,
+                    };
+                    if want.is_none() {
+                        let _ = self
+                            .changed
+                            .wait_timeout(g, Duration::from_millis(20))
+                            .unwrap_or_else(|p| p.into_inner());
+                    }
+                    (None, want)
+                }
+            };
+            if let Some((channel, needs)) = wait_for {
+                // Ack seqs count from 0: `needs` entries held = seq `needs - 1` acked.
+                if let Ok(true) = channel.wait_acked(needs - 1, Duration::from_millis(20)) {
+                    let mut g = self.lock();
+                    g.covered = g.covered.max(needs);
+                    self.changed.notify_all();
+                }
+                continue;
+            }
+            if let Some(c) = chunk {
+                let _ = out.write_all(&c.bytes);
+                let _ = out.flush();
+                self.released
+                    .fetch_add(c.bytes.len() as u64, Ordering::AcqRel);
+                let us = u32::try_from(c.produced.elapsed().as_micros()).unwrap_or(u32::MAX);
+                let mut d = self.delays.lock().unwrap_or_else(|p| p.into_inner());
+                if d.len() < 1_000_000 {
+                    d.push(us);
+                }
+                self.changed.notify_all();
+            }
+        }
+    }
+}
+
+/// The primary's console: every byte goes to the transcript at once and into the release
+/// queue, which lets it out under the output rule.
+#[derive(Debug)]
+pub struct HeldConsole {
+    pub queue: Arc<ReleaseQueue>,
+    pub transcript: Option<std::fs::File>,
+}
+
+impl Write for HeldConsole {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(t) = self.transcript.as_mut() {
+            t.write_all(buf)?;
+        }
+        self.queue.push(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(t) = self.transcript.as_mut() {
+            t.flush()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uncovered_output_waits_and_free_flow_lets_it_go() {
+        let q = Arc::new(ReleaseQueue::default());
+        q.push(b"a");
+        q.cover(4);
+        q.push(b"b");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let q2 = Arc::clone(&q);
+        let o2 = Arc::clone(&out);
+        let t = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            q2.run(&mut buf);
+            *o2.lock().unwrap() = buf;
+        });
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(q.released(), 0, "nothing covers the output yet");
+        q.set_free_flow(true);
+        assert!(q.drain(Duration::from_secs(2)));
+        q.close();
+        t.join().unwrap();
+        assert_eq!(*out.lock().unwrap(), b"ab");
+        assert_eq!(q.released(), 2);
+    }
+}

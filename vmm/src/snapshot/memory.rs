@@ -1,0 +1,164 @@
+//! Guest memory for state transfer: the primary reads pages while the guest runs (pre-copy)
+//! and asks KVM which ones the guest wrote since (dirty logging); the backup writes them in.
+
+use std::os::fd::AsRawFd;
+
+use kvm_ioctls::VmFd;
+use logging_channel::net::{PAGE_SIZE, PAGES_PER_MESSAGE, decode_pages, encode_page};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::machine::Machine;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("duplicating the VM descriptor for the transfer thread failed")]
+    Dup(#[source] std::io::Error),
+    #[error("KVM_GET_DIRTY_LOG failed")]
+    DirtyLog(#[source] kvm_ioctls::Error),
+    #[error("reading guest page {index} failed: {what}")]
+    Read { index: u32, what: String },
+    #[error("writing guest page {index} failed: {what}")]
+    Write { index: u32, what: String },
+    #[error("bad page records from the primary: {0}")]
+    Records(String),
+}
+
+/// A handle on a machine's memory and dirty log that another thread can own: a second
+/// descriptor for the same VM, and a clone of the mapping (which keeps it alive).
+#[derive(Debug)]
+pub struct MemoryTracker {
+    vm: VmFd,
+    mem: GuestMemoryMmap,
+    bytes: u64,
+}
+
+impl MemoryTracker {
+    pub fn new(m: &Machine) -> Result<Self, MemoryError> {
+        // SAFETY: dup of a descriptor we own; the new one is owned by the VmFd built from it.
+        let fd = unsafe { libc::dup(m.vm.as_raw_fd()) };
+        if fd < 0 {
+            return Err(MemoryError::Dup(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a fresh duplicate of a KVM VM descriptor, owned by nobody else; the
+        // VmFd takes ownership of it.
+        let vm = unsafe { m.kvm.create_vmfd_from_rawfd(fd) }
+            .map_err(|e| MemoryError::Dup(std::io::Error::from_raw_os_error(e.errno())))?;
+        Ok(Self {
+            vm,
+            mem: m.mem.clone(),
+            bytes: m.memory().len() as u64,
+        })
+    }
+
+    /// Switches KVM's dirty-page logging for the memory slot (from any thread).
+    pub fn set_dirty_logging(&self, on: bool) -> Result<(), kvm_ioctls::Error> {
+        register_slot(
+            &self.vm,
+            &self.mem,
+            self.bytes,
+            if on {
+                kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
+        )
+    }
+
+    pub fn pages(&self) -> u64 {
+        self.bytes / PAGE_SIZE as u64
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Pages written since the last call (or since logging was switched on), and clears them.
+    pub fn take_dirty(&self) -> Result<Vec<u32>, MemoryError> {
+        let bitmap = self
+            .vm
+            .get_dirty_log(0, self.bytes as usize)
+            .map_err(MemoryError::DirtyLog)?;
+        let mut out = Vec::new();
+        for (w, word) in bitmap.iter().enumerate() {
+            let mut bits = *word;
+            while bits != 0 {
+                let b = bits.trailing_zeros();
+                out.push((w * 64) as u32 + b);
+                bits &= bits - 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Encodes the given pages as they are now into page-record messages and hands each to
+    /// `emit`. Reads are volatile copies: the guest may be writing the page meanwhile, in which
+    /// case dirty logging reports it again.
+    pub fn encode<E: From<MemoryError>>(
+        &self,
+        pages: impl IntoIterator<Item = u32>,
+        mut emit: impl FnMut(Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut buf = vec![0u8; PAGE_SIZE];
+        let mut records = Vec::new();
+        let mut n = 0;
+        for index in pages {
+            self.mem
+                .read_slice(&mut buf, GuestAddress(u64::from(index) * PAGE_SIZE as u64))
+                .map_err(|e| MemoryError::Read {
+                    index,
+                    what: e.to_string(),
+                })?;
+            encode_page(&mut records, index, &buf);
+            n += 1;
+            if n == PAGES_PER_MESSAGE {
+                emit(std::mem::take(&mut records))?;
+                n = 0;
+            }
+        }
+        if n > 0 {
+            emit(records)?;
+        }
+        Ok(())
+    }
+}
+
+/// (Re-)registers the machine's one memory slot with `flags`.
+pub fn register_slot(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    bytes: u64,
+    flags: u32,
+) -> Result<(), kvm_ioctls::Error> {
+    let host = mem
+        .get_host_address(GuestAddress(0))
+        .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
+    let region = kvm_bindings::kvm_userspace_memory_region {
+        slot: 0,
+        flags,
+        guest_phys_addr: 0,
+        memory_size: bytes,
+        userspace_addr: host as u64,
+    };
+    // SAFETY: the machine's own live mapping (kept alive by `mem`), same slot and size as
+    // registered when the machine was built: only the flags change.
+    unsafe { vm.set_user_memory_region(region) }
+}
+
+/// Writes a message of page records into the backup's guest memory; returns pages written.
+pub fn install_pages(m: &Machine, records: &[u8]) -> Result<u64, MemoryError> {
+    const ZEROS: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+    let pages = m.memory().len() as u64 / PAGE_SIZE as u64;
+    let decoded = decode_pages(records, pages).map_err(MemoryError::Records)?;
+    for (index, data) in &decoded {
+        m.mem
+            .write_slice(
+                data.unwrap_or(&ZEROS),
+                GuestAddress(u64::from(*index) * PAGE_SIZE as u64),
+            )
+            .map_err(|e| MemoryError::Write {
+                index: *index,
+                what: e.to_string(),
+            })?;
+    }
+    Ok(decoded.len() as u64)
+}
