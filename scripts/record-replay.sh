@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job of this milestone: boot the built-in guest, record it, replay the recording and
-# verify it, then show what the log holds. Usage: scripts/demo.sh [compute|ticker] [GUEST-ARG...]
+# Record/replay walk-through: boot the built-in guest, record it, replay the recording and
+# verify it, then show what the log holds. Usage: scripts/record-replay.sh [compute|ticker] [GUEST-ARG...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workload=${1:-compute}

@@ -3,6 +3,7 @@
 
 mod commands;
 mod guest_choice;
+mod node;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,12 @@ enum Command {
     /// Inspect replay logs.
     #[command(subcommand)]
     Log(commands::log::LogCommand),
+    /// Demonstrate failover on this machine: a viewserver and three nodes, the primary killed
+    /// with SIGKILL, and checks that no released output was lost or contradicted.
+    Demo(commands::demo::DemoArgs),
+    /// Run one replica of a fault-tolerant guest: primary, backup or idle, as the viewserver
+    /// decides.
+    Node(commands::node::NodeArgs),
     /// Run the view service: decides which server is primary and which is backup.
     Viewserver(commands::viewserver::ViewserverArgs),
     /// Print the current view of a viewserver.
@@ -50,6 +57,8 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(&args),
         Command::Replay(args) => commands::replay::run(&args),
         Command::Log(cmd) => commands::log::run(&cmd),
+        Command::Demo(args) => commands::demo::run(&args),
+        Command::Node(args) => commands::node::run(&args),
         Command::Viewserver(args) => commands::viewserver::run(&args),
         Command::View(args) => commands::view::run(&args),
         Command::ExportGuest(args) => commands::export_guest::run(&args),

@@ -1,5 +1,7 @@
+pub mod demo;
 pub mod export_guest;
 pub mod log;
+pub mod node;
 pub mod replay;
 pub mod run;
 pub mod view;

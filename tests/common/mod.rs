@@ -72,3 +72,4 @@ pub fn assert_ok(o: &Output, what: &str) {
         stderr(o)
     );
 }
+pub mod cluster;

@@ -1,0 +1,525 @@
+//! `understudy demo`: a viewserver and three nodes on this machine, the primary killed with
+//! SIGKILL, and the checks that failover kept its promises.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use super::CmdResult;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Built-in workload to replicate.
+    #[arg(long, default_value = "ticker")]
+    pub guest: String,
+    /// Guest arguments (default for the ticker: 20 lines a second for 30 seconds).
+    #[arg(long = "guest-arg", value_name = "ARG")]
+    pub guest_args: Vec<String>,
+    /// Seconds after the backup has the state before the primary is killed.
+    #[arg(long, default_value_t = 3.0)]
+    pub kill_after_secs: f64,
+    /// Seconds to keep running after the failover before checking and stopping.
+    #[arg(long, default_value_t = 3.0)]
+    pub run_after_secs: f64,
+    /// Ping interval of the viewserver and nodes (the viewserver declares a node dead after
+    /// 5 missed pings).
+    #[arg(long, default_value_t = 100)]
+    pub ping_interval_ms: u64,
+    /// Keep the nodes' transcripts and outputs in this directory (default: a temporary one,
+    /// removed at the end).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// Print every line the nodes log, not just role changes.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+/// One line from a child, when it arrived.
+#[derive(Debug)]
+struct Event {
+    who: String,
+    line: String,
+    at: Instant,
+    /// From the child's stdout (released guest output) rather than its log.
+    output: bool,
+}
+
+#[derive(Debug)]
+struct Proc {
+    child: Child,
+    /// Released output (stdout), byte for byte.
+    released: Arc<Mutex<Vec<u8>>>,
+    transcript: PathBuf,
+    addr: String,
+}
+
+fn spawn_reader(
+    who: String,
+    stream: impl Read + Send + 'static,
+    output: bool,
+    tx: Sender<Event>,
+    keep: Option<Arc<Mutex<Vec<u8>>>>,
+) {
+    let _ = std::thread::Builder::new()
+        .name(format!("demo-{who}"))
+        .spawn(move || {
+            let mut r = BufReader::new(stream);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        if let Some(k) = &keep {
+                            k.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .extend_from_slice(&buf);
+                        }
+                        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                        let _ = tx.send(Event {
+                            who: who.clone(),
+                            line,
+                            at: Instant::now(),
+                            output,
+                        });
+                    }
+                }
+            }
+        });
+}
+
+struct Demo {
+    exe: PathBuf,
+    dir: PathBuf,
+    tx: Sender<Event>,
+    rx: Receiver<Event>,
+    verbose: bool,
+    started: Instant,
+    viewserver: Option<Child>,
+    vs_addr: String,
+    nodes: Vec<Proc>,
+    /// Every event seen, for searching back.
+    seen: Vec<Event>,
+}
+
+impl Demo {
+    fn stamp(&self, at: Instant) -> String {
+        format!("{:7.3}s", at.duration_since(self.started).as_secs_f64())
+    }
+
+    fn show(&self, e: &Event) {
+        let interesting = e.output
+            || e.line.contains("view ")
+            || e.line.contains("installed")
+            || e.line.contains("going live")
+            || e.line.contains("stream")
+            || e.line.contains("failed")
+            || e.line.contains("error");
+        if self.verbose || interesting {
+            let tag = if e.output { "out" } else { "log" };
+            println!("{} [{} {tag}] {}", self.stamp(e.at), e.who, e.line);
+        }
+    }
+
+    /// Takes events until `pred` matches one (returned) or `timeout` passes.
+    fn wait_for(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Event) -> bool,
+    ) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match self.rx.recv_timeout(left.min(Duration::from_millis(100))) {
+                Ok(e) => {
+                    self.show(&e);
+                    let hit = pred(&e);
+                    let at = e.at;
+                    self.seen.push(e);
+                    if hit {
+                        return Some(at);
+                    }
+                }
+                Err(_) => continue,
+            }
+        }
+    }
+
+    fn start_viewserver(&mut self, ping_ms: u64) -> Result<(), String> {
+        let mut child = Command::new(&self.exe)
+            .args(["viewserver", "--listen", "127.0.0.1:0"])
+            .args(["--ping-interval-ms", &ping_ms.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the viewserver: {e}"))?;
+        let out = child.stdout.take().ok_or("no viewserver stdout")?;
+        let err = child.stderr.take().ok_or("no viewserver stderr")?;
+        spawn_reader("vs".into(), out, false, self.tx.clone(), None);
+        spawn_reader("vs".into(), err, false, self.tx.clone(), None);
+        self.viewserver = Some(child);
+        let mut addr = None;
+        self.wait_for(Duration::from_secs(10), |e| {
+            if let Some(a) = e.line.strip_prefix("viewserver: listening on ") {
+                addr = Some(a.trim().to_string());
+                true
+            } else {
+                false
+            }
+        });
+        self.vs_addr = addr.ok_or("the viewserver did not say where it listens")?;
+        Ok(())
+    }
+
+    fn start_node(
+        &mut self,
+        name: &str,
+        guest: &str,
+        args: &[String],
+        ping_ms: u64,
+    ) -> Result<(), String> {
+        let transcript = self.dir.join(format!("{name}.transcript"));
+        let mut cmd = Command::new(&self.exe);
+        cmd.args([
+            "node",
+            "--viewserver",
+            &self.vs_addr,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--guest", guest])
+        .args(["--ping-interval-ms", &ping_ms.to_string()])
+        .arg("--transcript")
+        .arg(&transcript);
+        for a in args {
+            cmd.args(["--guest-arg", a]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting node {name}: {e}"))?;
+        let released = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().ok_or("no node stdout")?;
+        let err = child.stderr.take().ok_or("no node stderr")?;
+        spawn_reader(
+            name.into(),
+            out,
+            true,
+            self.tx.clone(),
+            Some(Arc::clone(&released)),
+        );
+        spawn_reader(name.into(), err, false, self.tx.clone(), None);
+        let mut addr = None;
+        let who = name.to_string();
+        self.wait_for(Duration::from_secs(10), |e| {
+            if e.who == who
+                && let Some(rest) = e.line.split(": listening on ").nth(1)
+            {
+                addr = rest.split(',').next().map(|s| s.trim().to_string());
+                return true;
+            }
+            false
+        });
+        let addr = addr.ok_or(format!("node {name} did not say where it listens"))?;
+        self.nodes.push(Proc {
+            child,
+            released,
+            transcript,
+            addr,
+        });
+        Ok(())
+    }
+
+    fn node_by_addr(&self, addr: &str) -> Option<&Proc> {
+        self.nodes.iter().find(|n| n.addr == addr)
+    }
+
+    fn view(&self) -> Option<viewserver::View> {
+        viewserver::get_view(&self.vs_addr, Duration::from_secs(1)).ok()
+    }
+
+    /// Polls the view until `pred` holds.
+    fn wait_view(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&viewserver::View) -> bool,
+    ) -> Option<viewserver::View> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(v) = self.view()
+                && pred(&v)
+            {
+                return Some(v);
+            }
+            self.wait_for(Duration::from_millis(50), |_| false);
+        }
+        None
+    }
+
+    fn stop_all(&mut self) {
+        for n in &mut self.nodes {
+            let _ = n.child.kill();
+            let _ = n.child.wait();
+        }
+        if let Some(vs) = self.viewserver.as_mut() {
+            let _ = vs.kill();
+            let _ = vs.wait();
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
+
+pub fn run(args: &DemoArgs) -> CmdResult {
+    let exe = std::env::current_exe()?;
+    let (dir, temp) = match &args.workdir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            (d.clone(), false)
+        }
+        None => {
+            let d = std::env::temp_dir().join(format!("understudy-demo-{}", std::process::id()));
+            std::fs::create_dir_all(&d)?;
+            (d, true)
+        }
+    };
+    let guest_args = if args.guest_args.is_empty() && args.guest == "ticker" {
+        vec!["hz=20".to_string(), "ticks=600".to_string()]
+    } else {
+        args.guest_args.clone()
+    };
+    let (tx, rx) = channel();
+    let mut demo = Demo {
+        exe,
+        dir: dir.clone(),
+        tx,
+        rx,
+        verbose: args.verbose,
+        started: Instant::now(),
+        viewserver: None,
+        vs_addr: String::new(),
+        nodes: Vec::new(),
+        seen: Vec::new(),
+    };
+    let result = scenario(&mut demo, args, &guest_args);
+    demo.stop_all();
+    let ok = match result {
+        Ok(checks) => {
+            println!("\n== summary ==");
+            let mut all = true;
+            for (passed, what) in &checks {
+                println!("  [{}] {what}", if *passed { "ok" } else { "FAILED" });
+                all &= passed;
+            }
+            all
+        }
+        Err(e) => {
+            println!("\ndemo: FAILED: {e}");
+            false
+        }
+    };
+    if temp && ok {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        println!("transcripts and outputs kept in {}", dir.display());
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn scenario(
+    demo: &mut Demo,
+    args: &DemoArgs,
+    guest_args: &[String],
+) -> Result<Vec<(bool, String)>, String> {
+    let ping = args.ping_interval_ms;
+    let ping_d = Duration::from_millis(ping);
+    println!(
+        "== starting a viewserver and three nodes ({} {}) ==",
+        args.guest,
+        guest_args.join(" ")
+    );
+    demo.start_viewserver(ping)?;
+    for name in ["A", "B", "C"] {
+        demo.start_node(name, &args.guest, guest_args, ping)?;
+        if name == "A" {
+            let a = demo.nodes[0].addr.clone();
+            demo.wait_view(Duration::from_secs(10), |v| v.primary == a)
+                .ok_or("A never became primary")?;
+        }
+        if name == "B" {
+            let b = demo.nodes[1].addr.clone();
+            demo.wait_view(Duration::from_secs(10), |v| v.backup == b)
+                .ok_or("B never became backup")?;
+        }
+    }
+    let a = demo.nodes[0].addr.clone();
+    let b = demo.nodes[1].addr.clone();
+    let c = demo.nodes[2].addr.clone();
+    println!("== roles: A={a} primary, B={b} backup, C={c} idle ==");
+    demo.wait_for(Duration::from_secs(30), |e| {
+        e.who == "B" && e.line.contains("installed state from")
+    })
+    .ok_or("B never installed the primary's state")?;
+    demo.wait_for(Duration::from_secs_f64(args.kill_after_secs), |_| false);
+
+    println!(
+        "== SIGKILL to the primary A (pid {}) ==",
+        demo.nodes[0].child.id()
+    );
+    let killed_at = Instant::now();
+    demo.nodes[0]
+        .child
+        .kill()
+        .map_err(|e| format!("killing A: {e}"))?;
+    let _ = demo.nodes[0].child.wait();
+    // Everything A released is on its pipe: read it all before judging.
+    demo.wait_for(Duration::from_millis(200), |_| false);
+    let a_released = demo.nodes[0]
+        .released
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+
+    let v = demo
+        .wait_view(ping_d * 60 + Duration::from_secs(10), |v| v.primary != a)
+        .ok_or("the viewserver never changed the primary")?;
+    let view_changed = killed_at.elapsed();
+    println!(
+        "== view {}: primary {}, backup {:?} ({:.0} ms after the kill) ==",
+        v.viewnum,
+        v.primary,
+        v.backup,
+        view_changed.as_secs_f64() * 1e3
+    );
+    let first_output = demo.wait_for(Duration::from_secs(20), |e| {
+        e.who == "B" && e.output && e.at > killed_at
+    });
+    let failover = first_output.map(|t| t.duration_since(killed_at));
+    if let Some(f) = failover {
+        println!(
+            "== B released its first output {:.0} ms after the kill ==",
+            f.as_secs_f64() * 1e3
+        );
+    }
+    let c_backup = demo
+        .wait_view(Duration::from_secs(20), |v| v.primary == b && v.backup == c)
+        .is_some();
+    let c_installed = demo
+        .seen
+        .iter()
+        .any(|e| e.who == "C" && e.line.contains("installed state from"))
+        || demo
+            .wait_for(Duration::from_secs(30), |e| {
+                e.who == "C" && e.line.contains("installed state from")
+            })
+            .is_some();
+    demo.wait_for(Duration::from_secs_f64(args.run_after_secs), |_| false);
+    let lag_line = demo
+        .seen
+        .iter()
+        .rev()
+        .find(|e| e.who == "B" && e.line.contains("lag "))
+        .map(|e| e.line.clone());
+    demo.stop_all();
+    demo.wait_for(Duration::from_millis(200), |_| false);
+
+    let b_node = demo.node_by_addr(&b).ok_or("B vanished")?;
+    let b_transcript = read(&b_node.transcript);
+    let b_released = b_node
+        .released
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let c_transcript = read(&demo.nodes[2].transcript);
+    let from = demo
+        .seen
+        .iter()
+        .find(|e| e.who == "B" && e.line.contains("going live"))
+        .and_then(|e| e.line.split("releasing from byte ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse::<usize>().ok());
+    let c_failed = demo
+        .seen
+        .iter()
+        .any(|e| e.who == "C" && (e.line.contains("failed") || e.line.contains("diverged")));
+
+    let mut checks = Vec::new();
+    checks.push((
+        v.primary == b,
+        format!("failover: view {} made the backup B primary", v.viewnum),
+    ));
+    checks.push((
+        b_transcript.starts_with(&a_released),
+        format!(
+            "everything A released ({} bytes) is a prefix of B's transcript ({} bytes)",
+            a_released.len(),
+            b_transcript.len()
+        ),
+    ));
+    let continued = match from {
+        Some(f) => {
+            f <= a_released.len()
+                && b_transcript.get(f..f + b_released.len()) == Some(&b_released[..])
+        }
+        None => false,
+    };
+    checks.push((
+        continued,
+        format!(
+            "B released its transcript from byte {} on ({} bytes), with no gap after A's {} bytes ({} bytes repeated)",
+            from.map_or("?".into(), |f| f.to_string()),
+            b_released.len(),
+            a_released.len(),
+            from.map_or(0, |f| a_released.len().saturating_sub(f))
+        ),
+    ));
+    checks.push((
+        failover.is_some(),
+        format!(
+            "failover time (SIGKILL to the new primary's first released output): {}",
+            failover.map_or("none".into(), |f| format!(
+                "{:.0} ms",
+                f.as_secs_f64() * 1e3
+            ))
+        ),
+    ));
+    let c_in_sync = c_backup
+        && c_installed
+        && !c_failed
+        && !c_transcript.is_empty()
+        && b_transcript
+            .windows(c_transcript.len().min(b_transcript.len()).max(1))
+            .any(|w| w == &c_transcript[..]);
+    checks.push((
+        c_in_sync,
+        format!(
+            "the idle node C became B's backup by state transfer and replays in sync ({} bytes of its transcript match B's){}",
+            c_transcript.len(),
+            lag_line.map_or(String::new(), |l| format!("; last status: {}", l.split(": ").skip(1).collect::<Vec<_>>().join(": ")))
+        ),
+    ));
+    Ok(checks)
+}

@@ -1,0 +1,86 @@
+//! `understudy node`: one replica of a fault-tolerant guest (see `crate::node`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use logging_channel::net::{ChannelConfig, Listener};
+
+use super::CmdResult;
+use crate::guest_choice::Guest;
+use crate::node::{self, NodeCtx};
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The viewserver's address (`understudy viewserver --listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub viewserver: String,
+    /// Address of this node's logging channel; it is also the node's name in views.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: String,
+    /// Name to give the viewserver instead of the listen address (the address other nodes
+    /// reach this one at, e.g. behind NAT or a proxy).
+    #[arg(long, value_name = "ADDR")]
+    pub name: Option<String>,
+    /// Built-in workload (`ticker`, `compute`) or the path of a PVH ELF guest image. Every node
+    /// of one guest must boot the same image.
+    #[arg(long)]
+    pub guest: String,
+    /// Argument passed to the guest on its command line (repeatable).
+    #[arg(long = "guest-arg", value_name = "ARG")]
+    pub guest_args: Vec<String>,
+    /// Guest memory in MiB (the same on every node).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(4..=3072))]
+    pub mem_mib: u32,
+    /// Write the guest's whole console as executed on this node (replayed or live, released
+    /// or not) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub transcript: Option<PathBuf>,
+    /// Milliseconds between pings to the viewserver.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(5..=60_000))]
+    pub ping_interval_ms: u64,
+    /// Milliseconds of silence after which a logging-channel peer counts as gone.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
+    pub peer_timeout_ms: u64,
+    /// Print release-delay and pause statistics to stderr at the end.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+pub fn run(args: &NodeArgs) -> CmdResult {
+    let guest = Guest::resolve(&args.guest, &args.guest_args)?;
+    let listener = Listener::bind(args.listen.as_str())?;
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| listener.local_addr().to_string());
+    let peer_timeout = Duration::from_millis(args.peer_timeout_ms);
+    let channel = ChannelConfig {
+        peer_timeout,
+        heartbeat_interval: (peer_timeout / 10).max(Duration::from_millis(5)),
+        ..ChannelConfig::default()
+    };
+    eprintln!(
+        "node {name}: listening on {}, viewserver {}",
+        listener.local_addr(),
+        args.viewserver
+    );
+    let ctx = NodeCtx {
+        image_sha256: guest.sha256(),
+        image: guest.image,
+        cmdline: guest.cmdline,
+        mem_mib: args.mem_mib,
+        transcript: args.transcript.clone(),
+        channel,
+        stats: args.stats,
+    };
+    let code = node::run(
+        &ctx,
+        args.viewserver.clone(),
+        &listener,
+        name,
+        Duration::from_millis(args.ping_interval_ms),
+    )?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)))
+}

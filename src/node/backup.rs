@@ -1,0 +1,271 @@
+//! The backup role: take the primary's state, replay its log as it arrives, emit nothing.
+//! When the stream ends the replayed machine is kept: the viewserver may promote this node,
+//! and then it goes live exactly where the log stopped.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use logging_channel::net::{ChannelError, Hello, Listener, LogReceiver, StatePart, StateReceiver};
+use vmm::machine::{Machine, MachineConfig};
+use vmm::precise::ApproachTuning;
+use vmm::replay::{ReplayError, Stopped, replay_from};
+use vmm::snapshot::memory::install_pages;
+use vmm::snapshot::{LogPoint, MachineState};
+use vmm::source::NetSource;
+
+use super::views::Views;
+use super::{NodeCtx, hex};
+
+/// A replayed machine whose stream ended, ready to go live.
+#[derive(Debug)]
+pub struct Retained {
+    pub machine: Machine,
+    pub stopped: Stopped,
+    /// The guest's whole console, as received with the state and then replayed.
+    pub history: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub enum BackupEnd {
+    /// The view made this node primary; `None` if it has no state (it must not go live).
+    Promoted(Option<Box<Retained>>),
+    /// The view no longer names this node as backup.
+    NotBackup,
+    /// The replayed guest powered off (the primary's did too).
+    GuestDone(u32),
+}
+
+/// The backup's console: nothing leaves the node; the transcript and the history (kept for
+/// going live) get every byte.
+struct BackupConsole {
+    transcript: Option<std::fs::File>,
+    history: Vec<u8>,
+}
+
+impl Write for BackupConsole {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(t) = self.transcript.as_mut() {
+            t.write_all(buf)?;
+        }
+        self.history.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(t) = self.transcript.as_mut() {
+            t.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves as backup for as long as the view says so.
+pub fn serve(ctx: &NodeCtx, listener: &Listener, views: &Arc<Views>) -> BackupEnd {
+    let mut retained: Option<Box<Retained>> = None;
+    views.follow();
+    loop {
+        let Some(view) = views.latest() else {
+            std::thread::sleep(views.interval);
+            continue;
+        };
+        if view.primary == views.me {
+            return BackupEnd::Promoted(retained);
+        }
+        if view.backup != views.me {
+            return BackupEnd::NotBackup;
+        }
+        let rx = match listener.accept_transfer(
+            |hello, mem| check_offer(ctx, views, hello, mem),
+            ctx.channel.clone(),
+            Some(Duration::from_millis(50)),
+        ) {
+            Ok(rx) => rx,
+            Err(ChannelError::AcceptTimeout { .. }) => continue,
+            Err(e) => {
+                eprintln!("node {}: refused a state transfer: {e}", views.me);
+                continue;
+            }
+        };
+        let from = rx.offer().primary.clone();
+        match receive(ctx, views, rx) {
+            Ok((machine, point, held, log)) => {
+                // A new state replaces whatever was kept from an earlier stream.
+                retained = None;
+                match replay_stream(ctx, views, machine, point, held, log) {
+                    Ok(Follow::Retain(r)) => retained = Some(r),
+                    Ok(Follow::GuestDone(code)) => return BackupEnd::GuestDone(code),
+                    Err(e) => {
+                        eprintln!(
+                            "node {}: replay of {from}'s log failed: {e}; dropping this state and asking for a new one",
+                            views.me
+                        );
+                        // Without state this node must not be promoted: look restarted.
+                        views.stateless();
+                        std::thread::sleep(views.interval * 3);
+                        views.follow();
+                    }
+                }
+            }
+            Err(e) => eprintln!("node {}: state transfer from {from} failed: {e}", views.me),
+        }
+    }
+}
+
+fn check_offer(ctx: &NodeCtx, views: &Views, hello: &Hello, mem: u64) -> Result<(), String> {
+    if hello.guest_image_sha256 != ctx.image_sha256 {
+        return Err(format!(
+            "guest image mismatch: the primary runs {}, this node boots {}",
+            hex(&hello.guest_image_sha256),
+            hex(&ctx.image_sha256)
+        ));
+    }
+    let ours = u64::from(ctx.mem_mib) << 20;
+    if mem != ours {
+        return Err(format!(
+            "guest memory mismatch: the primary has {} MiB, this node {} MiB",
+            mem >> 20,
+            ctx.mem_mib
+        ));
+    }
+    check_primary(views, hello)
+}
+
+/// Only the primary of this node's current view may send it state or log.
+fn check_primary(views: &Views, hello: &Hello) -> Result<(), String> {
+    let ok = |v: &viewserver::View| {
+        v.primary == hello.primary && v.viewnum == hello.viewnum && v.backup == views.me
+    };
+    let view = views.latest();
+    if view.as_ref().is_some_and(ok) {
+        return Ok(());
+    }
+    // The primary may have seen a newer view than this node's last ping did.
+    match views.refresh() {
+        Some(v) if ok(&v) => Ok(()),
+        Some(v) => Err(format!(
+            "not the primary of this backup's view: {:?} sent view {}, the view is {} (primary {:?}, backup {:?})",
+            hello.primary, hello.viewnum, v.viewnum, v.primary, v.backup
+        )),
+        None => Err("this backup has no view yet".to_string()),
+    }
+}
+
+type Installed = (Machine, LogPoint, Vec<u8>, LogReceiver);
+
+fn receive(ctx: &NodeCtx, views: &Arc<Views>, mut rx: StateReceiver) -> Result<Installed, String> {
+    let started = std::time::Instant::now();
+    let mut m = match Machine::new(&MachineConfig {
+        mem_mib: ctx.mem_mib,
+        image: &ctx.image,
+        cmdline: ctx.cmdline.clone(),
+    }) {
+        Ok(m) => m,
+        Err(e) => {
+            let why = format!("cannot build the machine: {e}");
+            rx.refuse(why.clone());
+            return Err(why);
+        }
+    };
+    let mut pages = 0u64;
+    let state = loop {
+        match rx.next_part() {
+            Ok(StatePart::Pages(records)) => match install_pages(&m, &records) {
+                Ok(n) => pages += n,
+                Err(e) => {
+                    rx.refuse(e.to_string());
+                    return Err(e.to_string());
+                }
+            },
+            Ok(StatePart::Final(blob)) => {
+                match MachineState::decode(&blob).and_then(|s| s.restore(&mut m).map(|()| s)) {
+                    Ok(s) => break s,
+                    Err(e) => {
+                        let why = vmm_error(&e);
+                        rx.refuse(why.clone());
+                        return Err(why);
+                    }
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let point = state.point;
+    let primary = rx.offer().primary.clone();
+    let v = Arc::clone(views);
+    let log = rx
+        .installed(point.next_seq, move |h| check_primary(&v, h))
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "node {}: installed state from {primary} in {:.0} ms ({pages} pages, {} MiB); replaying from entry #{}",
+        views.me,
+        started.elapsed().as_secs_f64() * 1e3,
+        ctx.mem_mib,
+        point.next_seq
+    );
+    Ok((m, point, state.console_history, log))
+}
+
+fn vmm_error(e: &(dyn std::error::Error + 'static)) -> String {
+    crate::commands::error_chain(e)
+}
+
+enum Follow {
+    Retain(Box<Retained>),
+    GuestDone(u32),
+}
+
+fn replay_stream(
+    ctx: &NodeCtx,
+    views: &Views,
+    mut machine: Machine,
+    point: LogPoint,
+    history: Vec<u8>,
+    log: LogReceiver,
+) -> Result<Follow, ReplayError> {
+    let mut source = NetSource::new(log);
+    // This node's transcript is the guest's console from its first byte: start it afresh with
+    // the history that came with the state.
+    let mut transcript = ctx.transcript_fresh();
+    if let Some(t) = transcript.as_mut()
+        && let Err(e) = t.write_all(&history)
+    {
+        eprintln!("node {}: writing the transcript failed: {e}", views.me);
+    }
+    let mut console = BackupConsole {
+        transcript,
+        history,
+    };
+    // A live stream cannot be rewound: aim cautiously.
+    let (result, stopped) = replay_from(
+        &mut machine,
+        &mut source,
+        &mut console,
+        ApproachTuning::cautious(),
+        Some(point),
+    );
+    let _ = console.flush();
+    match (result, stopped) {
+        (Ok(report), _) => match report.outcome {
+            vmm::outcome::Outcome::PowerOff { code } => Ok(Follow::GuestDone(code)),
+            vmm::outcome::Outcome::Stopped => Ok(Follow::GuestDone(0)),
+        },
+        (Err(ReplayError::LogEnded { .. }), Some(stopped)) => {
+            let why = source
+                .ended_by()
+                .map_or_else(|| "closed".to_string(), |e| e.to_string());
+            eprintln!(
+                "node {}: the primary's stream ended ({why}); holding the replayed machine at entry {}",
+                views.me,
+                stopped
+                    .last_seq
+                    .map_or("(none)".into(), |s| format!("#{s}"))
+            );
+            Ok(Follow::Retain(Box::new(Retained {
+                machine,
+                stopped,
+                history: console.history,
+            })))
+        }
+        (Err(e), _) => Err(e),
+    }
+}

@@ -1,0 +1,285 @@
+//! The primary role: run the guest live, stream its log to the view's backup (after giving it
+//! the machine's state), release output under the output rule, and acknowledge a view only
+//! once its backup holds the state.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use logging_channel::net::Hello;
+use vmm::clock::SystemClock;
+use vmm::live::{LiveOptions, LiveStart, run_live_from};
+use vmm::machine::Machine;
+use vmm::outcome::{Outcome, RunError};
+use vmm::replication::release::{HeldConsole, ReleaseQueue};
+use vmm::replication::transfer::{TransferReport, transfer};
+use vmm::replication::{ReplicaSink, Replication};
+use vmm::sink::SinkError;
+use vmm::snapshot::memory::MemoryTracker;
+
+use super::NodeCtx;
+use super::views::Views;
+
+/// A transfer that failed (or a stream that broke) is retried this often while the view still
+/// names the same backup.
+const RETRY_AFTER: Duration = Duration::from_millis(300);
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub enum PrimaryEnd {
+    PowerOff(u32),
+    /// The view names another primary: this node stopped its guest and released nothing more.
+    Superseded,
+}
+
+/// Where the guest starts: freshly booted, or going live after replay.
+#[derive(Debug)]
+pub struct Start {
+    pub live: LiveStart,
+    pub clock: SystemClock,
+    pub next_seq: u64,
+    /// The guest's console so far.
+    pub history: Vec<u8>,
+    /// How much of it was released (by this node's predecessor, as far as it is known).
+    pub released: u64,
+}
+
+pub fn serve(
+    ctx: &NodeCtx,
+    views: &Arc<Views>,
+    mut machine: Machine,
+    start: Start,
+) -> Result<PrimaryEnd, Box<dyn std::error::Error + Send + Sync>> {
+    let queue = Arc::new(ReleaseQueue::resuming(start.history, start.released));
+    let replication = Replication::new(Arc::clone(&queue));
+    let tracker = Arc::new(MemoryTracker::new(&machine)?);
+    let release = {
+        let q = Arc::clone(&queue);
+        std::thread::Builder::new()
+            .name("release".into())
+            .spawn(move || {
+                let stdout = std::io::stdout();
+                let mut out = stdout.lock();
+                q.run(&mut out);
+            })?
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let lags = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let manager = spawn_manager(ctx, views, &replication, &tracker, &stop, &lags)?;
+    let mut sink = ReplicaSink::new(Arc::clone(&replication), start.next_seq);
+    let mut console = HeldConsole {
+        queue: Arc::clone(&queue),
+        transcript: ctx.transcript(),
+    };
+    let opts = LiveOptions::default();
+    let result = run_live_from(
+        &mut machine,
+        &start.clock,
+        &mut sink,
+        &mut console,
+        &opts,
+        start.live,
+    );
+    stop.store(true, Ordering::Release);
+    let _ = manager.join();
+    let end = match result {
+        Ok((Outcome::PowerOff { code }, _)) => {
+            // The End entry covers everything: wait until the backup holds it (or the view
+            // drops the backup), then leave.
+            let drained = queue.drain(Duration::from_secs(10));
+            if !drained {
+                eprintln!(
+                    "node {}: the guest powered off, but its last output was never acknowledged; it stays unreleased",
+                    views.me
+                );
+            }
+            PrimaryEnd::PowerOff(code)
+        }
+        Ok((Outcome::Stopped, _)) => PrimaryEnd::PowerOff(0),
+        Err(RunError::Sink(SinkError::Superseded)) => PrimaryEnd::Superseded,
+        Err(e) => return Err(e.into()),
+    };
+    queue.close();
+    if matches!(end, PrimaryEnd::PowerOff(_)) {
+        let _ = release.join();
+    }
+    let pauses = replication.pauses();
+    if ctx.stats && !pauses.is_empty() {
+        eprintln!(
+            "node {}: guest pauses for state transfers (ms): {:?}",
+            views.me,
+            pauses
+                .iter()
+                .map(|p| (p.as_secs_f64() * 1e4).round() / 10.0)
+                .collect::<Vec<_>>()
+        );
+    }
+    if ctx.stats {
+        let mut l = lags.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        l.sort_unstable();
+        if !l.is_empty() {
+            eprintln!(
+                "node {}: backup lag (sampled every 10 ms while streaming) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} samples",
+                views.me,
+                l[l.len() / 2] as f64 / 1e6,
+                l[l.len() * 99 / 100] as f64 / 1e6,
+                l[l.len() - 1] as f64 / 1e6,
+                l.len()
+            );
+        }
+        let d = queue.delays_us();
+        if !d.is_empty() {
+            eprintln!(
+                "node {}: output release delay p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} chunks",
+                views.me,
+                f64::from(d[d.len() / 2]) / 1e3,
+                f64::from(d[d.len() * 99 / 100]) / 1e3,
+                f64::from(d[d.len() - 1]) / 1e3,
+                d.len()
+            );
+        }
+    }
+    Ok(end)
+}
+
+/// Follows the view while the guest runs: transfers state to each new backup, acks views,
+/// retries broken streams, notices being superseded, and prints a status line.
+fn spawn_manager(
+    ctx: &NodeCtx,
+    views: &Arc<Views>,
+    replication: &Arc<Replication>,
+    tracker: &Arc<MemoryTracker>,
+    stop: &Arc<AtomicBool>,
+    lags: &Arc<std::sync::Mutex<Vec<u64>>>,
+) -> std::io::Result<JoinHandle<()>> {
+    let lags = Arc::clone(lags);
+    let views = Arc::clone(views);
+    let replication = Arc::clone(replication);
+    let tracker = Arc::clone(tracker);
+    let stop = Arc::clone(stop);
+    let image = ctx.image_sha256;
+    let channel = ctx.channel.clone();
+    std::thread::Builder::new()
+        .name("replication".into())
+        .spawn(move || {
+            // `None` until the first view is handled.
+            let mut target: Option<Option<String>> = None;
+            let mut running: Option<JoinHandle<Option<TransferReport>>> = None;
+            let mut last_try = Instant::now() - RETRY_AFTER;
+            let mut last_status = Instant::now();
+            while !stop.load(Ordering::Acquire) {
+                let Some(view) = views.latest() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                if view.primary != views.me {
+                    eprintln!(
+                        "node {}: view {} names {:?} primary; stopping this guest, releasing nothing more",
+                        views.me, view.viewnum, view.primary
+                    );
+                    replication.supersede();
+                    return;
+                }
+                if running.as_ref().is_some_and(|h| h.is_finished())
+                    && let Some(h) = running.take()
+                {
+                    let _ = h.join();
+                }
+                let want = (!view.backup.is_empty()).then(|| view.backup.clone());
+                let changed = target.as_ref() != Some(&want);
+                let retry = !changed
+                    && want.is_some()
+                    && running.is_none()
+                    && replication.lost().is_some()
+                    && last_try.elapsed() >= RETRY_AFTER;
+                if changed || retry {
+                    target = Some(want.clone());
+                    match &want {
+                        None => {
+                            replication.no_backup();
+                            views.ack(view.viewnum);
+                            eprintln!(
+                                "node {}: view {}: primary, no backup: output flows at once",
+                                views.me, view.viewnum
+                            );
+                        }
+                        Some(backup) => {
+                            if let Some(why) = replication.lost().filter(|_| retry) {
+                                eprintln!(
+                                    "node {}: stream to {backup} lost ({why}); sending state again",
+                                    views.me
+                                );
+                            }
+                            last_try = Instant::now();
+                            let generation = replication.begin_transfer();
+                            let identity = Hello::new(image, view.viewnum, views.me.clone(), 0);
+                            let (r, t, v, b, c) = (
+                                Arc::clone(&replication),
+                                Arc::clone(&tracker),
+                                Arc::clone(&views),
+                                backup.clone(),
+                                channel.clone(),
+                            );
+                            let viewnum = view.viewnum;
+                            running = std::thread::Builder::new()
+                                .name("state-transfer".into())
+                                .spawn(move || {
+                                    let me = v.me.clone();
+                                    let mut progress = |line: String| eprintln!("node {me}: {line}");
+                                    match transfer(&r, generation, &t, &b, identity, c, &mut progress) {
+                                        Ok(rep) => {
+                                            eprintln!(
+                                                "node {me}: view {viewnum}: backup {b} installed the state: {:.0} ms total, guest paused {:.2} ms, {} pre-copy rounds, {:.1} MiB sent; streaming from entry #{}",
+                                                rep.total.as_secs_f64() * 1e3,
+                                                rep.pause.as_secs_f64() * 1e3,
+                                                rep.rounds,
+                                                rep.bytes as f64 / f64::from(1 << 20),
+                                                rep.next_seq
+                                            );
+                                            if r.is_current(generation) {
+                                                v.ack(viewnum);
+                                            }
+                                            Some(rep)
+                                        }
+                                        Err(e) => {
+                                            eprintln!("node {me}: state transfer to {b} failed: {e}");
+                                            None
+                                        }
+                                    }
+                                })
+                                .ok();
+                        }
+                    }
+                } else if want.is_some() && replication.streaming() {
+                    // Same backup, still streaming: a view change elsewhere needs no transfer.
+                    views.ack(view.viewnum);
+                }
+                if let Some(l) = replication.lag() {
+                    let mut v = lags.lock().unwrap_or_else(|p| p.into_inner());
+                    if v.len() < 1_000_000 {
+                        v.push(l.t_ns);
+                    }
+                }
+                if last_status.elapsed() >= STATUS_EVERY {
+                    last_status = Instant::now();
+                    let lag = replication
+                        .lag()
+                        .map_or("no stream".to_string(), |l| {
+                            format!("lag {} entries / {:.1} ms", l.entries, l.t_ns as f64 / 1e6)
+                        });
+                    eprintln!(
+                        "node {}: primary of view {}, backup {:?}, {lag}, released {} bytes",
+                        views.me,
+                        view.viewnum,
+                        view.backup,
+                        replication.queue.released()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if let Some(h) = running {
+                let _ = h.join();
+            }
+        })
+}

@@ -1,0 +1,304 @@
+//! A viewserver and `understudy node` processes on loopback, for failover tests. Every node's
+//! stdout (released output) and stderr (its log) are collected as they arrive.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::bin;
+
+pub struct Proc {
+    pub child: Child,
+    pub addr: String,
+    pub out: Arc<Mutex<Vec<u8>>>,
+    pub log: Arc<Mutex<String>>,
+    pub transcript: PathBuf,
+    pub killed: bool,
+}
+
+impl Proc {
+    pub fn out(&self) -> Vec<u8> {
+        self.out.lock().unwrap().clone()
+    }
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+    pub fn transcript(&self) -> Vec<u8> {
+        std::fs::read(&self.transcript).unwrap_or_default()
+    }
+    /// Waits until the node's log contains `needle` (counting from byte `from` of the log).
+    pub fn wait_log(&self, needle: &str, from: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().get(from..).is_some_and(|l| l.contains(needle)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+    pub fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.killed = true;
+        // Let the pipe readers take what the process wrote before it died.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pub fn signal(&self, sig: libc_signal::Signal) {
+        libc_signal::send(self.child.id(), sig);
+    }
+}
+
+/// Signals by PID, for SIGSTOP/SIGCONT (std only offers SIGKILL).
+pub mod libc_signal {
+    #[derive(Clone, Copy)]
+    pub enum Signal {
+        Stop,
+        Cont,
+    }
+    pub fn send(pid: u32, sig: Signal) {
+        let name = match sig {
+            Signal::Stop => "-STOP",
+            Signal::Cont => "-CONT",
+        };
+        let ok = std::process::Command::new("kill")
+            .args([name, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {name} {pid}");
+    }
+}
+
+fn collect(stream: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stream);
+        let mut buf = Vec::new();
+        while let Ok(n) = r.read_until(b'\n', &mut buf) {
+            if n == 0 {
+                return;
+            }
+            into.lock().unwrap().extend_from_slice(&buf);
+            buf.clear();
+        }
+    });
+}
+
+fn collect_text(stream: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stream);
+        let mut line = String::new();
+        while let Ok(n) = r.read_line(&mut line) {
+            if n == 0 {
+                return;
+            }
+            into.lock().unwrap().push_str(&line);
+            line.clear();
+        }
+    });
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub vs: Child,
+    pub vs_addr: String,
+    pub nodes: Vec<Proc>,
+    pub guest: String,
+    pub guest_args: Vec<String>,
+    pub ping_ms: u64,
+}
+
+impl Cluster {
+    pub fn start(guest: &str, guest_args: &[&str], ping_ms: u64) -> Self {
+        let mut vs = Command::new(bin())
+            .args(["viewserver", "--listen", "127.0.0.1:0"])
+            .args(["--ping-interval-ms", &ping_ms.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It says where it listens on stderr, then nothing more unless something fails.
+        let mut line = String::new();
+        let mut err = BufReader::new(vs.stderr.take().unwrap());
+        err.read_line(&mut line).unwrap();
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = err.read_to_end(&mut sink);
+        });
+        let vs_addr = line
+            .trim()
+            .strip_prefix("viewserver: listening on ")
+            .unwrap_or_else(|| panic!("viewserver said {line:?}"))
+            .to_string();
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            vs,
+            vs_addr,
+            nodes: Vec::new(),
+            guest: guest.into(),
+            guest_args: guest_args.iter().map(|s| s.to_string()).collect(),
+            ping_ms,
+        }
+    }
+
+    /// Starts a node; `name` overrides the name it gives the viewserver (a proxy's address).
+    /// Returns its index.
+    pub fn add_node(&mut self, listen: &str, name: Option<&str>) -> usize {
+        let i = self.nodes.len();
+        let transcript = self.dir.path().join(format!("node{i}.transcript"));
+        let mut cmd = Command::new(bin());
+        cmd.args(["node", "--viewserver", &self.vs_addr, "--listen", listen])
+            .args(["--guest", &self.guest])
+            .args(["--ping-interval-ms", &self.ping_ms.to_string()])
+            .arg("--transcript")
+            .arg(&transcript)
+            .env_remove("UNDERSTUDY_LOG");
+        if let Some(n) = name {
+            cmd.args(["--name", n]);
+        }
+        for a in &self.guest_args {
+            cmd.args(["--guest-arg", a]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(String::new()));
+        collect(child.stdout.take().unwrap(), Arc::clone(&out));
+        collect_text(child.stderr.take().unwrap(), Arc::clone(&log));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr = loop {
+            let l = log.lock().unwrap().clone();
+            if let Some(first) = l.lines().next()
+                && let Some(rest) = first.strip_prefix("node ")
+            {
+                break rest.split(':').take(2).collect::<Vec<_>>().join(":");
+            }
+            assert!(Instant::now() < deadline, "node {i} never started: {l}");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        self.nodes.push(Proc {
+            child,
+            addr,
+            out,
+            log,
+            transcript,
+            killed: false,
+        });
+        i
+    }
+
+    pub fn view(&self) -> Option<viewserver::View> {
+        viewserver::get_view(&self.vs_addr, Duration::from_secs(1)).ok()
+    }
+
+    pub fn wait_view(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&viewserver::View) -> bool,
+    ) -> viewserver::View {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.view()
+                && pred(&v)
+            {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "view never got there; it is {:?}\n{}",
+                self.view(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn index_of(&self, addr: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.addr == addr)
+            .unwrap_or_else(|| panic!("no node {addr}"))
+    }
+
+    /// Every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("--- node {i} ({}) ---\n{}", n.addr, n.log()))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if !n.killed {
+                let _ = n.child.kill();
+                let _ = n.child.wait();
+            }
+        }
+        let _ = self.vs.kill();
+        let _ = self.vs.wait();
+    }
+}
+
+/// A TCP forwarder whose traffic can be held (not dropped) while `cut` is set: the
+/// connections stay open, bytes just stop moving, as on a partitioned link.
+pub struct Proxy {
+    pub addr: String,
+    pub cut: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(to: String) -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let cut = Arc::new(AtomicBool::new(false));
+        let c = Arc::clone(&cut);
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(a) = s else { return };
+                let Ok(b) = TcpStream::connect(&to) else {
+                    continue;
+                };
+                for (mut from, mut to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)]
+                {
+                    let c = Arc::clone(&c);
+                    std::thread::spawn(move || {
+                        use std::io::Write;
+                        let mut buf = [0u8; 65536];
+                        loop {
+                            while c.load(Ordering::Acquire) {
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) | Err(_) => {
+                                    let _ = to.shutdown(std::net::Shutdown::Write);
+                                    return;
+                                }
+                                Ok(n) => {
+                                    while c.load(Ordering::Acquire) {
+                                        std::thread::sleep(Duration::from_millis(5));
+                                    }
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { addr, cut }
+    }
+}

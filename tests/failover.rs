@@ -1,0 +1,271 @@
+//! Primary/backup end to end: real `understudy node` processes, a real viewserver, real TCP,
+//! SIGKILL, SIGSTOP and a held link. What each test asserts is what the output rule and the
+//! view service promise (docs/design.md, "Replication").
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::libc_signal::Signal;
+use common::cluster::{Cluster, Proxy};
+
+/// These tests run one after the other: each runs three VMs on a two-core machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+const PING_MS: u64 = 100;
+const LONG: Duration = Duration::from_secs(40);
+
+/// A small deterministic generator for "random moments" (reproducible from the seed).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.next() % (hi - lo))
+    }
+}
+
+/// The byte offset a node that went live released from (its log says).
+fn released_from(log: &str) -> Option<usize> {
+    log.lines()
+        .rev()
+        .find(|l| l.contains("going live"))
+        .and_then(|l| l.split("releasing from byte ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+}
+
+/// Kills the primary `kills` times at random moments. Each time: the backup goes live, the
+/// old primary's released output is a prefix of the new primary's transcript, the new primary
+/// releases from no later than where the old one stopped (nothing lost), and the idle node
+/// becomes the new backup by state transfer. A fresh idle node joins for the next round.
+fn failover_chain(guest: &str, guest_args: &[&str], kills: usize, seed: u64) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut rng = Rng(seed);
+    let mut c = Cluster::start(guest, guest_args, PING_MS);
+    let a = c.add_node("127.0.0.1:0", None);
+    let a_addr = c.nodes[a].addr.clone();
+    c.wait_view(LONG, |v| v.primary == a_addr);
+    let b = c.add_node("127.0.0.1:0", None);
+    let b_addr = c.nodes[b].addr.clone();
+    c.wait_view(LONG, |v| v.backup == b_addr);
+    assert!(
+        c.nodes[b].wait_log("installed state from", 0, LONG),
+        "{}",
+        c.logs()
+    );
+    c.add_node("127.0.0.1:0", None);
+    for round in 0..kills {
+        std::thread::sleep(rng.millis(200, 1500));
+        let view = c.view().unwrap();
+        let p = c.index_of(&view.primary);
+        let q = c.index_of(&view.backup);
+        let q_addr = c.nodes[q].addr.clone();
+        let q_log_before = c.nodes[q].log().len();
+        c.nodes[p].sigkill();
+        let p_out = c.nodes[p].out();
+        let after = c.wait_view(LONG, |v| v.primary != view.primary);
+        assert_eq!(
+            after.primary, q_addr,
+            "round {round}: only the backup is promoted"
+        );
+        assert!(
+            c.nodes[q].wait_log("going live", q_log_before, LONG),
+            "round {round}: the backup never went live\n{}",
+            c.logs()
+        );
+        // The new primary speaks again once its new backup holds the state (or at once, alone).
+        let idle = c.index_of(
+            &c.wait_view(LONG, |v| v.primary == q_addr && !v.backup.is_empty())
+                .backup,
+        );
+        assert!(
+            c.nodes[idle].wait_log("installed state from", 0, LONG),
+            "round {round}: the idle node never got the state\n{}",
+            c.logs()
+        );
+        let deadline = Instant::now() + LONG;
+        while c.nodes[q].out().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // What the world saw from the old primary: its stdout, which starts at console byte 0
+        // for the first primary and where it went live for the others.
+        let p_from = released_from(&c.nodes[p].log()).unwrap_or(0);
+        let p_end = p_from + p_out.len();
+        let q_transcript = c.nodes[q].transcript();
+        assert_eq!(
+            q_transcript.get(p_from..p_end),
+            Some(&p_out[..]),
+            "round {round}: the old primary released console bytes {p_from}..{p_end} that are not the new primary's transcript there ({} bytes)\n{}",
+            q_transcript.len(),
+            c.logs()
+        );
+        let from = released_from(&c.nodes[q].log()).expect("go-live line names its byte");
+        assert!(
+            from <= p_end,
+            "round {round}: the new primary releases from byte {from}, the old one released up to {p_end}: output lost"
+        );
+        let q_out = c.nodes[q].out();
+        assert!(
+            !q_out.is_empty(),
+            "round {round}: the new primary released nothing"
+        );
+        assert_eq!(
+            q_transcript.get(from..from + q_out.len()),
+            Some(&q_out[..]),
+            "round {round}: the new primary released something other than its transcript"
+        );
+        // A new idle node for the next round.
+        c.add_node("127.0.0.1:0", None);
+    }
+    // Every backup replayed what it was sent: a state that diverged is a bug even when a
+    // second transfer hid it.
+    for n in &c.nodes {
+        assert!(
+            !n.log().contains("diverged"),
+            "a backup's replay diverged\n{}",
+            c.logs()
+        );
+    }
+}
+
+#[test]
+fn twenty_sigkills_of_a_ticker_primary() {
+    failover_chain("ticker", &["hz=50", "ticks=1000000"], 20, 0x5eed_0001);
+}
+
+#[test]
+fn twenty_sigkills_of_a_compute_primary() {
+    failover_chain(
+        "compute",
+        &["iters=100000000", "report=200"],
+        20,
+        0x5eed_0002,
+    );
+}
+
+/// Returns (primary index, backup index) once the backup streams.
+fn primary_and_backup(c: &mut Cluster, backup_name: Option<&str>) -> (usize, usize) {
+    let a = c.add_node("127.0.0.1:0", None);
+    let a_addr = c.nodes[a].addr.clone();
+    c.wait_view(LONG, |v| v.primary == a_addr);
+    let b = c.add_node("127.0.0.1:0", backup_name);
+    let b_addr = c.nodes[b].addr.clone();
+    c.wait_view(LONG, |v| v.backup == b_addr && v.primary == a_addr);
+    assert!(
+        c.nodes[a].wait_log("installed the state", 0, LONG),
+        "{}",
+        c.logs()
+    );
+    (a, b)
+}
+
+/// Samples how much the primary released and executed over `d`.
+fn watch(c: &Cluster, p: usize, d: Duration) -> (usize, usize, usize, usize) {
+    let out0 = c.nodes[p].out().len();
+    let tr0 = c.nodes[p].transcript().len();
+    std::thread::sleep(d);
+    (
+        out0,
+        c.nodes[p].out().len(),
+        tr0,
+        c.nodes[p].transcript().len(),
+    )
+}
+
+#[test]
+fn a_stopped_backup_holds_output_until_the_viewserver_drops_it() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::start("ticker", &["hz=50", "ticks=1000000"], PING_MS);
+    let (a, b) = primary_and_backup(&mut c, None);
+    let b_addr = c.nodes[b].addr.clone();
+    std::thread::sleep(Duration::from_millis(500));
+    c.nodes[b].signal(Signal::Stop);
+    // Acks already on their way may still land.
+    std::thread::sleep(Duration::from_millis(50));
+    let mut held_while_named = false;
+    while c.view().unwrap().backup == b_addr {
+        let (o0, o1, t0, t1) = watch(&c, a, Duration::from_millis(100));
+        if c.view().unwrap().backup != b_addr {
+            break;
+        }
+        assert_eq!(
+            o0, o1,
+            "output released while the view still names the stopped backup"
+        );
+        assert!(
+            t1 > t0,
+            "the guest keeps running (its output is held, not missing)"
+        );
+        held_while_named = true;
+    }
+    assert!(
+        held_while_named,
+        "the view dropped the backup before anything could be observed"
+    );
+    // The view now has no backup: the primary continues alone and releases what it held.
+    let v = c.wait_view(LONG, |v| v.backup.is_empty());
+    assert!(c.nodes[a].wait_log(&format!("view {}: primary, no backup", v.viewnum), 0, LONG));
+    let (o0, o1, _, _) = watch(&c, a, Duration::from_millis(500));
+    assert!(o1 > o0, "the primary alone releases output again");
+    let out = c.nodes[a].out();
+    assert!(c.nodes[a].transcript().starts_with(&out));
+    c.nodes[b].signal(Signal::Cont);
+}
+
+#[test]
+fn a_cut_logging_channel_holds_output_until_it_heals() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::start("ticker", &["hz=50", "ticks=1000000"], PING_MS);
+    // The backup is known by the proxy's address: the primary's channel goes through it,
+    // while the backup's pings go straight to the viewserver.
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = backend.local_addr().unwrap().to_string();
+    drop(backend);
+    let proxy = Proxy::start(backend_addr.clone());
+    let a = c.add_node("127.0.0.1:0", None);
+    let a_addr = c.nodes[a].addr.clone();
+    c.wait_view(LONG, |v| v.primary == a_addr);
+    let b = c.add_node(&backend_addr, Some(&proxy.addr));
+    c.wait_view(LONG, |v| v.backup == proxy.addr);
+    assert!(
+        c.nodes[a].wait_log("installed the state", 0, LONG),
+        "{}",
+        c.logs()
+    );
+    let view = c.view().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    proxy.cut.store(true, std::sync::atomic::Ordering::Release);
+    std::thread::sleep(Duration::from_millis(50));
+    let (o0, o1, t0, t1) = watch(&c, a, Duration::from_millis(2500));
+    assert_eq!(o0, o1, "output released while the channel is cut");
+    assert!(t1 > t0, "the guest keeps running meanwhile");
+    assert_eq!(
+        c.view().unwrap(),
+        view,
+        "the backup kept pinging: the view did not change"
+    );
+
+    let healed_at = c.nodes[a].transcript().len();
+    proxy.cut.store(false, std::sync::atomic::Ordering::Release);
+    let deadline = Instant::now() + LONG;
+    while c.nodes[a].out().len() < healed_at && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = c.nodes[a].out();
+    assert!(
+        out.len() >= healed_at,
+        "after the channel healed the primary released {} of the {healed_at} bytes it had\n{}",
+        out.len(),
+        c.logs()
+    );
+    assert!(c.nodes[a].transcript().starts_with(&out));
+    assert!(!c.nodes[b].log().contains("diverged"), "{}", c.logs());
+}
