@@ -155,3 +155,20 @@ fn states_saved_from_a_ticker_guest_replay_the_rest() {
 fn states_saved_from_a_compute_guest_replay_the_rest() {
     every_saved_state_replays_the_rest("compute iters=6000", 5);
 }
+
+#[test]
+fn page_records_overwrite_what_the_backup_held_including_with_zeros() {
+    let m = machine("ticker ticks=1");
+    let page = |m: &Machine, i: usize| m.memory()[i * PAGE..(i + 1) * PAGE].to_vec();
+    let mut records = Vec::new();
+    encode_page(&mut records, 5, &[0xab; PAGE]);
+    encode_page(&mut records, 6, &[0; PAGE]);
+    assert_eq!(install_pages(&m, &records).expect("install"), 2);
+    assert_eq!(page(&m, 5), vec![0xab; PAGE]);
+    assert_eq!(page(&m, 6), vec![0; PAGE]);
+    // A later round says page 5 became zero: the data must go, not be skipped.
+    records.clear();
+    encode_page(&mut records, 5, &[0; PAGE]);
+    install_pages(&m, &records).expect("install");
+    assert_eq!(page(&m, 5), vec![0; PAGE]);
+}

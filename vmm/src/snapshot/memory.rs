@@ -145,16 +145,24 @@ pub fn register_slot(
 }
 
 /// Writes a message of page records into the backup's guest memory; returns pages written.
+///
+/// A zero page is written only if the page here is not zero already: most of a fresh guest's
+/// memory was never touched on either side, and reading an untouched page costs a zero-page
+/// mapping where writing it would allocate and clear host memory.
 pub fn install_pages(m: &Machine, records: &[u8]) -> Result<u64, MemoryError> {
     const ZEROS: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
     let pages = m.memory().len() as u64 / PAGE_SIZE as u64;
     let decoded = decode_pages(records, pages).map_err(MemoryError::Records)?;
     for (index, data) in &decoded {
+        let offset = *index as usize * PAGE_SIZE;
+        let data = match data {
+            Some(bytes) => bytes,
+            // A fresh view of memory each time: no reference into it lives across a write.
+            None if m.memory()[offset..offset + PAGE_SIZE].iter().all(|&b| b == 0) => continue,
+            None => &ZEROS[..],
+        };
         m.mem
-            .write_slice(
-                data.unwrap_or(&ZEROS),
-                GuestAddress(u64::from(*index) * PAGE_SIZE as u64),
-            )
+            .write_slice(data, GuestAddress(offset as u64))
             .map_err(|e| MemoryError::Write {
                 index: *index,
                 what: e.to_string(),
