@@ -695,6 +695,7 @@ fn every_message_round_trips_and_partial_input_waits() {
         },
         Message::StateFinal { blob: vec![9; 100] },
         Message::StateInstalled { next_seq: 77 },
+        Message::Released { bytes: 1 << 40 },
     ];
     for m in msgs {
         let b = msg_bytes(&m);
@@ -703,6 +704,26 @@ fn every_message_round_trips_and_partial_input_waits() {
         }
         assert_eq!(decode_message(&b, 0).unwrap(), Some((m, b.len())));
     }
+}
+
+#[test]
+fn the_backup_hears_how_much_output_the_primary_released() {
+    let (sender, receiver) = pair(cfg());
+    assert_eq!(receiver.released(), 0);
+    sender.send(&frame(0)).unwrap();
+    sender.released(120);
+    sender.released(300);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while receiver.released() < 300 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(receiver.released(), 300);
+    // Not an entry: the stream's entries are untouched.
+    assert_eq!(
+        receiver.recv(Duration::from_secs(1)).unwrap(),
+        Some(frame(0))
+    );
+    assert_eq!(receiver.recv(Duration::from_millis(50)).unwrap(), None);
 }
 
 #[test]

@@ -249,7 +249,9 @@ fn replay_stream(
             vmm::outcome::Outcome::PowerOff { code } => Ok(Follow::GuestDone(code)),
             vmm::outcome::Outcome::Stopped => Ok(Follow::GuestDone(0)),
         },
-        (Err(ReplayError::LogEnded { .. }), Some(stopped)) => {
+        (Err(ReplayError::LogEnded { .. }), Some(mut stopped)) => {
+            // `Released` messages are fresher than the counts in `Output` entries.
+            stopped.released = stopped.released.max(source.released());
             let why = source
                 .ended_by()
                 .map_or_else(|| "closed".to_string(), |e| e.to_string());

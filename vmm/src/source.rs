@@ -59,6 +59,11 @@ impl NetSource {
         }
     }
 
+    /// Console bytes the primary said it released on this stream.
+    pub fn released(&self) -> u64 {
+        self.rx.released()
+    }
+
     pub fn ended_by(&self) -> Option<&logging_channel::net::ChannelError> {
         self.ended_by.as_ref()
     }

@@ -24,6 +24,7 @@ const T_STATE_OFFER: u8 = 8;
 const T_STATE_PAGES: u8 = 9;
 const T_STATE_FINAL: u8 = 10;
 const T_STATE_INSTALLED: u8 = 11;
+const T_RELEASED: u8 = 12;
 
 /// The primary's first message: who it is and what it will stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +100,10 @@ pub enum Message {
     /// from entry `next_seq`. The primary then sends `Hello` on the same
     /// connection and streams the log.
     StateInstalled { next_seq: u64 },
+    /// Primary → backup, after the stream started: the primary has released
+    /// the guest's console up to byte `bytes`. A backup that goes live
+    /// releases from there, so a failover repeats as little as possible.
+    Released { bytes: u64 },
 }
 
 impl Message {
@@ -116,6 +121,7 @@ impl Message {
             Self::StatePages { .. } => "StatePages",
             Self::StateFinal { .. } => "StateFinal",
             Self::StateInstalled { .. } => "StateInstalled",
+            Self::Released { .. } => "Released",
         }
     }
 }
@@ -172,6 +178,10 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) -> usize {
         Message::StateInstalled { next_seq } => {
             out.push(T_STATE_INSTALLED);
             out.extend_from_slice(&next_seq.to_le_bytes());
+        }
+        Message::Released { bytes } => {
+            out.push(T_RELEASED);
+            out.extend_from_slice(&bytes.to_le_bytes());
         }
     }
     seal(out, start)
@@ -314,6 +324,9 @@ pub fn decode_message(buf: &[u8], offset: u64) -> Result<Option<(Message, usize)
         },
         T_STATE_INSTALLED => Message::StateInstalled {
             next_seq: c.u64("state installed next_seq")?,
+        },
+        T_RELEASED => Message::Released {
+            bytes: c.u64("released bytes")?,
         },
         t => {
             return Err(CodecError::Malformed {

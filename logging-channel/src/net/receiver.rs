@@ -249,6 +249,8 @@ struct RxState {
     buf: VecDeque<Frame>,
     /// (seq, t_ns) of the newest entry put into `buf`.
     newest: Option<(u64, u64)>,
+    /// The primary's latest `Released`: console bytes it let out.
+    released: u64,
     error: Option<ChannelError>,
     closing: bool,
 }
@@ -357,6 +359,7 @@ impl LogReceiver {
             state: Mutex::new(RxState {
                 buf: VecDeque::new(),
                 newest: None,
+                released: 0,
                 error: None,
                 closing: false,
             }),
@@ -442,6 +445,11 @@ impl LogReceiver {
     /// Entries received and acknowledged but not yet taken by `recv`.
     pub fn buffered(&self) -> usize {
         self.shared.lock().buf.len()
+    }
+
+    /// Console bytes the primary said it released (0 until it says so).
+    pub fn released(&self) -> u64 {
+        self.shared.lock().released
     }
 
     /// Seq of the newest entry received (and acknowledged, or about to be).
@@ -554,6 +562,11 @@ fn read_loop(shared: &Shared, mut reader: MsgReader, first_seq: u64) -> ChannelE
                 since_ack += 1;
             }
             Polled::Msg(Message::Heartbeat { .. }, _) => last_rx = Instant::now(),
+            Polled::Msg(Message::Released { bytes }, _) => {
+                last_rx = Instant::now();
+                let mut g = shared.lock();
+                g.released = g.released.max(bytes);
+            }
             Polled::Msg(Message::Bye { reason }, _) => return ChannelError::Bye { peer, reason },
             Polled::Msg(m, offset) => {
                 return ChannelError::Unexpected {

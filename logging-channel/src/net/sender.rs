@@ -261,6 +261,22 @@ impl LogSender {
     }
 
     /// Highest seq the backup acknowledged (cumulatively).
+    /// Tells the backup that console output up to byte `bytes` has left
+    /// this node. Outside the window (it is not an entry) and best effort:
+    /// nothing is sent on a failed or closing channel.
+    pub fn released(&self, bytes: u64) {
+        let Ok(msg) = encode_checked(&Message::Released { bytes }, self.shared.peer) else {
+            return;
+        };
+        let mut g = self.shared.lock();
+        if g.error.is_some() || g.closing {
+            return;
+        }
+        g.queue.extend_from_slice(&msg);
+        drop(g);
+        self.shared.cond.notify_all();
+    }
+
     pub fn acked(&self) -> Option<u64> {
         self.shared.lock().acked.map(|(seq, _)| seq)
     }

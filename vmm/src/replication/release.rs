@@ -189,7 +189,7 @@ impl ReleaseQueue {
     /// The release thread's loop: writes each chunk to `out` once it is covered.
     pub fn run(&self, out: &mut dyn Write) {
         loop {
-            let (chunk, wait_for) = {
+            let (chunk, wait_for, reporter) = {
                 let mut g = self.lock();
                 // Closing: done once empty, or once nothing could ever cover what is held.
                 if g.closing && (g.chunks.is_empty() || (!g.free_flow && g.channel.is_none())) {
@@ -201,7 +201,7 @@ impl ReleaseQueue {
                     _ => false,
                 };
                 if ready {
-                    (g.chunks.pop_front(), None)
+                    (g.chunks.pop_front(), None, g.channel.clone())
                 } else {
                     let want = match g.chunks.front() {
                         Some(Chunk { needs: Some(n), .. }) => g.channel.clone().map(|ch| (ch, *n)),
@@ -213,7 +213,7 @@ impl ReleaseQueue {
                             .wait_timeout(g, Duration::from_millis(20))
                             .unwrap_or_else(|p| p.into_inner());
                     }
-                    (None, want)
+                    (None, want, None)
                 }
             };
             if let Some((channel, needs)) = wait_for {
@@ -228,8 +228,15 @@ impl ReleaseQueue {
             if let Some(c) = chunk {
                 let _ = out.write_all(&c.bytes);
                 let _ = out.flush();
-                self.released
-                    .fetch_add(c.bytes.len() as u64, Ordering::AcqRel);
+                let released = self
+                    .released
+                    .fetch_add(c.bytes.len() as u64, Ordering::AcqRel)
+                    + c.bytes.len() as u64;
+                // The backup goes live releasing from the last count it heard: the sooner it
+                // hears, the less a failover repeats.
+                if let Some(channel) = reporter {
+                    channel.released(released);
+                }
                 let us = u32::try_from(c.produced.elapsed().as_micros()).unwrap_or(u32::MAX);
                 let mut d = self.delays.lock().unwrap_or_else(|p| p.into_inner());
                 if d.len() < 1_000_000 {

@@ -158,7 +158,12 @@ pub fn install_pages(m: &Machine, records: &[u8]) -> Result<u64, MemoryError> {
         let data = match data {
             Some(bytes) => bytes,
             // A fresh view of memory each time: no reference into it lives across a write.
-            None if m.memory()[offset..offset + PAGE_SIZE].iter().all(|&b| b == 0) => continue,
+            None if m.memory()[offset..offset + PAGE_SIZE]
+                .iter()
+                .all(|&b| b == 0) =>
+            {
+                continue;
+            }
             None => &ZEROS[..],
         };
         m.mem
