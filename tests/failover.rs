@@ -187,8 +187,9 @@ fn a_stopped_backup_holds_output_until_the_viewserver_drops_it() {
     let b_addr = c.nodes[b].addr.clone();
     std::thread::sleep(Duration::from_millis(500));
     c.nodes[b].signal(Signal::Stop);
-    // Acks already on their way may still land.
-    std::thread::sleep(Duration::from_millis(50));
+    // Acks already on their way may still land, and the primary's throttle waits up to 100 ms
+    // for a backup that stopped reporting its replay.
+    std::thread::sleep(Duration::from_millis(150));
     let mut held_while_named = false;
     while c.view().unwrap().backup == b_addr {
         let (o0, o1, t0, t1) = watch(&c, a, Duration::from_millis(100));

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use logging_channel::codec::encode_frame;
 use logging_channel::net::{
-    ChannelConfig, ChannelError, ExpectedPrimary, Hello, Listener, LogReceiver, LogSender, Message,
-    PAGE_SIZE, PROTOCOL_VERSION, StatePart, StateSender, decode_message, decode_pages,
+    ChannelConfig, ChannelError, ExpectedPrimary, Hello, Lag, Listener, LogReceiver, LogSender,
+    Message, PAGE_SIZE, PROTOCOL_VERSION, StatePart, StateSender, decode_message, decode_pages,
     encode_message, encode_page,
 };
 use logging_channel::{CodecError, EndReason, Entry, Frame, InputSource, Position, Regs};
@@ -696,6 +696,7 @@ fn every_message_round_trips_and_partial_input_waits() {
         Message::StateFinal { blob: vec![9; 100] },
         Message::StateInstalled { next_seq: 77 },
         Message::Released { bytes: 1 << 40 },
+        Message::Replayed { seq: 12, t_ns: 34 },
     ];
     for m in msgs {
         let b = msg_bytes(&m);
@@ -724,6 +725,108 @@ fn the_backup_hears_how_much_output_the_primary_released() {
         Some(frame(0))
     );
     assert_eq!(receiver.recv(Duration::from_millis(50)).unwrap(), None);
+}
+
+/// Long enough that a report in these tests is never stale.
+const QUIET: Duration = Duration::from_secs(60);
+
+#[test]
+fn the_primary_waits_while_the_backups_replay_lags() {
+    let (sender, receiver) = pair(cfg());
+    let max = Lag {
+        entries: 3,
+        t_ns: u64::MAX,
+    };
+    for i in 0..10 {
+        sender.send(&frame(i)).unwrap();
+    }
+    // No report yet: nothing to hold the primary back with.
+    assert_eq!(sender.replay_lag(), None);
+    assert!(
+        sender
+            .wait_replay_within(max, QUIET, Duration::ZERO)
+            .unwrap()
+    );
+    receiver.replayed(2, frame(2).t_ns).unwrap();
+    let lagging = Lag {
+        entries: 7,
+        t_ns: frame(9).t_ns - frame(2).t_ns,
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sender.replay_lag() != Some(lagging) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(sender.replay_lag(), Some(lagging));
+    assert!(
+        !sender
+            .wait_replay_within(max, QUIET, Duration::from_millis(50))
+            .unwrap()
+    );
+    // The replay catches up while the primary waits: the wait ends early.
+    let catch_up = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(100));
+        receiver.replayed(7, frame(7).t_ns).unwrap();
+        receiver
+    });
+    let started = Instant::now();
+    assert!(
+        sender
+            .wait_replay_within(max, QUIET, Duration::from_secs(5))
+            .unwrap()
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(sender.replay_lag().map(|l| l.entries), Some(2));
+    let receiver = catch_up.join().unwrap();
+    // A backup that stops reporting is not waited for once it has been quiet that long.
+    for i in 10..20 {
+        sender.send(&frame(i)).unwrap();
+    }
+    let started = Instant::now();
+    assert!(
+        sender
+            .wait_replay_within(max, Duration::from_millis(200), Duration::from_secs(5))
+            .unwrap()
+    );
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(1), "{waited:?}");
+    drop(receiver);
+}
+
+#[test]
+fn a_replay_report_beyond_what_was_sent_is_an_error() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let backup = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = Vec::new();
+        read_msg(&mut s, &mut buf);
+        s.write_all(&msg_bytes(&Message::Welcome { next_seq: 0 }))
+            .unwrap();
+        read_msg(&mut s, &mut buf);
+        s.write_all(&msg_bytes(&Message::Replayed { seq: 5, t_ns: 0 }))
+            .unwrap();
+        thread::sleep(Duration::from_millis(500));
+    });
+    let sender = LogSender::connect(addr, hello(), cfg()).unwrap();
+    sender.send(&frame(0)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sender.is_alive() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let e = sender.error().expect("the channel failed");
+    assert!(
+        matches!(
+            e,
+            ChannelError::BadReplayed {
+                seq: 5,
+                sent: Some(0),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("replayed"), "{e}");
+    backup.join().unwrap();
 }
 
 #[test]

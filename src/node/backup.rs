@@ -235,12 +235,15 @@ fn replay_stream(
         transcript,
         history,
     };
-    // A live stream cannot be rewound: aim cautiously.
+    // A live stream cannot be rewound, but a failed replay here costs only a new state
+    // transfer: aim as fast as a file replay does, so the backup keeps up with the primary
+    // (the cautious tuning fell ~17% behind on compute and the throttle then slowed the
+    // primary to match; docs/benchmarks.md).
     let (result, stopped) = replay_from(
         &mut machine,
         &mut source,
         &mut console,
-        ApproachTuning::cautious(),
+        ApproachTuning::default(),
         Some(point),
     );
     let _ = console.flush();

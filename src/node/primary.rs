@@ -45,6 +45,29 @@ pub struct Start {
     pub released: u64,
 }
 
+/// Lag samples in recorded nanoseconds, every 10 ms while streaming: how far the backup's
+/// replay is behind the newest entry, and how far its receive buffer is.
+#[derive(Debug, Default)]
+struct LagSamples {
+    replay: Vec<u64>,
+    receive: Vec<u64>,
+}
+
+fn print_lag(me: &str, what: &str, mut samples: Vec<u64>) {
+    if samples.is_empty() {
+        return;
+    }
+    samples.sort_unstable();
+    let ms = |i: usize| samples[i] as f64 / 1e6;
+    eprintln!(
+        "node {me}: backup {what} lag (sampled every 10 ms while streaming) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} samples",
+        ms(samples.len() / 2),
+        ms(samples.len() * 99 / 100),
+        ms(samples.len() - 1),
+        samples.len()
+    );
+}
+
 pub fn serve(
     ctx: &NodeCtx,
     views: &Arc<Views>,
@@ -65,7 +88,7 @@ pub fn serve(
             })?
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let lags = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lags = Arc::new(std::sync::Mutex::new(LagSamples::default()));
     let manager = spawn_manager(ctx, views, &replication, &tracker, &stop, &lags)?;
     let mut sink = ReplicaSink::new(Arc::clone(&replication), start.next_seq);
     let mut console = HeldConsole {
@@ -116,18 +139,14 @@ pub fn serve(
         );
     }
     if ctx.stats {
-        let mut l = lags.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        l.sort_unstable();
-        if !l.is_empty() {
-            eprintln!(
-                "node {}: backup lag (sampled every 10 ms while streaming) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} samples",
-                views.me,
-                l[l.len() / 2] as f64 / 1e6,
-                l[l.len() * 99 / 100] as f64 / 1e6,
-                l[l.len() - 1] as f64 / 1e6,
-                l.len()
-            );
-        }
+        let l = std::mem::take(&mut *lags.lock().unwrap_or_else(|p| p.into_inner()));
+        print_lag(&views.me, "replay", l.replay);
+        print_lag(&views.me, "receive", l.receive);
+        eprintln!(
+            "node {}: guest held back {:.1} ms in all for the backup's replay to catch up",
+            views.me,
+            replication.throttled().as_secs_f64() * 1e3
+        );
         let d = queue.delays_us();
         if !d.is_empty() {
             eprintln!(
@@ -151,7 +170,7 @@ fn spawn_manager(
     replication: &Arc<Replication>,
     tracker: &Arc<MemoryTracker>,
     stop: &Arc<AtomicBool>,
-    lags: &Arc<std::sync::Mutex<Vec<u64>>>,
+    lags: &Arc<std::sync::Mutex<LagSamples>>,
 ) -> std::io::Result<JoinHandle<()>> {
     let lags = Arc::clone(lags);
     let views = Arc::clone(views);
@@ -257,17 +276,28 @@ fn spawn_manager(
                 }
                 if let Some(l) = replication.lag() {
                     let mut v = lags.lock().unwrap_or_else(|p| p.into_inner());
-                    if v.len() < 1_000_000 {
-                        v.push(l.t_ns);
+                    if v.receive.len() < 1_000_000 {
+                        v.receive.push(l.t_ns);
+                        if let Some(r) = replication.replay_lag() {
+                            v.replay.push(r.t_ns);
+                        }
                     }
                 }
                 if last_status.elapsed() >= STATUS_EVERY {
                     last_status = Instant::now();
-                    let lag = replication
-                        .lag()
-                        .map_or("no stream".to_string(), |l| {
-                            format!("lag {} entries / {:.1} ms", l.entries, l.t_ns as f64 / 1e6)
-                        });
+                    let lag = match (replication.lag(), replication.replay_lag()) {
+                        (None, _) => "no stream".to_string(),
+                        (Some(_), Some(r)) => format!(
+                            "lag {} entries / {:.1} ms",
+                            r.entries,
+                            r.t_ns as f64 / 1e6
+                        ),
+                        (Some(l), None) => format!(
+                            "lag {} entries / {:.1} ms (received)",
+                            l.entries,
+                            l.t_ns as f64 / 1e6
+                        ),
+                    };
                     eprintln!(
                         "node {}: primary of view {}, backup {:?}, {lag}, released {} bytes",
                         views.me,

@@ -43,12 +43,23 @@ impl EntrySource for VecSource {
 /// Entries arriving live from a primary over the logging channel. The replayer blocks in
 /// `peek` while the buffer is empty (the backup stalls); when the primary is gone and every
 /// received entry was consumed, the source ends and `ended_by` says why.
+///
+/// It also tells the primary how far the replay has come (`Replayed`), so the primary can slow
+/// down before the backup falls far behind: at most every [`REPORT_EVERY`] or
+/// [`REPORT_ENTRIES`] entries, and whenever the replay has caught up with what arrived.
 #[derive(Debug)]
 pub struct NetSource {
     rx: logging_channel::net::LogReceiver,
     front: Option<Frame>,
     ended_by: Option<logging_channel::net::ChannelError>,
+    /// (seq, t_ns) of the newest entry handed to the replayer, and the seq last reported.
+    popped: Option<(u64, u64)>,
+    reported: Option<u64>,
+    last_report: std::time::Instant,
 }
+
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
+const REPORT_ENTRIES: u64 = 64;
 
 impl NetSource {
     pub fn new(rx: logging_channel::net::LogReceiver) -> Self {
@@ -56,7 +67,26 @@ impl NetSource {
             rx,
             front: None,
             ended_by: None,
+            popped: None,
+            reported: None,
+            last_report: std::time::Instant::now(),
         }
+    }
+
+    fn report(&mut self, force: bool) {
+        let Some((seq, t_ns)) = self.popped else {
+            return;
+        };
+        let behind = self.reported.map_or(u64::MAX, |r| seq.saturating_sub(r));
+        if behind == 0
+            || !(force || behind >= REPORT_ENTRIES || self.last_report.elapsed() >= REPORT_EVERY)
+        {
+            return;
+        }
+        // A failed report means a failed channel, which `recv` reports in its turn.
+        let _ = self.rx.replayed(seq, t_ns);
+        self.reported = Some(seq);
+        self.last_report = std::time::Instant::now();
     }
 
     /// Console bytes the primary said it released on this stream.
@@ -69,6 +99,10 @@ impl NetSource {
     }
 
     fn fill(&mut self) {
+        if self.front.is_none() && self.ended_by.is_none() && self.rx.buffered() == 0 {
+            // About to wait for the primary: it should know the replay has caught up.
+            self.report(true);
+        }
         while self.front.is_none() && self.ended_by.is_none() {
             match self.rx.recv(std::time::Duration::from_millis(100)) {
                 Ok(Some(frame)) => self.front = Some(frame),
@@ -86,6 +120,11 @@ impl EntrySource for NetSource {
     }
     fn pop(&mut self) -> Result<Option<Frame>, SourceError> {
         self.fill();
-        Ok(self.front.take())
+        let frame = self.front.take();
+        if let Some(f) = &frame {
+            self.popped = Some((f.seq, f.t_ns));
+            self.report(false);
+        }
+        Ok(frame)
     }
 }

@@ -105,6 +105,17 @@ pub enum ChannelError {
         previous: Option<u64>,
     },
 
+    #[error(
+        "{peer} reported entry {seq} replayed at stream byte {offset}, but the newest entry sent is {sent:?} and its previous report {previous:?}"
+    )]
+    BadReplayed {
+        peer: SocketAddr,
+        offset: u64,
+        seq: u64,
+        sent: Option<u64>,
+        previous: Option<u64>,
+    },
+
     #[error("nothing heard from {peer} for {waited:?} (peer timeout)")]
     PeerTimeout { peer: SocketAddr, waited: Duration },
 
@@ -161,6 +172,7 @@ impl ChannelError {
             | Self::Unexpected { offset, .. }
             | Self::SeqGap { offset, .. }
             | Self::BadAck { offset, .. }
+            | Self::BadReplayed { offset, .. }
             | Self::PeerClosed { offset, .. }
             | Self::Truncated { offset, .. } => Some(*offset),
             Self::Corrupt { source, .. } => Some(source.offset()),

@@ -25,6 +25,7 @@ const T_STATE_PAGES: u8 = 9;
 const T_STATE_FINAL: u8 = 10;
 const T_STATE_INSTALLED: u8 = 11;
 const T_RELEASED: u8 = 12;
+const T_REPLAYED: u8 = 13;
 
 /// The primary's first message: who it is and what it will stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +105,10 @@ pub enum Message {
     /// the guest's console up to byte `bytes`. A backup that goes live
     /// releases from there, so a failover repeats as little as possible.
     Released { bytes: u64 },
+    /// Backup → primary: the backup's replay has applied entry `seq`
+    /// (recorded at `t_ns`). The primary slows down when its newest entry
+    /// is too far ahead of this (replay lag), before any buffer fills.
+    Replayed { seq: u64, t_ns: u64 },
 }
 
 impl Message {
@@ -122,6 +127,7 @@ impl Message {
             Self::StateFinal { .. } => "StateFinal",
             Self::StateInstalled { .. } => "StateInstalled",
             Self::Released { .. } => "Released",
+            Self::Replayed { .. } => "Replayed",
         }
     }
 }
@@ -182,6 +188,11 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) -> usize {
         Message::Released { bytes } => {
             out.push(T_RELEASED);
             out.extend_from_slice(&bytes.to_le_bytes());
+        }
+        Message::Replayed { seq, t_ns } => {
+            out.push(T_REPLAYED);
+            out.extend_from_slice(&seq.to_le_bytes());
+            out.extend_from_slice(&t_ns.to_le_bytes());
         }
     }
     seal(out, start)
@@ -327,6 +338,10 @@ pub fn decode_message(buf: &[u8], offset: u64) -> Result<Option<(Message, usize)
         },
         T_RELEASED => Message::Released {
             bytes: c.u64("released bytes")?,
+        },
+        T_REPLAYED => Message::Replayed {
+            seq: c.u64("replayed seq")?,
+            t_ns: c.u64("replayed t_ns")?,
         },
         t => {
             return Err(CodecError::Malformed {

@@ -80,10 +80,12 @@ impl ChannelConfig {
     }
 }
 
-/// How far the backup is behind the primary (seen by the primary).
+/// How far the backup is behind the primary (seen by the primary): by
+/// acknowledgement ([`LogSender::lag`]) or by replay
+/// ([`LogSender::replay_lag`]), in entries and in recorded time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Lag {
-    /// Entries sent (handed to `send`) but not yet acknowledged.
+    /// Entries sent (handed to `send`) but not yet acknowledged (or replayed).
     pub entries: u64,
     /// `t_ns` of the newest sent entry minus `t_ns` of the newest
     /// acknowledged one (before any ack: minus the oldest sent one). 0 when

@@ -447,6 +447,12 @@ impl LogReceiver {
         self.shared.lock().buf.len()
     }
 
+    /// Tells the primary that the replay has applied entry `seq` (recorded
+    /// at `t_ns`), so it can keep the replay lag small.
+    pub fn replayed(&self, seq: u64, t_ns: u64) -> Result<(), ChannelError> {
+        self.shared.send(&Message::Replayed { seq, t_ns })
+    }
+
     /// Console bytes the primary said it released (0 until it says so).
     pub fn released(&self) -> u64 {
         self.shared.lock().released

@@ -29,6 +29,9 @@ struct TxState {
     inflight: VecDeque<InFlight>,
     unacked_bytes: usize,
     acked: Option<(u64, u64)>,
+    /// (seq, t_ns) of the newest entry the backup reported replayed, and when.
+    replayed: Option<(u64, u64)>,
+    replayed_at: Instant,
     /// The first failure; every later call returns it.
     error: Option<ChannelError>,
     closing: bool,
@@ -155,6 +158,8 @@ impl LogSender {
                 inflight: VecDeque::new(),
                 unacked_bytes: 0,
                 acked: None,
+                replayed: None,
+                replayed_at: Instant::now(),
                 error: None,
                 closing: false,
                 writer_done: false,
@@ -320,6 +325,51 @@ impl LogSender {
         }
     }
 
+    /// How far the backup's replay is behind the newest entry sent; `None`
+    /// until the backup has reported any entry replayed.
+    pub fn replay_lag(&self) -> Option<Lag> {
+        let g = self.shared.lock();
+        replay_lag(&g)
+    }
+
+    /// Blocks while the backup's replay lags more than `max` (in entries or
+    /// in recorded time), up to `timeout`; true if it is (now) within, or
+    /// if there is nothing to wait for.
+    ///
+    /// This is the primary's throttle: it slows the guest as soon as the
+    /// backup falls behind, long before the window or the backup's buffer
+    /// fill. It waits only for a backup that is visibly replaying: no report
+    /// yet, or none for `quiet`, counts as within. A stopped or dead backup
+    /// is the failure detector's business, and holding the guest for it
+    /// would only stall the primary until the peer timeout.
+    pub fn wait_replay_within(
+        &self,
+        max: Lag,
+        quiet: Duration,
+        timeout: Duration,
+    ) -> Result<bool, ChannelError> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.shared.lock();
+        loop {
+            if let Some(e) = &g.error {
+                return Err(e.clone());
+            }
+            let within =
+                replay_lag(&g).is_none_or(|l| l.entries <= max.entries && l.t_ns <= max.t_ns);
+            let goes_quiet = g.replayed_at + quiet;
+            let now = Instant::now();
+            if within || now > goes_quiet {
+                return Ok(true);
+            }
+            if now >= deadline {
+                return Ok(false);
+            }
+            // Wake when the backup would count as quiet, too: nothing signals that.
+            let wake = deadline.min(goes_quiet + Duration::from_millis(1));
+            g = self.shared.wait_until(g, wake);
+        }
+    }
+
     /// False once the connection failed or was closed.
     pub fn is_alive(&self) -> bool {
         let g = self.shared.lock();
@@ -420,6 +470,15 @@ pub(crate) fn dial(
     })
 }
 
+fn replay_lag(g: &TxState) -> Option<Lag> {
+    let (seq, t_ns) = g.replayed?;
+    let (newest_seq, newest_t) = g.newest?;
+    Some(Lag {
+        entries: newest_seq.saturating_sub(seq),
+        t_ns: newest_t.saturating_sub(t_ns),
+    })
+}
+
 fn read_loop(shared: &Shared, mut reader: MsgReader) {
     let peer = shared.peer;
     let err = loop {
@@ -455,6 +514,24 @@ fn read_loop(shared: &Shared, mut reader: MsgReader) {
                 shared.cond.notify_all();
             }
             Ok(Polled::Msg(Message::Heartbeat { .. }, _)) => g.last_rx = Instant::now(),
+            Ok(Polled::Msg(Message::Replayed { seq, t_ns }, offset)) => {
+                g.last_rx = Instant::now();
+                let sent = g.newest.map(|(s, _)| s);
+                let previous = g.replayed.map(|(s, _)| s);
+                if sent.is_none_or(|s| seq > s) || previous.is_some_and(|p| seq < p) {
+                    break ChannelError::BadReplayed {
+                        peer,
+                        offset,
+                        seq,
+                        sent,
+                        previous,
+                    };
+                }
+                g.replayed = Some((seq, t_ns));
+                g.replayed_at = Instant::now();
+                drop(g);
+                shared.cond.notify_all();
+            }
             Ok(Polled::Msg(Message::Bye { reason }, _)) => {
                 break ChannelError::Bye { peer, reason };
             }
