@@ -947,7 +947,9 @@ fn state_transfer_then_stream_on_the_same_connection() {
         let exp = expected();
         let log = rx.installed(40, |h| exp.check(h)).unwrap();
         let got: Vec<Frame> = (0..3).map(|_| log.recv(WAIT).unwrap().unwrap()).collect();
-        (memory, blob, got)
+        // The receiver lives on (in the join handle) until the primary has seen the acks:
+        // dropping it here would send a Bye that may overtake the last ack.
+        (memory, blob, got, log)
     });
     let mut tx = StateSender::connect(addr, hello(), 8 * PAGE_SIZE as u64, cfg()).unwrap();
     let mut expect = vec![0u8; 8 * PAGE_SIZE];
@@ -977,7 +979,7 @@ fn state_transfer_then_stream_on_the_same_connection() {
         sender.send(&Frame { seq: i, ..frame(i) }).unwrap();
     }
     assert!(sender.wait_acked(42, WAIT).unwrap());
-    let (memory, blob, got) = backup.join().unwrap();
+    let (memory, blob, got, _log) = backup.join().unwrap();
     assert_eq!(memory, expect, "zero pages overwrite, data pages copy");
     assert_eq!(blob, b"machine");
     assert_eq!(got[0], first);
