@@ -188,6 +188,7 @@ impl ReleaseQueue {
 
     /// The release thread's loop: writes each chunk to `out` once it is covered.
     pub fn run(&self, out: &mut dyn Write) {
+        let mut write_failed = false;
         loop {
             let (chunk, wait_for, reporter) = {
                 let mut g = self.lock();
@@ -226,8 +227,17 @@ impl ReleaseQueue {
                 continue;
             }
             if let Some(c) = chunk {
-                let _ = out.write_all(&c.bytes);
-                let _ = out.flush();
+                // The world's end of stdout is gone (a closed pipe, a full disk): say so once.
+                // The guest runs on and its bytes count as released, as they would for a
+                // terminal nobody reads; the transcript still has them.
+                if let Err(e) = out.write_all(&c.bytes).and_then(|()| out.flush())
+                    && !write_failed
+                {
+                    write_failed = true;
+                    tracing::error!(
+                        "writing released console output failed: {e}; later output may be lost too"
+                    );
+                }
                 let released = self
                     .released
                     .fetch_add(c.bytes.len() as u64, Ordering::AcqRel)
@@ -298,5 +308,31 @@ mod tests {
         t.join().unwrap();
         assert_eq!(*out.lock().unwrap(), b"ab");
         assert_eq!(q.released(), 2);
+    }
+
+    /// Stdout that fails every write, like a closed pipe.
+    struct BrokenPipe;
+    impl Write for BrokenPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_broken_stdout_does_not_stop_the_release_thread() {
+        let q = Arc::new(ReleaseQueue::default());
+        q.set_free_flow(true);
+        q.push(b"one\n");
+        q.push(b"two\n");
+        let q2 = Arc::clone(&q);
+        let t = std::thread::spawn(move || q2.run(&mut BrokenPipe));
+        assert!(q.drain(Duration::from_secs(2)), "the queue keeps moving");
+        q.close();
+        t.join().unwrap();
+        assert_eq!(q.released(), 8);
+        assert_eq!(q.history(), b"one\ntwo\n");
     }
 }
