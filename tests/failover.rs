@@ -270,3 +270,81 @@ fn a_cut_logging_channel_holds_output_until_it_heals() {
     assert!(c.nodes[a].transcript().starts_with(&out));
     assert!(!c.nodes[b].log().contains("diverged"), "{}", c.logs());
 }
+
+/// The primary loses the viewserver but not its backup: the viewserver promotes the backup,
+/// which must stop taking (and acknowledging) the old primary's stream and go live. The old
+/// primary, still running and streaming, can then release nothing more: the world hears one
+/// primary at a time, and nothing the old one said is contradicted or lost.
+#[test]
+fn a_primary_cut_off_from_the_viewserver_is_replaced_and_fenced() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::start("ticker", &["hz=50", "ticks=1000000"], PING_MS);
+    let vs_link = Proxy::start(c.vs_addr.clone());
+    let a = c.add_node_via("127.0.0.1:0", None, &vs_link.addr);
+    let a_addr = c.nodes[a].addr.clone();
+    c.wait_view(LONG, |v| v.primary == a_addr);
+    let b = c.add_node("127.0.0.1:0", None);
+    let b_addr = c.nodes[b].addr.clone();
+    c.wait_view(LONG, |v| v.backup == b_addr);
+    assert!(
+        c.nodes[a].wait_log("installed the state", 0, LONG),
+        "{}",
+        c.logs()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    vs_link
+        .cut
+        .store(true, std::sync::atomic::Ordering::Release);
+    c.wait_view(LONG, |v| v.primary == b_addr);
+    assert!(
+        c.nodes[b].wait_log("going live", 0, LONG),
+        "the promoted backup kept replaying the old primary's stream instead of going live\n{}",
+        c.logs()
+    );
+    let deadline = Instant::now() + LONG;
+    while c.nodes[b].out().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !c.nodes[b].out().is_empty(),
+        "the new primary released nothing"
+    );
+
+    // The old primary runs on (its guest's console grows) but releases nothing more.
+    let a_out = c.nodes[a].out();
+    let a_transcript = c.nodes[a].transcript().len();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        c.nodes[a].out(),
+        a_out,
+        "the old primary released output while another node was primary"
+    );
+    assert!(
+        c.nodes[a].transcript().len() > a_transcript,
+        "the old primary's guest keeps running, its output held"
+    );
+    let b_transcript = c.nodes[b].transcript();
+    assert_eq!(
+        b_transcript.get(..a_out.len()),
+        Some(&a_out[..]),
+        "what the old primary released is not what the new primary's guest said"
+    );
+    let from = released_from(&c.nodes[b].log()).expect("go-live line names its byte");
+    assert!(
+        from <= a_out.len(),
+        "the new primary releases from byte {from}, the old one released up to {}: output lost",
+        a_out.len()
+    );
+
+    // Back in touch with the viewserver, the old primary learns it was replaced and stops.
+    vs_link
+        .cut
+        .store(false, std::sync::atomic::Ordering::Release);
+    assert!(
+        c.nodes[a].wait_log("releasing nothing more", 0, LONG),
+        "{}",
+        c.logs()
+    );
+    assert_eq!(c.nodes[a].out(), a_out);
+}

@@ -830,6 +830,31 @@ fn a_replay_report_beyond_what_was_sent_is_an_error() {
 }
 
 #[test]
+fn a_backup_that_stops_receiving_acks_nothing_more_but_keeps_what_it_has() {
+    let (sender, receiver) = pair(cfg());
+    for i in 0..5 {
+        sender.send(&frame(i)).unwrap();
+    }
+    assert!(sender.wait_acked(4, WAIT).unwrap());
+    receiver.stop_receiving("view 7 names this node primary");
+    // Sent after the stop: never acknowledged, never received.
+    let _ = sender.send(&frame(5));
+    assert!(matches!(
+        sender.wait_acked(5, WAIT),
+        Err(ChannelError::Bye { ref reason, .. }) if reason.contains("view 7")
+    ));
+    assert_eq!(sender.acked(), Some(4));
+    for i in 0..5 {
+        assert_eq!(receiver.recv(WAIT).unwrap(), Some(frame(i)));
+    }
+    let e = receiver.recv(WAIT).unwrap_err();
+    assert!(
+        matches!(e, ChannelError::Stopped { ref reason, .. } if reason.contains("view 7")),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn an_entry_followed_by_a_heartbeat_is_still_acked() {
     let listener = listen();
     let (mut s, _) = raw_primary(&listener);

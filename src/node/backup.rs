@@ -216,13 +216,27 @@ enum Follow {
 
 fn replay_stream(
     ctx: &NodeCtx,
-    views: &Views,
+    views: &Arc<Views>,
     mut machine: Machine,
     point: LogPoint,
     history: Vec<u8>,
     log: LogReceiver,
 ) -> Result<Follow, ReplayError> {
-    let mut source = NetSource::new(log);
+    // Rule 5: only the view's primary feeds its backup. Once the view says otherwise (this node
+    // was promoted, or dropped), take nothing more from the old primary and acknowledge nothing
+    // more, so it can release nothing more; then replay what arrived.
+    let sender = log.hello().primary.clone();
+    let watched = Arc::clone(views);
+    let watch = move || {
+        let v = watched.latest()?;
+        (v.primary != sender || v.backup != watched.me).then(|| {
+            format!(
+                "view {} names {:?} primary and {:?} backup",
+                v.viewnum, v.primary, v.backup
+            )
+        })
+    };
+    let mut source = NetSource::new(log).with_watch(Box::new(watch));
     // This node's transcript is the guest's console from its first byte: start it afresh with
     // the history that came with the state.
     let mut transcript = ctx.transcript_fresh();

@@ -149,10 +149,16 @@ impl Cluster {
     /// Starts a node; `name` overrides the name it gives the viewserver (a proxy's address).
     /// Returns its index.
     pub fn add_node(&mut self, listen: &str, name: Option<&str>) -> usize {
+        let vs = self.vs_addr.clone();
+        self.add_node_via(listen, name, &vs)
+    }
+
+    /// [`Self::add_node`] with the viewserver reached at `viewserver` (e.g. through a proxy).
+    pub fn add_node_via(&mut self, listen: &str, name: Option<&str>, viewserver: &str) -> usize {
         let i = self.nodes.len();
         let transcript = self.dir.path().join(format!("node{i}.transcript"));
         let mut cmd = Command::new(bin());
-        cmd.args(["node", "--viewserver", &self.vs_addr, "--listen", listen])
+        cmd.args(["node", "--viewserver", viewserver, "--listen", listen])
             .args(["--guest", &self.guest])
             .args(["--ping-interval-ms", &self.ping_ms.to_string()])
             .arg("--transcript")

@@ -47,7 +47,6 @@ impl EntrySource for VecSource {
 /// It also tells the primary how far the replay has come (`Replayed`), so the primary can slow
 /// down before the backup falls far behind: at most every [`REPORT_EVERY`] or
 /// [`REPORT_ENTRIES`] entries, and whenever the replay has caught up with what arrived.
-#[derive(Debug)]
 pub struct NetSource {
     rx: logging_channel::net::LogReceiver,
     front: Option<Frame>,
@@ -56,6 +55,25 @@ pub struct NetSource {
     popped: Option<(u64, u64)>,
     reported: Option<u64>,
     last_report: std::time::Instant,
+    watch: Option<StreamWatch>,
+    last_watch: std::time::Instant,
+}
+
+/// Asked every [`WATCH_EVERY`] while entries are read: `Some(reason)` stops taking entries from
+/// the primary (nothing more is received or acknowledged); what was received is still replayed.
+pub type StreamWatch = Box<dyn FnMut() -> Option<String> + Send>;
+
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl std::fmt::Debug for NetSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetSource")
+            .field("rx", &self.rx)
+            .field("popped", &self.popped)
+            .field("ended_by", &self.ended_by)
+            .field("watched", &self.watch.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 const REPORT_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
@@ -70,6 +88,26 @@ impl NetSource {
             popped: None,
             reported: None,
             last_report: std::time::Instant::now(),
+            watch: None,
+            last_watch: std::time::Instant::now(),
+        }
+    }
+
+    /// Stops the stream when `watch` says so (e.g. the view no longer makes this node the
+    /// sender's backup).
+    pub fn with_watch(mut self, watch: StreamWatch) -> Self {
+        self.watch = Some(watch);
+        self
+    }
+
+    fn check_watch(&mut self) {
+        if self.last_watch.elapsed() < WATCH_EVERY {
+            return;
+        }
+        self.last_watch = std::time::Instant::now();
+        if let Some(reason) = self.watch.as_mut().and_then(|w| w()) {
+            self.watch = None;
+            self.rx.stop_receiving(&reason);
         }
     }
 
@@ -104,7 +142,8 @@ impl NetSource {
             self.report(true);
         }
         while self.front.is_none() && self.ended_by.is_none() {
-            match self.rx.recv(std::time::Duration::from_millis(100)) {
+            self.check_watch();
+            match self.rx.recv(WATCH_EVERY) {
                 Ok(Some(frame)) => self.front = Some(frame),
                 Ok(None) => {}
                 Err(e) => self.ended_by = Some(e),
@@ -115,6 +154,7 @@ impl NetSource {
 
 impl EntrySource for NetSource {
     fn peek(&mut self) -> Result<Option<&Frame>, SourceError> {
+        self.check_watch();
         self.fill();
         Ok(self.front.as_ref())
     }

@@ -134,6 +134,9 @@ pub enum ChannelError {
     #[error("{peer} said goodbye: {reason}")]
     Bye { peer: SocketAddr, reason: String },
 
+    #[error("stopped taking entries from {peer}: {reason}")]
+    Stopped { peer: SocketAddr, reason: String },
+
     /// Flow control: the window stayed full for the whole send timeout.
     #[error(
         "send window to {peer} full for {waited:?}: {unacked} entries ({unacked_bytes} bytes) sent but not acknowledged"

@@ -302,9 +302,11 @@ impl Shared {
         }
     }
 
-    /// Sends `msg`; `Ack`s only if they say something new.
+    /// Sends `msg`; `Ack`s only if they say something new. Nothing goes out
+    /// once the connection failed or was stopped.
     fn send(&self, msg: &Message) -> Result<(), ChannelError> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.alive()?;
         if let Message::Ack { seq } = msg {
             if w.acked.is_some_and(|a| a >= *seq) {
                 return Ok(());
@@ -473,6 +475,36 @@ impl LogReceiver {
     /// The error that ended the connection, if any.
     pub fn error(&self) -> Option<ChannelError> {
         self.shared.lock().error.clone()
+    }
+
+    /// Stops taking entries from the primary at once: no entry arrives and
+    /// none is acknowledged after this returns, so the primary can release
+    /// nothing more on this backup's word. Entries already buffered stay
+    /// receivable; then `recv` returns `Stopped { reason }`. For a backup
+    /// that the view no longer makes this primary's backup (it was promoted,
+    /// or dropped) while the old primary still streams to it.
+    pub fn stop_receiving(&self, reason: &str) {
+        {
+            let mut g = self.shared.lock();
+            if g.error.is_none() {
+                g.error = Some(ChannelError::Stopped {
+                    peer: self.shared.peer,
+                    reason: reason.to_string(),
+                });
+            }
+        }
+        self.shared.cond.notify_all();
+        // Taking the writer waits out an ack being written; every later one sees the error.
+        {
+            let mut w = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let bye = Message::Bye {
+                reason: reason.to_string(),
+            };
+            if let Ok(bytes) = encode_checked(&bye, self.shared.peer) {
+                let _ = std::io::Write::write_all(&mut w.stream, &bytes);
+            }
+        }
+        shutdown(&self.stream);
     }
 
     /// Says `Bye` and closes; unreceived entries are dropped.
