@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use logging_channel::net::{ChannelError, Hello, Listener, LogReceiver, StatePart, StateReceiver};
+use vmm::guest_image::hex;
 use vmm::machine::{Machine, MachineConfig};
 use vmm::precise::ApproachTuning;
 use vmm::replay::{ReplayError, Stopped, replay_from};
@@ -14,8 +15,8 @@ use vmm::snapshot::memory::install_pages;
 use vmm::snapshot::{LogPoint, MachineState};
 use vmm::source::NetSource;
 
+use super::NodeCtx;
 use super::views::Views;
-use super::{NodeCtx, hex};
 
 /// A replayed machine whose stream ended, ready to go live.
 #[derive(Debug)]

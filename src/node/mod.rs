@@ -48,9 +48,7 @@ impl NodeCtx {
             }
         }
     }
-}
 
-impl NodeCtx {
     /// The transcript, emptied: a node that installs a new state rewrites its transcript from
     /// the history that came with it.
     pub fn transcript_fresh(&self) -> Option<std::fs::File> {
@@ -63,10 +61,6 @@ impl NodeCtx {
             }
         }
     }
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Runs the node until its guest powers off; returns the guest's exit code.
