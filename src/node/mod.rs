@@ -130,7 +130,10 @@ fn roles(
                 }
             };
             match end {
-                PrimaryEnd::PowerOff(code) => return Ok(code),
+                PrimaryEnd::PowerOff(code) => {
+                    eprintln!("node {me}: the guest powered off (exit code {code})");
+                    return Ok(code);
+                }
                 PrimaryEnd::Superseded => {
                     views.stateless();
                     continue;
@@ -146,7 +149,12 @@ fn roles(
             match backup::serve(ctx, listener, views) {
                 BackupEnd::Promoted(r) => promoted = r,
                 BackupEnd::NotBackup => {}
-                BackupEnd::GuestDone(code) => return Ok(code),
+                BackupEnd::GuestDone(code) => {
+                    eprintln!(
+                        "node {me}: the replayed guest powered off (exit code {code}), as the primary's did"
+                    );
+                    return Ok(code);
+                }
             }
             continue;
         }
