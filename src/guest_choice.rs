@@ -21,6 +21,26 @@ pub enum GuestError {
     },
 }
 
+/// `--guest`, `--guest-arg` and `--mem-mib`: the guest a live run boots (`run`, `node`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GuestArgs {
+    /// Built-in workload (`ticker`, `compute`) or the path of a PVH ELF guest image.
+    #[arg(long)]
+    pub guest: String,
+    /// Argument passed to the guest on its command line (repeatable), e.g. `ticks=10`, `user`.
+    #[arg(long = "guest-arg", value_name = "ARG")]
+    pub guest_args: Vec<String>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(4..=3072))]
+    pub mem_mib: u32,
+}
+
+impl GuestArgs {
+    pub fn resolve(&self) -> Result<Guest, GuestError> {
+        Guest::resolve(&self.guest, &self.guest_args)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Guest {
     /// "ticker", "compute", or the image path as given.

@@ -34,6 +34,10 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Run one replica of a fault-tolerant guest: primary, backup or idle, as the viewserver
     /// decides.
+    ///
+    /// Every node of one guest must give the same `--guest`, `--guest-arg`s and `--mem-mib`: a
+    /// backup refuses the state of a primary whose image or memory size differs. Released
+    /// console output goes to stdout; this node's messages go to stderr.
     Node(commands::node::NodeArgs),
     /// Run the view service: decides which server is primary and which is backup.
     Viewserver(commands::viewserver::ViewserverArgs),

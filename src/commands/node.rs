@@ -8,7 +8,7 @@ use clap::Args;
 use logging_channel::net::{ChannelConfig, Listener};
 
 use super::CmdResult;
-use crate::guest_choice::Guest;
+use crate::guest_choice::GuestArgs;
 use crate::node::{self, NodeCtx};
 
 #[derive(Debug, Args)]
@@ -23,16 +23,10 @@ pub struct NodeArgs {
     /// reach this one at, e.g. behind NAT or a proxy).
     #[arg(long, value_name = "ADDR")]
     pub name: Option<String>,
-    /// Built-in workload (`ticker`, `compute`) or the path of a PVH ELF guest image. Every node
-    /// of one guest must boot the same image.
-    #[arg(long)]
-    pub guest: String,
-    /// Argument passed to the guest on its command line (repeatable).
-    #[arg(long = "guest-arg", value_name = "ARG")]
-    pub guest_args: Vec<String>,
-    /// Guest memory in MiB (the same on every node).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(4..=3072))]
-    pub mem_mib: u32,
+    // Every node of one guest must give the same image, arguments and memory: the backup
+    // refuses a state from a primary whose image hash or memory size differs.
+    #[command(flatten)]
+    pub vm: GuestArgs,
     /// Write the guest's whole console as executed on this node (replayed or live, released
     /// or not) to this file.
     #[arg(long, value_name = "FILE")]
@@ -49,7 +43,7 @@ pub struct NodeArgs {
 }
 
 pub fn run(args: &NodeArgs) -> CmdResult {
-    let guest = Guest::resolve(&args.guest, &args.guest_args)?;
+    let guest = args.vm.resolve()?;
     let listener = Listener::bind(args.listen.as_str())?;
     let name = args
         .name
@@ -70,7 +64,7 @@ pub fn run(args: &NodeArgs) -> CmdResult {
         image_sha256: guest.sha256(),
         image: guest.image,
         cmdline: guest.cmdline,
-        mem_mib: args.mem_mib,
+        mem_mib: args.vm.mem_mib,
         transcript: args.transcript.clone(),
         channel,
         stats: args.stats,

@@ -16,22 +16,15 @@ use vmm::precise::PrecisePolicy;
 use vmm::sink::{FileSink, NetSink, NullSink};
 
 use super::{CmdResult, host_description, position_semantics};
-use crate::guest_choice::Guest;
+use crate::guest_choice::GuestArgs;
 
 /// How a `run --stream-to` primary names itself to the backup (no view service involved).
 const STREAM_PRIMARY_NAME: &str = "understudy-run";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Built-in workload (`ticker`, `compute`) or the path of a PVH ELF guest image.
-    #[arg(long)]
-    pub guest: String,
-    /// Argument passed to the guest on its command line (repeatable), e.g. `ticks=10`, `user`.
-    #[arg(long = "guest-arg", value_name = "ARG")]
-    pub guest_args: Vec<String>,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(4..=3072))]
-    pub mem_mib: u32,
+    #[command(flatten)]
+    pub vm: GuestArgs,
     /// Record a replay log to this file.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
@@ -53,9 +46,9 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> CmdResult {
-    let guest = Guest::resolve(&args.guest, &args.guest_args)?;
+    let guest = args.vm.resolve()?;
     let mut machine = Machine::new(&MachineConfig {
-        mem_mib: args.mem_mib,
+        mem_mib: args.vm.mem_mib,
         image: &guest.image,
         cmdline: guest.cmdline.clone(),
     })?;
@@ -79,8 +72,8 @@ pub fn run(args: &RunArgs) -> CmdResult {
                 format_version: FORMAT_VERSION,
                 guest_image_sha256: guest.sha256(),
                 guest_name: guest.name.clone(),
-                guest_args: args.guest_args.clone(),
-                mem_mib: args.mem_mib,
+                guest_args: args.vm.guest_args.clone(),
+                mem_mib: args.vm.mem_mib,
                 position: position_semantics(machine.counter.kind(), policy),
                 digest_interval_ms: args.digest_interval_ms as u32,
                 recorded_at_unix_ms: SystemTime::now()
