@@ -348,3 +348,37 @@ fn a_primary_cut_off_from_the_viewserver_is_replaced_and_fenced() {
     );
     assert_eq!(c.nodes[a].out(), a_out);
 }
+
+/// A large guest's state transfer reports its progress, and the backup ends up with the state.
+#[test]
+fn a_large_guests_state_transfer_shows_progress() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::start("ticker", &["hz=50", "ticks=1000000"], PING_MS);
+    c.mem_mib = Some(512);
+    let (a, b) = primary_and_backup(&mut c, None);
+    let log = c.nodes[a].log();
+    let sent: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split("state transfer to ").nth(1))
+        .filter_map(|l| l.split(": ").nth(1))
+        .filter_map(|l| l.strip_suffix("/512 MiB"))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(
+        sent.len() >= 9,
+        "expected a progress line per tenth of the memory, got {sent:?}\n{log}"
+    );
+    assert!(sent.windows(2).all(|w| w[0] < w[1]), "{sent:?}");
+    assert!(*sent.last().unwrap() >= 460, "{sent:?}");
+    assert!(
+        c.nodes[b].wait_log("installed state from", 0, LONG),
+        "{}",
+        c.logs()
+    );
+    let b_log = c.nodes[b].log();
+    let installed = b_log
+        .lines()
+        .find(|l| l.contains("installed state from"))
+        .unwrap();
+    assert!(installed.contains(", 512 MiB)"), "{installed}");
+}

@@ -111,6 +111,8 @@ pub struct Cluster {
     pub guest: String,
     pub guest_args: Vec<String>,
     pub ping_ms: u64,
+    /// `--mem-mib` for nodes started from now on (the node's default if `None`).
+    pub mem_mib: Option<u32>,
 }
 
 impl Cluster {
@@ -143,6 +145,7 @@ impl Cluster {
             guest: guest.into(),
             guest_args: guest_args.iter().map(|s| s.to_string()).collect(),
             ping_ms,
+            mem_mib: None,
         }
     }
 
@@ -166,6 +169,9 @@ impl Cluster {
             .env_remove("UNDERSTUDY_LOG");
         if let Some(n) = name {
             cmd.args(["--name", n]);
+        }
+        if let Some(m) = self.mem_mib {
+            cmd.args(["--mem-mib", &m.to_string()]);
         }
         for a in &self.guest_args {
             cmd.args(["--guest-arg", a]);
