@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use logging_channel::net::{ChannelError, Hello, Listener, LogReceiver, StatePart, StateReceiver};
 use vmm::guest_image::hex;
@@ -60,10 +60,17 @@ impl Write for BackupConsole {
     }
 }
 
+const WAITING_NOTE_FIRST: Duration = Duration::from_secs(10);
+const WAITING_NOTE_EVERY: Duration = Duration::from_secs(60);
+
 /// Serves as backup for as long as the view says so.
 pub fn serve(ctx: &NodeCtx, listener: &Listener, views: &Arc<Views>) -> BackupEnd {
     let mut retained: Option<Box<Retained>> = None;
     views.follow();
+    // A backup left waiting says so now and then: the view service cannot tell a primary that
+    // finished from one that died before any backup had its state, but an operator can.
+    let mut waiting_since = Instant::now();
+    let mut next_note = WAITING_NOTE_FIRST;
     loop {
         let Some(view) = views.latest() else {
             std::thread::sleep(views.interval);
@@ -81,7 +88,24 @@ pub fn serve(ctx: &NodeCtx, listener: &Listener, views: &Arc<Views>) -> BackupEn
             Some(Duration::from_millis(50)),
         ) {
             Ok(rx) => rx,
-            Err(ChannelError::AcceptTimeout { .. }) => continue,
+            Err(ChannelError::AcceptTimeout { .. }) => {
+                if waiting_since.elapsed() >= next_note {
+                    next_note += WAITING_NOTE_EVERY;
+                    let state = if retained.is_some() {
+                        "holding the replayed machine; if the view promotes this node it goes live"
+                    } else {
+                        "no state: if that primary is gone, the guest is lost and this node can be stopped"
+                    };
+                    eprintln!(
+                        "node {}: view {}: still waiting for {} after {:.0} s ({state})",
+                        views.me,
+                        view.viewnum,
+                        view.primary,
+                        waiting_since.elapsed().as_secs_f64()
+                    );
+                }
+                continue;
+            }
             Err(e) => {
                 eprintln!("node {}: refused a state transfer: {e}", views.me);
                 continue;
@@ -109,6 +133,9 @@ pub fn serve(ctx: &NodeCtx, listener: &Listener, views: &Arc<Views>) -> BackupEn
             }
             Err(e) => eprintln!("node {}: state transfer from {from} failed: {e}", views.me),
         }
+        // The wait starts over after every transfer and every stream.
+        waiting_since = Instant::now();
+        next_note = WAITING_NOTE_FIRST;
     }
 }
 
