@@ -49,17 +49,7 @@ fn failover_chain(guest: &str, guest_args: &[&str], kills: usize, seed: u64) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let mut rng = Rng(seed);
     let mut c = Cluster::start(guest, guest_args, PING_MS);
-    let a = c.add_node("127.0.0.1:0", None);
-    let a_addr = c.nodes[a].addr.clone();
-    c.wait_view(LONG, |v| v.primary == a_addr);
-    let b = c.add_node("127.0.0.1:0", None);
-    let b_addr = c.nodes[b].addr.clone();
-    c.wait_view(LONG, |v| v.backup == b_addr);
-    assert!(
-        c.nodes[b].wait_log("installed state from", 0, LONG),
-        "{}",
-        c.logs()
-    );
+    primary_and_backup(&mut c, None);
     c.add_node("127.0.0.1:0", None);
     for round in 0..kills {
         std::thread::sleep(rng.millis(200, 1500));
@@ -150,12 +140,14 @@ fn twenty_sigkills_of_a_compute_primary() {
     );
 }
 
-/// Returns (primary index, backup index) once the backup streams.
-fn primary_and_backup(c: &mut Cluster, backup_name: Option<&str>) -> (usize, usize) {
-    let a = c.add_node("127.0.0.1:0", None);
+/// Starts a primary (reaching the viewserver at `a_viewserver` if given, e.g. a proxy) and a
+/// backup; returns (primary index, backup index) once the backup has the state.
+fn primary_and_backup(c: &mut Cluster, a_viewserver: Option<&str>) -> (usize, usize) {
+    let vs = a_viewserver.map_or_else(|| c.vs_addr.clone(), str::to_string);
+    let a = c.add_node_via("127.0.0.1:0", None, &vs);
     let a_addr = c.nodes[a].addr.clone();
     c.wait_view(LONG, |v| v.primary == a_addr);
-    let b = c.add_node("127.0.0.1:0", backup_name);
+    let b = c.add_node("127.0.0.1:0", None);
     let b_addr = c.nodes[b].addr.clone();
     c.wait_view(LONG, |v| v.backup == b_addr && v.primary == a_addr);
     assert!(
@@ -280,17 +272,8 @@ fn a_primary_cut_off_from_the_viewserver_is_replaced_and_fenced() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Cluster::start("ticker", &["hz=50", "ticks=1000000"], PING_MS);
     let vs_link = Proxy::start(c.vs_addr.clone());
-    let a = c.add_node_via("127.0.0.1:0", None, &vs_link.addr);
-    let a_addr = c.nodes[a].addr.clone();
-    c.wait_view(LONG, |v| v.primary == a_addr);
-    let b = c.add_node("127.0.0.1:0", None);
+    let (a, b) = primary_and_backup(&mut c, Some(&vs_link.addr));
     let b_addr = c.nodes[b].addr.clone();
-    c.wait_view(LONG, |v| v.backup == b_addr);
-    assert!(
-        c.nodes[a].wait_log("installed the state", 0, LONG),
-        "{}",
-        c.logs()
-    );
     std::thread::sleep(Duration::from_millis(500));
 
     vs_link
