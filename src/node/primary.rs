@@ -75,8 +75,7 @@ pub fn serve(
     start: Start,
 ) -> Result<PrimaryEnd, Box<dyn std::error::Error + Send + Sync>> {
     let queue = Arc::new(ReleaseQueue::resuming(start.history, start.released));
-    let replication = Replication::new(Arc::clone(&queue));
-    let tracker = Arc::new(MemoryTracker::new(&machine)?);
+    let replication = Replication::new(Arc::clone(&queue), MemoryTracker::new(&machine)?);
     let release = {
         let q = Arc::clone(&queue);
         std::thread::Builder::new()
@@ -89,7 +88,7 @@ pub fn serve(
     };
     let stop = Arc::new(AtomicBool::new(false));
     let lags = Arc::new(std::sync::Mutex::new(LagSamples::default()));
-    let manager = spawn_manager(ctx, views, &replication, &tracker, &stop, &lags)?;
+    let manager = spawn_manager(ctx, views, &replication, &stop, &lags)?;
     let mut sink = ReplicaSink::new(Arc::clone(&replication), start.next_seq);
     let mut console = HeldConsole {
         queue: Arc::clone(&queue),
@@ -168,14 +167,12 @@ fn spawn_manager(
     ctx: &NodeCtx,
     views: &Arc<Views>,
     replication: &Arc<Replication>,
-    tracker: &Arc<MemoryTracker>,
     stop: &Arc<AtomicBool>,
     lags: &Arc<std::sync::Mutex<LagSamples>>,
 ) -> std::io::Result<JoinHandle<()>> {
     let lags = Arc::clone(lags);
     let views = Arc::clone(views);
     let replication = Arc::clone(replication);
-    let tracker = Arc::clone(tracker);
     let stop = Arc::clone(stop);
     let image = ctx.image_sha256;
     let channel = ctx.channel.clone();
@@ -233,9 +230,8 @@ fn spawn_manager(
                             last_try = Instant::now();
                             let generation = replication.begin_transfer();
                             let identity = Hello::new(image, view.viewnum, views.me.clone(), 0);
-                            let (r, t, v, b, c) = (
+                            let (r, v, b, c) = (
                                 Arc::clone(&replication),
-                                Arc::clone(&tracker),
                                 Arc::clone(&views),
                                 backup.clone(),
                                 channel.clone(),
@@ -246,7 +242,7 @@ fn spawn_manager(
                                 .spawn(move || {
                                     let me = v.me.clone();
                                     let mut progress = |line: String| eprintln!("node {me}: {line}");
-                                    match transfer(&r, generation, &t, &b, identity, c, &mut progress) {
+                                    match transfer(&r, generation, &b, identity, c, &mut progress) {
                                         Ok(rep) => {
                                             eprintln!(
                                                 "node {me}: view {viewnum}: backup {b} installed the state: {:.0} ms total, guest paused {:.2} ms, {} pre-copy rounds, {:.1} MiB sent; streaming from entry #{}",

@@ -111,16 +111,6 @@ impl Machine {
         })
     }
 
-    /// Re-registers the memory slot with `flags` (e.g. dirty logging on or off).
-    pub fn set_memory_flags(&self, flags: u32) -> Result<(), kvm_ioctls::Error> {
-        crate::snapshot::memory::register_slot(
-            &self.vm,
-            &self.mem,
-            self.memory().len() as u64,
-            flags,
-        )
-    }
-
     /// Guest memory as one byte slice (the VM has a single slot at guest-physical 0).
     pub fn memory(&self) -> &[u8] {
         use vm_memory::GuestMemoryRegion;

@@ -711,7 +711,6 @@ pub struct Stopped {
     pub released: u64,
     /// A clock continuing the primary's time base.
     pub clock: SystemClock,
-    pub stats: RunStats,
 }
 
 /// Replays `source` on `m`, from the start or (for a backup that received the primary's
@@ -732,16 +731,8 @@ pub fn replay_from(
         Ok(t) => t,
         Err(e) => return (Err(RunError::Timer(e).into()), None),
     };
-    let point = from.unwrap_or(LogPoint {
-        exits: 0,
-        counter: 0,
-        mid_execution: false,
-        console_bytes: 0,
-        console_hash: 0,
-        clock_ns: 0,
-        next_seq: 0,
-        released: 0,
-    });
+    // A replay from the start is one from the empty point: exit 0, nothing logged yet.
+    let point = from.unwrap_or_default();
     let here = if point.mid_execution {
         Here::Precise {
             exits: point.exits,
@@ -794,7 +785,6 @@ pub fn replay_from(
                     .after_end
                     .clock
                     .unwrap_or_else(|| SystemClock::continuing(last)),
-                stats: stats.clone(),
             })
         }
         _ => None,

@@ -20,7 +20,7 @@ use logging_channel::net::{ChannelError, Lag, LogSender};
 use crate::machine::Machine;
 use crate::sink::{LogSink, SinkError};
 use crate::snapshot::memory::MemoryTracker;
-use crate::snapshot::{LogPoint, MachineState, SnapshotError, set_dirty_logging};
+use crate::snapshot::{LogPoint, MachineState, SnapshotError};
 use release::ReleaseQueue;
 
 /// The throttle: past this replay lag (recorded time or entries) the vCPU thread waits for the
@@ -73,6 +73,9 @@ struct Slot {
 #[derive(Debug)]
 pub struct Replication {
     pub queue: Arc<ReleaseQueue>,
+    /// The guest's memory and dirty log: read by transfers while the guest runs, and by the
+    /// vCPU thread for the last dirty pages at the pause.
+    tracker: MemoryTracker,
     slot: Mutex<Slot>,
     /// Bumped on every slot change, so the sink locks only when something changed.
     version: AtomicU64,
@@ -81,17 +84,17 @@ pub struct Replication {
     paused_tx: Sender<Paused>,
     paused_rx: Receiver<Paused>,
     pauses: Mutex<Vec<Duration>>,
-    markers: AtomicBool,
     superseded: AtomicBool,
     /// Time the vCPU thread spent in the throttle, waiting for the backup's replay.
     throttled_ns: AtomicU64,
 }
 
 impl Replication {
-    pub fn new(queue: Arc<ReleaseQueue>) -> Arc<Self> {
+    pub fn new(queue: Arc<ReleaseQueue>, tracker: MemoryTracker) -> Arc<Self> {
         let (paused_tx, paused_rx) = crossbeam_channel::bounded(1);
         Arc::new(Self {
             queue,
+            tracker,
             slot: Mutex::new(Slot {
                 generation: 0,
                 stream: Stream::Idle,
@@ -101,7 +104,6 @@ impl Replication {
             paused_tx,
             paused_rx,
             pauses: Mutex::new(Vec::new()),
-            markers: AtomicBool::new(true),
             superseded: AtomicBool::new(false),
             throttled_ns: AtomicU64::new(0),
         })
@@ -223,11 +225,6 @@ impl Replication {
     pub fn supersede(&self) {
         self.superseded.store(true, Ordering::Release);
         self.queue.abandon();
-    }
-
-    /// Log `Output` entries (on by default; the benchmarks compare without).
-    pub fn set_output_markers(&self, on: bool) {
-        self.markers.store(on, Ordering::Release);
     }
 }
 
@@ -364,7 +361,7 @@ impl LogSink for ReplicaSink {
     }
 
     fn output_markers(&self) -> bool {
-        self.shared.markers.load(Ordering::Acquire)
+        true
     }
 
     fn released(&self) -> u64 {
@@ -382,7 +379,7 @@ impl LogSink for ReplicaSink {
             return Ok(());
         }
         // The last pre-copy round, with the guest stopped: what it wrote since the previous one.
-        let tracker = MemoryTracker::new(m).map_err(SnapshotError::from)?;
+        let tracker = &self.shared.tracker;
         let dirty = tracker.take_dirty().map_err(SnapshotError::from)?;
         let mut records = Vec::new();
         tracker
@@ -391,7 +388,9 @@ impl LogSink for ReplicaSink {
                 Ok::<_, SnapshotError>(())
             })
             .map_err(SinkError::State)?;
-        set_dirty_logging(m, false)?;
+        tracker
+            .set_dirty_logging(false)
+            .map_err(|source| SnapshotError::DirtyLogging { on: false, source })?;
         point.next_seq = self.next_seq;
         point.released = self.shared.queue.released();
         let mut state = MachineState::save(m, point)?;

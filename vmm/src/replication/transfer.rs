@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use logging_channel::net::{ChannelConfig, ChannelError, Hello, LogSender, StateSender};
 
 use super::Replication;
-use crate::snapshot::memory::{MemoryError, MemoryTracker};
+use crate::snapshot::memory::MemoryError;
 
 /// Stop pre-copying when a round finds this few dirty pages (1 MiB): the pause copies them.
 const FINAL_ROUND_PAGES: usize = 256;
@@ -49,16 +49,15 @@ pub struct TransferReport {
 pub fn transfer(
     shared: &Arc<Replication>,
     generation: u64,
-    tracker: &MemoryTracker,
     addr: &str,
     identity: Hello,
     cfg: ChannelConfig,
     progress: &mut dyn FnMut(String),
 ) -> Result<TransferReport, TransferError> {
-    let result = run(shared, generation, tracker, addr, identity, cfg, progress);
+    let result = run(shared, generation, addr, identity, cfg, progress);
     if result.is_err() {
         // Whatever happened, the guest must not stay under dirty logging.
-        let _ = tracker.set_dirty_logging(false);
+        let _ = shared.tracker.set_dirty_logging(false);
     }
     let (result_for_slot, next_seq) = match &result {
         Ok((sender, report)) => (Ok(Arc::clone(sender)), report.next_seq),
@@ -71,13 +70,13 @@ pub fn transfer(
 fn run(
     shared: &Arc<Replication>,
     generation: u64,
-    tracker: &MemoryTracker,
     addr: &str,
     identity: Hello,
     cfg: ChannelConfig,
     progress: &mut dyn FnMut(String),
 ) -> Result<(Arc<LogSender>, TransferReport), TransferError> {
     let started = Instant::now();
+    let tracker = &shared.tracker;
     let mut sender = StateSender::connect(addr, identity.clone(), tracker.bytes(), cfg)?;
     // Logging first, then reading: a page written during round 0 shows up dirty in round 1.
     tracker

@@ -37,7 +37,8 @@ pub enum SnapshotError {
 }
 
 /// Where the log continues after the state: everything before `next_seq` is in the state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The default is a freshly booted guest's point.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogPoint {
     /// Guest exits so far.
     pub exits: u64,
@@ -122,14 +123,4 @@ impl MachineState {
         m.counter.rebase(self.point.counter)?;
         Ok(())
     }
-}
-
-/// Switches KVM's dirty-page logging for the machine's one memory slot.
-pub fn set_dirty_logging(m: &Machine, on: bool) -> Result<(), SnapshotError> {
-    m.set_memory_flags(if on {
-        kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
-    } else {
-        0
-    })
-    .map_err(|source| SnapshotError::DirtyLogging { on, source })
 }
