@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use logging_channel::net::{ChannelError, Hello, Listener, LogReceiver, StatePart, StateReceiver};
 use vmm::guest_image::hex;
-use vmm::machine::{Machine, MachineConfig};
+use vmm::machine::Machine;
 use vmm::precise::ApproachTuning;
 use vmm::replay::{ReplayError, Stopped, replay_from};
 use vmm::snapshot::memory::install_pages;
@@ -158,11 +158,15 @@ fn check_offer(ctx: &NodeCtx, views: &Views, hello: &Hello, mem: u64) -> Result<
     check_primary(views, hello)
 }
 
+/// Whether view `v` makes `me` the backup of `primary` (rule 5: nobody else may feed it).
+fn backs_up(v: &viewserver::View, primary: &str, me: &str) -> bool {
+    v.primary == primary && v.backup == me
+}
+
 /// Only the primary of this node's current view may send it state or log.
 fn check_primary(views: &Views, hello: &Hello) -> Result<(), String> {
-    let ok = |v: &viewserver::View| {
-        v.primary == hello.primary && v.viewnum == hello.viewnum && v.backup == views.me
-    };
+    let ok =
+        |v: &viewserver::View| v.viewnum == hello.viewnum && backs_up(v, &hello.primary, &views.me);
     let view = views.latest();
     if view.as_ref().is_some_and(ok) {
         return Ok(());
@@ -182,11 +186,7 @@ type Installed = (Machine, LogPoint, Vec<u8>, LogReceiver);
 
 fn receive(ctx: &NodeCtx, views: &Arc<Views>, mut rx: StateReceiver) -> Result<Installed, String> {
     let started = std::time::Instant::now();
-    let mut m = match Machine::new(&MachineConfig {
-        mem_mib: ctx.mem_mib,
-        image: &ctx.image,
-        cmdline: ctx.cmdline.clone(),
-    }) {
+    let mut m = match super::build(ctx) {
         Ok(m) => m,
         Err(e) => {
             let why = format!("cannot build the machine: {e}");
@@ -208,7 +208,7 @@ fn receive(ctx: &NodeCtx, views: &Arc<Views>, mut rx: StateReceiver) -> Result<I
                 match MachineState::decode(&blob).and_then(|s| s.restore(&mut m).map(|()| s)) {
                     Ok(s) => break s,
                     Err(e) => {
-                        let why = vmm_error(&e);
+                        let why = crate::commands::error_chain(&e);
                         rx.refuse(why.clone());
                         return Err(why);
                     }
@@ -233,10 +233,6 @@ fn receive(ctx: &NodeCtx, views: &Arc<Views>, mut rx: StateReceiver) -> Result<I
     Ok((m, point, state.console_history, log))
 }
 
-fn vmm_error(e: &(dyn std::error::Error + 'static)) -> String {
-    crate::commands::error_chain(e)
-}
-
 enum Follow {
     Retain(Box<Retained>),
     GuestDone(u32),
@@ -257,7 +253,7 @@ fn replay_stream(
     let watched = Arc::clone(views);
     let watch = move || {
         let v = watched.latest()?;
-        (v.primary != sender || v.backup != watched.me).then(|| {
+        (!backs_up(&v, &sender, &watched.me)).then(|| {
             format!(
                 "view {} names {:?} primary and {:?} backup",
                 v.viewnum, v.primary, v.backup

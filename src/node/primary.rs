@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use logging_channel::net::Hello;
+use logging_channel::net::{ChannelConfig, Hello};
 use vmm::clock::SystemClock;
 use vmm::live::{LiveOptions, LiveStart, run_live_from};
 use vmm::machine::Machine;
 use vmm::outcome::{Outcome, RunError};
 use vmm::replication::release::{HeldConsole, ReleaseQueue};
-use vmm::replication::transfer::{TransferReport, transfer};
+use vmm::replication::transfer::transfer;
 use vmm::replication::{ReplicaSink, Replication};
 use vmm::sink::SinkError;
 use vmm::snapshot::memory::MemoryTracker;
@@ -53,19 +53,27 @@ struct LagSamples {
     receive: Vec<u64>,
 }
 
-fn print_lag(me: &str, what: &str, mut samples: Vec<u64>) {
-    if samples.is_empty() {
-        return;
+/// "p50 .. ms, p99 .. ms, max .. ms over N" for samples in milliseconds.
+fn spread_ms(mut ms: Vec<f64>) -> Option<String> {
+    if ms.is_empty() {
+        return None;
     }
-    samples.sort_unstable();
-    let ms = |i: usize| samples[i] as f64 / 1e6;
-    eprintln!(
-        "node {me}: backup {what} lag (sampled every 10 ms while streaming) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} samples",
-        ms(samples.len() / 2),
-        ms(samples.len() * 99 / 100),
-        ms(samples.len() - 1),
-        samples.len()
-    );
+    ms.sort_unstable_by(f64::total_cmp);
+    let n = ms.len();
+    Some(format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {n}",
+        ms[n / 2],
+        ms[n * 99 / 100],
+        ms[n - 1]
+    ))
+}
+
+fn print_lag(me: &str, what: &str, samples_ns: Vec<u64>) {
+    if let Some(spread) = spread_ms(samples_ns.into_iter().map(|ns| ns as f64 / 1e6).collect()) {
+        eprintln!(
+            "node {me}: backup {what} lag (sampled every 10 ms while streaming) {spread} samples"
+        );
+    }
 }
 
 pub fn serve(
@@ -146,16 +154,9 @@ pub fn serve(
             views.me,
             replication.throttled().as_secs_f64() * 1e3
         );
-        let d = queue.delays_us();
-        if !d.is_empty() {
-            eprintln!(
-                "node {}: output release delay p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} chunks",
-                views.me,
-                f64::from(d[d.len() / 2]) / 1e3,
-                f64::from(d[d.len() * 99 / 100]) / 1e3,
-                f64::from(d[d.len() - 1]) / 1e3,
-                d.len()
-            );
+        let delays = queue.delays_us().into_iter().map(|us| f64::from(us) / 1e3);
+        if let Some(spread) = spread_ms(delays.collect()) {
+            eprintln!("node {}: output release delay {spread} chunks", views.me);
         }
     }
     Ok(end)
@@ -181,7 +182,7 @@ fn spawn_manager(
         .spawn(move || {
             // `None` until the first view is handled.
             let mut target: Option<Option<String>> = None;
-            let mut running: Option<JoinHandle<Option<TransferReport>>> = None;
+            let mut running: Option<JoinHandle<()>> = None;
             let mut last_try = Instant::now() - RETRY_AFTER;
             let mut last_status = Instant::now();
             while !stop.load(Ordering::Acquire) {
@@ -228,60 +229,33 @@ fn spawn_manager(
                                 );
                             }
                             last_try = Instant::now();
-                            let generation = replication.begin_transfer();
-                            let identity = Hello::new(image, view.viewnum, views.me.clone(), 0);
-                            let (r, v, b, c) = (
-                                Arc::clone(&replication),
-                                Arc::clone(&views),
-                                backup.clone(),
-                                channel.clone(),
+                            running = start_transfer(
+                                &replication,
+                                &views,
+                                backup,
+                                view.viewnum,
+                                image,
+                                &channel,
                             );
-                            let viewnum = view.viewnum;
-                            running = std::thread::Builder::new()
-                                .name("state-transfer".into())
-                                .spawn(move || {
-                                    let me = v.me.clone();
-                                    let mut progress = |line: String| eprintln!("node {me}: {line}");
-                                    match transfer(&r, generation, &b, identity, c, &mut progress) {
-                                        Ok(rep) => {
-                                            eprintln!(
-                                                "node {me}: view {viewnum}: backup {b} installed the state: {:.0} ms total, guest paused {:.2} ms, {} pre-copy rounds, {:.1} MiB sent; streaming from entry #{}",
-                                                rep.total.as_secs_f64() * 1e3,
-                                                rep.pause.as_secs_f64() * 1e3,
-                                                rep.rounds,
-                                                rep.bytes as f64 / f64::from(1 << 20),
-                                                rep.next_seq
-                                            );
-                                            if r.is_current(generation) {
-                                                v.ack(viewnum);
-                                            }
-                                            Some(rep)
-                                        }
-                                        Err(e) => {
-                                            eprintln!("node {me}: state transfer to {b} failed: {e}");
-                                            None
-                                        }
-                                    }
-                                })
-                                .ok();
                         }
                     }
                 } else if want.is_some() && replication.streaming() {
                     // Same backup, still streaming: a view change elsewhere needs no transfer.
                     views.ack(view.viewnum);
                 }
-                if let Some(l) = replication.lag() {
+                let (received, replayed) = (replication.lag(), replication.replay_lag());
+                if let Some(l) = received {
                     let mut v = lags.lock().unwrap_or_else(|p| p.into_inner());
                     if v.receive.len() < 1_000_000 {
                         v.receive.push(l.t_ns);
-                        if let Some(r) = replication.replay_lag() {
+                        if let Some(r) = replayed {
                             v.replay.push(r.t_ns);
                         }
                     }
                 }
                 if last_status.elapsed() >= STATUS_EVERY {
                     last_status = Instant::now();
-                    let lag = match (replication.lag(), replication.replay_lag()) {
+                    let lag = match (received, replayed) {
                         (None, _) => "no stream".to_string(),
                         (Some(_), Some(r)) => format!(
                             "lag {} entries / {:.1} ms",
@@ -308,4 +282,47 @@ fn spawn_manager(
                 let _ = h.join();
             }
         })
+}
+
+/// Sends the state to `backup` on a thread of its own; acks `viewnum` once it is installed
+/// (if the view still wants this transfer by then).
+fn start_transfer(
+    replication: &Arc<Replication>,
+    views: &Arc<Views>,
+    backup: &str,
+    viewnum: u64,
+    image: [u8; 32],
+    channel: &ChannelConfig,
+) -> Option<JoinHandle<()>> {
+    let generation = replication.begin_transfer();
+    let identity = Hello::new(image, viewnum, views.me.clone(), 0);
+    let (r, v, b, c) = (
+        Arc::clone(replication),
+        Arc::clone(views),
+        backup.to_string(),
+        channel.clone(),
+    );
+    std::thread::Builder::new()
+        .name("state-transfer".into())
+        .spawn(move || {
+            let me = v.me.clone();
+            let mut progress = |line: String| eprintln!("node {me}: {line}");
+            match transfer(&r, generation, &b, identity, c, &mut progress) {
+                Ok(rep) => {
+                    eprintln!(
+                        "node {me}: view {viewnum}: backup {b} installed the state: {:.0} ms total, guest paused {:.2} ms, {} pre-copy rounds, {:.1} MiB sent; streaming from entry #{}",
+                        rep.total.as_secs_f64() * 1e3,
+                        rep.pause.as_secs_f64() * 1e3,
+                        rep.rounds,
+                        rep.bytes as f64 / f64::from(1 << 20),
+                        rep.next_seq
+                    );
+                    if r.is_current(generation) {
+                        v.ack(viewnum);
+                    }
+                }
+                Err(e) => eprintln!("node {me}: state transfer to {b} failed: {e}"),
+            }
+        })
+        .ok()
 }

@@ -142,15 +142,12 @@ impl ReleaseQueue {
         self.lock().history.clone()
     }
 
-    /// Sorted release delays in microseconds (time from output to release).
+    /// Release delays in microseconds (time from output to release), in release order.
     pub fn delays_us(&self) -> Vec<u32> {
-        let mut d = self
-            .delays
+        self.delays
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        d.sort_unstable();
-        d
+            .clone()
     }
 
     /// Drops everything held, for good: this node is no longer primary.
