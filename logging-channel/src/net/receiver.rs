@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::message::{Hello, Message};
 use super::stream::{
-    MsgReader, Polled, encode_checked, is_timeout, shutdown, tune, write_all_while,
+    MsgReader, Polled, encode_checked, is_timeout, shutdown, tune, write_all_while, write_since,
 };
 use super::{ChannelConfig, ChannelError};
 use crate::codec::CodecError;
@@ -172,20 +172,8 @@ pub(crate) fn handshake_on(
     let mut writer = stream;
     let started = Instant::now();
     let timeout = cfg.peer_timeout;
-    let mut say = |msg: Message| -> Result<(), ChannelError> {
-        let bytes = encode_checked(&msg, peer)?;
-        // A primary that never reads must not hold the handshake forever.
-        write_all_while(&mut writer, peer, &bytes, || {
-            if started.elapsed() > timeout * 2 {
-                Err(ChannelError::PeerTimeout {
-                    peer,
-                    waited: started.elapsed(),
-                })
-            } else {
-                Ok(())
-            }
-        })
-    };
+    // A primary that never reads must not hold the handshake forever.
+    let mut say = |msg: Message| write_since(&mut writer, peer, &msg, started, timeout * 2);
 
     let hello = match reader.next_within(timeout) {
         Ok((Message::Hello(h), _)) => h,

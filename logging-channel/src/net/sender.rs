@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::message::{Hello, Message, encode_entry_message};
 use super::stream::{
-    MsgReader, Polled, check_len, encode_checked, shutdown, tune, write_all_while,
+    MsgReader, Polled, check_len, encode_checked, reply_error, shutdown, tune, write_all_while,
+    write_since,
 };
 use super::{ChannelConfig, ChannelError, Lag};
 use crate::format::Frame;
@@ -109,39 +110,19 @@ impl LogSender {
             source: Arc::new(source),
         };
         let first_seq = hello.first_seq;
-        let bytes = encode_checked(&Message::Hello(hello), peer)?;
         let started = Instant::now();
-        let handshake_alive = || {
-            if started.elapsed() > cfg.peer_timeout {
-                Err(ChannelError::PeerTimeout {
-                    peer,
-                    waited: started.elapsed(),
-                })
-            } else {
-                Ok(())
-            }
-        };
-        write_all_while(&mut stream, peer, &bytes, handshake_alive)?;
+        let hello = Message::Hello(hello);
+        write_since(&mut stream, peer, &hello, started, cfg.peer_timeout)?;
         let next_seq = match reader.next_within(cfg.peer_timeout)? {
             (Message::Welcome { next_seq }, _) => next_seq,
-            (Message::Refuse { reason }, _) => return Err(ChannelError::Refused { peer, reason }),
-            (Message::Bye { reason }, _) => return Err(ChannelError::Bye { peer, reason }),
-            (m, offset) => {
-                return Err(ChannelError::Unexpected {
-                    peer,
-                    offset,
-                    message: m.name(),
-                    when: "before Welcome",
-                });
-            }
+            (m, offset) => return Err(reply_error(m, offset, peer, "before Welcome")),
         };
         if next_seq != first_seq {
             // The transport cannot replay older entries; the node must
             // reinitialise the backup (state transfer) instead.
             let reason = format!("cannot start at seq {next_seq}, first entry is {first_seq}");
-            if let Ok(b) = encode_checked(&Message::Bye { reason }, peer) {
-                let _ = write_all_while(&mut stream, peer, &b, handshake_alive);
-            }
+            let bye = Message::Bye { reason };
+            let _ = write_since(&mut stream, peer, &bye, started, cfg.peer_timeout);
             shutdown(&stream);
             return Err(ChannelError::WelcomeMismatch {
                 peer,
@@ -470,6 +451,12 @@ pub(crate) fn dial(
     })
 }
 
+/// A backup's report on entry `seq` (ack or replay progress) must name an entry that was sent
+/// and must not go back from its previous report.
+fn implausible(seq: u64, sent: Option<u64>, previous: Option<u64>) -> bool {
+    sent.is_none_or(|s| seq > s) || previous.is_some_and(|p| seq < p)
+}
+
 fn replay_lag(g: &TxState) -> Option<Lag> {
     let (seq, t_ns) = g.replayed?;
     let (newest_seq, newest_t) = g.newest?;
@@ -493,7 +480,7 @@ fn read_loop(shared: &Shared, mut reader: MsgReader) {
                 g.last_rx = Instant::now();
                 let sent = g.newest.map(|(s, _)| s);
                 let previous = g.acked.map(|(s, _)| s);
-                if sent.is_none_or(|s| seq > s) || previous.is_some_and(|p| seq < p) {
+                if implausible(seq, sent, previous) {
                     break ChannelError::BadAck {
                         peer,
                         offset,
@@ -518,7 +505,7 @@ fn read_loop(shared: &Shared, mut reader: MsgReader) {
                 g.last_rx = Instant::now();
                 let sent = g.newest.map(|(s, _)| s);
                 let previous = g.replayed.map(|(s, _)| s);
-                if sent.is_none_or(|s| seq > s) || previous.is_some_and(|p| seq < p) {
+                if implausible(seq, sent, previous) {
                     break ChannelError::BadReplayed {
                         peer,
                         offset,

@@ -145,6 +145,58 @@ pub(crate) fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
 
+/// Writes `msg` whole within `timeout`, else `PeerTimeout`: for handshakes and transfers,
+/// where a peer that stops reading is a failure, not back-pressure.
+pub(crate) fn write_within(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    msg: &Message,
+    timeout: Duration,
+) -> Result<(), ChannelError> {
+    write_since(stream, peer, msg, Instant::now(), timeout)
+}
+
+/// [`write_within`] with the time counted from `started` (a handshake's start).
+pub(crate) fn write_since(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    msg: &Message,
+    started: Instant,
+    timeout: Duration,
+) -> Result<(), ChannelError> {
+    let bytes = encode_checked(msg, peer)?;
+    write_all_while(stream, peer, &bytes, || {
+        if started.elapsed() > timeout {
+            Err(ChannelError::PeerTimeout {
+                peer,
+                waited: started.elapsed(),
+            })
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// The error for a reply other than the one a handshake step expects: the peer's refusal or
+/// goodbye as such, anything else as `Unexpected` (`when` says at which step).
+pub(crate) fn reply_error(
+    reply: Message,
+    offset: u64,
+    peer: SocketAddr,
+    when: &'static str,
+) -> ChannelError {
+    match reply {
+        Message::Refuse { reason } => ChannelError::Refused { peer, reason },
+        Message::Bye { reason } => ChannelError::Bye { peer, reason },
+        m => ChannelError::Unexpected {
+            peer,
+            offset,
+            message: m.name(),
+            when,
+        },
+    }
+}
+
 /// Encodes `msg`, refusing frames every reader would reject.
 pub(crate) fn encode_checked(msg: &Message, peer: SocketAddr) -> Result<Vec<u8>, ChannelError> {
     let mut out = Vec::new();

@@ -17,12 +17,12 @@
 //! `StateFinal` is opaque here: the VMM encodes it.
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::message::{Hello, Message};
 use super::receiver::{Listener, LogReceiver, handshake_on};
 use super::sender::{LogSender, dial, prepare};
-use super::stream::{MsgReader, encode_checked, shutdown, write_all_while};
+use super::stream::{MsgReader, reply_error, shutdown, write_within};
 use super::{ChannelConfig, ChannelError};
 
 pub const PAGE_SIZE: usize = 4096;
@@ -79,26 +79,6 @@ pub fn decode_pages(records: &[u8], pages: u64) -> Result<Vec<PageRecord<'_>>, S
     Ok(out)
 }
 
-fn write_within(
-    stream: &mut TcpStream,
-    peer: SocketAddr,
-    msg: &Message,
-    timeout: Duration,
-) -> Result<(), ChannelError> {
-    let bytes = encode_checked(msg, peer)?;
-    let started = Instant::now();
-    write_all_while(stream, peer, &bytes, || {
-        if started.elapsed() > timeout {
-            Err(ChannelError::PeerTimeout {
-                peer,
-                waited: started.elapsed(),
-            })
-        } else {
-            Ok(())
-        }
-    })
-}
-
 /// The primary's end of a state transfer.
 #[derive(Debug)]
 pub struct StateSender {
@@ -136,16 +116,9 @@ impl StateSender {
         write_within(&mut stream, peer, &offer, cfg.peer_timeout)?;
         match reader.next_within(cfg.peer_timeout)? {
             (Message::Welcome { .. }, _) => {}
-            (Message::Refuse { reason }, _) => return Err(ChannelError::Refused { peer, reason }),
-            (Message::Bye { reason }, _) => return Err(ChannelError::Bye { peer, reason }),
             (m, offset) => {
                 shutdown(&stream);
-                return Err(ChannelError::Unexpected {
-                    peer,
-                    offset,
-                    message: m.name(),
-                    when: "in answer to StateOffer",
-                });
+                return Err(reply_error(m, offset, peer, "in answer to StateOffer"));
             }
         }
         Ok(Self {
@@ -201,16 +174,9 @@ impl StateSender {
                     next_seq,
                 });
             }
-            (Message::Refuse { reason }, _) => return Err(ChannelError::Refused { peer, reason }),
-            (Message::Bye { reason }, _) => return Err(ChannelError::Bye { peer, reason }),
             (m, offset) => {
                 shutdown(&self.stream);
-                return Err(ChannelError::Unexpected {
-                    peer,
-                    offset,
-                    message: m.name(),
-                    when: "in answer to StateFinal",
-                });
+                return Err(reply_error(m, offset, peer, "in answer to StateFinal"));
             }
         }
         LogSender::handshake(self.stream, self.reader, peer, hello, self.cfg)
