@@ -157,6 +157,8 @@ impl Demo {
         let mut child = Command::new(&self.exe)
             .args(["viewserver", "--listen", "127.0.0.1:0"])
             .args(["--ping-interval-ms", &ping_ms.to_string()])
+            .arg("--data-dir")
+            .arg(self.dir.join("viewserver.data"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -246,7 +248,9 @@ impl Demo {
     }
 
     fn view(&self) -> Option<viewserver::View> {
-        viewserver::get_view(&self.vs_addr, Duration::from_secs(1)).ok()
+        viewserver::get_view(&self.vs_addr, Duration::from_secs(1))
+            .ok()
+            .map(|s| s.view)
     }
 
     /// Polls the view until `pred` holds.

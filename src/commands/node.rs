@@ -13,9 +13,15 @@ use crate::node::{self, NodeCtx};
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
-    /// The viewserver's address (`understudy viewserver --listen`).
-    #[arg(long, value_name = "ADDR")]
-    pub viewserver: String,
+    /// The viewserver's address (`understudy viewserver --listen`), or several, comma-separated,
+    /// for viewservers sharing one view through etcd (the node follows whichever leads).
+    #[arg(
+        long,
+        value_name = "ADDR[,ADDR...]",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub viewserver: Vec<String>,
     /// Address of this node's logging channel; it is also the node's name in views.
     #[arg(long, value_name = "ADDR")]
     pub listen: String,
@@ -58,7 +64,7 @@ pub fn run(args: &NodeArgs) -> CmdResult {
     eprintln!(
         "node {name}: listening on {}, viewserver {}",
         listener.local_addr(),
-        args.viewserver
+        args.viewserver.join(",")
     );
     let ctx = NodeCtx {
         image_sha256: guest.sha256(),

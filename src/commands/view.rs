@@ -9,9 +9,14 @@ use super::CmdResult;
 
 #[derive(Debug, Args)]
 pub struct ViewArgs {
-    /// The viewserver's address (host:port).
-    #[arg(long)]
-    pub viewserver: String,
+    /// The viewserver's address (host:port), or several, comma-separated (asks whichever leads).
+    #[arg(
+        long,
+        value_name = "ADDR[,ADDR...]",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub viewserver: Vec<String>,
     /// Print the view as JSON.
     #[arg(long)]
     pub json: bool,
@@ -21,7 +26,11 @@ pub struct ViewArgs {
 }
 
 pub fn run(args: &ViewArgs) -> CmdResult {
-    let view = viewserver::get_view(&args.viewserver, Duration::from_millis(args.timeout_ms))?;
+    let client = viewserver::client::Client::new(
+        args.viewserver.clone(),
+        Duration::from_millis(args.timeout_ms),
+    );
+    let view = client.status()?;
     if args.json {
         println!("{}", serde_json::to_string(&view)?);
     } else {

@@ -17,6 +17,7 @@ use vmm::source::NetSource;
 
 use super::NodeCtx;
 use super::views::Views;
+use viewserver::node::{self, Holding, Step};
 
 /// A replayed machine whose stream ended, ready to go live.
 #[derive(Debug)]
@@ -29,12 +30,13 @@ pub struct Retained {
 
 #[derive(Debug)]
 pub enum BackupEnd {
-    /// The view made this node primary; `None` if it has no state (it must not go live).
-    Promoted(Option<Box<Retained>>),
-    /// The view no longer names this node as backup.
-    NotBackup,
+    /// The view no longer makes this node a backup (it was promoted, or dropped); the replica
+    /// it holds, if any, for the role loop to go live with or drop.
+    Left(Option<Box<Retained>>),
     /// The replayed guest powered off (the primary's did too).
     GuestDone(u32),
+    /// This node cannot back up the view's primary (another guest image or memory size).
+    Misconfigured(String),
 }
 
 /// The backup's console: nothing leaves the node; the transcript and the history (kept for
@@ -63,27 +65,45 @@ impl Write for BackupConsole {
 const WAITING_NOTE_FIRST: Duration = Duration::from_secs(10);
 const WAITING_NOTE_EVERY: Duration = Duration::from_secs(60);
 
-/// Serves as backup for as long as the view says so.
-pub fn serve(ctx: &NodeCtx, listener: &Listener, views: &Arc<Views>) -> BackupEnd {
-    let mut retained: Option<Box<Retained>> = None;
-    views.follow();
+/// Serves as backup for as long as the view says so, starting with `replica` if it kept one.
+pub fn serve(
+    ctx: &NodeCtx,
+    listener: &Listener,
+    views: &Arc<Views>,
+    replica: Option<Box<Retained>>,
+) -> BackupEnd {
+    let mut retained = replica;
     // A backup left waiting says so now and then: the view service cannot tell a primary that
     // finished from one that died before any backup had its state, but an operator can.
     let mut waiting_since = Instant::now();
     let mut next_note = WAITING_NOTE_FIRST;
+    let mut mismatch: Option<String> = None;
     loop {
-        let Some(view) = views.latest() else {
+        let Some(view) = views.latest_view() else {
             std::thread::sleep(views.interval);
             continue;
         };
-        if view.primary == views.me {
-            return BackupEnd::Promoted(retained);
+        match node::step(views.holding(), &view, views.who()) {
+            Step::Backup { keep: true } => {}
+            Step::Backup { keep: false } => {
+                retained = None;
+                views.set_holding(Holding::Nothing);
+            }
+            _ => return BackupEnd::Left(retained),
         }
-        if view.backup != views.me {
-            return BackupEnd::NotBackup;
+        if let Some(why) = mismatch.take() {
+            return BackupEnd::Misconfigured(why);
         }
         let rx = match listener.accept_transfer(
-            |hello, mem| check_offer(ctx, views, hello, mem),
+            |hello, mem| {
+                check_offer(ctx, views, hello, mem).map_err(|e| {
+                    let why = e.to_string();
+                    if matches!(e, Refusal::Mismatch(_)) {
+                        mismatch = Some(why.clone());
+                    }
+                    why
+                })
+            },
             ctx.channel.clone(),
             Some(Duration::from_millis(50)),
         ) {
@@ -112,10 +132,12 @@ pub fn serve(ctx: &NodeCtx, listener: &Listener, views: &Arc<Views>) -> BackupEn
             }
         };
         let from = rx.offer().primary.clone();
+        let offered_view = rx.offer().viewnum;
         match receive(ctx, views, rx) {
             Ok((machine, point, held, log)) => {
                 // A new state replaces whatever was kept from an earlier stream.
                 retained = None;
+                views.set_holding(Holding::Replica { view: offered_view });
                 match replay_stream(ctx, views, machine, point, held, log) {
                     Ok(Follow::Retain(r)) => retained = Some(r),
                     Ok(Follow::GuestDone(code)) => return BackupEnd::GuestDone(code),
@@ -124,10 +146,9 @@ pub fn serve(ctx: &NodeCtx, listener: &Listener, views: &Arc<Views>) -> BackupEn
                             "node {}: replay of {from}'s log failed: {e}; dropping this state and asking for a new one",
                             views.me
                         );
-                        // Without state this node must not be promoted: look restarted.
-                        views.stateless();
-                        std::thread::sleep(views.interval * 3);
-                        views.follow();
+                        // Without state this node must not be promoted: it says so at once,
+                        // stays the backup, and the primary sends the state again.
+                        views.set_holding(Holding::Nothing);
                     }
                 }
             }
@@ -139,35 +160,48 @@ pub fn serve(ctx: &NodeCtx, listener: &Listener, views: &Arc<Views>) -> BackupEn
     }
 }
 
-fn check_offer(ctx: &NodeCtx, views: &Views, hello: &Hello, mem: u64) -> Result<(), String> {
+/// Why a state offer was refused.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    /// This node can never take this primary's state.
+    #[error(
+        "{0}; this node cannot back up that primary (every node of one guest must give the same --guest, --guest-arg and --mem-mib)"
+    )]
+    Mismatch(String),
+    /// Not now: the offer does not come from this node's view's primary.
+    #[error("{0}")]
+    NotMyPrimary(String),
+}
+
+fn check_offer(ctx: &NodeCtx, views: &Views, hello: &Hello, mem: u64) -> Result<(), Refusal> {
     if hello.guest_image_sha256 != ctx.image_sha256 {
-        return Err(format!(
+        return Err(Refusal::Mismatch(format!(
             "guest image mismatch: the primary runs {}, this node boots {}",
             hex(&hello.guest_image_sha256),
             hex(&ctx.image_sha256)
-        ));
+        )));
     }
     let ours = u64::from(ctx.mem_mib) << 20;
     if mem != ours {
-        return Err(format!(
+        return Err(Refusal::Mismatch(format!(
             "guest memory mismatch: the primary has {} MiB, this node {} MiB",
             mem >> 20,
             ctx.mem_mib
-        ));
+        )));
     }
-    check_primary(views, hello)
+    check_primary(views, hello).map_err(Refusal::NotMyPrimary)
 }
 
-/// Whether view `v` makes `me` the backup of `primary` (rule 5: nobody else may feed it).
-fn backs_up(v: &viewserver::View, primary: &str, me: &str) -> bool {
-    v.primary == primary && v.backup == me
+/// Whether view `v` makes this node the backup of `primary` (rule 5: nobody else may feed it).
+fn backs_up(v: &viewserver::View, primary: &str, views: &Views) -> bool {
+    v.primary == primary && v.is_backup(&views.me, views.incarnation)
 }
 
 /// Only the primary of this node's current view may send it state or log.
 fn check_primary(views: &Views, hello: &Hello) -> Result<(), String> {
     let ok =
-        |v: &viewserver::View| v.viewnum == hello.viewnum && backs_up(v, &hello.primary, &views.me);
-    let view = views.latest();
+        |v: &viewserver::View| v.viewnum == hello.viewnum && backs_up(v, &hello.primary, views);
+    let view = views.latest_view();
     if view.as_ref().is_some_and(ok) {
         return Ok(());
     }
@@ -252,8 +286,8 @@ fn replay_stream(
     let sender = log.hello().primary.clone();
     let watched = Arc::clone(views);
     let watch = move || {
-        let v = watched.latest()?;
-        (!backs_up(&v, &sender, &watched.me)).then(|| {
+        let v = watched.latest_view()?;
+        (!backs_up(&v, &sender, &watched)).then(|| {
             format!(
                 "view {} names {:?} primary and {:?} backup",
                 v.viewnum, v.primary, v.backup

@@ -19,6 +19,8 @@ use vmm::machine::{Machine, MachineConfig};
 use backup::BackupEnd;
 use primary::{PrimaryEnd, Start};
 use views::Views;
+use viewserver::View;
+use viewserver::node::{self, Holding, Step};
 
 /// What every role needs to know about this node and its guest.
 #[derive(Debug)]
@@ -66,7 +68,7 @@ impl NodeCtx {
 /// Runs the node until its guest powers off; returns the guest's exit code.
 pub fn run(
     ctx: &NodeCtx,
-    viewserver: String,
+    viewservers: Vec<String>,
     listener: &Listener,
     name: String,
     ping_interval: Duration,
@@ -75,7 +77,13 @@ pub fn run(
         // A fresh transcript per process: it is this node's execution.
         std::fs::write(path, b"")?;
     }
-    let views = Views::new(viewserver, name, ping_interval);
+    let views = Views::new(viewservers, name, ping_interval);
+    eprintln!(
+        "node {}: incarnation {}, viewserver {}",
+        views.me,
+        views.incarnation,
+        views.viewserver()
+    );
     let pinger = views::spawn_pinger(Arc::clone(&views))?;
     let result = roles(ctx, listener, &views);
     views.stop();
@@ -83,90 +91,125 @@ pub fn run(
     result
 }
 
+/// The role loop: whenever the view changes, [`step`] says what this node does with what it
+/// holds (the rules of docs/viewserver.md, "What nodes must do").
 fn roles(
     ctx: &NodeCtx,
     listener: &Listener,
     views: &Arc<Views>,
 ) -> Result<u32, Box<dyn std::error::Error + Send + Sync>> {
     let me = views.me.clone();
-    let mut said_idle = false;
-    let mut said_no_state = false;
-    let mut promoted: Option<Box<backup::Retained>> = None;
+    let mut said: Option<(u64, Step)> = None;
+    // The replica a backup kept when its primary's stream ended: what a promotion goes live with.
+    let mut replica: Option<Box<backup::Retained>> = None;
     loop {
+        if let Some(why) = views.fatal() {
+            return Err(why.into());
+        }
         let Some(view) = views.wait_first(Duration::from_secs(3600)) else {
             continue;
         };
-        if view.primary == me {
-            let end = match promoted.take() {
-                Some(r) => go_live(ctx, views, *r)?,
-                None if view.viewnum == 1 => {
-                    eprintln!("node {me}: view 1: primary; booting the guest");
-                    let machine = build(ctx)?;
-                    primary::serve(
-                        ctx,
-                        views,
-                        machine,
-                        Start {
-                            live: LiveStart::default(),
-                            clock: SystemClock::new(),
-                            next_seq: 0,
-                            history: Vec::new(),
-                            released: 0,
-                        },
-                    )?
-                }
+        let holding = views.holding();
+        let step = node::step(holding, &view, views.who());
+        let first = said != Some((view.viewnum, step));
+        said = Some((view.viewnum, step));
+        let end = match step {
+            Step::Boot => {
+                eprintln!(
+                    "node {me}: view {}: primary; booting the guest",
+                    view.viewnum
+                );
+                let machine = build(ctx)?;
+                // Running the guest now: the next ping acknowledges the view.
+                views.set_holding(node::after(holding, step, &view));
+                primary::serve(
+                    ctx,
+                    views,
+                    machine,
+                    Start {
+                        live: LiveStart::default(),
+                        clock: SystemClock::new(),
+                        next_seq: 0,
+                        history: Vec::new(),
+                        released: 0,
+                    },
+                )?
+            }
+            Step::GoLive => match replica.take() {
+                Some(r) => go_live(ctx, views, *r, &view)?,
                 None => {
-                    // Booting afresh would contradict whatever the guest already said.
-                    if !said_no_state {
-                        eprintln!(
-                            "node {me}: view {} names this node primary, but it has no state (it restarted); waiting",
-                            view.viewnum
-                        );
-                        said_no_state = true;
-                    }
-                    views.stateless();
-                    views.wait_change(view.viewnum, views.interval * 10);
+                    // The holding says replica but the machine is gone: never serve.
+                    views.set_holding(Holding::Nothing);
                     continue;
                 }
-            };
-            match end {
-                PrimaryEnd::PowerOff(code) => {
-                    eprintln!("node {me}: the guest powered off (exit code {code})");
-                    return Ok(code);
+            },
+            Step::Backup { keep } => {
+                if !keep {
+                    replica = None;
+                    views.set_holding(Holding::Nothing);
                 }
-                PrimaryEnd::Superseded => {
-                    views.stateless();
-                    continue;
-                }
-            }
-        }
-        if view.backup == me {
-            said_idle = false;
-            eprintln!(
-                "node {me}: view {}: backup of {}; waiting for its state",
-                view.viewnum, view.primary
-            );
-            match backup::serve(ctx, listener, views) {
-                BackupEnd::Promoted(r) => promoted = r,
-                BackupEnd::NotBackup => {}
-                BackupEnd::GuestDone(code) => {
+                if first {
                     eprintln!(
-                        "node {me}: the replayed guest powered off (exit code {code}), as the primary's did"
+                        "node {me}: view {}: backup of {}; {}",
+                        view.viewnum,
+                        view.primary,
+                        if keep {
+                            "holding its state"
+                        } else {
+                            "waiting for its state"
+                        }
                     );
-                    return Ok(code);
                 }
+                match backup::serve(ctx, listener, views, replica.take()) {
+                    BackupEnd::Left(r) => replica = r,
+                    BackupEnd::Misconfigured(why) => return Err(why.into()),
+                    BackupEnd::GuestDone(code) => {
+                        eprintln!(
+                            "node {me}: the replayed guest powered off (exit code {code}), as the primary's did"
+                        );
+                        return Ok(code);
+                    }
+                }
+                continue;
             }
-            continue;
+            Step::Stranded => {
+                if first {
+                    // Booting afresh would contradict whatever the guest already said.
+                    eprintln!(
+                        "node {me}: view {} names this node primary, but it holds no state of that view's history (it restarted, or lost its replica); it will not serve, and waits",
+                        view.viewnum
+                    );
+                }
+                replica = None;
+                views.set_holding(Holding::Nothing);
+                views.wait_change(view.viewnum, views.interval * 10);
+                continue;
+            }
+            Step::Idle | Step::StepDown | Step::Serve => {
+                // (StepDown and Serve happen inside the primary role, which owns the guest.)
+                replica = None;
+                views.set_holding(Holding::Nothing);
+                if first {
+                    eprintln!(
+                        "node {me}: view {}: idle (primary {:?}, backup {:?})",
+                        view.viewnum, view.primary, view.backup
+                    );
+                }
+                views.wait_change(view.viewnum, views.interval);
+                continue;
+            }
+        };
+        match end {
+            PrimaryEnd::PowerOff(code) => {
+                eprintln!("node {me}: the guest powered off (exit code {code})");
+                return Ok(code);
+            }
+            PrimaryEnd::Superseded => {
+                views.set_holding(Holding::Nothing);
+                continue;
+            }
+            PrimaryEnd::Refused(why) => return Err(why.into()),
         }
-        if !said_idle {
-            eprintln!(
-                "node {me}: view {}: idle (primary {:?}, backup {:?})",
-                view.viewnum, view.primary, view.backup
-            );
-            said_idle = true;
-        }
-        views.follow();
-        views.wait_change(view.viewnum, views.interval);
     }
 }
 
@@ -183,12 +226,14 @@ fn go_live(
     ctx: &NodeCtx,
     views: &Arc<Views>,
     r: backup::Retained,
+    view: &View,
 ) -> Result<PrimaryEnd, Box<dyn std::error::Error + Send + Sync>> {
     let s = &r.stopped;
     let from = s.released.min(r.history.len() as u64);
     eprintln!(
-        "node {}: going live at guest exit {}, console byte {}; releasing from byte {from} ({} bytes the old primary may not have released)",
+        "node {}: view {}: going live at guest exit {}, console byte {}; releasing from byte {from} ({} bytes the old primary may not have released)",
         views.me,
+        view.viewnum,
         s.exits,
         s.console.bytes,
         r.history.len() as u64 - from
@@ -204,5 +249,7 @@ fn go_live(
         history: r.history,
         released: from,
     };
+    // Running the guest now: the next ping acknowledges the view.
+    views.set_holding(Holding::Guest { view: view.viewnum });
     primary::serve(ctx, views, r.machine, start)
 }

@@ -8,11 +8,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use logging_channel::net::{ChannelConfig, Hello};
+use viewserver::node::{self, Step};
 use vmm::clock::SystemClock;
 use vmm::live::{LiveOptions, LiveStart, run_live_from};
 use vmm::machine::Machine;
 use vmm::outcome::{Outcome, RunError};
-use vmm::replication::release::{HeldConsole, ReleaseQueue};
+use vmm::replication::release::{Gate, HeldConsole, ReleaseQueue};
 use vmm::replication::transfer::transfer;
 use vmm::replication::{ReplicaSink, Replication};
 use vmm::sink::SinkError;
@@ -31,6 +32,9 @@ pub enum PrimaryEnd {
     PowerOff(u32),
     /// The view names another primary: this node stopped its guest and released nothing more.
     Superseded,
+    /// The view service refused this node (another process took its name): stopped, as for
+    /// `Superseded`, and the node must exit.
+    Refused(String),
 }
 
 /// Where the guest starts: freshly booted, or going live after replay.
@@ -82,7 +86,14 @@ pub fn serve(
     mut machine: Machine,
     start: Start,
 ) -> Result<PrimaryEnd, Box<dyn std::error::Error + Send + Sync>> {
-    let queue = Arc::new(ReleaseQueue::resuming(start.history, start.released));
+    // Output leaves only while the view service's lease says this node is the primary.
+    let lease_views = Arc::clone(views);
+    let gate: Gate = Arc::new(move || lease_views.lease.valid());
+    let queue = Arc::new(ReleaseQueue::gated(
+        start.history,
+        start.released,
+        Some(gate),
+    ));
     let replication = Replication::new(Arc::clone(&queue), MemoryTracker::new(&machine)?);
     let release = {
         let q = Arc::clone(&queue);
@@ -127,7 +138,10 @@ pub fn serve(
             PrimaryEnd::PowerOff(code)
         }
         Ok((Outcome::Stopped, _)) => PrimaryEnd::PowerOff(0),
-        Err(RunError::Sink(SinkError::Superseded)) => PrimaryEnd::Superseded,
+        Err(RunError::Sink(SinkError::Superseded)) => match views.fatal() {
+            Some(why) => PrimaryEnd::Refused(why),
+            None => PrimaryEnd::Superseded,
+        },
         Err(e) => return Err(e.into()),
     };
     queue.close();
@@ -153,6 +167,11 @@ pub fn serve(
             "node {}: guest held back {:.1} ms in all for the backup's replay to catch up",
             views.me,
             replication.throttled().as_secs_f64() * 1e3
+        );
+        eprintln!(
+            "node {}: covered output waited {:.1} ms in all for a lease",
+            views.me,
+            queue.gated_time().as_secs_f64() * 1e3
         );
         let delays = queue.delays_us().into_iter().map(|us| f64::from(us) / 1e3);
         if let Some(spread) = spread_ms(delays.collect()) {
@@ -186,15 +205,31 @@ fn spawn_manager(
             let mut last_try = Instant::now() - RETRY_AFTER;
             let mut last_status = Instant::now();
             while !stop.load(Ordering::Acquire) {
-                let Some(view) = views.latest() else {
+                let Some(view) = views.latest_view() else {
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 };
-                if view.primary != views.me {
-                    eprintln!(
-                        "node {}: view {} names {:?} primary; stopping this guest, releasing nothing more",
-                        views.me, view.viewnum, view.primary
-                    );
+                let holding = views.holding();
+                match node::step(holding, &view, views.who()) {
+                    Step::Serve => {
+                        // Acknowledge the view at once: its backup's readiness is its own to
+                        // report, so nothing here waits for the transfer.
+                        views.set_holding(node::after(holding, Step::Serve, &view));
+                    }
+                    _ => {
+                        let why = views.fatal().unwrap_or_else(|| {
+                            format!("view {} names {:?} primary", view.viewnum, view.primary)
+                        });
+                        eprintln!(
+                            "node {}: {why}; stopping this guest, releasing nothing more",
+                            views.me
+                        );
+                        views.lease.revoke();
+                        replication.supersede();
+                        return;
+                    }
+                }
+                if views.fatal().is_some() {
                     replication.supersede();
                     return;
                 }
@@ -215,7 +250,6 @@ fn spawn_manager(
                     match &want {
                         None => {
                             replication.no_backup();
-                            views.ack(view.viewnum);
                             eprintln!(
                                 "node {}: view {}: primary, no backup: output flows at once",
                                 views.me, view.viewnum
@@ -239,9 +273,6 @@ fn spawn_manager(
                             );
                         }
                     }
-                } else if want.is_some() && replication.streaming() {
-                    // Same backup, still streaming: a view change elsewhere needs no transfer.
-                    views.ack(view.viewnum);
                 }
                 let (received, replayed) = (replication.lag(), replication.replay_lag());
                 if let Some(l) = received {
@@ -257,11 +288,9 @@ fn spawn_manager(
                     last_status = Instant::now();
                     let lag = match (received, replayed) {
                         (None, _) => "no stream".to_string(),
-                        (Some(_), Some(r)) => format!(
-                            "lag {} entries / {:.1} ms",
-                            r.entries,
-                            r.t_ns as f64 / 1e6
-                        ),
+                        (Some(_), Some(r)) => {
+                            format!("lag {} entries / {:.1} ms", r.entries, r.t_ns as f64 / 1e6)
+                        }
                         (Some(l), None) => format!(
                             "lag {} entries / {:.1} ms (received)",
                             l.entries,
@@ -284,8 +313,7 @@ fn spawn_manager(
         })
 }
 
-/// Sends the state to `backup` on a thread of its own; acks `viewnum` once it is installed
-/// (if the view still wants this transfer by then).
+/// Sends the state to `backup` on a thread of its own.
 fn start_transfer(
     replication: &Arc<Replication>,
     views: &Arc<Views>,
@@ -317,9 +345,6 @@ fn start_transfer(
                         rep.bytes as f64 / f64::from(1 << 20),
                         rep.next_seq
                     );
-                    if r.is_current(generation) {
-                        v.ack(viewnum);
-                    }
                 }
                 Err(e) => eprintln!("node {me}: state transfer to {b} failed: {e}"),
             }

@@ -1,21 +1,26 @@
-//! The node's line to the viewserver: a thread pings every interval with the view this node
-//! vouches for, and everyone else reads the latest view from here.
+//! The node's line to the view service: a thread pings every interval (and at once after
+//! anything that changes what the ping says) with this node's incarnation, the latest view it
+//! knows and the state it holds; everyone else reads the latest status from here, and the
+//! release thread reads the lease.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use viewserver::service::View;
+use viewserver::client::{Client, ClientError, Lease};
+use viewserver::node::{self, Holding, Me};
+use viewserver::{PingRequest, Status, View};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
-    latest: Option<View>,
-    /// What the node pings with: 0 until it has state worth keeping; the primary's acked view.
-    ack: u64,
-    /// Ping with the latest view number instead of `ack` (backups and idle nodes: only the
-    /// primary's number acknowledges anything, and a backup with state must not look restarted).
-    follow_latest: bool,
+    latest: Option<Status>,
+    holding: Holding,
+    seq: u64,
+    /// Ping again without waiting for the interval.
+    ping_now: bool,
     last_error: Option<String>,
+    /// Why this node must stop (another process took its name).
+    fatal: Option<String>,
     stop: bool,
 }
 
@@ -23,19 +28,33 @@ struct Inner {
 pub struct Views {
     inner: Mutex<Inner>,
     changed: Condvar,
-    pub viewserver: String,
+    client: Client,
     pub me: String,
+    pub incarnation: u64,
     pub interval: Duration,
+    /// Held while this node is the acknowledged primary; output leaves only while it holds.
+    pub lease: Lease,
 }
 
 impl Views {
-    pub fn new(viewserver: String, me: String, interval: Duration) -> Arc<Self> {
+    pub fn new(viewservers: Vec<String>, me: String, interval: Duration) -> Arc<Self> {
+        let timeout = interval.max(Duration::from_millis(200));
         Arc::new(Self {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                latest: None,
+                holding: Holding::Nothing,
+                seq: 0,
+                ping_now: false,
+                last_error: None,
+                fatal: None,
+                stop: false,
+            }),
             changed: Condvar::new(),
-            viewserver,
+            client: Client::new(viewservers, timeout),
             me,
+            incarnation: new_incarnation(),
             interval,
+            lease: Lease::default(),
         })
     }
 
@@ -43,125 +62,216 @@ impl Views {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn latest(&self) -> Option<View> {
-        self.lock().latest.clone()
+    /// This node as the view rules name it.
+    pub fn who(&self) -> Me<'_> {
+        Me {
+            name: &self.me,
+            incarnation: self.incarnation,
+        }
+    }
+
+    /// The viewserver address(es), for messages.
+    pub fn viewserver(&self) -> String {
+        self.client.describe()
+    }
+
+    pub fn latest_view(&self) -> Option<View> {
+        self.lock().latest.as_ref().map(|s| s.view.clone())
+    }
+
+    /// Why this node must stop, if it must.
+    pub fn fatal(&self) -> Option<String> {
+        self.lock().fatal.clone()
+    }
+
+    fn wait<'a>(&self, g: MutexGuard<'a, Inner>, deadline: Instant) -> MutexGuard<'a, Inner> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.changed
+            .wait_timeout(g, left)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0)
     }
 
     /// Waits up to `timeout` for the first view.
     pub fn wait_first(&self, timeout: Duration) -> Option<View> {
         let deadline = Instant::now() + timeout;
         let mut g = self.lock();
-        while g.latest.is_none() {
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            g = self
-                .changed
-                .wait_timeout(g, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+        while g.latest.is_none() && g.fatal.is_none() && Instant::now() < deadline {
+            g = self.wait(g, deadline);
         }
-        g.latest.clone()
+        g.latest.as_ref().map(|s| s.view.clone())
     }
 
-    /// Waits until the view differs from `seen` or `timeout` passes.
+    /// Waits until the view number differs from `seen` or `timeout` passes.
     pub fn wait_change(&self, seen: u64, timeout: Duration) -> Option<View> {
         let deadline = Instant::now() + timeout;
         let mut g = self.lock();
         loop {
-            if g.latest.as_ref().is_some_and(|v| v.viewnum != seen) {
-                return g.latest.clone();
+            let view = g.latest.as_ref().map(|s| s.view.clone());
+            if view.as_ref().is_some_and(|v| v.viewnum != seen)
+                || g.fatal.is_some()
+                || Instant::now() >= deadline
+            {
+                return view;
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return g.latest.clone();
-            }
-            g = self
-                .changed
-                .wait_timeout(g, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            g = self.wait(g, deadline);
         }
     }
 
-    /// The primary acknowledges `viewnum` (its backup has state, or it has none).
-    pub fn ack(&self, viewnum: u64) {
+    /// What this node holds now; its pings say so from the next one on, which goes at once
+    /// (an acknowledgement or a backup's readiness should not wait for the interval).
+    pub fn set_holding(&self, holding: Holding) {
         let mut g = self.lock();
-        g.follow_latest = false;
-        g.ack = viewnum;
+        if g.holding != holding {
+            g.holding = holding;
+            g.ping_now = true;
+            self.changed.notify_all();
+        }
+        if !matches!(holding, Holding::Guest { .. }) {
+            self.lease.revoke();
+        }
     }
 
-    /// A backup or idle node: ping with the latest view number.
-    pub fn follow(&self) {
-        self.lock().follow_latest = true;
+    pub fn holding(&self) -> Holding {
+        self.lock().holding
     }
 
-    /// The node has no state (again): ping 0, so the viewserver treats it as restarted.
-    pub fn stateless(&self) {
-        let mut g = self.lock();
-        g.follow_latest = false;
-        g.ack = 0;
-    }
-
-    /// Asks the viewserver now (without counting as a ping), e.g. when a primary claims a
+    /// Asks the view service now (without counting as a ping), e.g. when a primary claims a
     /// view this node has not seen yet.
     pub fn refresh(&self) -> Option<View> {
-        if let Ok(v) = viewserver::get_view(
-            &self.viewserver,
-            self.interval.max(Duration::from_millis(200)),
-        ) {
-            self.update(v);
+        if let Ok(s) = self.client.status() {
+            self.update(s, None);
         }
-        self.latest()
+        self.latest_view()
     }
 
-    fn update(&self, v: View) {
+    /// A status arrived; `sent` is when the ping it answers left (for its lease).
+    fn update(&self, s: Status, sent: Option<Instant>) {
         let mut g = self.lock();
-        if g.latest.as_ref().is_none_or(|l| l.viewnum <= v.viewnum) {
-            g.latest = Some(v);
-        }
         g.last_error = None;
+        if !node::believe(g.latest.as_ref(), &s) {
+            if let Some(l) = g.latest.as_ref()
+                && l.service != s.service
+            {
+                let msg = format!(
+                    "the view service now reports history {} but this node follows {}: its state was lost or replaced; ignoring it (restart this node to join the new service)",
+                    s.service, l.service
+                );
+                if g.last_error.as_deref() != Some(&msg) {
+                    eprintln!("node {}: {msg}", self.me);
+                    g.last_error = Some(msg);
+                }
+            }
+            return;
+        }
+        if let Some(sent) = sent
+            && s.lease_ms > 0
+            && s.view.is_primary(&self.me, self.incarnation)
+        {
+            self.lease.grant(sent, s.lease_ms);
+        }
+        let new_view = g.latest.as_ref().is_none_or(|l| l.view != s.view);
+        if new_view {
+            // Tell the service at once that this node knows it (the primary's ack).
+            g.ping_now = true;
+        }
+        g.latest = Some(s);
         self.changed.notify_all();
     }
 
     pub fn stop(&self) {
-        self.lock().stop = true;
+        let mut g = self.lock();
+        g.stop = true;
+        self.changed.notify_all();
+    }
+
+    /// The next ping's contents; `None` once stopped.
+    fn next_ping(&self) -> Option<PingRequest> {
+        let mut g = self.lock();
+        if g.stop || g.fatal.is_some() {
+            return None;
+        }
+        g.seq += 1;
+        g.ping_now = false;
+        let (viewnum, holds) = node::ping_fields(g.holding, g.latest.as_ref().map(|s| &s.view));
+        Some(PingRequest {
+            server: self.me.clone(),
+            viewnum,
+            incarnation: Some(self.incarnation),
+            seq: Some(g.seq),
+            holds: Some(holds),
+        })
+    }
+
+    /// Sleeps until the next ping is due: the interval, or sooner while holding a lease (it
+    /// is renewed three times per lease), or at once when asked to.
+    fn sleep_until_due(&self, sent: Instant) {
+        let mut every = self.interval;
+        let remaining = self.lease.remaining();
+        if !remaining.is_zero() {
+            every = every.min(remaining / 3).max(Duration::from_millis(1));
+        }
+        let due = sent + every;
+        let mut g = self.lock();
+        while !g.ping_now && !g.stop && Instant::now() < due {
+            g = self.wait(g, due);
+        }
     }
 }
 
-/// Pings every `views.interval` until stopped. An unreachable viewserver is reported once per
-/// outage; the node keeps its role meanwhile (the viewserver cannot change it without acks).
+/// A process identity that no earlier run of this node had: random, nonzero, below 2^53 (so
+/// JSON tools that read numbers as doubles keep it exact).
+fn new_incarnation() -> u64 {
+    let mut b = [0u8; 8];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_ok();
+    let mut n = u64::from_le_bytes(b);
+    if !ok {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        n = t ^ (u64::from(std::process::id()) << 20);
+    }
+    (n & ((1 << 53) - 1)).max(1)
+}
+
+/// Pings until stopped. An unreachable view service is reported once per outage; the node
+/// keeps its role meanwhile (the service cannot change it without its pings), but a primary
+/// stops releasing output when its lease runs out.
 pub fn spawn_pinger(views: Arc<Views>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("view-pinger".into())
         .spawn(move || {
-            loop {
-                let (viewnum, stop) = {
-                    let g = views.lock();
-                    let n = if g.follow_latest {
-                        g.latest.as_ref().map_or(0, |v| v.viewnum)
-                    } else {
-                        g.ack
-                    };
-                    (n, g.stop)
-                };
-                if stop {
-                    return;
-                }
-                let timeout = views.interval.max(Duration::from_millis(200));
-                match viewserver::ping(&views.viewserver, &views.me, viewnum, timeout) {
-                    Ok(v) => views.update(v),
+            while let Some(req) = views.next_ping() {
+                let sent = Instant::now();
+                match views.client.ping(&req) {
+                    Ok(s) => views.update(s, Some(sent)),
+                    Err(ClientError::Status {
+                        status: 409,
+                        message,
+                        ..
+                    }) => {
+                        eprintln!(
+                            "node {}: the view service refused this node: {message}",
+                            views.me
+                        );
+                        views.lease.revoke();
+                        let mut g = views.lock();
+                        g.fatal = Some(message);
+                        views.changed.notify_all();
+                        return;
+                    }
                     Err(e) => {
                         let msg = e.to_string();
                         let mut g = views.lock();
                         if g.last_error.as_deref() != Some(&msg) {
-                            eprintln!("node {}: viewserver unreachable: {msg}", views.me);
+                            eprintln!("node {}: view service unreachable: {msg}", views.me);
                             g.last_error = Some(msg);
                         }
                     }
                 }
-                std::thread::sleep(views.interval);
+                views.sleep_until_due(sent);
             }
         })
 }

@@ -103,6 +103,34 @@ fn collect_text(stream: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
     });
 }
 
+/// Starts `understudy viewserver` on `listen` with its data in `dir/viewserver.data`; returns
+/// it and the address it listens on.
+pub fn spawn_viewserver(dir: &std::path::Path, listen: &str, ping_ms: u64) -> (Child, String) {
+    let mut vs = Command::new(bin())
+        .args(["viewserver", "--listen", listen])
+        .args(["--ping-interval-ms", &ping_ms.to_string()])
+        .arg("--data-dir")
+        .arg(dir.join("viewserver.data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It says where it listens on stderr first.
+    let mut err = BufReader::new(vs.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = err.read_to_end(&mut sink);
+    });
+    let addr = line
+        .trim()
+        .strip_prefix("viewserver: listening on ")
+        .unwrap_or_else(|| panic!("viewserver said {line:?}"))
+        .to_string();
+    (vs, addr)
+}
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub vs: Child,
@@ -117,28 +145,10 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(guest: &str, guest_args: &[&str], ping_ms: u64) -> Self {
-        let mut vs = Command::new(bin())
-            .args(["viewserver", "--listen", "127.0.0.1:0"])
-            .args(["--ping-interval-ms", &ping_ms.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // It says where it listens on stderr, then nothing more unless something fails.
-        let mut line = String::new();
-        let mut err = BufReader::new(vs.stderr.take().unwrap());
-        err.read_line(&mut line).unwrap();
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = err.read_to_end(&mut sink);
-        });
-        let vs_addr = line
-            .trim()
-            .strip_prefix("viewserver: listening on ")
-            .unwrap_or_else(|| panic!("viewserver said {line:?}"))
-            .to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let (vs, vs_addr) = spawn_viewserver(dir.path(), "127.0.0.1:0", ping_ms);
         Self {
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             vs,
             vs_addr,
             nodes: Vec::new(),
@@ -147,6 +157,15 @@ impl Cluster {
             ping_ms,
             mem_mib: None,
         }
+    }
+
+    /// SIGKILLs the viewserver and starts it again on the same address and data directory.
+    pub fn restart_viewserver(&mut self) {
+        let _ = self.vs.kill();
+        let _ = self.vs.wait();
+        let (vs, addr) = spawn_viewserver(self.dir.path(), &self.vs_addr, self.ping_ms);
+        assert_eq!(addr, self.vs_addr);
+        self.vs = vs;
     }
 
     /// Starts a node; `name` overrides the name it gives the viewserver (a proxy's address).
@@ -208,6 +227,10 @@ impl Cluster {
     }
 
     pub fn view(&self) -> Option<viewserver::View> {
+        self.status().map(|s| s.view)
+    }
+
+    pub fn status(&self) -> Option<viewserver::Status> {
         viewserver::get_view(&self.vs_addr, Duration::from_secs(1)).ok()
     }
 

@@ -1,13 +1,16 @@
 //! Talking to a viewserver: one connection per request, every step bounded by
-//! the caller's timeout.
+//! the caller's timeout. [`Client`] follows whichever of several viewserver
+//! addresses leads; [`Lease`] is what a primary holds between pings.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use crate::api::PingRequest;
 use crate::http::{MAX_BODY, MAX_HEAD};
-use crate::server::PingRequest;
-use crate::service::View;
+use crate::service::Status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -50,6 +53,8 @@ pub enum ClientError {
         addr: String,
         status: u16,
         message: String,
+        /// With 503 from a viewserver that does not lead: the one that does.
+        leader: Option<String>,
     },
     #[error("viewserver at {addr} answered a body that is not a view")]
     BadView {
@@ -61,24 +66,137 @@ pub enum ClientError {
     Encode(#[source] serde_json::Error),
 }
 
-/// Says "`server` is alive and knows view `viewnum`" (0: just started, no
-/// state) and returns the current view.
-pub fn ping(
-    addr: &str,
-    server: &str,
-    viewnum: u64,
+/// The view service at one or more addresses (several viewserver processes
+/// sharing one stored view, of which one leads). Requests go to the one
+/// that answered last; on failure, or when told another leads, the next.
+#[derive(Debug)]
+pub struct Client {
+    addrs: Vec<String>,
+    current: Mutex<usize>,
     timeout: Duration,
-) -> Result<View, ClientError> {
-    let body = serde_json::to_string(&PingRequest {
-        server: server.to_string(),
-        viewnum,
-    })
-    .map_err(ClientError::Encode)?;
+}
+
+impl Client {
+    /// `addrs` must not be empty; each request (and each attempt) is bounded
+    /// by `timeout`.
+    pub fn new(addrs: Vec<String>, timeout: Duration) -> Self {
+        Client {
+            addrs,
+            current: Mutex::new(0),
+            timeout,
+        }
+    }
+
+    /// The addresses, comma-separated, for messages.
+    pub fn describe(&self) -> String {
+        self.addrs.join(",")
+    }
+
+    /// Pings (see [`ping`]) whichever viewserver leads.
+    pub fn ping(&self, req: &PingRequest) -> Result<Status, ClientError> {
+        self.each(|addr| ping(addr, req, self.timeout))
+    }
+
+    /// The current status (see [`get_view`]) from whichever viewserver leads.
+    pub fn status(&self) -> Result<Status, ClientError> {
+        self.each(|addr| get_view(addr, self.timeout))
+    }
+
+    /// Tries the current address, then the others in turn; keeps the first
+    /// that answers. Refusals (4xx) are answers, not failures.
+    fn each(
+        &self,
+        mut f: impl FnMut(&str) -> Result<Status, ClientError>,
+    ) -> Result<Status, ClientError> {
+        let start = *self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let n = self.addrs.len();
+        let mut first_err = None;
+        let mut i = start;
+        for _ in 0..n.max(1) {
+            let Some(addr) = self.addrs.get(i % n.max(1)) else {
+                break;
+            };
+            match f(addr) {
+                Ok(s) => {
+                    *self.current.lock().unwrap_or_else(|p| p.into_inner()) = i % n;
+                    return Ok(s);
+                }
+                Err(e @ ClientError::Status { status, .. }) if (400..500).contains(&status) => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    let hint = match &e {
+                        ClientError::Status {
+                            leader: Some(l), ..
+                        } => self.addrs.iter().position(|a| a == l),
+                        _ => None,
+                    };
+                    first_err.get_or_insert(e);
+                    i = hint.unwrap_or(i + 1);
+                }
+            }
+        }
+        Err(first_err.unwrap_or(ClientError::NoAddress {
+            addr: String::new(),
+        }))
+    }
+}
+
+/// A primary's right to act as primary: granted by the view service for a
+/// while from when the ping that earned it was *sent* (so time lost to a
+/// slow answer, or to this process being stopped, is counted against it).
+#[derive(Debug)]
+pub struct Lease {
+    base: Instant,
+    /// Nanoseconds after `base` until which the lease holds; 0: none.
+    until_ns: AtomicU64,
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Lease {
+            base: Instant::now(),
+            until_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Lease {
+    /// The answer to a ping sent at `sent` granted `ms` milliseconds.
+    pub fn grant(&self, sent: Instant, ms: u64) {
+        let until = sent.saturating_duration_since(self.base) + Duration::from_millis(ms);
+        let ns = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX);
+        self.until_ns.fetch_max(ns, Ordering::AcqRel);
+    }
+
+    /// Whether the lease holds now.
+    pub fn valid(&self) -> bool {
+        let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        now < self.until_ns.load(Ordering::Acquire)
+    }
+
+    /// How long the lease still holds.
+    pub fn remaining(&self) -> Duration {
+        let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(self.until_ns.load(Ordering::Acquire).saturating_sub(now))
+    }
+
+    /// Gives the lease up (this node is no longer primary).
+    pub fn revoke(&self) {
+        self.until_ns.store(0, Ordering::Release);
+    }
+}
+
+/// Says "`req.server` is alive, knows view `req.viewnum` and holds the
+/// state of view `req.holds`" and returns the current status (with a lease
+/// if the sender is the acknowledged primary).
+pub fn ping(addr: &str, req: &PingRequest, timeout: Duration) -> Result<Status, ClientError> {
+    let body = serde_json::to_string(req).map_err(ClientError::Encode)?;
     request(addr, "POST", "/ping", &body, timeout)
 }
 
-/// The current view, without counting as a ping.
-pub fn get_view(addr: &str, timeout: Duration) -> Result<View, ClientError> {
+/// The current status, without counting as a ping.
+pub fn get_view(addr: &str, timeout: Duration) -> Result<Status, ClientError> {
     request(addr, "GET", "/view", "", timeout)
 }
 
@@ -114,7 +232,7 @@ fn request(
     path: &str,
     body: &str,
     timeout: Duration,
-) -> Result<View, ClientError> {
+) -> Result<Status, ClientError> {
     let mut stream = connect(addr, timeout)?;
     stream
         .set_read_timeout(Some(timeout))
@@ -148,14 +266,18 @@ fn request(
         detail,
     })?;
     if status != 200 {
-        let message = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect());
+        let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
+        let field = |name: &str| {
+            parsed
+                .as_ref()
+                .and_then(|v| v[name].as_str().map(str::to_string))
+        };
         return Err(ClientError::Status {
             addr: addr.to_string(),
             status,
-            message,
+            message: field("error")
+                .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect()),
+            leader: field("leader"),
         });
     }
     serde_json::from_slice(body).map_err(|source| ClientError::BadView {
@@ -234,20 +356,28 @@ mod tests {
         let mut config = crate::Config::new("127.0.0.1:0");
         config.log_view_changes = false;
         config.ping_interval = Duration::from_secs(3600);
-        let addr = crate::ViewServer::bind(config)
+        let addr = crate::ViewServer::bind(config, Box::new(crate::MemoryStore::default()))
             .unwrap()
             .spawn()
             .unwrap()
             .to_string();
         let t = Duration::from_secs(5);
-        assert_eq!(get_view(&addr, t).unwrap(), View::default());
-        let v = ping(&addr, "10.0.0.1:7000", 0, t).unwrap();
+        assert_eq!(get_view(&addr, t).unwrap().view, crate::View::default());
+        let lab = |server: &str, viewnum| PingRequest {
+            server: server.into(),
+            viewnum,
+            incarnation: None,
+            seq: None,
+            holds: None,
+        };
+        let v = ping(&addr, &lab("10.0.0.1:7000", 0), t).unwrap().view;
         assert_eq!((v.viewnum, v.primary.as_str()), (1, "10.0.0.1:7000"));
-        let v = ping(&addr, "10.0.0.1:7000", 1, t).unwrap();
-        let v2 = ping(&addr, "10.0.0.2:7000", 0, t).unwrap();
-        assert_eq!(v2.viewnum, v.viewnum + 1);
+        let s = ping(&addr, &lab("10.0.0.1:7000", 1), t).unwrap();
+        assert!(s.acked && s.lease_ms > 0);
+        let v2 = ping(&addr, &lab("10.0.0.2:7000", 0), t).unwrap().view;
+        assert_eq!(v2.viewnum, s.view.viewnum + 1);
         assert_eq!(v2.backup, "10.0.0.2:7000");
-        let err = ping(&addr, "", 0, t).unwrap_err();
+        let err = ping(&addr, &lab("", 0), t).unwrap_err();
         assert!(
             matches!(err, ClientError::Status { status: 400, .. }),
             "{err:?}"

@@ -1,23 +1,34 @@
-//! understudy's view service (MIT 6.824 lab 2 semantics): the single authority
-//! on which server is primary and which is backup.
+//! understudy's view service: the single authority on which server is primary
+//! and which is backup (MIT 6.824 lab 2 semantics, made safe against
+//! restarts, reordered pings and a restarted viewserver).
 //!
 //! - [`service`]: the rules, as an I/O-free state machine driven by
 //!   [`ViewService::ping`] and [`ViewService::tick`]; unit-tested scenario by
 //!   scenario and model-checked with stateright (`tests/model.rs`).
-//! - [`http`]: a small, strict HTTP/1.1 request parser with limits.
-//! - [`server`]: the network service (std threads, one ticker thread, the state
-//!   machine behind a mutex).
+//! - [`node`]: the rules a node follows, as pure functions the node runs and
+//!   the model checker drives.
+//! - [`store`]: where the service's state survives a restart (a data
+//!   directory, or etcd: [`etcd`]), and who leads.
+//! - [`coordinator`]: rules + store + leases in time, for one process.
+//! - [`http`], [`api`], [`server`]: the HTTP/JSON front end.
 //! - [`client`]: what nodes and `understudy view` use to talk to it.
 //!
 //! The API and rules are documented in `docs/viewserver.md`.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod api;
 pub mod client;
+pub mod coordinator;
 pub mod http;
+pub mod node;
 pub mod server;
 pub mod service;
+pub mod store;
 
+pub use api::{ApiError, PingRequest};
 pub use client::{ClientError, get_view, ping};
+pub use coordinator::{Coordinator, Rules};
 pub use server::{Config, ServerError, ViewServer};
-pub use service::{MAX_SERVER_NAME, MAX_TRACKED_SERVERS, View, ViewService};
+pub use service::{MAX_SERVER_NAME, MAX_TRACKED_SERVERS, Persisted, Status, View, ViewService};
+pub use store::{FileStore, Leadership, MemoryStore, Store, StoreError};

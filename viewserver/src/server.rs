@@ -4,15 +4,16 @@
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
+use crate::api::{ApiError, ErrorBody, error_json, parse_ping};
+use crate::coordinator::{Coordinator, Rules};
 use crate::http::{self, MAX_BODY, Request};
-use crate::service::{MAX_SERVER_NAME, View, ViewService};
+use crate::service::Status;
+use crate::store::{Store, StoreError};
 
 /// How the service runs.
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub struct Config {
     pub ping_interval: Duration,
     /// Consecutive missed intervals after which a server is dead.
     pub dead_pings: u32,
+    /// How long a backup may take to hold the state before it is replaced.
+    pub backup_timeout: Duration,
     /// Read and write timeout of each connection.
     pub io_timeout: Duration,
     /// Connections served at once; more are answered 503 and closed.
@@ -37,6 +40,7 @@ impl Config {
             listen: listen.into(),
             ping_interval: Duration::from_millis(100),
             dead_pings: 5,
+            backup_timeout: Duration::from_secs(30),
             io_timeout: Duration::from_secs(2),
             max_connections: 64,
             log_view_changes: true,
@@ -62,6 +66,8 @@ pub enum ServerError {
     ZeroInterval,
     #[error("dead pings must be at least 1")]
     ZeroDeadPings,
+    #[error("cannot start from the stored view")]
+    Store(#[from] StoreError),
     #[error("cannot start the {what} thread")]
     Spawn {
         what: &'static str,
@@ -70,44 +76,10 @@ pub enum ServerError {
     },
 }
 
-/// `POST /ping` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PingRequest {
-    pub server: String,
-    pub viewnum: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-}
-
 struct Shared {
-    service: Mutex<ViewService>,
+    coordinator: Coordinator,
     connections: AtomicUsize,
     config: Config,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, ViewService> {
-        // A panic while holding the lock aborts the process (panic = "abort"),
-        // so a poisoned lock cannot be observed; take the data regardless.
-        self.service.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Runs `f` on the state machine and reports a view change it caused.
-    fn with_service<T>(&self, f: impl FnOnce(&mut ViewService) -> T) -> T {
-        let mut vs = self.lock();
-        let before = vs.view().viewnum;
-        let out = f(&mut vs);
-        let after = vs.view();
-        drop(vs);
-        if after.viewnum != before && self.config.log_view_changes {
-            eprintln!("viewserver: {after}");
-        }
-        out
-    }
 }
 
 /// A bound, not yet serving, view service.
@@ -116,10 +88,12 @@ pub struct ViewServer {
     listener: TcpListener,
     addr: SocketAddr,
     config: Config,
+    coordinator: Coordinator,
 }
 
 impl ViewServer {
-    pub fn bind(config: Config) -> Result<Self, ServerError> {
+    /// Binds `config.listen` and checks the state in `store`.
+    pub fn bind(config: Config, store: Box<dyn Store>) -> Result<Self, ServerError> {
         if config.ping_interval.is_zero() {
             return Err(ServerError::ZeroInterval);
         }
@@ -136,10 +110,19 @@ impl ViewServer {
                 addr: config.listen.clone(),
                 source,
             })?;
+        let ticks = config.backup_timeout.as_nanos() / config.ping_interval.as_nanos().max(1);
+        let rules = Rules {
+            dead_pings: config.dead_pings,
+            backup_ticks: u32::try_from(ticks).unwrap_or(u32::MAX).max(1),
+            lease: Rules::lease_for(config.dead_pings, config.ping_interval),
+        };
+        let coordinator = Coordinator::new(store, rules, config.log_view_changes);
+        coordinator.load()?;
         Ok(ViewServer {
             listener,
             addr,
             config,
+            coordinator,
         })
     }
 
@@ -151,7 +134,7 @@ impl ViewServer {
     /// Serves forever (returns only if a thread cannot be started).
     pub fn serve(self) -> Result<(), ServerError> {
         let shared = Arc::new(Shared {
-            service: Mutex::new(ViewService::new(self.config.dead_pings)),
+            coordinator: self.coordinator,
             connections: AtomicUsize::new(0),
             config: self.config,
         });
@@ -211,7 +194,9 @@ fn tick_forever(shared: &Shared) {
         if next > now {
             thread::sleep(next - now);
         }
-        shared.with_service(|vs| vs.tick());
+        // Not leading, or the store failing: nothing to tick; the next tick
+        // tries again.
+        let _ = shared.coordinator.tick();
         next += interval;
         let now = Instant::now();
         if next + interval < now {
@@ -222,17 +207,18 @@ fn tick_forever(shared: &Shared) {
 
 fn refuse(mut stream: TcpStream, timeout: Duration) {
     let _ = stream.set_write_timeout(Some(timeout));
-    let body = error_json("too many connections");
-    let _ = http::write_response(&mut stream, 503, &[], &body);
+    let _ = http::write_response(&mut stream, 503, &[], &message("too many connections"));
 }
 
-fn error_json(msg: &str) -> String {
-    serde_json::to_string(&ErrorBody { error: msg })
-        .unwrap_or_else(|_| r#"{"error":"internal error"}"#.to_string())
+fn message(msg: &str) -> String {
+    error_json(&ErrorBody {
+        error: msg.to_string(),
+        leader: None,
+    })
 }
 
-fn view_json(view: &View) -> String {
-    serde_json::to_string(view).unwrap_or_else(|_| error_json("cannot encode view"))
+fn status_json(status: &Status) -> String {
+    serde_json::to_string(status).unwrap_or_else(|_| message("cannot encode the view"))
 }
 
 fn handle_connection(shared: &Shared, mut stream: TcpStream) {
@@ -243,7 +229,7 @@ fn handle_connection(shared: &Shared, mut stream: TcpStream) {
     let (status, headers, body) = match http::read_request(&mut stream) {
         Ok(req) => route(shared, &req),
         Err(e) => match e.status() {
-            Some(status) => (status, Vec::new(), error_json(&e.to_string())),
+            Some(status) => (status, Vec::new(), message(&e.to_string())),
             None => return,
         },
     };
@@ -267,27 +253,27 @@ fn route(shared: &Shared, req: &Request) -> Response {
         (
             405,
             vec![("Allow", allow)],
-            error_json(&format!(
+            message(&format!(
                 "method {} not allowed on {}; use {allow}",
                 req.method, req.path
             )),
         )
     };
+    let answer = |r: Result<Status, ApiError>| match r {
+        Ok(status) => (200, Vec::new(), status_json(&status)),
+        Err(e) => (e.status(), Vec::new(), error_json(&e.body())),
+    };
     match req.path.as_str() {
-        "/ping" if req.method == "POST" => match parse_ping(&req.body) {
-            Ok(p) => {
-                let view = shared.with_service(|vs| vs.ping(&p.server, p.viewnum));
-                (200, Vec::new(), view_json(&view))
-            }
-            Err(msg) => (400, Vec::new(), error_json(&msg)),
-        },
+        "/ping" if req.method == "POST" => {
+            answer(parse_ping(&req.body).and_then(|p| shared.coordinator.ping(&p)))
+        }
         "/ping" => not_allowed("POST"),
-        "/view" if req.method == "GET" => (200, Vec::new(), view_json(&shared.lock().view())),
+        "/view" if req.method == "GET" => answer(shared.coordinator.status()),
         "/view" => not_allowed("GET"),
         _ => (
             404,
             Vec::new(),
-            error_json(&format!(
+            message(&format!(
                 "no such endpoint {}: use POST /ping or GET /view",
                 req.path
             )),
@@ -295,33 +281,21 @@ fn route(shared: &Shared, req: &Request) -> Response {
     }
 }
 
-fn parse_ping(body: &[u8]) -> Result<PingRequest, String> {
-    let p: PingRequest =
-        serde_json::from_slice(body).map_err(|e| format!("invalid ping body: {e}"))?;
-    if p.server.is_empty() {
-        return Err("invalid ping body: server name is empty".to_string());
-    }
-    if p.server.len() > MAX_SERVER_NAME {
-        return Err(format!(
-            "invalid ping body: server name of {} bytes exceeds {MAX_SERVER_NAME}",
-            p.server.len()
-        ));
-    }
-    if p.server.chars().any(char::is_control) {
-        return Err("invalid ping body: server name contains control characters".to_string());
-    }
-    Ok(p)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::MAX_SERVER_NAME;
 
     fn shared() -> Shared {
         let mut config = Config::new("127.0.0.1:0");
         config.log_view_changes = false;
+        let rules = Rules {
+            dead_pings: 3,
+            backup_ticks: 10,
+            lease: Duration::from_millis(100),
+        };
         Shared {
-            service: Mutex::new(ViewService::new(3)),
+            coordinator: Coordinator::new(Box::new(crate::MemoryStore::default()), rules, false),
             connections: AtomicUsize::new(0),
             config,
         }
@@ -340,11 +314,16 @@ mod tests {
         let s = shared();
         let (status, _, body) = route(&s, &req("POST", "/ping", r#"{"server":"a","viewnum":0}"#));
         assert_eq!(status, 200);
-        assert_eq!(body, r#"{"viewnum":1,"primary":"a","backup":""}"#);
+        let pinged: Status = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (pinged.view.viewnum, pinged.view.primary.as_str()),
+            (1, "a")
+        );
         let (status, _, body) = route(&s, &req("GET", "/view", ""));
         assert_eq!(status, 200);
-        assert_eq!(body, r#"{"viewnum":1,"primary":"a","backup":""}"#);
-        assert!(!s.lock().primary_acked());
+        let got: Status = serde_json::from_str(&body).unwrap();
+        assert_eq!(got, pinged);
+        assert!(!got.acked);
     }
 
     #[test]
@@ -362,6 +341,14 @@ mod tests {
             ),
             (req("POST", "/ping", r#"{"server":"a\n","viewnum":1}"#), 400),
             (req("POST", "/ping", "\u{0}\u{1}"), 400),
+            (
+                req(
+                    "POST",
+                    "/ping",
+                    r#"{"server":"a","viewnum":0,"incarnation":0}"#,
+                ),
+                400,
+            ),
             (req("GET", "/ping", ""), 405),
             (req("POST", "/view", ""), 405),
             (req("GET", "/", ""), 404),
@@ -383,7 +370,7 @@ mod tests {
             ),
         );
         assert_eq!(status, 400);
-        assert_eq!(s.lock().view(), View::default());
+        assert_eq!(s.coordinator.status().unwrap().view.viewnum, 0);
     }
 
     #[test]
@@ -391,16 +378,19 @@ mod tests {
         let mut c = Config::new("127.0.0.1:0");
         c.dead_pings = 0;
         assert!(matches!(
-            ViewServer::bind(c),
+            ViewServer::bind(c, Box::new(crate::MemoryStore::default())),
             Err(ServerError::ZeroDeadPings)
         ));
         let mut c = Config::new("127.0.0.1:0");
         c.ping_interval = Duration::ZERO;
         assert!(matches!(
-            ViewServer::bind(c),
+            ViewServer::bind(c, Box::new(crate::MemoryStore::default())),
             Err(ServerError::ZeroInterval)
         ));
         let c = Config::new("256.0.0.1:0");
-        assert!(matches!(ViewServer::bind(c), Err(ServerError::Bind { .. })));
+        assert!(matches!(
+            ViewServer::bind(c, Box::new(crate::MemoryStore::default())),
+            Err(ServerError::Bind { .. })
+        ));
     }
 }

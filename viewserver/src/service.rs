@@ -2,11 +2,16 @@
 //!
 //! Time exists only as [`ViewService::tick`], which the server calls once per
 //! ping interval; a server that let `dead_pings` whole intervals pass without
-//! pinging is dead.
-//! Every decision to change the view is taken in one place, `advance`, run
-//! after each ping and each tick, so the rules read top to bottom there.
+//! pinging is dead. Every decision to change the view is taken in one place,
+//! `advance`, run after each ping and each tick, so the rules read top to
+//! bottom there. docs/viewserver.md states the rules and why they are safe.
+//!
+//! What must survive a restart of the service is [`Persisted`]; the server
+//! stores it (file or etcd) whenever [`ViewService::persisted_version`]
+//! changes, *before* it answers anyone, and starts again from it with
+//! [`ViewService::restore`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,17 +21,43 @@ pub const MAX_SERVER_NAME: usize = 256;
 
 /// At most this many servers are remembered. Idle servers that are dead are
 /// forgotten at each tick; past the limit a new server still gets the view but
-/// is not tracked (so never co-opted) until room frees up.
+/// is not tracked (so never co-opted, never granted anything) until room frees.
 pub const MAX_TRACKED_SERVERS: usize = 1024;
 
+/// Older incarnations remembered per server name, so that a delayed ping
+/// from a process that has since restarted cannot pass for the live one.
+const RETIRED_INCARNATIONS: usize = 8;
+
 /// One view: who is primary and who is backup under view number `viewnum`.
-/// An empty name means "none"; `viewnum` 0 is the view before any server
-/// pinged.
+/// The contents of a view number never change once shown. An empty name
+/// means "none"; `viewnum` 0 is the view before any server pinged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct View {
     pub viewnum: u64,
     pub primary: String,
     pub backup: String,
+    /// The primary's incarnation (its process identity); 0 for a server that
+    /// does not send one.
+    #[serde(default)]
+    pub primary_incarnation: u64,
+    #[serde(default)]
+    pub backup_incarnation: u64,
+    /// No history exists yet (no view was ever acknowledged): the primary
+    /// starts the guest from its image. Every later view carries the history.
+    #[serde(default)]
+    pub fresh: bool,
+}
+
+impl View {
+    /// Whether `name` in incarnation `incarnation` is this view's primary.
+    pub fn is_primary(&self, name: &str, incarnation: u64) -> bool {
+        !self.primary.is_empty() && self.primary == name && self.primary_incarnation == incarnation
+    }
+
+    /// Whether `name` in incarnation `incarnation` is this view's backup.
+    pub fn is_backup(&self, name: &str, incarnation: u64) -> bool {
+        !self.backup.is_empty() && self.backup == name && self.backup_incarnation == incarnation
+    }
 }
 
 impl std::fmt::Display for View {
@@ -48,87 +79,287 @@ impl std::fmt::Display for View {
     }
 }
 
+/// The current view and what is known about it: the answer to every ping
+/// and to `GET /view`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    #[serde(flatten)]
+    pub view: View,
+    /// The primary acknowledged this view (pinged with its number while
+    /// holding the guest). Until then the view cannot change.
+    #[serde(default)]
+    pub acked: bool,
+    /// The backup holds the state of this view (installed from this view's
+    /// primary): it may be promoted.
+    #[serde(default)]
+    pub backup_ready: bool,
+    /// Identity of this view service's history (hex). Nodes follow one
+    /// service only: a viewserver that lost its state has a new one.
+    #[serde(default)]
+    pub service: String,
+    /// Milliseconds for which the pinging primary may act as primary,
+    /// counted from when it *sent* the ping. Only in the answer to the
+    /// current primary's ping once the view is acknowledged; 0 otherwise.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease_ms: u64,
+}
+
+impl std::fmt::Display for Status {
+    /// `view N: primary=A backup=B`, then what is not yet so: `(not acknowledged)`,
+    /// `(backup not ready)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.view)?;
+        if self.view.viewnum > 0 && !self.acked {
+            write!(f, " (not acknowledged)")?;
+        } else if !self.view.backup.is_empty() && !self.backup_ready {
+            write!(f, " (backup not ready)")?;
+        }
+        Ok(())
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One ping, as the state machine sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ping<'a> {
+    pub server: &'a str,
+    /// The sender's process identity (nonzero, random per start). `None` for
+    /// a client that does not send one: then a ping of view 0 after it has
+    /// shown it knows a view is taken as a restart, as in the classic lab.
+    pub incarnation: Option<u64>,
+    /// Increases with every ping of one incarnation; a ping that arrives
+    /// after a later one (delayed, duplicated) is answered but not applied.
+    pub seq: Option<u64>,
+    /// The last view the sender received (0: none yet).
+    pub viewnum: u64,
+    /// The view whose state the sender holds: the primary's view once it
+    /// runs the guest, the backup's view once it installed the state; 0 for
+    /// none. `None` means "whatever view it names" (the classic lab client).
+    pub holds: Option<u64>,
+}
+
+/// The answer to a ping, before the server turns the lease into time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PingReply {
+    pub status: Status,
+    /// The pinging server is the primary of an acknowledged view: it may
+    /// act as primary for a lease from when it sent the ping.
+    pub lease: bool,
+}
+
+/// A ping that is refused rather than answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PingError {
+    #[error(
+        "incarnation {incarnation} of {server} was replaced by a later one ({current}); this process must not act for {server}"
+    )]
+    StaleIncarnation {
+        server: String,
+        incarnation: u64,
+        current: u64,
+    },
+    #[error("incarnation 0 is reserved; send a nonzero incarnation or none")]
+    ZeroIncarnation,
+}
+
+/// What must survive a restart of the view service: the view and what is
+/// known about it. Idle servers and missed-ping counts are relearned.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Persisted {
+    /// Identity of this service's history; created once, never changed.
+    pub service: u64,
+    pub view: View,
+    pub acked: bool,
+    pub backup_ready: bool,
+    /// Some view was ever acknowledged: a history exists, and no server
+    /// without it may ever become primary.
+    pub booted: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Server {
+    /// The live process behind this name as far as we know.
+    incarnation: u64,
+    /// Incarnations this name had before; their pings are refused.
+    retired: VecDeque<u64>,
+    /// Highest `seq` applied from `incarnation`.
+    seq: u64,
     /// Ticks since the last ping. The first tick after a ping closes the
     /// interval the ping was in, so `missed - 1` intervals went by without one
     /// and the server is dead once `missed > dead_pings`. Saturates there so
     /// the state space stays finite (the model checker relies on it).
     missed: u32,
-    /// Pinged 0 while holding a role in the current view: it lost its state, so
-    /// it counts as dead in that role. Cleared at every view change, because
-    /// whoever is in the new view starts that role afresh.
-    restarted: bool,
+    /// Pinged a nonzero view number since `incarnation` started (for clients
+    /// without incarnations: a later ping of 0 is then a restart).
+    shown: bool,
+    /// Ticks during which this server is passed over when choosing a backup
+    /// (it was dropped for never becoming ready).
+    cooldown: u32,
+}
+
+impl Server {
+    fn new(incarnation: u64) -> Self {
+        Server {
+            incarnation,
+            retired: VecDeque::new(),
+            seq: 0,
+            missed: 0,
+            shown: false,
+            cooldown: 0,
+        }
+    }
 }
 
 /// The view service state machine.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ViewService {
     dead_pings: u32,
-    view: View,
-    /// The primary of `view` pinged with `view.viewnum` (and had not restarted
-    /// in this view). Only then may the view change.
-    acked: bool,
+    /// Ticks a backup may stay unready before it is replaced.
+    backup_ticks: u32,
+    p: Persisted,
+    /// Bumped whenever `p` changes.
+    version: u64,
+    /// Ticks the current backup has been unready.
+    unready_ticks: u32,
     servers: BTreeMap<String, Server>,
 }
 
 impl ViewService {
-    /// `dead_pings`: consecutive intervals without a ping after which a server
-    /// is dead. 0 is taken as 1.
-    pub fn new(dead_pings: u32) -> Self {
+    /// A new service with history identity `service` (random, nonzero).
+    /// `dead_pings`: consecutive intervals without a ping after which a
+    /// server is dead (0 is taken as 1). `backup_ticks`: intervals a backup
+    /// may take to become ready before it is replaced (0 is taken as 1).
+    pub fn new(service: u64, dead_pings: u32, backup_ticks: u32) -> Self {
+        Self::restore(
+            Persisted {
+                service,
+                view: View::default(),
+                acked: false,
+                backup_ready: false,
+                booted: false,
+            },
+            dead_pings,
+            backup_ticks,
+        )
+    }
+
+    /// The service as it was persisted. The view's members count as alive,
+    /// having just pinged: nobody is declared dead before a full detection
+    /// period of this incarnation of the service has passed, so every lease
+    /// the previous one granted has expired first.
+    pub fn restore(p: Persisted, dead_pings: u32, backup_ticks: u32) -> Self {
+        let mut servers = BTreeMap::new();
+        for (name, inc) in [
+            (&p.view.primary, p.view.primary_incarnation),
+            (&p.view.backup, p.view.backup_incarnation),
+        ] {
+            if !name.is_empty() {
+                let mut s = Server::new(inc);
+                // Conservative for clients without incarnations: their next
+                // ping of view 0 is a restart.
+                s.shown = true;
+                servers.insert(name.clone(), s);
+            }
+        }
         ViewService {
             dead_pings: dead_pings.max(1),
-            view: View::default(),
-            acked: false,
-            servers: BTreeMap::new(),
+            backup_ticks: backup_ticks.max(1),
+            p,
+            version: 0,
+            unready_ticks: 0,
+            servers,
         }
     }
 
-    /// `server` says it is alive and knows view `viewnum` (0: it just started
-    /// and holds no state). Answers the current view, possibly a new one that
-    /// this ping made possible.
-    pub fn ping(&mut self, server: &str, viewnum: u64) -> View {
-        if !self.servers.contains_key(server) && self.servers.len() >= MAX_TRACKED_SERVERS {
-            return self.view.clone();
+    /// `ping.server` says it is alive, knows view `ping.viewnum` and holds
+    /// the state of view `ping.holds`. Answers the current status, possibly
+    /// a new view that this ping made possible.
+    pub fn ping(&mut self, ping: &Ping<'_>) -> Result<PingReply, PingError> {
+        if ping.incarnation == Some(0) {
+            return Err(PingError::ZeroIncarnation);
         }
-        let in_first_view_unacked = self.view.viewnum == 1 && !self.acked;
-        let entry = self.servers.entry(server.to_string()).or_insert(Server {
-            missed: 0,
-            restarted: false,
-        });
-        entry.missed = 0;
-
-        if self.view.viewnum == 0 {
-            // The very first view: nobody has state yet, so the first server
-            // to ask may be primary without having been backup.
-            self.view = View {
-                viewnum: 1,
-                primary: server.to_string(),
-                backup: String::new(),
-            };
-            self.acked = false;
-            return self.view.clone();
+        let name = ping.server;
+        if !self.servers.contains_key(name) && self.servers.len() >= MAX_TRACKED_SERVERS {
+            return Ok(self.reply(false));
         }
-
-        if server == self.view.primary {
-            if viewnum == 0 {
-                // View 1's primary may ping 0 again if our answer was lost: it
-                // had no state to lose. Anywhere else, 0 from the primary means
-                // it restarted without missing a ping.
-                if !in_first_view_unacked {
-                    entry.restarted = true;
+        let entry = self
+            .servers
+            .entry(name.to_string())
+            .or_insert_with(|| Server::new(ping.incarnation.unwrap_or(1)));
+        match ping.incarnation {
+            Some(inc) if inc != entry.incarnation => {
+                if entry.retired.contains(&inc) {
+                    return Err(PingError::StaleIncarnation {
+                        server: name.to_string(),
+                        incarnation: inc,
+                        current: entry.incarnation,
+                    });
                 }
-            } else if viewnum == self.view.viewnum && !entry.restarted {
-                self.acked = true;
+                // A new process behind this name: whatever the old one held
+                // is gone, and its roles with it (fitness compares
+                // incarnations with the view's).
+                if entry.retired.len() >= RETIRED_INCARNATIONS {
+                    entry.retired.pop_front();
+                }
+                let old = entry.incarnation;
+                entry.retired.push_back(old);
+                *entry = Server {
+                    retired: std::mem::take(&mut entry.retired),
+                    ..Server::new(inc)
+                };
             }
-        } else if server == self.view.backup && viewnum == 0 {
-            // Conservative: the backup may have received the state transfer
-            // and then restarted; it must never be promoted in this view.
-            entry.restarted = true;
+            None if ping.viewnum == 0 && entry.shown => {
+                // A lab-style client that knew a view now knows none: it
+                // restarted.
+                *entry = Server::new(entry.incarnation.wrapping_add(1).max(1));
+            }
+            _ => {}
         }
+        if let Some(seq) = ping.seq {
+            if seq <= entry.seq {
+                // Overtaken by a later ping of the same process: stale news.
+                return Ok(self.reply(false));
+            }
+            entry.seq = seq;
+        }
+        entry.missed = 0;
+        if ping.viewnum > 0 {
+            entry.shown = true;
+        }
+        let inc = entry.incarnation;
+        let holds = ping.holds.unwrap_or(ping.viewnum);
 
+        let current = self.p.view.viewnum;
+        if current == 0 {
+            // The very first view: nobody has state yet, so the first server
+            // to ask starts the guest.
+            self.new_view(name.to_string(), inc, String::new(), 0);
+        } else if self.p.view.is_primary(name, inc) {
+            if !self.p.acked && ping.viewnum == current && holds == current {
+                self.p.acked = true;
+                self.p.booted = true;
+                self.version += 1;
+            }
+        } else if self.p.view.is_backup(name, inc) && ping.viewnum == current {
+            let ready = holds == current;
+            if ready != self.p.backup_ready {
+                self.p.backup_ready = ready;
+                self.version += 1;
+            }
+        }
         self.advance();
-        self.view.clone()
+        let lease = self.p.acked && self.p.view.is_primary(name, inc);
+        Ok(self.reply(lease))
+    }
+
+    fn reply(&self, lease: bool) -> PingReply {
+        PingReply {
+            status: self.status(),
+            lease,
+        }
     }
 
     /// One ping interval passed.
@@ -136,22 +367,47 @@ impl ViewService {
         let dead_pings = self.dead_pings;
         for s in self.servers.values_mut() {
             s.missed = s.missed.saturating_add(1).min(dead_pings + 1);
+            s.cooldown = s.cooldown.saturating_sub(1);
         }
-        let view = &self.view;
+        let view = &self.p.view;
         self.servers.retain(|name, s| {
             s.missed <= dead_pings || *name == view.primary || *name == view.backup
         });
+        if !self.p.view.backup.is_empty() && !self.p.backup_ready {
+            self.unready_ticks = self.unready_ticks.saturating_add(1).min(self.backup_ticks);
+        }
         self.advance();
     }
 
     /// The current view.
     pub fn view(&self) -> View {
-        self.view.clone()
+        self.p.view.clone()
+    }
+
+    /// The current view and what is known about it (no lease).
+    pub fn status(&self) -> Status {
+        Status {
+            view: self.p.view.clone(),
+            acked: self.p.acked,
+            backup_ready: self.p.backup_ready,
+            service: service_hex(self.p.service),
+            lease_ms: 0,
+        }
     }
 
     /// The primary of the current view acknowledged it.
     pub fn primary_acked(&self) -> bool {
-        self.acked
+        self.p.acked
+    }
+
+    /// The backup of the current view holds its state.
+    pub fn backup_ready(&self) -> bool {
+        self.p.backup_ready
+    }
+
+    /// Some view was ever acknowledged: a history exists.
+    pub fn booted(&self) -> bool {
+        self.p.booted
     }
 
     /// Has not yet missed `dead_pings` consecutive intervals.
@@ -161,19 +417,20 @@ impl ViewService {
             .is_some_and(|s| s.missed <= self.dead_pings)
     }
 
-    /// Pinged 0 while primary or backup of the current view.
-    pub fn restarted_in_view(&self, server: &str) -> bool {
-        self.servers.get(server).is_some_and(|s| s.restarted)
+    /// The incarnation last seen behind `server`.
+    pub fn incarnation(&self, server: &str) -> Option<u64> {
+        self.servers.get(server).map(|s| s.incarnation)
     }
 
     /// Live servers outside the view, in the order they would be co-opted.
     pub fn idle_servers(&self) -> Vec<String> {
+        let v = &self.p.view;
         self.servers
             .iter()
             .filter(|(name, s)| {
                 s.missed <= self.dead_pings
-                    && **name != self.view.primary
-                    && **name != self.view.backup
+                    && !v.is_primary(name, s.incarnation)
+                    && !v.is_backup(name, s.incarnation)
             })
             .map(|(name, _)| name.clone())
             .collect()
@@ -183,341 +440,130 @@ impl ViewService {
         self.dead_pings
     }
 
-    /// Alive and still holding the state its role in the view requires.
-    fn fit(&self, server: &str) -> bool {
-        !server.is_empty()
+    /// What must be stored to survive a restart.
+    pub fn persisted(&self) -> &Persisted {
+        &self.p
+    }
+
+    /// Changes whenever [`Self::persisted`] does.
+    pub fn persisted_version(&self) -> u64 {
+        self.version
+    }
+
+    /// Undoes changes to the persisted part that could not be stored; what
+    /// was learned about servers (liveness, incarnations) is kept, and the
+    /// next ping or tick decides again.
+    pub fn revert_persisted(&mut self, p: Persisted) {
+        if p != self.p {
+            self.p = p;
+            self.unready_ticks = 0;
+            self.version += 1;
+        }
+    }
+
+    /// `name` in incarnation `inc` is alive.
+    fn fit(&self, name: &str, inc: u64) -> bool {
+        !name.is_empty()
             && self
                 .servers
-                .get(server)
-                .is_some_and(|s| s.missed <= self.dead_pings && !s.restarted)
+                .get(name)
+                .is_some_and(|s| s.incarnation == inc && s.missed <= self.dead_pings)
+    }
+
+    fn new_view(&mut self, primary: String, primary_inc: u64, backup: String, backup_inc: u64) {
+        self.p.view = View {
+            viewnum: self.p.view.viewnum + 1,
+            primary,
+            backup,
+            primary_incarnation: primary_inc,
+            backup_incarnation: backup_inc,
+            fresh: !self.p.booted,
+        };
+        self.p.acked = false;
+        self.p.backup_ready = false;
+        self.unready_ticks = 0;
+        self.version += 1;
+    }
+
+    /// The first live server not named `not`, skipping servers cooling down,
+    /// and preferring servers outside the current view: who is co-opted next.
+    fn pick(&self, not: &str) -> Option<(String, u64)> {
+        let v = &self.p.view;
+        let candidate = |name: &String, s: &Server| {
+            s.missed <= self.dead_pings && *name != not && s.cooldown == 0
+        };
+        let member = |name: &String, s: &Server| {
+            v.is_primary(name, s.incarnation) || v.is_backup(name, s.incarnation)
+        };
+        // Prefer servers that were idle all along; a member just dropped (a
+        // restarted one is alive and stateless) comes second, not never.
+        self.servers
+            .iter()
+            .find(|(name, s)| candidate(name, s) && !member(name, s) && **name != v.primary)
+            .or_else(|| self.servers.iter().find(|(name, s)| candidate(name, s)))
+            .map(|(name, s)| (name.clone(), s.incarnation))
     }
 
     fn advance(&mut self) {
-        // Until the primary acks, it may not know the view exists: moving on
-        // could leave two servers acting as primary, or promote a backup that
-        // never received the state.
-        if self.view.viewnum == 0 || !self.acked {
+        let v = self.p.view.clone();
+        if v.viewnum == 0 {
             return;
         }
-        let primary_fit = self.fit(&self.view.primary);
-        let backup_fit = self.fit(&self.view.backup);
-        let has_backup = !self.view.backup.is_empty();
-        let new_primary = if !primary_fit {
-            if !backup_fit {
-                // Only the backup holds a copy of the state; without it no
-                // one may become primary. Stuck until the primary returns.
-                return;
+        let primary_fit = self.fit(&v.primary, v.primary_incarnation);
+        if !self.p.acked {
+            // Until the primary acks, it may not know the view exists: moving
+            // on could leave two servers acting as primary, or promote a
+            // backup that never received the state. The one exception: no
+            // view was ever acknowledged, so no output was ever released and
+            // no history exists; a vanished first primary is replaced by any
+            // live server, which starts the guest afresh.
+            if !self.p.booted
+                && !primary_fit
+                && let Some((name, inc)) = self.pick("")
+            {
+                self.new_view(name, inc, String::new(), 0);
             }
-            self.view.backup.clone()
-        } else if has_backup && backup_fit {
-            return;
-        } else {
-            self.view.primary.clone()
-        };
-        // Prefer servers that were idle all along; a member just dropped for
-        // restarting is alive and stateless, so it comes second, not never.
-        let alive = |name: &String, s: &Server| s.missed <= self.dead_pings && *name != new_primary;
-        let outside = |name: &String| *name != self.view.primary && *name != self.view.backup;
-        let new_backup = self
-            .servers
-            .iter()
-            .find(|(name, s)| alive(name, s) && outside(name))
-            .or_else(|| self.servers.iter().find(|(name, s)| alive(name, s)))
-            .map(|(name, _)| name.clone())
-            .unwrap_or_default();
-        if new_primary == self.view.primary && new_backup.is_empty() && !has_backup {
-            // Primary alone and no one to co-opt: nothing would change.
             return;
         }
-        self.view = View {
-            viewnum: self.view.viewnum + 1,
-            primary: new_primary,
-            backup: new_backup,
-        };
-        self.acked = false;
-        for s in self.servers.values_mut() {
-            s.restarted = false;
+        let has_backup = !v.backup.is_empty();
+        let backup_fit = self.fit(&v.backup, v.backup_incarnation);
+        if !primary_fit {
+            // Only a backup that holds this view's state may take over;
+            // without one the service waits for its primary (nobody else has
+            // the guest).
+            if backup_fit && self.p.backup_ready {
+                let next = self.pick(&v.backup);
+                let (b, binc) = next.unwrap_or_default();
+                self.new_view(v.backup.clone(), v.backup_incarnation, b, binc);
+            }
+            return;
+        }
+        if has_backup && !backup_fit {
+            let (b, binc) = self.pick(&v.primary).unwrap_or_default();
+            self.new_view(v.primary.clone(), v.primary_incarnation, b, binc);
+            return;
+        }
+        if has_backup && !self.p.backup_ready && self.unready_ticks >= self.backup_ticks {
+            // A backup that never took the state (misconfigured, cut off from
+            // the primary) would hold the primary's output forever: replace
+            // it, and pass it over for a while.
+            if let Some(s) = self.servers.get_mut(&v.backup) {
+                s.cooldown = self.backup_ticks;
+            }
+            let (b, binc) = self.pick(&v.primary).unwrap_or_default();
+            self.new_view(v.primary.clone(), v.primary_incarnation, b, binc);
+            return;
+        }
+        if !has_backup && let Some((b, binc)) = self.pick(&v.primary) {
+            self.new_view(v.primary.clone(), v.primary_incarnation, b, binc);
         }
     }
+}
+
+/// How a service identity is shown: 16 hex digits.
+pub fn service_hex(service: u64) -> String {
+    format!("{service:016x}")
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn view(viewnum: u64, primary: &str, backup: &str) -> View {
-        View {
-            viewnum,
-            primary: primary.to_string(),
-            backup: backup.to_string(),
-        }
-    }
-
-    /// Every server in `pingers` pings with the view number it last saw (0 for
-    /// the first time), then a tick: one ping interval of a healthy cluster.
-    struct Cluster {
-        vs: ViewService,
-        known: BTreeMap<&'static str, u64>,
-        deaf: Vec<&'static str>,
-    }
-
-    impl Cluster {
-        fn new(dead_pings: u32) -> Self {
-            Cluster {
-                vs: ViewService::new(dead_pings),
-                known: BTreeMap::new(),
-                deaf: Vec::new(),
-            }
-        }
-
-        fn ping(&mut self, server: &'static str) -> View {
-            let n = self.known.get(server).copied().unwrap_or(0);
-            let v = self.vs.ping(server, n);
-            if !self.deaf.contains(&server) {
-                self.known.insert(server, v.viewnum);
-            }
-            v
-        }
-
-        /// From now on `server` ignores the answers to its pings.
-        fn deaf(&mut self, server: &'static str) {
-            self.deaf.push(server);
-        }
-
-        fn restart(&mut self, server: &'static str) {
-            self.known.insert(server, 0);
-        }
-
-        fn interval(&mut self, pingers: &[&'static str]) -> View {
-            for s in pingers {
-                self.ping(s);
-            }
-            self.vs.tick();
-            self.vs.view()
-        }
-
-        fn intervals(&mut self, n: u32, pingers: &[&'static str]) -> View {
-            for _ in 0..n {
-                self.interval(pingers);
-            }
-            self.vs.view()
-        }
-    }
-
-    #[test]
-    fn no_view_before_any_ping() {
-        let vs = ViewService::new(3);
-        assert_eq!(vs.view(), View::default());
-    }
-
-    #[test]
-    fn first_server_to_ping_becomes_primary_of_view_1() {
-        let mut c = Cluster::new(3);
-        assert_eq!(c.ping("a"), view(1, "a", ""));
-        assert!(!c.vs.primary_acked());
-        c.ping("a");
-        assert!(c.vs.primary_acked());
-        // Alone, it stays primary of view 1.
-        assert_eq!(c.intervals(10, &["a"]), view(1, "a", ""));
-    }
-
-    #[test]
-    fn first_primary_pinging_0_again_before_acking_stays_primary() {
-        // Its answer was lost: it still knows nothing, and had nothing to lose.
-        let mut c = Cluster::new(3);
-        c.vs.ping("a", 0);
-        assert_eq!(c.vs.ping("a", 0), view(1, "a", ""));
-        assert!(!c.vs.restarted_in_view("a"));
-        assert_eq!(c.vs.ping("a", 1), view(1, "a", ""));
-        assert!(c.vs.primary_acked());
-    }
-
-    #[test]
-    fn first_backup() {
-        let mut c = Cluster::new(3);
-        c.interval(&["a"]);
-        c.interval(&["a"]);
-        assert_eq!(c.interval(&["a", "b"]), view(2, "a", "b"));
-        // The new view waits for the primary's ack; then nothing changes.
-        assert_eq!(c.intervals(5, &["a", "b"]), view(2, "a", "b"));
-        assert!(c.vs.primary_acked());
-    }
-
-    #[test]
-    fn backup_takes_over_when_the_primary_dies() {
-        let mut c = Cluster::new(3);
-        c.intervals(3, &["a", "b"]);
-        assert_eq!(c.vs.view(), view(2, "a", "b"));
-        // a stops pinging: dead after 3 missed intervals.
-        c.intervals(2, &["b"]);
-        assert_eq!(c.vs.view(), view(2, "a", "b"));
-        assert_eq!(c.interval(&["b"]), view(3, "b", ""));
-    }
-
-    #[test]
-    fn a_restarted_server_becomes_backup() {
-        let mut c = Cluster::new(3);
-        c.intervals(3, &["a", "b"]);
-        c.intervals(3, &["b"]);
-        assert_eq!(c.vs.view(), view(3, "b", ""));
-        c.restart("a");
-        // b must ack view 3 first (it does in this interval), then a is co-opted.
-        assert_eq!(c.intervals(2, &["b", "a"]), view(4, "b", "a"));
-        assert_eq!(c.intervals(3, &["b", "a"]), view(4, "b", "a"));
-    }
-
-    #[test]
-    fn an_idle_third_server_becomes_backup_when_the_primary_dies() {
-        let mut c = Cluster::new(3);
-        c.intervals(3, &["a", "b", "c"]);
-        assert_eq!(c.vs.view(), view(2, "a", "b"));
-        assert_eq!(c.vs.idle_servers(), vec!["c".to_string()]);
-        c.intervals(3, &["b", "c"]);
-        assert_eq!(c.vs.view(), view(3, "b", "c"));
-        assert!(c.vs.idle_servers().is_empty());
-    }
-
-    #[test]
-    fn a_restarted_primary_is_treated_as_dead() {
-        let mut c = Cluster::new(3);
-        c.intervals(3, &["a", "b"]);
-        assert_eq!(c.vs.view(), view(2, "a", "b"));
-        // a restarts between two pings: it never misses one, but pings 0. It
-        // is alive and stateless, so it comes back as the new backup.
-        c.restart("a");
-        assert_eq!(c.ping("a"), view(3, "b", "a"));
-    }
-
-    #[test]
-    fn a_restarted_backup_is_removed_then_may_return_as_backup() {
-        let mut c = Cluster::new(3);
-        c.intervals(3, &["a", "b", "c"]);
-        assert_eq!(c.vs.view(), view(2, "a", "b"));
-        c.restart("b");
-        c.ping("b");
-        // c is the first idle server in line; b, now stateless, waits.
-        assert_eq!(c.vs.view(), view(3, "a", "c"));
-        assert_eq!(c.vs.idle_servers(), vec!["b".to_string()]);
-        // Without an idle alternative the restarted backup comes straight back,
-        // in a new view, so the primary transfers the state to it afresh.
-        let mut c = Cluster::new(3);
-        c.intervals(3, &["a", "b"]);
-        c.restart("b");
-        assert_eq!(c.ping("b"), view(3, "a", "b"));
-    }
-
-    #[test]
-    fn a_dead_backup_is_removed() {
-        let mut c = Cluster::new(3);
-        c.intervals(3, &["a", "b"]);
-        assert_eq!(c.vs.view(), view(2, "a", "b"));
-        c.intervals(2, &["a"]);
-        assert_eq!(c.vs.view(), view(2, "a", "b"));
-        assert_eq!(c.interval(&["a"]), view(3, "a", ""));
-        // The primary may run alone.
-        assert_eq!(c.intervals(5, &["a"]), view(3, "a", ""));
-    }
-
-    #[test]
-    fn the_viewserver_waits_for_the_primary_to_ack() {
-        let mut c = Cluster::new(3);
-        c.intervals(3, &["a", "b"]);
-        assert_eq!(c.vs.view(), view(2, "a", "b"));
-        // a keeps pinging but stops learning views (say it cannot reach its
-        // new backup): alive, yet never acking what comes after view 2.
-        c.deaf("a");
-        // c joins, b dies: view 3 = (a, c).
-        c.intervals(3, &["a", "c"]);
-        assert_eq!(c.vs.view(), view(3, "a", "c"));
-        assert!(!c.vs.primary_acked());
-        // Now a dies too. c is the backup but was never initialised (a never
-        // acked), so it is not promoted, however long we wait.
-        c.intervals(10, &["c"]);
-        assert!(!c.vs.is_alive("a"));
-        assert_eq!(c.vs.view(), view(3, "a", "c"));
-        // Should a come back and ack, the service goes on from there.
-        c.vs.ping("a", 3);
-        assert!(c.vs.primary_acked());
-        assert_eq!(c.intervals(3, &["a", "c"]), view(3, "a", "c"));
-    }
-
-    #[test]
-    fn an_uninitialised_server_never_becomes_primary() {
-        let mut c = Cluster::new(3);
-        c.intervals(3, &["a"]);
-        assert_eq!(c.vs.view(), view(1, "a", ""));
-        // The primary dies with no backup.
-        c.intervals(3, &[]);
-        assert!(!c.vs.is_alive("a"));
-        // Idle servers arrive: none of them has the state.
-        assert_eq!(c.intervals(10, &["b", "c"]), view(1, "a", ""));
-        assert_eq!(c.vs.idle_servers(), vec!["b".to_string(), "c".to_string()]);
-    }
-
-    #[test]
-    fn a_restarted_primary_without_backup_leaves_the_service_stuck() {
-        let mut c = Cluster::new(3);
-        c.intervals(3, &["a"]);
-        c.restart("a");
-        c.ping("a");
-        assert!(c.vs.restarted_in_view("a"));
-        // Even acking with the view number afterwards does not make it fit:
-        // it lost the state, and that view cannot move on without a backup.
-        c.intervals(5, &["a", "b"]);
-        assert_eq!(c.vs.view(), view(1, "a", ""));
-    }
-
-    #[test]
-    fn a_restarted_backup_is_never_promoted() {
-        let mut c = Cluster::new(3);
-        c.intervals(3, &["a", "b"]);
-        assert_eq!(c.vs.view(), view(2, "a", "b"));
-        // b restarts: view 3 takes it back as a fresh backup. Then a dies
-        // before acking view 3, i.e. before b got the state.
-        c.restart("b");
-        assert_eq!(c.ping("b"), view(3, "a", "b"));
-        assert_eq!(c.intervals(10, &["b"]), view(3, "a", "b"));
-        assert!(!c.vs.is_alive("a"));
-    }
-
-    #[test]
-    fn a_server_returning_after_being_declared_dead_is_idle() {
-        let mut c = Cluster::new(2);
-        c.intervals(3, &["a", "b"]);
-        c.intervals(2, &["b"]);
-        assert_eq!(c.vs.view(), view(3, "b", ""));
-        // b learns view 3, then acks it; a is forgotten meanwhile.
-        c.intervals(2, &["b"]);
-        assert!(c.vs.primary_acked());
-        assert!(c.vs.idle_servers().is_empty());
-        // a comes back with its old view number: an idle server like any other.
-        assert_eq!(c.ping("a"), view(4, "b", "a"));
-    }
-
-    #[test]
-    fn dead_idle_servers_are_forgotten_and_tracking_is_bounded() {
-        let mut c = Cluster::new(2);
-        c.interval(&["a", "b", "c", "d"]);
-        c.intervals(2, &["a", "b"]);
-        assert!(c.vs.idle_servers().is_empty());
-        let mut vs = ViewService::new(2);
-        for i in 0..MAX_TRACKED_SERVERS + 10 {
-            vs.ping(&format!("s{i}"), 0);
-        }
-        assert_eq!(vs.servers.len(), MAX_TRACKED_SERVERS);
-        assert_eq!(vs.view().primary, "s0");
-    }
-
-    #[test]
-    fn zero_dead_pings_means_one() {
-        assert_eq!(ViewService::new(0).dead_pings(), 1);
-    }
-
-    #[test]
-    fn view_displays_on_one_line() {
-        assert_eq!(
-            view(3, "a", "").to_string(),
-            "view 3: primary=a backup=(none)"
-        );
-    }
-}
+mod tests;

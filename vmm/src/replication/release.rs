@@ -1,6 +1,8 @@
 //! The output rule: console output leaves the primary only once the backup could reproduce it,
 //! i.e. once it acknowledged a log entry at or after the output (or installed a state that
-//! contains it). With no backup in the view, output flows at once.
+//! contains it). With no backup in the view, output flows at once. And nothing leaves while the
+//! release *gate* is shut: the node keeps it open only while the view service's lease says this
+//! node is still the primary, so a deposed primary never speaks again.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -35,22 +37,46 @@ struct State {
     history: Vec<u8>,
 }
 
+/// Whether output may leave this node right now (checked just before every write).
+pub type Gate = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How often a release thread held at a shut gate looks again.
+const GATE_POLL: Duration = Duration::from_millis(2);
+
 /// Shared between the vCPU thread (which queues output), the replication manager (which
 /// changes what covers it) and the release thread (which writes it out).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ReleaseQueue {
     state: Mutex<State>,
     changed: Condvar,
     released: AtomicU64,
     delays: Mutex<Vec<u32>>,
+    gate: Option<Gate>,
+    /// Time chunks spent ready but held at the shut gate.
+    gated_ns: AtomicU64,
+}
+
+impl std::fmt::Debug for ReleaseQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReleaseQueue")
+            .field("released", &self.released)
+            .field("gated", &self.gate.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ReleaseQueue {
     /// A queue for a guest whose console so far is `history`, of which the first `released`
     /// bytes were released (a backup that goes live holds the rest until it may release it).
     pub fn resuming(history: Vec<u8>, released: u64) -> Self {
+        Self::gated(history, released, None)
+    }
+
+    /// [`Self::resuming`], with output let out only while `gate` says so.
+    pub fn gated(history: Vec<u8>, released: u64, gate: Option<Gate>) -> Self {
         let q = Self {
             released: AtomicU64::new(released),
+            gate,
             ..Self::default()
         };
         {
@@ -150,6 +176,15 @@ impl ReleaseQueue {
             .clone()
     }
 
+    /// Total time covered output waited at the shut gate.
+    pub fn gated_time(&self) -> Duration {
+        Duration::from_nanos(self.gated_ns.load(Ordering::Relaxed))
+    }
+
+    fn gate_open(&self) -> bool {
+        self.gate.as_ref().is_none_or(|g| g())
+    }
+
     /// Drops everything held, for good: this node is no longer primary.
     pub fn abandon(&self) {
         let mut g = self.lock();
@@ -198,6 +233,16 @@ impl ReleaseQueue {
                     Some(Chunk { needs: Some(n), .. }) => *n <= g.covered,
                     _ => false,
                 };
+                if ready && !self.gate_open() {
+                    // Covered, but this node may no longer be the primary: wait for the lease
+                    // to be renewed (or for the node to learn it was replaced and abandon).
+                    drop(g);
+                    let started = Instant::now();
+                    std::thread::sleep(GATE_POLL);
+                    let waited = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    self.gated_ns.fetch_add(waited, Ordering::Relaxed);
+                    continue;
+                }
                 if ready {
                     (g.chunks.pop_front(), None, g.channel.clone())
                 } else {
@@ -282,6 +327,30 @@ impl Write for HeldConsole {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn covered_output_waits_at_a_shut_gate() {
+        let open = Arc::new(AtomicBool::new(false));
+        let o = Arc::clone(&open);
+        let q = Arc::new(ReleaseQueue::gated(
+            Vec::new(),
+            0,
+            Some(Arc::new(move || o.load(Ordering::Acquire))),
+        ));
+        q.set_free_flow(true);
+        q.push(b"held");
+        let q2 = Arc::clone(&q);
+        let t = std::thread::spawn(move || q2.run(&mut std::io::sink()));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(q.released(), 0, "released through a shut gate");
+        open.store(true, Ordering::Release);
+        assert!(q.drain(Duration::from_secs(2)));
+        q.close();
+        t.join().unwrap();
+        assert_eq!(q.released(), 4);
+        assert!(q.gated_time() >= Duration::from_millis(50));
+    }
 
     #[test]
     fn uncovered_output_waits_and_free_flow_lets_it_go() {
