@@ -463,7 +463,7 @@ fn scenario(
         .iter()
         .find(|e| e.who == "B" && e.line.contains("going live"))
         .and_then(|e| e.line.split("releasing from byte ").nth(1))
-        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.split([',', ' ']).next())
         .and_then(|s| s.parse::<usize>().ok());
     let c_failed = demo
         .seen

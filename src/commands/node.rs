@@ -74,6 +74,7 @@ pub fn run(args: &NodeArgs) -> CmdResult {
         transcript: args.transcript.clone(),
         channel,
         stats: args.stats,
+        stdout_written: std::sync::atomic::AtomicU64::new(0),
     };
     let code = node::run(
         &ctx,

@@ -32,6 +32,10 @@ pub struct NodeCtx {
     pub transcript: Option<PathBuf>,
     pub channel: ChannelConfig,
     pub stats: bool,
+    /// Bytes this process has written to stdout (released output) over all its primary roles:
+    /// each role says where its own output starts, so what the world heard can be matched
+    /// against the guest's history segment by segment.
+    pub stdout_written: std::sync::atomic::AtomicU64,
 }
 
 impl NodeCtx {
@@ -231,11 +235,13 @@ fn go_live(
     let s = &r.stopped;
     let from = s.released.min(r.history.len() as u64);
     eprintln!(
-        "node {}: view {}: going live at guest exit {}, console byte {}; releasing from byte {from} ({} bytes the old primary may not have released)",
+        "node {}: view {}: going live at guest exit {}, console byte {}; releasing from byte {from}, stdout byte {} ({} bytes the old primary may not have released)",
         views.me,
         view.viewnum,
         s.exits,
         s.console.bytes,
+        ctx.stdout_written
+            .load(std::sync::atomic::Ordering::Acquire),
         r.history.len() as u64 - from
     );
     let start = Start {

@@ -97,12 +97,14 @@ pub fn serve(
     let replication = Replication::new(Arc::clone(&queue), MemoryTracker::new(&machine)?);
     let release = {
         let q = Arc::clone(&queue);
+        let released_before = start.released;
         std::thread::Builder::new()
             .name("release".into())
             .spawn(move || {
                 let stdout = std::io::stdout();
                 let mut out = stdout.lock();
                 q.run(&mut out);
+                q.released() - released_before
             })?
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -145,8 +147,10 @@ pub fn serve(
         Err(e) => return Err(e.into()),
     };
     queue.close();
-    if matches!(end, PrimaryEnd::PowerOff(_)) {
-        let _ = release.join();
+    // Superseded, the queue was abandoned: the thread ends after the write in hand, if any.
+    if let Ok(written) = release.join() {
+        ctx.stdout_written
+            .fetch_add(written, std::sync::atomic::Ordering::AcqRel);
     }
     let pauses = replication.pauses();
     if ctx.stats && !pauses.is_empty() {

@@ -42,6 +42,10 @@ impl Proc {
         }
         false
     }
+    /// Bytes of released output so far.
+    pub fn out_len(&self) -> usize {
+        self.out.lock().unwrap().len()
+    }
     pub fn sigkill(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -261,6 +265,50 @@ impl Cluster {
             .iter()
             .position(|n| n.addr == addr)
             .unwrap_or_else(|| panic!("no node {addr}"))
+    }
+
+    /// Every node's released output, cut into the segments of its primary roles.
+    pub fn segments(&self) -> Vec<super::history::Segment> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| super::history::segments(i, &n.log(), &n.out()))
+            .collect()
+    }
+
+    /// The history invariant against node `holder`'s console (the node that runs the guest
+    /// now): every released byte is that history at the place it was released from, and no
+    /// byte before the last one released was skipped.
+    pub fn check_history(&self, holder: usize) -> super::history::Report {
+        let segs = self.segments();
+        let history = self.nodes[holder].transcript();
+        super::history::check(&history, &segs).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
+    /// The history invariant when nobody may hold the guest any more (the service is stuck):
+    /// some node's console explains every byte released.
+    pub fn check_one_history(&self) -> super::history::Report {
+        let segs = self.segments();
+        let mut why = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            match super::history::check(&n.transcript(), &segs) {
+                Ok(r) => return r,
+                Err(e) => why.push(format!("against node {i}'s console: {e}")),
+            }
+        }
+        panic!(
+            "no single history explains what was released:\n{}\n{}",
+            why.join("\n"),
+            self.logs()
+        );
+    }
+
+    /// How many times any node booted the guest from its image.
+    pub fn boots(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| n.log().matches("booting the guest").count())
+            .sum()
     }
 
     /// Every node's log, for failure messages.

@@ -137,7 +137,9 @@ pub struct Ping<'a> {
     pub viewnum: u64,
     /// The view whose state the sender holds: the primary's view once it
     /// runs the guest, the backup's view once it installed the state; 0 for
-    /// none. `None` means "whatever view it names" (the classic lab client).
+    /// none. `None` (the classic lab client): a primary holds the view it
+    /// names, a backup is taken to hold its view's state (its primary is
+    /// trusted to have sent it, as in the lab).
     pub holds: Option<u64>,
 }
 
@@ -330,7 +332,6 @@ impl ViewService {
             entry.shown = true;
         }
         let inc = entry.incarnation;
-        let holds = ping.holds.unwrap_or(ping.viewnum);
 
         let current = self.p.view.viewnum;
         if current == 0 {
@@ -338,13 +339,16 @@ impl ViewService {
             // to ask starts the guest.
             self.new_view(name.to_string(), inc, String::new(), 0);
         } else if self.p.view.is_primary(name, inc) {
+            let holds = ping.holds.unwrap_or(ping.viewnum);
             if !self.p.acked && ping.viewnum == current && holds == current {
                 self.p.acked = true;
                 self.p.booted = true;
                 self.version += 1;
             }
-        } else if self.p.view.is_backup(name, inc) && ping.viewnum == current {
-            let ready = holds == current;
+        } else if self.p.view.is_backup(name, inc) {
+            // A classic client says nothing about its state: as in the lab, its primary is
+            // trusted to have forwarded the state before anything depends on it.
+            let ready = ping.holds.is_none_or(|h| h == current);
             if ready != self.p.backup_ready {
                 self.p.backup_ready = ready;
                 self.version += 1;

@@ -548,3 +548,24 @@ fn view_displays_on_one_line() {
     };
     assert_eq!(v.to_string(), "view 3: primary=a backup=(none)");
 }
+
+#[test]
+fn a_lab_backup_still_learning_its_view_is_no_restart_and_can_take_over() {
+    // Case 8 of the fault list: a co-opted backup that keeps pinging 0 (its
+    // answers are slow to arrive) must not be taken for restarted, or the
+    // view churns as soon as the primary acks; and it can take over.
+    let mut vs = ViewService::new(9, 3, 1000);
+    lab_ping(&mut vs, "p", 0);
+    lab_ping(&mut vs, "p", 1);
+    lab_ping(&mut vs, "b", 0);
+    assert_eq!(short(&vs.view()), view(2, "p", "b"));
+    for _ in 0..20 {
+        lab_ping(&mut vs, "p", 2);
+        lab_ping(&mut vs, "b", 0);
+        vs.tick();
+    }
+    assert_eq!(short(&vs.view()), view(2, "p", "b"));
+    // The primary restarts: the backup takes over.
+    lab_ping(&mut vs, "p", 0);
+    assert_eq!(short(&vs.view()), view(3, "b", "p"));
+}

@@ -269,6 +269,13 @@ impl ReleaseQueue {
                 continue;
             }
             if let Some(c) = chunk {
+                // Once more, as close to the write as can be: the lease may have run out while
+                // this thread was descheduled (or the process stopped) since the first look.
+                // What remains is the instant between this check and the write itself.
+                if !self.gate_open() {
+                    self.lock().chunks.push_front(c);
+                    continue;
+                }
                 // The world's end of stdout is gone (a closed pipe, a full disk): say so once.
                 // The guest runs on and its bytes count as released, as they would for a
                 // terminal nobody reads; the transcript still has them.
