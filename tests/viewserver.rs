@@ -26,6 +26,10 @@ struct Viewserver {
 
 impl Viewserver {
     fn start() -> Self {
+        Self::start_with(20, 3)
+    }
+
+    fn start_with(ping_ms: u64, dead_pings: u32) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(BIN)
             .args([
@@ -33,9 +37,9 @@ impl Viewserver {
                 "--listen",
                 "127.0.0.1:0",
                 "--ping-interval-ms",
-                "20",
+                &ping_ms.to_string(),
                 "--dead-pings",
-                "3",
+                &dead_pings.to_string(),
             ])
             .arg("--data-dir")
             .arg(dir.path().join("vs"))
@@ -318,4 +322,171 @@ fn viewserver_refuses_an_address_it_cannot_bind() {
         stderr.contains(&format!("cannot listen on {addr}")),
         "{stderr}"
     );
+}
+
+/// The classic view-service test suite (MIT 6.824 lab 2, `viewservice/test_test.go`), step by
+/// step, through the HTTP API of the real viewserver at 100 ms pings and 5 dead pings, with
+/// clients that send only their name and view number, as the lab's do.
+#[test]
+fn the_classic_lab_sequence_passes_through_the_http_api() {
+    const DEAD: u32 = 5;
+    let interval = Duration::from_millis(100);
+    let vs = Viewserver::start_with(100, DEAD);
+    let addr = vs.addr.as_str();
+    let ping = |who: &str, n: u64| viewserver::ping(addr, &lab(who, n), TIMEOUT).unwrap().view;
+    let get = || viewserver::get_view(addr, TIMEOUT).unwrap().view;
+    let check = |primary: &str, backup: &str, n: u64| {
+        let v = get();
+        assert_eq!(
+            (v.primary.as_str(), v.backup.as_str(), v.viewnum),
+            (primary, backup, n),
+            "{v:?}"
+        );
+    };
+    let (ck1, ck2, ck3) = ("ck1", "ck2", "ck3");
+    assert_eq!(get().viewnum, 0);
+
+    // Very first primary.
+    for _ in 0..DEAD * 2 {
+        if ping(ck1, 0).primary == ck1 {
+            break;
+        }
+        std::thread::sleep(interval);
+    }
+    check(ck1, "", 1);
+
+    // Very first backup.
+    let vx = get();
+    for _ in 0..DEAD * 2 {
+        ping(ck1, 1);
+        if ping(ck2, 0).backup == ck2 {
+            break;
+        }
+        std::thread::sleep(interval);
+    }
+    check(ck1, ck2, vx.viewnum + 1);
+
+    // Primary dies, backup takes over.
+    ping(ck1, 2);
+    let vx = ping(ck2, 2);
+    for _ in 0..DEAD * 2 {
+        let v = ping(ck2, vx.viewnum);
+        if v.primary == ck2 && v.backup.is_empty() {
+            break;
+        }
+        std::thread::sleep(interval);
+    }
+    check(ck2, "", vx.viewnum + 1);
+
+    // Revived ck1 becomes backup.
+    let vx = get();
+    ping(ck2, vx.viewnum);
+    for _ in 0..DEAD * 2 {
+        ping(ck1, 0);
+        let v = ping(ck2, vx.viewnum);
+        if v.primary == ck2 && v.backup == ck1 {
+            break;
+        }
+        std::thread::sleep(interval);
+    }
+    check(ck2, ck1, vx.viewnum + 1);
+
+    // ck3 starts, the primary (ck2) dies: ck1 becomes primary and ck3 backup in a single view
+    // change, with no view without a backup in between.
+    let mut vx = get();
+    ping(ck2, vx.viewnum);
+    for _ in 0..DEAD * 2 {
+        ping(ck3, 0);
+        let v = ping(ck1, vx.viewnum);
+        if v.primary == ck1 && v.backup == ck3 {
+            break;
+        }
+        vx = v;
+        std::thread::sleep(interval);
+    }
+    check(ck1, ck3, vx.viewnum + 1);
+
+    // The primary is killed and restarted at once: it pings, but it is treated as dead.
+    let vx = get();
+    ping(ck1, vx.viewnum);
+    for _ in 0..DEAD * 2 {
+        let v = ping(ck1, 0);
+        ping(ck3, v.viewnum);
+        if v.primary == ck3 {
+            break;
+        }
+        std::thread::sleep(interval);
+    }
+    assert_eq!(get().primary, ck3);
+
+    // A view with ck3 alone, for the next step.
+    for _ in 0..DEAD * 3 {
+        let vx = get();
+        ping(ck3, vx.viewnum);
+        std::thread::sleep(interval);
+    }
+    let v = get();
+    assert_eq!((v.primary.as_str(), v.backup.as_str()), (ck3, ""), "{v:?}");
+
+    // The viewserver waits for the primary's ack before the next view: ck1 is co-opted into a
+    // view ck3 never acks; ck3 dies; ck1 is not promoted.
+    let vx = get();
+    for _ in 0..DEAD * 3 {
+        ping(ck1, 0);
+        ping(ck3, vx.viewnum);
+        if get().viewnum > vx.viewnum {
+            break;
+        }
+        std::thread::sleep(interval);
+    }
+    check(ck3, ck1, vx.viewnum + 1);
+    let vy = get();
+    for _ in 0..DEAD * 3 {
+        if ping(ck1, vy.viewnum).viewnum > vy.viewnum {
+            break;
+        }
+        std::thread::sleep(interval);
+    }
+    check(ck3, ck1, vy.viewnum);
+
+    // Once the old servers die, a new (uninitialised) server cannot take over.
+    for _ in 0..DEAD * 2 {
+        let v = get();
+        ping(ck1, v.viewnum);
+        ping(ck2, 0);
+        ping(ck3, v.viewnum);
+        std::thread::sleep(interval);
+    }
+    for _ in 0..DEAD * 2 {
+        ping(ck2, 0);
+        std::thread::sleep(interval);
+    }
+    assert_ne!(get().primary, ck2, "an uninitialised server was promoted");
+}
+
+/// A backup that keeps pinging 0 while its answers are slow to arrive has not restarted: the
+/// view must not churn, and it can still take over (the lab's clients behave so).
+#[test]
+fn a_backup_pinging_zero_while_learning_does_not_churn_views() {
+    let vs = Viewserver::start_with(100, 5);
+    let addr = vs.addr.as_str();
+    let ping = |who: &str, n: u64| viewserver::ping(addr, &lab(who, n), TIMEOUT).unwrap().view;
+    ping("p", 0);
+    ping("p", 1);
+    let v = ping("b", 0);
+    assert_eq!((v.viewnum, v.backup.as_str()), (2, "b"));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        ping("p", 2);
+        ping("b", 0);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let v = viewserver::get_view(addr, TIMEOUT).unwrap().view;
+    assert_eq!(
+        (v.viewnum, v.primary.as_str(), v.backup.as_str()),
+        (2, "p", "b")
+    );
+    // The primary restarts: the backup takes over.
+    let v = ping("p", 0);
+    assert_eq!((v.viewnum, v.primary.as_str()), (3, "b"));
 }
