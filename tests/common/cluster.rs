@@ -11,6 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::bin;
+use super::netns::Net;
+
+/// The `understudy` binary, run inside `host`'s namespace when there is a network.
+fn program(net: Option<&Net>, host: &str) -> Command {
+    match net {
+        Some(n) => n.command(host, bin()),
+        None => Command::new(bin()),
+    }
+}
 
 pub struct Proc {
     pub child: Child,
@@ -107,10 +116,15 @@ fn collect_text(stream: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
     });
 }
 
-/// Starts `understudy viewserver` on `listen` with its data in `dir/viewserver.data`; returns
-/// it and the address it listens on.
-pub fn spawn_viewserver(dir: &std::path::Path, listen: &str, ping_ms: u64) -> (Child, String) {
-    let mut vs = Command::new(bin())
+/// Starts `understudy viewserver` (`cmd`: the binary, possibly inside a namespace) on
+/// `listen` with its data in `dir/viewserver.data`; returns it and the address it listens on.
+pub fn spawn_viewserver(
+    mut cmd: Command,
+    dir: &std::path::Path,
+    listen: &str,
+    ping_ms: u64,
+) -> (Child, String) {
+    let mut vs = cmd
         .args(["viewserver", "--listen", listen])
         .args(["--ping-interval-ms", &ping_ms.to_string()])
         .arg("--data-dir")
@@ -136,6 +150,9 @@ pub fn spawn_viewserver(dir: &std::path::Path, listen: &str, ping_ms: u64) -> (C
 }
 
 pub struct Cluster {
+    /// Hosts in network namespaces (viewserver on host "vs", the test's own queries from host
+    /// "ctl"), or everything on loopback.
+    pub net: Option<std::sync::Arc<Net>>,
     pub dir: tempfile::TempDir,
     pub vs: Child,
     pub vs_addr: String,
@@ -149,9 +166,24 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(guest: &str, guest_args: &[&str], ping_ms: u64) -> Self {
+        Self::start_on(None, guest, guest_args, ping_ms)
+    }
+
+    /// [`Self::start`] on the hosts of `net` (which must have hosts "vs" and "ctl"), or on
+    /// loopback.
+    pub fn start_on(
+        net: Option<std::sync::Arc<Net>>,
+        guest: &str,
+        guest_args: &[&str],
+        ping_ms: u64,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (vs, vs_addr) = spawn_viewserver(dir.path(), "127.0.0.1:0", ping_ms);
+        let listen = net
+            .as_ref()
+            .map_or_else(|| "127.0.0.1:0".to_string(), |n| format!("{}:7100", n.ip("vs")));
+        let (vs, vs_addr) = spawn_viewserver(program(net.as_deref(), "vs"), dir.path(), &listen, ping_ms);
         Self {
+            net,
             dir,
             vs,
             vs_addr,
@@ -167,7 +199,12 @@ impl Cluster {
     pub fn restart_viewserver(&mut self) {
         let _ = self.vs.kill();
         let _ = self.vs.wait();
-        let (vs, addr) = spawn_viewserver(self.dir.path(), &self.vs_addr, self.ping_ms);
+        let (vs, addr) = spawn_viewserver(
+            program(self.net.as_deref(), "vs"),
+            self.dir.path(),
+            &self.vs_addr,
+            self.ping_ms,
+        );
         assert_eq!(addr, self.vs_addr);
         self.vs = vs;
     }
@@ -179,11 +216,28 @@ impl Cluster {
         self.add_node_via(listen, name, &vs)
     }
 
+    /// Starts a node on host `host` of the cluster's network (port 7000 of its address).
+    pub fn add_node_on(&mut self, host: &str) -> usize {
+        let net = self.net.clone().expect("a cluster on a network");
+        let vs = self.vs_addr.clone();
+        let listen = format!("{}:7000", net.ip(host));
+        self.spawn_node(program(Some(&net), host), &listen, None, &vs)
+    }
+
     /// [`Self::add_node`] with the viewserver reached at `viewserver` (e.g. through a proxy).
     pub fn add_node_via(&mut self, listen: &str, name: Option<&str>, viewserver: &str) -> usize {
+        self.spawn_node(Command::new(bin()), listen, name, viewserver)
+    }
+
+    fn spawn_node(
+        &mut self,
+        mut cmd: Command,
+        listen: &str,
+        name: Option<&str>,
+        viewserver: &str,
+    ) -> usize {
         let i = self.nodes.len();
         let transcript = self.dir.path().join(format!("node{i}.transcript"));
-        let mut cmd = Command::new(bin());
         cmd.args(["node", "--viewserver", viewserver, "--listen", listen])
             .args(["--guest", &self.guest])
             .args(["--ping-interval-ms", &self.ping_ms.to_string()])
@@ -235,7 +289,12 @@ impl Cluster {
     }
 
     pub fn status(&self) -> Option<viewserver::Status> {
-        viewserver::get_view(&self.vs_addr, Duration::from_secs(1)).ok()
+        let addr = self.vs_addr.clone();
+        let get = move || viewserver::get_view(&addr, Duration::from_secs(1)).ok();
+        match &self.net {
+            Some(net) => net.within("ctl", get),
+            None => get(),
+        }
     }
 
     pub fn wait_view(
@@ -339,6 +398,10 @@ impl Drop for Cluster {
 pub struct Proxy {
     pub addr: String,
     pub cut: Arc<AtomicBool>,
+    /// Latency added to every chunk in both directions, and up to this much more at random
+    /// (order is kept): a slow link.
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    pub jitter_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Proxy {
@@ -346,42 +409,79 @@ impl Proxy {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let cut = Arc::new(AtomicBool::new(false));
-        let c = Arc::clone(&cut);
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let jitter_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (c, d, j) = (
+            Arc::clone(&cut),
+            Arc::clone(&delay_ms),
+            Arc::clone(&jitter_ms),
+        );
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(a) = s else { return };
                 let Ok(b) = TcpStream::connect(&to) else {
                     continue;
                 };
-                for (mut from, mut to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)]
-                {
-                    let c = Arc::clone(&c);
-                    std::thread::spawn(move || {
-                        use std::io::Write;
-                        let mut buf = [0u8; 65536];
-                        loop {
-                            while c.load(Ordering::Acquire) {
-                                std::thread::sleep(Duration::from_millis(5));
-                            }
-                            match from.read(&mut buf) {
-                                Ok(0) | Err(_) => {
-                                    let _ = to.shutdown(std::net::Shutdown::Write);
-                                    return;
-                                }
-                                Ok(n) => {
-                                    while c.load(Ordering::Acquire) {
-                                        std::thread::sleep(Duration::from_millis(5));
-                                    }
-                                    if to.write_all(&buf[..n]).is_err() {
-                                        return;
-                                    }
-                                }
-                            }
-                        }
-                    });
+                for (from, to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
+                    forward(from, to, Arc::clone(&c), Arc::clone(&d), Arc::clone(&j));
                 }
             }
         });
-        Self { addr, cut }
+        Self {
+            addr,
+            cut,
+            delay_ms,
+            jitter_ms,
+        }
     }
+}
+
+/// One direction of a proxied connection: a reader that stamps each chunk with when it may
+/// leave, and a writer that sends it then (held while `cut` is set).
+fn forward(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    cut: Arc<AtomicBool>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    jitter_ms: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        let mut seed = u64::from(std::process::id()) | 1;
+        let mut last_due = Instant::now();
+        loop {
+            while cut.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let jitter = jitter_ms.load(Ordering::Relaxed);
+                    let ms = delay_ms.load(Ordering::Relaxed) + if jitter > 0 { seed % jitter } else { 0 };
+                    let due = (Instant::now() + Duration::from_millis(ms)).max(last_due);
+                    last_due = due;
+                    if tx.send((due, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for (due, bytes) in rx {
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if to.write_all(&bytes).is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
 }

@@ -74,3 +74,4 @@ pub fn assert_ok(o: &Output, what: &str) {
 }
 pub mod cluster;
 pub mod history;
+pub mod netns;
