@@ -141,6 +141,25 @@ fn raw_primary(listener: &Listener) -> (TcpStream, u64) {
     (s, h.len() as u64)
 }
 
+/// A hand-driven backup: accepts one connection, reads the primary's `Hello`, answers
+/// `Welcome { next_seq }`, then runs `script` on the connection (and what it has read ahead).
+fn fake_backup<T: Send + 'static>(
+    next_seq: u64,
+    script: impl FnOnce(TcpStream, Vec<u8>) -> T + Send + 'static,
+) -> (SocketAddr, thread::JoinHandle<T>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let backup = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = Vec::new();
+        assert!(matches!(read_msg(&mut s, &mut buf), Message::Hello(_)));
+        s.write_all(&msg_bytes(&Message::Welcome { next_seq }))
+            .unwrap();
+        script(s, buf)
+    });
+    (addr, backup)
+}
+
 fn accept(listener: &Listener) -> Result<LogReceiver, ChannelError> {
     let exp = expected();
     listener.accept(|h| exp.check(h), cfg(), Some(WAIT))
@@ -493,16 +512,10 @@ fn a_silent_primary_times_out_on_the_backup() {
 
 #[test]
 fn a_silent_backup_times_out_on_the_primary() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr: SocketAddr = l.local_addr().unwrap();
-    let backup = thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        let mut buf = Vec::new();
-        assert!(matches!(read_msg(&mut s, &mut buf), Message::Hello(_)));
-        s.write_all(&msg_bytes(&Message::Welcome { next_seq: 0 }))
-            .unwrap();
-        // Then silence, with the socket open.
+    // Welcome, then silence, with the socket open.
+    let (addr, backup) = fake_backup(0, |s, _| {
         thread::sleep(Duration::from_secs(3));
+        drop(s);
     });
     let sender = LogSender::connect(addr, hello(), cfg()).unwrap();
     sender.send(&frame(0)).unwrap();
@@ -521,16 +534,7 @@ fn a_silent_backup_times_out_on_the_primary() {
 
 #[test]
 fn welcome_for_another_seq_is_an_error() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let backup = thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        let mut buf = Vec::new();
-        read_msg(&mut s, &mut buf);
-        s.write_all(&msg_bytes(&Message::Welcome { next_seq: 7 }))
-            .unwrap();
-        read_msg(&mut s, &mut buf)
-    });
+    let (addr, backup) = fake_backup(7, |mut s, mut buf| read_msg(&mut s, &mut buf));
     let e = LogSender::connect(addr, hello(), cfg()).unwrap_err();
     assert!(
         matches!(
@@ -813,14 +817,7 @@ fn the_primary_waits_while_the_backups_replay_lags() {
 
 #[test]
 fn a_replay_report_beyond_what_was_sent_is_an_error() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let backup = thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        let mut buf = Vec::new();
-        read_msg(&mut s, &mut buf);
-        s.write_all(&msg_bytes(&Message::Welcome { next_seq: 0 }))
-            .unwrap();
+    let (addr, backup) = fake_backup(0, |mut s, mut buf| {
         read_msg(&mut s, &mut buf);
         s.write_all(&msg_bytes(&Message::Replayed { seq: 5, t_ns: 0 }))
             .unwrap();
@@ -903,16 +900,10 @@ fn an_entry_followed_by_a_heartbeat_is_still_acked() {
 
 #[test]
 fn a_backup_that_vanishes_without_bye_fails_the_primary() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let backup = thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        let mut buf = Vec::new();
-        read_msg(&mut s, &mut buf);
-        s.write_all(&msg_bytes(&Message::Welcome { next_seq: 0 }))
-            .unwrap();
+    let (addr, backup) = fake_backup(0, |s, _| {
         thread::sleep(Duration::from_millis(100));
         // Dropped like a killed process: FIN, no Bye.
+        drop(s);
     });
     let sender = LogSender::connect(addr, hello(), cfg()).unwrap();
     backup.join().unwrap();
