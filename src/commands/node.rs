@@ -50,17 +50,18 @@ pub struct NodeArgs {
 
 pub fn run(args: &NodeArgs) -> CmdResult {
     let guest = args.vm.resolve()?;
-    let listener = Listener::bind(args.listen.as_str())?;
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| listener.local_addr().to_string());
     let peer_timeout = Duration::from_millis(args.peer_timeout_ms);
     let channel = ChannelConfig {
         peer_timeout,
         heartbeat_interval: (peer_timeout / 10).max(Duration::from_millis(5)),
         ..ChannelConfig::default()
     };
+    // The listener reads first messages from now on, whatever role this node takes.
+    let listener = Listener::bind_with(args.listen.as_str(), &channel)?;
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| listener.local_addr().to_string());
     eprintln!(
         "node {name}: listening on {}, viewserver {}",
         listener.local_addr(),

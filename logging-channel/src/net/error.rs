@@ -116,6 +116,11 @@ pub enum ChannelError {
         previous: Option<u64>,
     },
 
+    /// A connection's first message (`Hello` or `StateOffer`) did not
+    /// arrive whole within the listener's handshake deadline.
+    #[error("no whole Hello or StateOffer from {peer} within {waited:?} (handshake deadline)")]
+    HandshakeTimeout { peer: SocketAddr, waited: Duration },
+
     #[error("nothing heard from {peer} for {waited:?} (peer timeout)")]
     PeerTimeout { peer: SocketAddr, waited: Duration },
 

@@ -9,7 +9,11 @@
 //! - Primary: [`LogSender::connect`], then [`LogSender::send`] each entry;
 //!   [`LogSender::wait_acked`] before releasing output (the output rule).
 //! - Backup: [`LogReceiver::listen`] → [`Listener::accept`] → [`LogReceiver::recv`].
+//!   The listener reads every new connection's first message concurrently
+//!   and within a short deadline, so junk connections never delay a primary
+//!   (docs/log-format.md, "Accepting connections").
 
+mod accept;
 mod error;
 mod message;
 mod receiver;
@@ -19,12 +23,13 @@ mod transfer;
 
 use std::time::Duration;
 
+pub use accept::{AcceptStats, Listener, MAX_FIRST_MESSAGE, MAX_HANDSHAKES, MAX_QUEUED};
 pub use error::ChannelError;
 pub use message::{
     CHANNEL_MAGIC, Hello, Message, PROTOCOL_VERSION, decode_message, encode_entry_message,
     encode_message,
 };
-pub use receiver::{ExpectedPrimary, Listener, LogReceiver};
+pub use receiver::{ExpectedPrimary, LogReceiver};
 pub use sender::LogSender;
 pub use transfer::{
     PAGE_SIZE, PAGES_PER_MESSAGE, PageRecord, StatePart, StateReceiver, StateSender, decode_pages,
@@ -39,9 +44,16 @@ pub use transfer::{
 pub struct ChannelConfig {
     /// TCP connect (primary only).
     pub connect_timeout: Duration,
-    /// Silence after which the peer is considered gone. Also bounds the
-    /// handshake.
+    /// Silence after which the peer is considered gone. Also bounds each
+    /// handshake step after the first message (the answer to it, a state
+    /// transfer's messages, the `Hello` that follows one).
     pub peer_timeout: Duration,
+    /// Backup: a new connection's first message (`Hello` or `StateOffer`)
+    /// must arrive whole within this, or the connection is closed. Short,
+    /// since a primary sends it right after connecting; it is how long a
+    /// silent or junk connection occupies a handshake slot (the listener
+    /// reads many at once, so it never delays another connection).
+    pub handshake_timeout: Duration,
     /// Send a heartbeat when nothing else was sent for this long.
     pub heartbeat_interval: Duration,
     /// How long `LogSender::send` waits for room in a full window.
@@ -61,6 +73,7 @@ impl Default for ChannelConfig {
         Self {
             connect_timeout: Duration::from_secs(1),
             peer_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_millis(500),
             heartbeat_interval: Duration::from_millis(100),
             send_timeout: Duration::from_secs(1),
             max_unacked: 4096,

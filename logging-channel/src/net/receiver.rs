@@ -1,17 +1,17 @@
 //! Backup side.
 
 use std::collections::VecDeque;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::accept::{Listener, foreign_reason};
 use super::message::{Hello, Message};
 use super::stream::{
-    MsgReader, Polled, encode_checked, is_timeout, shutdown, tune, write_all_while, write_since,
+    MsgReader, Polled, encode_checked, refuse_quietly, shutdown, write_all_while, write_since,
 };
 use super::{ChannelConfig, ChannelError};
-use crate::codec::CodecError;
 use crate::format::Frame;
 
 /// Ack at least this often during a long burst, so the primary's window
@@ -57,111 +57,10 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// A backup's listening socket. Survives refused or broken connection
-/// attempts: call `accept` again for the next primary.
-#[derive(Debug)]
-pub struct Listener {
-    inner: TcpListener,
-    local: SocketAddr,
-}
-
-impl Listener {
-    pub fn bind(addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<Self, ChannelError> {
-        let listen_err = |e| ChannelError::Listen {
-            addr: format!("{addr:?}"),
-            source: Arc::new(e),
-        };
-        let inner = TcpListener::bind(&addr).map_err(listen_err)?;
-        let local = inner.local_addr().map_err(listen_err)?;
-        Ok(Self { inner, local })
-    }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    /// Waits for one primary and runs the handshake. `check` decides on its
-    /// `Hello` (magic and protocol version are checked before it is called);
-    /// `Err(reason)` sends `Refuse { reason }`, closes, and returns
-    /// `RefusedPrimary`. Any error except `Accept`/`AcceptTimeout` concerns
-    /// only that connection: call again for the next primary.
-    ///
-    /// `timeout`: `None` waits forever for a connection; the handshake
-    /// itself is always bounded by `peer_timeout`.
-    pub fn accept(
-        &self,
-        check: impl FnOnce(&Hello) -> Result<(), String>,
-        cfg: ChannelConfig,
-        timeout: Option<Duration>,
-    ) -> Result<LogReceiver, ChannelError> {
-        let (stream, peer) = self.accept_tcp(timeout)?;
-        handshake(stream, peer, check, cfg)
-    }
-
-    pub(crate) fn accept_tcp(
-        &self,
-        timeout: Option<Duration>,
-    ) -> Result<(TcpStream, SocketAddr), ChannelError> {
-        let local = self.local;
-        let err = |e| ChannelError::Accept {
-            local,
-            source: Arc::new(e),
-        };
-        let Some(timeout) = timeout else {
-            self.inner.set_nonblocking(false).map_err(err)?;
-            return self.inner.accept().map_err(err);
-        };
-        // std has no accept timeout; poll a non-blocking listener.
-        self.inner.set_nonblocking(true).map_err(err)?;
-        let started = Instant::now();
-        loop {
-            match self.inner.accept() {
-                Ok((s, peer)) => {
-                    s.set_nonblocking(false).map_err(err)?;
-                    return Ok((s, peer));
-                }
-                Err(e) if is_timeout(&e) || e.kind() == std::io::ErrorKind::Interrupted => {
-                    if started.elapsed() >= timeout {
-                        return Err(ChannelError::AcceptTimeout {
-                            local,
-                            waited: started.elapsed(),
-                        });
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => return Err(err(e)),
-            }
-        }
-    }
-}
-
-pub(crate) fn handshake(
-    stream: TcpStream,
-    peer: SocketAddr,
-    check: impl FnOnce(&Hello) -> Result<(), String>,
-    cfg: ChannelConfig,
-) -> Result<LogReceiver, ChannelError> {
-    let reader = prepare(&stream, peer, &cfg)?;
-    handshake_on(stream, reader, peer, check, cfg)
-}
-
-/// Socket options for a backup's connection, and a reader on it.
-pub(crate) fn prepare(
-    stream: &TcpStream,
-    peer: SocketAddr,
-    cfg: &ChannelConfig,
-) -> Result<MsgReader, ChannelError> {
-    let io_err = |e| ChannelError::Read {
-        peer,
-        offset: 0,
-        source: Arc::new(e),
-    };
-    Ok(MsgReader::new(tune(stream, cfg).map_err(io_err)?, peer))
-}
-
-/// The handshake on a prepared connection (fresh, or one that just carried
-/// a state transfer: then `reader` may hold nothing unread, which holds
-/// because the primary waits for `StateInstalled` before its `Hello`).
+/// The handshake on a connection that just carried a state transfer: the
+/// primary's `Hello` follows on it, within `peer_timeout`. `reader` holds
+/// nothing unread, because the primary waits for `StateInstalled` before
+/// sending its `Hello`.
 pub(crate) fn handshake_on(
     stream: TcpStream,
     mut reader: MsgReader,
@@ -169,13 +68,23 @@ pub(crate) fn handshake_on(
     check: impl FnOnce(&Hello) -> Result<(), String>,
     cfg: ChannelConfig,
 ) -> Result<LogReceiver, ChannelError> {
+    let first = reader.next_within(cfg.peer_timeout);
+    answer_hello(stream, reader, peer, first, check, cfg)
+}
+
+/// Answers the first message of a log stream: `Welcome` and a running
+/// receiver for a `Hello` that `check` accepts, `Refuse` for anything else.
+pub(crate) fn answer_hello(
+    stream: TcpStream,
+    reader: MsgReader,
+    peer: SocketAddr,
+    first: Result<(Message, u64), ChannelError>,
+    check: impl FnOnce(&Hello) -> Result<(), String>,
+    cfg: ChannelConfig,
+) -> Result<LogReceiver, ChannelError> {
     let mut writer = stream;
     let started = Instant::now();
-    let timeout = cfg.peer_timeout;
-    // A primary that never reads must not hold the handshake forever.
-    let mut say = |msg: Message| write_since(&mut writer, peer, &msg, started, timeout * 2);
-
-    let hello = match reader.next_within(timeout) {
+    let hello = match first {
         Ok((Message::Hello(h), _)) => h,
         Ok((m, offset)) => {
             let e = ChannelError::Unexpected {
@@ -184,53 +93,30 @@ pub(crate) fn handshake_on(
                 message: m.name(),
                 when: "before Hello",
             };
-            let _ = say(Message::Refuse {
-                reason: e.to_string(),
-            });
+            refuse_quietly(&writer, peer, e.to_string());
             return Err(e);
         }
-        Err(ChannelError::Corrupt { source, .. })
-            if matches!(
-                source,
-                CodecError::BadMagic { .. } | CodecError::UnsupportedVersion { .. }
-            ) =>
-        {
-            let reason = match source {
-                CodecError::UnsupportedVersion {
-                    found, supported, ..
-                } => format!(
-                    "unsupported channel protocol version {found} (this backup speaks {supported})"
-                ),
-                _ => "not an understudy primary: bad magic in Hello".to_string(),
-            };
-            return refuse(say, peer, reason);
-        }
         Err(e) => {
+            if let Some(reason) = foreign_reason(&e) {
+                refuse_quietly(&writer, peer, reason.clone());
+                return Err(ChannelError::RefusedPrimary { peer, reason });
+            }
             // Tell a confused client what went wrong, if it listens.
-            let _ = say(Message::Refuse {
-                reason: e.to_string(),
-            });
+            refuse_quietly(&writer, peer, e.to_string());
             return Err(e);
         }
     };
     if let Err(reason) = check(&hello) {
-        return refuse(say, peer, reason);
+        // Best effort: the primary may already be gone; the refusal stands.
+        refuse_quietly(&writer, peer, reason.clone());
+        return Err(ChannelError::RefusedPrimary { peer, reason });
     }
-    let next_seq = hello.first_seq;
-    say(Message::Welcome { next_seq })?;
+    let welcome = Message::Welcome {
+        next_seq: hello.first_seq,
+    };
+    // A primary that never reads must not hold the handshake forever.
+    write_since(&mut writer, peer, &welcome, started, cfg.peer_timeout * 2)?;
     LogReceiver::start(writer, reader, peer, hello, cfg)
-}
-
-fn refuse(
-    mut say: impl FnMut(Message) -> Result<(), ChannelError>,
-    peer: SocketAddr,
-    reason: String,
-) -> Result<LogReceiver, ChannelError> {
-    // Best effort: the primary may already be gone; the refusal stands.
-    let _ = say(Message::Refuse {
-        reason: reason.clone(),
-    });
-    Err(ChannelError::RefusedPrimary { peer, reason })
 }
 
 struct RxState {
@@ -327,7 +213,8 @@ pub struct LogReceiver {
 }
 
 impl LogReceiver {
-    /// Binds the backup's listening socket (`127.0.0.1:0` for tests).
+    /// Binds the backup's listening socket (`127.0.0.1:0` for tests), as
+    /// [`Listener::bind`].
     pub fn listen(addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<Listener, ChannelError> {
         Listener::bind(addr)
     }

@@ -61,16 +61,26 @@ impl MsgReader {
     /// Whether a whole frame is already buffered, i.e. the peer's data that
     /// has arrived is not yet drained.
     pub(crate) fn has_whole_frame(&self) -> bool {
-        let b = &self.buf[self.start..];
-        match b.get(0..4) {
+        match self.declared_len() {
             Some(len) => {
-                let mut a = [0u8; 4];
-                a.copy_from_slice(len);
-                let len = u32::from_le_bytes(a);
-                len > MAX_FRAME_LEN || b.len() >= ENVELOPE_LEN + len as usize
+                len > MAX_FRAME_LEN || self.buf.len() - self.start >= ENVELOPE_LEN + len as usize
             }
             None => false,
         }
+    }
+
+    /// The body length the next frame's envelope declares, once its length
+    /// field has arrived.
+    pub(crate) fn declared_len(&self) -> Option<u32> {
+        let len = self.buf.get(self.start..self.start + 4)?;
+        let mut a = [0u8; 4];
+        a.copy_from_slice(len);
+        Some(u32::from_le_bytes(a))
+    }
+
+    /// Stream offset of the next unread message.
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
     }
 
     /// Returns a buffered message, or reads once (bounded by the socket's
@@ -135,10 +145,16 @@ impl MsgReader {
 /// latency is the output rule's cost, so every entry should go out now. Short timeouts let the
 /// channel's threads notice a stop or a silent peer.
 pub(crate) fn tune(stream: &TcpStream, cfg: &ChannelConfig) -> io::Result<TcpStream> {
+    set_options(stream, cfg)?;
+    stream.try_clone()
+}
+
+/// The options of [`tune`] alone: for a connection whose reader already exists (the listener
+/// read its first message under its own, shorter timeouts).
+pub(crate) fn set_options(stream: &TcpStream, cfg: &ChannelConfig) -> io::Result<()> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(cfg.poll_interval()))?;
-    stream.set_write_timeout(Some(cfg.poll_interval()))?;
-    stream.try_clone()
+    stream.set_write_timeout(Some(cfg.poll_interval()))
 }
 
 pub(crate) fn is_timeout(e: &io::Error) -> bool {
@@ -251,6 +267,22 @@ pub(crate) fn write_all_while(
         }
     }
     Ok(())
+}
+
+/// How long a refusal may take to write. It goes to a connection that has
+/// been sent nothing else, so it fits the socket buffer at once unless the
+/// peer is gone; never worth waiting on.
+const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Sends `Refuse { reason }` (best effort, briefly) and shuts the connection.
+pub(crate) fn refuse_quietly(stream: &TcpStream, peer: SocketAddr, reason: String) {
+    if let Ok(bytes) = encode_checked(&Message::Refuse { reason }, peer)
+        && stream.set_write_timeout(Some(REFUSE_WRITE_TIMEOUT)).is_ok()
+    {
+        let mut w = stream;
+        let _ = w.write_all(&bytes);
+    }
+    shutdown(stream);
 }
 
 /// Best effort: the connection is being abandoned anyway.

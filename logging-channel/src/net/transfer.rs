@@ -19,10 +19,11 @@
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use super::accept::{Arrived, Listener};
 use super::message::{Hello, Message};
-use super::receiver::{Listener, LogReceiver, handshake_on};
+use super::receiver::{LogReceiver, handshake_on};
 use super::sender::{LogSender, dial, prepare};
-use super::stream::{MsgReader, reply_error, shutdown, write_within};
+use super::stream::{MsgReader, refuse_quietly, reply_error, shutdown, write_within};
 use super::{ChannelConfig, ChannelError};
 
 pub const PAGE_SIZE: usize = 4096;
@@ -205,38 +206,38 @@ pub struct StateReceiver {
 impl Listener {
     /// Waits for a primary's state transfer. `check` decides on the
     /// identity in its `StateOffer` and the memory size; `Err(reason)` is
-    /// sent as `Refuse` and returned as `RefusedPrimary`.
+    /// sent as `Refuse` and returned as `RefusedPrimary`. A `Hello` instead
+    /// is refused and returned as `Unexpected`. `timeout` as in
+    /// [`Listener::accept`].
     pub fn accept_transfer(
         &self,
         check: impl FnOnce(&Hello, u64) -> Result<(), String>,
         cfg: ChannelConfig,
         timeout: Option<Duration>,
     ) -> Result<StateReceiver, ChannelError> {
-        let (mut stream, peer) = self.accept_tcp(timeout)?;
-        let mut reader = super::receiver::prepare(&stream, peer, &cfg)?;
-        let refuse = |stream: &mut TcpStream, reason: String| {
-            let _ = write_within(stream, peer, &Message::Refuse { reason }, cfg.peer_timeout);
-            shutdown(stream);
-        };
-        let (offer, mem_bytes) = match reader.next_within(cfg.peer_timeout) {
-            Ok((Message::StateOffer { hello, mem_bytes }, _)) => (hello, mem_bytes),
-            Ok((m, offset)) => {
+        let Arrived {
+            mut stream,
+            reader,
+            peer,
+            first,
+            offset,
+            ..
+        } = self.next_arrived(&cfg, timeout)?;
+        let (offer, mem_bytes) = match first {
+            Message::StateOffer { hello, mem_bytes } => (hello, mem_bytes),
+            m => {
                 let e = ChannelError::Unexpected {
                     peer,
                     offset,
                     message: m.name(),
                     when: "instead of StateOffer (a new backup needs the primary's state first)",
                 };
-                refuse(&mut stream, e.to_string());
-                return Err(e);
-            }
-            Err(e) => {
-                refuse(&mut stream, e.to_string());
+                refuse_quietly(&stream, peer, e.to_string());
                 return Err(e);
             }
         };
         if let Err(reason) = check(&offer, mem_bytes) {
-            refuse(&mut stream, reason.clone());
+            refuse_quietly(&stream, peer, reason.clone());
             return Err(ChannelError::RefusedPrimary { peer, reason });
         }
         write_within(
