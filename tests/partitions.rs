@@ -104,7 +104,11 @@ fn an_isolated_primary_is_replaced_and_never_speaks_again() {
     let before = c.nodes[b].out_len();
     let deadline = Instant::now() + LONG;
     while c.nodes[b].out_len() <= before {
-        assert!(Instant::now() < deadline, "no output from the new primary\n{}", c.logs());
+        assert!(
+            Instant::now() < deadline,
+            "no output from the new primary\n{}",
+            c.logs()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let failover = cut_at.elapsed();
@@ -226,12 +230,22 @@ fn latency_on_the_links_delays_output_but_keeps_the_history() {
         assert!(now > released, "no output in second {second}\n{}", c.logs());
         released = now;
     }
-    assert_eq!(c.status().unwrap().view, view, "latency alone changed the view");
+    assert_eq!(
+        c.status().unwrap().view,
+        view,
+        "latency alone changed the view"
+    );
     c.nodes[a].sigkill();
-    wait_until(&c, "the backup promoted", |s| s.view.primary == channel.addr);
+    wait_until(&c, "the backup promoted", |s| {
+        s.view.primary == channel.addr
+    });
     let deadline = Instant::now() + LONG;
     while c.nodes[b].out_len() == 0 {
-        assert!(Instant::now() < deadline, "the new primary released nothing\n{}", c.logs());
+        assert!(
+            Instant::now() < deadline,
+            "the new primary released nothing\n{}",
+            c.logs()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     c.check_history(b);

@@ -765,6 +765,7 @@ fn the_primary_waits_while_the_backups_replay_lags() {
     }
     // No report yet: nothing to hold the primary back with.
     assert_eq!(sender.replay_lag(), None);
+    assert_eq!(sender.replay_backlog(), None);
     assert!(
         sender
             .wait_replay_within(max, QUIET, Duration::ZERO)
@@ -776,10 +777,14 @@ fn the_primary_waits_while_the_backups_replay_lags() {
         t_ns: frame(9).t_ns - frame(2).t_ns,
     };
     let deadline = Instant::now() + Duration::from_secs(5);
-    while sender.replay_lag() != Some(lagging) && Instant::now() < deadline {
+    while (sender.replay_lag() != Some(lagging) || sender.acked() != Some(9))
+        && Instant::now() < deadline
+    {
         thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(sender.replay_lag(), Some(lagging));
+    // Everything sent was received: the whole lag is the backup's own backlog.
+    assert_eq!(sender.replay_backlog(), Some(lagging));
     assert!(
         !sender
             .wait_replay_within(max, QUIET, Duration::from_millis(50))

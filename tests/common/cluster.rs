@@ -178,10 +178,12 @@ impl Cluster {
         ping_ms: u64,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let listen = net
-            .as_ref()
-            .map_or_else(|| "127.0.0.1:0".to_string(), |n| format!("{}:7100", n.ip("vs")));
-        let (vs, vs_addr) = spawn_viewserver(program(net.as_deref(), "vs"), dir.path(), &listen, ping_ms);
+        let listen = net.as_ref().map_or_else(
+            || "127.0.0.1:0".to_string(),
+            |n| format!("{}:7100", n.ip("vs")),
+        );
+        let (vs, vs_addr) =
+            spawn_viewserver(program(net.as_deref(), "vs"), dir.path(), &listen, ping_ms);
         Self {
             net,
             dir,
@@ -461,7 +463,8 @@ fn forward(
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
                     let jitter = jitter_ms.load(Ordering::Relaxed);
-                    let ms = delay_ms.load(Ordering::Relaxed) + if jitter > 0 { seed % jitter } else { 0 };
+                    let ms = delay_ms.load(Ordering::Relaxed)
+                        + if jitter > 0 { seed % jitter } else { 0 };
                     let due = (Instant::now() + Duration::from_millis(ms)).max(last_due);
                     last_due = due;
                     if tx.send((due, buf[..n].to_vec())).is_err() {

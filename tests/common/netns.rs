@@ -144,7 +144,11 @@ impl Net {
     }
 
     /// Runs `f` on a thread that lives in `host`'s namespace (for the test's own connections).
-    pub fn within<T: Send + 'static>(&self, host: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    pub fn within<T: Send + 'static>(
+        &self,
+        host: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
         let path = format!("/var/run/netns/{}", self.ns(host));
         std::thread::spawn(move || {
             let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -160,7 +164,13 @@ impl Net {
 
     fn apply(&self, host: &str) {
         let ns = self.ns(host);
-        let rules = self.rules.lock().unwrap().get(host).cloned().unwrap_or_default();
+        let rules = self
+            .rules
+            .lock()
+            .unwrap()
+            .get(host)
+            .cloned()
+            .unwrap_or_default();
         for chain in ["INPUT", "OUTPUT"] {
             run("ip", &["netns", "exec", &ns, "iptables", "-F", chain]);
         }
@@ -168,7 +178,9 @@ impl Net {
             for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
                 run(
                     "ip",
-                    &["netns", "exec", &ns, "iptables", "-A", chain, dir, "eth0", "-j", "DROP"],
+                    &[
+                        "netns", "exec", &ns, "iptables", "-A", chain, dir, "eth0", "-j", "DROP",
+                    ],
                 );
             }
         }
@@ -178,8 +190,22 @@ impl Net {
                 run(
                     "ip",
                     &[
-                        "netns", "exec", &ns, "iptables", "-A", chain, dir, "eth0", "-m",
-                        "statistic", "--mode", "random", "--probability", &p, "-j", "DROP",
+                        "netns",
+                        "exec",
+                        &ns,
+                        "iptables",
+                        "-A",
+                        chain,
+                        dir,
+                        "eth0",
+                        "-m",
+                        "statistic",
+                        "--mode",
+                        "random",
+                        "--probability",
+                        &p,
+                        "-j",
+                        "DROP",
                     ],
                 );
             }
@@ -192,7 +218,9 @@ impl Net {
             };
             run(
                 "ip",
-                &["netns", "exec", &ns, "iptables", "-A", chain, flag, peer, "-j", "DROP"],
+                &[
+                    "netns", "exec", &ns, "iptables", "-A", chain, flag, peer, "-j", "DROP",
+                ],
             );
         }
     }
@@ -202,11 +230,23 @@ impl Net {
         let (ip_from, ip_to) = (self.ip(from), self.ip(to));
         {
             let mut r = self.rules.lock().unwrap();
-            r.entry(from.to_string()).or_default().drops.push((ip_to.clone(), "out"));
-            r.entry(to.to_string()).or_default().drops.push((ip_from.clone(), "in"));
+            r.entry(from.to_string())
+                .or_default()
+                .drops
+                .push((ip_to.clone(), "out"));
+            r.entry(to.to_string())
+                .or_default()
+                .drops
+                .push((ip_from.clone(), "in"));
             if both {
-                r.entry(to.to_string()).or_default().drops.push((ip_from, "out"));
-                r.entry(from.to_string()).or_default().drops.push((ip_to, "in"));
+                r.entry(to.to_string())
+                    .or_default()
+                    .drops
+                    .push((ip_from, "out"));
+                r.entry(from.to_string())
+                    .or_default()
+                    .drops
+                    .push((ip_to, "in"));
             }
         }
         self.apply(from);
@@ -215,13 +255,23 @@ impl Net {
 
     /// Drops `pct` percent of the packets `host` sends and receives, at random.
     pub fn lose(&self, host: &str, pct: u32) {
-        self.rules.lock().unwrap().entry(host.to_string()).or_default().loss_pct = pct;
+        self.rules
+            .lock()
+            .unwrap()
+            .entry(host.to_string())
+            .or_default()
+            .loss_pct = pct;
         self.apply(host);
     }
 
     /// Cuts `host` off from every other host, both ways.
     pub fn isolate(&self, host: &str) {
-        self.rules.lock().unwrap().entry(host.to_string()).or_default().isolated = true;
+        self.rules
+            .lock()
+            .unwrap()
+            .entry(host.to_string())
+            .or_default()
+            .isolated = true;
         self.apply(host);
     }
 
@@ -238,7 +288,9 @@ impl Net {
 impl Drop for Net {
     fn drop(&mut self) {
         for h in self.hosts.keys() {
-            let _ = Command::new("ip").args(["netns", "del", &self.ns(h)]).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(h)])
+                .status();
         }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.ns("lan")])

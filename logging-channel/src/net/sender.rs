@@ -313,13 +313,26 @@ impl LogSender {
         replay_lag(&g)
     }
 
-    /// Blocks while the backup's replay lags more than `max` (in entries or
-    /// in recorded time), up to `timeout`; true if it is (now) within, or
-    /// if there is nothing to wait for.
+    /// How far the backup's replay is behind what it has received (its
+    /// backlog, from its own reports: acknowledged minus replayed); `None`
+    /// until it has reported any entry replayed. Unlike [`Self::replay_lag`]
+    /// this does not grow with the network's latency: both reports travel
+    /// the same way.
+    pub fn replay_backlog(&self) -> Option<Lag> {
+        let g = self.shared.lock();
+        replay_backlog(&g)
+    }
+
+    /// Blocks while the backup's replay backlog (see
+    /// [`Self::replay_backlog`]) exceeds `max` (in entries or in recorded
+    /// time), up to `timeout`; true if it is (now) within, or if there is
+    /// nothing to wait for.
     ///
     /// This is the primary's throttle: it slows the guest as soon as the
-    /// backup falls behind, long before the window or the backup's buffer
-    /// fill. It waits only for a backup that is visibly replaying: no report
+    /// backup's replay falls behind, long before the window or the backup's
+    /// buffer fill. Entries still on the wire are the window's business: a
+    /// slow link is not a slow backup, and holding the guest for it would
+    /// only slow the primary by the round trip on every entry. It waits only for a backup that is visibly replaying: no report
     /// yet, or none for `quiet`, counts as within. A stopped or dead backup
     /// is the failure detector's business, and holding the guest for it
     /// would only stall the primary until the peer timeout.
@@ -336,7 +349,7 @@ impl LogSender {
                 return Err(e.clone());
             }
             let within =
-                replay_lag(&g).is_none_or(|l| l.entries <= max.entries && l.t_ns <= max.t_ns);
+                replay_backlog(&g).is_none_or(|l| l.entries <= max.entries && l.t_ns <= max.t_ns);
             let goes_quiet = g.replayed_at + quiet;
             let now = Instant::now();
             if within || now > goes_quiet {
@@ -463,6 +476,15 @@ fn replay_lag(g: &TxState) -> Option<Lag> {
     Some(Lag {
         entries: newest_seq.saturating_sub(seq),
         t_ns: newest_t.saturating_sub(t_ns),
+    })
+}
+
+fn replay_backlog(g: &TxState) -> Option<Lag> {
+    let (seq, t_ns) = g.replayed?;
+    let (acked_seq, acked_t) = g.acked.unwrap_or((seq, t_ns));
+    Some(Lag {
+        entries: acked_seq.saturating_sub(seq),
+        t_ns: acked_t.saturating_sub(t_ns),
     })
 }
 
