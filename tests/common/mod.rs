@@ -73,3 +73,4 @@ pub fn assert_ok(o: &Output, what: &str) {
     );
 }
 pub mod cluster;
+pub mod etcd;
