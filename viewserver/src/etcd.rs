@@ -275,7 +275,9 @@ impl EtcdStore {
 
     /// Stops keeping the lease alive and campaigning *without* revoking the
     /// lease: to etcd this process is as good as dead, and another
-    /// viewserver leads once the lease expires (what a crash looks like).
+    /// viewserver leads once the lease expires (what a crash, or a stuck
+    /// election thread, looks like). This store still says it leads until
+    /// the `until` it had, and not after.
     pub fn halt(&mut self) {
         self.shared.stopped.store(true, Ordering::Release);
         if let Some(w) = self.wake.take() {
@@ -284,9 +286,6 @@ impl EtcdStore {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let mut e = self.shared.lock();
-        e.term = None;
-        e.lease_until = None;
     }
 
     /// The keys used, for messages: (leader key, state key).
@@ -308,11 +307,14 @@ impl Drop for EtcdStore {
     fn drop(&mut self) {
         let was_running = self.thread.is_some();
         self.halt();
-        if was_running {
-            let id = self.shared.lock().lease_id.take();
-            if let Some(id) = id {
-                self.shared.revoke(id);
-            }
+        let id = {
+            let mut e = self.shared.lock();
+            e.term = None;
+            e.lease_until = None;
+            e.lease_id.take()
+        };
+        if let (true, Some(id)) = (was_running, id) {
+            self.shared.revoke(id);
         }
     }
 }
