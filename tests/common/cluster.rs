@@ -60,11 +60,13 @@ pub mod libc_signal {
     pub enum Signal {
         Stop,
         Cont,
+        Term,
     }
     pub fn send(pid: u32, sig: Signal) {
         let name = match sig {
             Signal::Stop => "-STOP",
             Signal::Cont => "-CONT",
+            Signal::Term => "-TERM",
         };
         let ok = std::process::Command::new("kill")
             .args([name, &pid.to_string()])
