@@ -28,7 +28,7 @@ pub struct ViewserverArgs {
     /// Keep the view in etcd instead (its members' client URLs, comma-separated): run several
     /// viewservers on the same etcd and prefix, and one of them at a time leads, elected through
     /// an etcd lease; the others answer 503 naming it. Give nodes every viewserver's address.
-    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',', num_args = 1..)]
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
     pub etcd: Vec<String>,
     /// The etcd keys used are PREFIX/leader and PREFIX/state: one prefix per service.
     #[arg(
