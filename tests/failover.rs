@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::libc_signal::Signal;
-use common::cluster::{Cluster, Proxy};
+use common::cluster::{Cluster, Proxy, released_from};
 
 /// These tests run one after the other: each runs three VMs on a two-core machine.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -31,16 +31,6 @@ impl Rng {
     }
 }
 
-/// The byte offset a node that went live released from (its log says).
-fn released_from(log: &str) -> Option<usize> {
-    log.lines()
-        .rev()
-        .find(|l| l.contains("going live"))
-        .and_then(|l| l.split("releasing from byte ").nth(1))
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-}
-
 /// Kills the primary `kills` times at random moments. Each time: the backup goes live, the
 /// old primary's released output is a prefix of the new primary's transcript, the new primary
 /// releases from no later than where the old one stopped (nothing lost), and the idle node
@@ -49,7 +39,7 @@ fn failover_chain(guest: &str, guest_args: &[&str], kills: usize, seed: u64) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let mut rng = Rng(seed);
     let mut c = Cluster::start(guest, guest_args, PING_MS);
-    primary_and_backup(&mut c, None);
+    c.primary_and_backup(None, LONG);
     c.add_node("127.0.0.1:0", None);
     for round in 0..kills {
         std::thread::sleep(rng.millis(200, 1500));
@@ -140,24 +130,6 @@ fn twenty_sigkills_of_a_compute_primary() {
     );
 }
 
-/// Starts a primary (reaching the viewserver at `a_viewserver` if given, e.g. a proxy) and a
-/// backup; returns (primary index, backup index) once the backup has the state.
-fn primary_and_backup(c: &mut Cluster, a_viewserver: Option<&str>) -> (usize, usize) {
-    let vs = a_viewserver.map_or_else(|| c.vs_addr.clone(), str::to_string);
-    let a = c.add_node_via("127.0.0.1:0", None, &vs);
-    let a_addr = c.nodes[a].addr.clone();
-    c.wait_view(LONG, |v| v.primary == a_addr);
-    let b = c.add_node("127.0.0.1:0", None);
-    let b_addr = c.nodes[b].addr.clone();
-    c.wait_view(LONG, |v| v.backup == b_addr && v.primary == a_addr);
-    assert!(
-        c.nodes[a].wait_log("installed the state", 0, LONG),
-        "{}",
-        c.logs()
-    );
-    (a, b)
-}
-
 /// Samples how much the primary released and executed over `d`.
 fn watch(c: &Cluster, p: usize, d: Duration) -> (usize, usize, usize, usize) {
     let out0 = c.nodes[p].out().len();
@@ -175,7 +147,7 @@ fn watch(c: &Cluster, p: usize, d: Duration) -> (usize, usize, usize, usize) {
 fn a_stopped_backup_holds_output_until_the_viewserver_drops_it() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Cluster::start("ticker", &["hz=50", "ticks=1000000"], PING_MS);
-    let (a, b) = primary_and_backup(&mut c, None);
+    let (a, b) = c.primary_and_backup(None, LONG);
     let b_addr = c.nodes[b].addr.clone();
     std::thread::sleep(Duration::from_millis(500));
     c.nodes[b].signal(Signal::Stop);
@@ -272,7 +244,7 @@ fn a_primary_cut_off_from_the_viewserver_is_replaced_and_fenced() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Cluster::start("ticker", &["hz=50", "ticks=1000000"], PING_MS);
     let vs_link = Proxy::start(c.vs_addr.clone());
-    let (a, b) = primary_and_backup(&mut c, Some(&vs_link.addr));
+    let (a, b) = c.primary_and_backup(Some(&vs_link.addr), LONG);
     let b_addr = c.nodes[b].addr.clone();
     std::thread::sleep(Duration::from_millis(500));
 
@@ -338,7 +310,7 @@ fn a_large_guests_state_transfer_shows_progress() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Cluster::start("ticker", &["hz=50", "ticks=1000000"], PING_MS);
     c.mem_mib = Some(512);
-    let (a, b) = primary_and_backup(&mut c, None);
+    let (a, b) = c.primary_and_backup(None, LONG);
     let log = c.nodes[a].log();
     let sent: Vec<u64> = log
         .lines()

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use viewserver::{Config, FileStore, ViewServer};
+use viewserver::etcd::Resigner;
+use viewserver::{Config, EtcdConfig, EtcdStore, FileStore, ViewServer};
 
 use super::CmdResult;
 
@@ -17,8 +18,30 @@ pub struct ViewserverArgs {
     /// Directory that keeps the view across restarts (created if missing). A restarted
     /// viewserver continues from it; one that lost it starts a new service, which nodes of the
     /// old one refuse to follow. One viewserver per directory.
-    #[arg(long, value_name = "DIR", default_value = "viewserver.data")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "viewserver.data",
+        conflicts_with = "etcd"
+    )]
     pub data_dir: PathBuf,
+    /// Keep the view in etcd instead (its members' client URLs, comma-separated): run several
+    /// viewservers on the same etcd and prefix, and one of them at a time leads, elected through
+    /// an etcd lease; the others answer 503 naming it. Give nodes every viewserver's address.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// The etcd keys used are PREFIX/leader and PREFIX/state: one prefix per service.
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "/understudy",
+        requires = "etcd"
+    )]
+    pub etcd_prefix: String,
+    /// The address nodes reach this viewserver at, which followers name to them (default: the
+    /// address actually listened on).
+    #[arg(long, value_name = "ADDR", requires = "etcd")]
+    pub advertise: Option<String>,
     /// How often servers ping; the service ticks once per interval.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub ping_interval_ms: u64,
@@ -36,10 +59,68 @@ pub fn run(args: &ViewserverArgs) -> CmdResult {
     config.ping_interval = Duration::from_millis(args.ping_interval_ms);
     config.dead_pings = args.dead_pings;
     config.backup_timeout = Duration::from_millis(args.backup_timeout_ms);
-    let store = FileStore::open(&args.data_dir)?;
-    let server = ViewServer::bind(config, Box::new(store))?;
-    // Tests and scripts parse this line to learn the port picked for :0.
-    eprintln!("viewserver: listening on {}", server.local_addr());
+    if args.etcd.is_empty() {
+        // The address first: a viewserver that cannot listen leaves no data directory behind.
+        let listener = viewserver::server::listen(&args.listen)?;
+        let store = FileStore::open(&args.data_dir)?;
+        let server = ViewServer::with_listener(config, listener, Box::new(store))?;
+        // Tests and scripts parse this line to learn the port picked for :0.
+        eprintln!("viewserver: listening on {}", server.local_addr());
+        server.serve()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Before any thread starts, so that every thread inherits the mask and
+    // only the one that waits for them takes these signals.
+    let signals = block_exit_signals()?;
+    let listener = viewserver::server::listen(&args.listen)?;
+    let addr = listener.local_addr()?;
+    eprintln!("viewserver: listening on {addr}");
+    let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let mut etcd = EtcdConfig::new(args.etcd.clone(), args.etcd_prefix.clone(), advertise);
+    etcd.log = true;
+    let store = EtcdStore::open(etcd)?;
+    if let Some(r) = store.resigner() {
+        resign_on(signals, r)?;
+    }
+    let server = ViewServer::with_listener(config, listener, Box::new(store))?;
     server.serve()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT and SIGTERM, blocked in the calling thread (and so in every thread
+/// it starts from now on).
+fn block_exit_signals() -> std::io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t we own; these only write to it and to
+    // this thread's signal mask.
+    let rc = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(set)
+}
+
+/// On SIGINT or SIGTERM: give the leadership up at once (another viewserver
+/// leads without waiting for our lease to run out), then exit.
+fn resign_on(set: libc::sigset_t, r: Resigner) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("viewserver-signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: `set` is an initialised sigset_t and `sig` a valid
+            // place for the result; the signals are blocked in every thread.
+            let rc = unsafe { libc::sigwait(&set, &mut sig) };
+            if rc == 0 {
+                r.resign();
+                eprintln!("viewserver: signal {sig}: resigned the leadership; exiting");
+                std::process::exit(0);
+            }
+        })
+        .map(|_| ())
 }

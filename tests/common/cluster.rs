@@ -73,11 +73,13 @@ pub mod libc_signal {
     pub enum Signal {
         Stop,
         Cont,
+        Term,
     }
     pub fn send(pid: u32, sig: Signal) {
         let name = match sig {
             Signal::Stop => "-STOP",
             Signal::Cont => "-CONT",
+            Signal::Term => "-TERM",
         };
         let ok = std::process::Command::new("kill")
             .args([name, &pid.to_string()])
@@ -116,19 +118,53 @@ fn collect_text(stream: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
     });
 }
 
-/// Starts `understudy viewserver` (`cmd`: the binary, possibly inside a namespace) on
-/// `listen` with its data in `dir/viewserver.data`; returns it and the address it listens on.
-pub fn spawn_viewserver(
+/// A viewserver process: where it listens and what it said on stderr after its first line.
+pub struct Viewserver {
+    pub child: Child,
+    pub addr: String,
+    pub log: Arc<Mutex<String>>,
+    pub killed: bool,
+}
+
+impl Viewserver {
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+    /// `GET /view` of this viewserver alone (a follower answers 503).
+    pub fn status(&self) -> Result<viewserver::Status, viewserver::ClientError> {
+        viewserver::get_view(&self.addr, Duration::from_secs(1))
+    }
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.killed = true;
+    }
+}
+
+/// Starts `understudy viewserver --listen LISTEN --ping-interval-ms PING_MS ARGS...` (`cmd`:
+/// the binary, possibly inside a namespace); returns once it said where it listens.
+pub fn spawn_viewserver_with(
     mut cmd: Command,
-    dir: &std::path::Path,
     listen: &str,
     ping_ms: u64,
-) -> (Child, String) {
+    args: &[&std::ffi::OsStr],
+) -> Viewserver {
     let mut vs = cmd
         .args(["viewserver", "--listen", listen])
         .args(["--ping-interval-ms", &ping_ms.to_string()])
-        .arg("--data-dir")
-        .arg(dir.join("viewserver.data"))
+        .args(args)
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -137,16 +173,59 @@ pub fn spawn_viewserver(
     let mut err = BufReader::new(vs.stderr.take().unwrap());
     let mut line = String::new();
     err.read_line(&mut line).unwrap();
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = err.read_to_end(&mut sink);
-    });
     let addr = line
         .trim()
         .strip_prefix("viewserver: listening on ")
-        .unwrap_or_else(|| panic!("viewserver said {line:?}"))
+        .unwrap_or_else(|| {
+            let _ = vs.kill();
+            let _ = vs.wait();
+            panic!("viewserver said {line:?}")
+        })
         .to_string();
-    (vs, addr)
+    let log = Arc::new(Mutex::new(String::new()));
+    collect_text(err, Arc::clone(&log));
+    Viewserver {
+        child: vs,
+        addr,
+        log,
+        killed: false,
+    }
+}
+
+/// Starts `understudy viewserver` (`cmd`) on `listen` with its data in `dir/viewserver.data`.
+pub fn spawn_viewserver(
+    cmd: Command,
+    dir: &std::path::Path,
+    listen: &str,
+    ping_ms: u64,
+) -> Viewserver {
+    let data = dir.join("viewserver.data");
+    spawn_viewserver_with(
+        cmd,
+        listen,
+        ping_ms,
+        &["--data-dir".as_ref(), data.as_os_str()],
+    )
+}
+
+/// Starts `understudy viewserver` with its state in etcd at `urls` under `prefix`.
+pub fn spawn_viewserver_on_etcd(
+    listen: &str,
+    ping_ms: u64,
+    urls: &str,
+    prefix: &str,
+) -> Viewserver {
+    spawn_viewserver_with(
+        Command::new(bin()),
+        listen,
+        ping_ms,
+        &[
+            "--etcd".as_ref(),
+            urls.as_ref(),
+            "--etcd-prefix".as_ref(),
+            prefix.as_ref(),
+        ],
+    )
 }
 
 pub struct Cluster {
@@ -154,7 +233,9 @@ pub struct Cluster {
     /// "ctl"), or everything on loopback.
     pub net: Option<std::sync::Arc<Net>>,
     pub dir: tempfile::TempDir,
-    pub vs: Child,
+    /// One viewserver on a data directory, or several on one etcd.
+    pub vs: Vec<Viewserver>,
+    /// Every viewserver's address, comma-separated: what nodes are given.
     pub vs_addr: String,
     pub nodes: Vec<Proc>,
     pub guest: String,
@@ -165,6 +246,32 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    fn with_viewservers(
+        net: Option<std::sync::Arc<Net>>,
+        dir: tempfile::TempDir,
+        vs: Vec<Viewserver>,
+        guest: &str,
+        guest_args: &[&str],
+        ping_ms: u64,
+    ) -> Self {
+        let vs_addr = vs
+            .iter()
+            .map(|v| v.addr.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        Self {
+            net,
+            dir,
+            vs,
+            vs_addr,
+            nodes: Vec::new(),
+            guest: guest.into(),
+            guest_args: guest_args.iter().map(|s| s.to_string()).collect(),
+            ping_ms,
+            mem_mib: None,
+        }
+    }
+
     pub fn start(guest: &str, guest_args: &[&str], ping_ms: u64) -> Self {
         Self::start_on(None, guest, guest_args, ping_ms)
     }
@@ -182,33 +289,63 @@ impl Cluster {
             || "127.0.0.1:0".to_string(),
             |n| format!("{}:7100", n.ip("vs")),
         );
-        let (vs, vs_addr) =
-            spawn_viewserver(program(net.as_deref(), "vs"), dir.path(), &listen, ping_ms);
-        Self {
-            net,
-            dir,
-            vs,
-            vs_addr,
-            nodes: Vec::new(),
-            guest: guest.into(),
-            guest_args: guest_args.iter().map(|s| s.to_string()).collect(),
-            ping_ms,
-            mem_mib: None,
-        }
+        let vs = spawn_viewserver(program(net.as_deref(), "vs"), dir.path(), &listen, ping_ms);
+        Self::with_viewservers(net, dir, vec![vs], guest, guest_args, ping_ms)
     }
 
-    /// SIGKILLs the viewserver and starts it again on the same address and data directory.
+    /// `viewservers` viewservers sharing the view in etcd (`etcd_urls`, comma-separated)
+    /// under a prefix of their own.
+    pub fn start_on_etcd(
+        guest: &str,
+        guest_args: &[&str],
+        ping_ms: u64,
+        etcd_urls: &str,
+        viewservers: usize,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = format!(
+            "/understudy-test/{}",
+            dir.path().file_name().unwrap().to_string_lossy()
+        );
+        let vs = (0..viewservers)
+            .map(|_| spawn_viewserver_on_etcd("127.0.0.1:0", ping_ms, etcd_urls, &prefix))
+            .collect();
+        Self::with_viewservers(None, dir, vs, guest, guest_args, ping_ms)
+    }
+
+    /// SIGKILLs the (single, file-backed) viewserver and starts it again on the same address
+    /// and data directory.
     pub fn restart_viewserver(&mut self) {
-        let _ = self.vs.kill();
-        let _ = self.vs.wait();
-        let (vs, addr) = spawn_viewserver(
+        let addr = self.vs[0].addr.clone();
+        self.vs[0].sigkill();
+        self.vs[0] = spawn_viewserver(
             program(self.net.as_deref(), "vs"),
             self.dir.path(),
-            &self.vs_addr,
+            &addr,
             self.ping_ms,
         );
-        assert_eq!(addr, self.vs_addr);
-        self.vs = vs;
+        assert_eq!(self.vs[0].addr, addr);
+    }
+
+    /// The viewserver that answers `GET /view` (leads), if one does now.
+    pub fn leading_viewserver(&self) -> Option<usize> {
+        self.vs.iter().position(|v| !v.killed && v.status().is_ok())
+    }
+
+    /// Waits until some viewserver leads; returns it.
+    pub fn wait_leading_viewserver(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.leading_viewserver() {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no viewserver leads\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts a node; `name` overrides the name it gives the viewserver (a proxy's address).
@@ -290,9 +427,14 @@ impl Cluster {
         self.status().map(|s| s.view)
     }
 
+    /// The status from whichever viewserver leads.
     pub fn status(&self) -> Option<viewserver::Status> {
-        let addr = self.vs_addr.clone();
-        let get = move || viewserver::get_view(&addr, Duration::from_secs(1)).ok();
+        let addrs: Vec<String> = self.vs.iter().map(|v| v.addr.clone()).collect();
+        let get = move || {
+            viewserver::client::Client::new(addrs, Duration::from_secs(1))
+                .status()
+                .ok()
+        };
         match &self.net {
             Some(net) => net.within("ctl", get),
             None => get(),
@@ -372,14 +514,54 @@ impl Cluster {
             .sum()
     }
 
-    /// Every node's log, for failure messages.
+    /// Every node's and viewserver's log, for failure messages.
     pub fn logs(&self) -> String {
-        self.nodes
+        let nodes: String = self
+            .nodes
             .iter()
             .enumerate()
             .map(|(i, n)| format!("--- node {i} ({}) ---\n{}", n.addr, n.log()))
-            .collect()
+            .collect();
+        let vs: String = self
+            .vs
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("--- viewserver {i} ({}) ---\n{}", v.addr, v.log()))
+            .collect();
+        nodes + &vs
     }
+
+    /// Starts a primary (reaching the viewservers at `a_viewserver` if given, e.g. a proxy)
+    /// and a backup; returns (primary index, backup index) once the backup has the state.
+    pub fn primary_and_backup(
+        &mut self,
+        a_viewserver: Option<&str>,
+        timeout: Duration,
+    ) -> (usize, usize) {
+        let vs = a_viewserver.map_or_else(|| self.vs_addr.clone(), str::to_string);
+        let a = self.add_node_via("127.0.0.1:0", None, &vs);
+        let a_addr = self.nodes[a].addr.clone();
+        self.wait_view(timeout, |v| v.primary == a_addr);
+        let b = self.add_node("127.0.0.1:0", None);
+        let b_addr = self.nodes[b].addr.clone();
+        self.wait_view(timeout, |v| v.backup == b_addr && v.primary == a_addr);
+        assert!(
+            self.nodes[a].wait_log("installed the state", 0, timeout),
+            "{}",
+            self.logs()
+        );
+        (a, b)
+    }
+}
+
+/// The byte offset a node that went live released from (its log says).
+pub fn released_from(log: &str) -> Option<usize> {
+    log.lines()
+        .rev()
+        .find(|l| l.contains("going live"))
+        .and_then(|l| l.split("releasing from byte ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
 }
 
 impl Drop for Cluster {
@@ -390,8 +572,11 @@ impl Drop for Cluster {
                 let _ = n.child.wait();
             }
         }
-        let _ = self.vs.kill();
-        let _ = self.vs.wait();
+        for v in &mut self.vs {
+            if !v.killed {
+                v.sigkill();
+            }
+        }
     }
 }
 

@@ -102,23 +102,26 @@ impl Client {
         self.each(|addr| get_view(addr, self.timeout))
     }
 
-    /// Tries the current address, then the others in turn; keeps the first
-    /// that answers. Refusals (4xx) are answers, not failures.
+    /// Tries the current address, then the others in turn, each at most
+    /// once; a 503 naming the leader sends the next attempt there if it was
+    /// not tried yet (a follower's hint may be stale for a moment after the
+    /// leader died: following it back to the dead address would use up the
+    /// attempts). Keeps the first that answers. Refusals (4xx) are answers,
+    /// not failures.
     fn each(
         &self,
         mut f: impl FnMut(&str) -> Result<Status, ClientError>,
     ) -> Result<Status, ClientError> {
-        let start = *self.current.lock().unwrap_or_else(|p| p.into_inner());
         let n = self.addrs.len();
+        let start = *self.current.lock().unwrap_or_else(|p| p.into_inner()) % n.max(1);
+        let mut tried = vec![false; n];
         let mut first_err = None;
         let mut i = start;
-        for _ in 0..n.max(1) {
-            let Some(addr) = self.addrs.get(i % n.max(1)) else {
-                break;
-            };
+        while let Some(addr) = self.addrs.get(i) {
+            tried[i] = true;
             match f(addr) {
                 Ok(s) => {
-                    *self.current.lock().unwrap_or_else(|p| p.into_inner()) = i % n;
+                    *self.current.lock().unwrap_or_else(|p| p.into_inner()) = i;
                     return Ok(s);
                 }
                 Err(e @ ClientError::Status { status, .. }) if (400..500).contains(&status) => {
@@ -132,7 +135,12 @@ impl Client {
                         _ => None,
                     };
                     first_err.get_or_insert(e);
-                    i = hint.unwrap_or(i + 1);
+                    let next = (1..n).map(|k| (i + k) % n).find(|j| !tried[*j]);
+                    match (hint.filter(|h| !tried[*h]), next) {
+                        (Some(h), _) => i = h,
+                        (None, Some(j)) => i = j,
+                        (None, None) => break,
+                    }
                 }
             }
         }
@@ -330,6 +338,65 @@ mod tests {
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}").is_err());
         assert!(parse_response(b"SMTP 200\r\n\r\n").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
+    }
+
+    fn refused(addr: &str) -> ClientError {
+        ClientError::Connect {
+            addr: addr.into(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        }
+    }
+
+    fn not_leader(addr: &str, leader: Option<&str>) -> ClientError {
+        ClientError::Status {
+            addr: addr.into(),
+            status: 503,
+            message: "not the leader".into(),
+            leader: leader.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_client_tries_every_address_once_and_follows_fresh_hints() {
+        let c = Client::new(vec!["a".into(), "b".into(), "c".into()], Duration::ZERO);
+        let ok = || Ok(Status::default());
+        // a is dead, b still names it (stale hint): c must still be tried.
+        let mut asked = Vec::new();
+        let r = c.each(|addr| {
+            asked.push(addr.to_string());
+            match addr {
+                "a" => Err(refused(addr)),
+                "b" => Err(not_leader(addr, Some("a"))),
+                _ => ok(),
+            }
+        });
+        assert!(r.is_ok());
+        assert_eq!(asked, ["a", "b", "c"]);
+        // c answered, so it is asked first next time; its hint to b is followed.
+        let mut asked = Vec::new();
+        let r = c.each(|addr| {
+            asked.push(addr.to_string());
+            match addr {
+                "c" => Err(not_leader(addr, Some("b"))),
+                "b" => ok(),
+                _ => Err(refused(addr)),
+            }
+        });
+        assert!(r.is_ok());
+        assert_eq!(asked, ["c", "b"]);
+        // Nobody answers: each address once, and the first error is reported.
+        let mut asked = Vec::new();
+        let err = c
+            .each(|addr| {
+                asked.push(addr.to_string());
+                Err(not_leader(addr, Some("b")))
+            })
+            .unwrap_err();
+        assert_eq!(asked, ["b", "c", "a"]);
+        assert!(
+            err.to_string().contains("viewserver at b answered 503"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -46,6 +46,8 @@ struct Inner {
     term: Option<u64>,
     /// `persisted_version` of `vs` last stored.
     stored: u64,
+    /// The leader last reported as followed, so that it is said once.
+    following: Option<String>,
 }
 
 /// The view service of one viewserver process.
@@ -66,6 +68,7 @@ impl Coordinator {
                 vs: None,
                 term: None,
                 stored: 0,
+                following: None,
             }),
             rules,
             log_changes,
@@ -97,6 +100,14 @@ impl Coordinator {
                     eprintln!("viewserver: no longer leading");
                 }
                 g.term = None;
+                if let Some(l) = &leader
+                    && g.following.as_ref() != Some(l)
+                {
+                    if self.log_changes {
+                        eprintln!("viewserver: following {l}");
+                    }
+                    g.following = Some(l.clone());
+                }
                 Err(ApiError::NotLeader { leader })
             }
             Leadership::Leader { term, until } => {
@@ -117,11 +128,12 @@ impl Coordinator {
                     };
                     if self.log_changes {
                         eprintln!(
-                            "viewserver: leading (service {}); {}",
+                            "viewserver: leading (term {term}, service {}); {}",
                             vs.status().service,
                             vs.view()
                         );
                     }
+                    g.following = None;
                     g.stored = vs.persisted_version();
                     g.vs = Some(vs);
                     g.term = Some(term);

@@ -20,6 +20,7 @@
 pub mod api;
 pub mod client;
 pub mod coordinator;
+pub mod etcd;
 pub mod http;
 pub mod node;
 pub mod server;
@@ -29,6 +30,7 @@ pub mod store;
 pub use api::{ApiError, PingRequest};
 pub use client::{ClientError, get_view, ping};
 pub use coordinator::{Coordinator, Rules};
+pub use etcd::{EtcdConfig, EtcdStore};
 pub use server::{Config, ServerError, ViewServer};
 pub use service::{MAX_SERVER_NAME, MAX_TRACKED_SERVERS, Persisted, Status, View, ViewService};
 pub use store::{FileStore, Leadership, MemoryStore, Store, StoreError};

@@ -94,16 +94,20 @@ pub struct ViewServer {
 impl ViewServer {
     /// Binds `config.listen` and checks the state in `store`.
     pub fn bind(config: Config, store: Box<dyn Store>) -> Result<Self, ServerError> {
-        if config.ping_interval.is_zero() {
-            return Err(ServerError::ZeroInterval);
-        }
-        if config.dead_pings == 0 {
-            return Err(ServerError::ZeroDeadPings);
-        }
-        let listener = TcpListener::bind(&config.listen).map_err(|source| ServerError::Bind {
-            addr: config.listen.clone(),
-            source,
-        })?;
+        check(&config)?;
+        let listener = listen(&config.listen)?;
+        Self::with_listener(config, listener, store)
+    }
+
+    /// Serves on `listener` (bound with [`listen`]: a store that must know
+    /// the real address, such as the etcd store's advertise address, can
+    /// then be made in between); checks the state in `store`.
+    pub fn with_listener(
+        config: Config,
+        listener: TcpListener,
+        store: Box<dyn Store>,
+    ) -> Result<Self, ServerError> {
+        check(&config)?;
         let addr = listener
             .local_addr()
             .map_err(|source| ServerError::LocalAddr {
@@ -181,6 +185,24 @@ impl ViewServer {
             })?;
         Ok(addr)
     }
+}
+
+fn check(config: &Config) -> Result<(), ServerError> {
+    if config.ping_interval.is_zero() {
+        return Err(ServerError::ZeroInterval);
+    }
+    if config.dead_pings == 0 {
+        return Err(ServerError::ZeroDeadPings);
+    }
+    Ok(())
+}
+
+/// Binds `addr` (port 0 picks a free one) for [`ViewServer::with_listener`].
+pub fn listen(addr: &str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).map_err(|source| ServerError::Bind {
+        addr: addr.to_string(),
+        source,
+    })
 }
 
 /// One tick per interval of the viewserver's own time. After a stall (the

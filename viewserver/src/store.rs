@@ -24,6 +24,7 @@ pub enum Leadership {
     Follower { leader: Option<String> },
 }
 
+/// Why the state could not be loaded or stored.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create the data directory {path}")]
@@ -62,6 +63,12 @@ pub enum StoreError {
     },
     #[error("etcd: {0}")]
     Etcd(String),
+    #[error(
+        "etcd key {key} is not a view service state ({detail}); refusing to start from nothing, which could boot a second copy of the guest: restore the key or give a new --etcd-prefix"
+    )]
+    EtcdCorrupt { key: String, detail: String },
+    #[error("etcd key {key} has state format {found}; this build reads format {FORMAT}")]
+    EtcdFormat { key: String, found: u32 },
     #[error("this viewserver no longer leads (another took over, or its lease ran out)")]
     NotLeader,
 }
@@ -110,11 +117,47 @@ const FORMAT: u32 = 1;
 const STATE_FILE: &str = "view.json";
 const LOCK_FILE: &str = "LOCK";
 
+/// The stored form (in a file or an etcd value): the state with its format
+/// version, so that a later build can tell an old state from a damaged one.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileContents {
+struct StoredState {
     format: u32,
     state: Persisted,
+}
+
+/// Why stored bytes are not a state this build reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Undecodable {
+    /// Not a state at all (what is wrong with it).
+    Corrupt(String),
+    /// A state of another format version.
+    Format(u32),
+}
+
+/// `p` in its stored form (pretty JSON, newline-terminated).
+pub(crate) fn encode_state(p: &Persisted) -> Result<Vec<u8>, serde_json::Error> {
+    let mut bytes = serde_json::to_vec_pretty(&StoredState {
+        format: FORMAT,
+        state: p.clone(),
+    })?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// The state in its stored form.
+pub(crate) fn decode_state(bytes: &[u8]) -> Result<Persisted, Undecodable> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| Undecodable::Corrupt(e.to_string()))?;
+    let found = value.get("format").and_then(serde_json::Value::as_u64);
+    if let Some(found) = found.filter(|f| *f != u64::from(FORMAT)) {
+        return Err(Undecodable::Format(
+            u32::try_from(found).unwrap_or(u32::MAX),
+        ));
+    }
+    let stored: StoredState =
+        serde_json::from_value(value).map_err(|e| Undecodable::Corrupt(e.to_string()))?;
+    Ok(stored.state)
 }
 
 /// The state in `DIR/view.json`, replaced atomically (write a temporary
@@ -189,24 +232,11 @@ impl Store for FileStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StoreError::Read { path, source }),
         };
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
-        let found = value.get("format").and_then(serde_json::Value::as_u64);
-        if let Some(found) = found.filter(|f| *f != u64::from(FORMAT)) {
-            return Err(StoreError::Format {
-                path,
-                found: u32::try_from(found).unwrap_or(u32::MAX),
-            });
+        match decode_state(&bytes) {
+            Ok(p) => Ok(Some(p)),
+            Err(Undecodable::Corrupt(detail)) => Err(StoreError::Corrupt { path, detail }),
+            Err(Undecodable::Format(found)) => Err(StoreError::Format { path, found }),
         }
-        let contents: FileContents =
-            serde_json::from_value(value).map_err(|e| StoreError::Corrupt {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
-        Ok(Some(contents.state))
     }
 
     fn save(&mut self, p: &Persisted) -> Result<(), StoreError> {
@@ -216,12 +246,7 @@ impl Store for FileStore {
             path: path.clone(),
             source,
         };
-        let mut bytes = serde_json::to_vec_pretty(&FileContents {
-            format: FORMAT,
-            state: p.clone(),
-        })
-        .map_err(|e| write_err(io::Error::other(e)))?;
-        bytes.push(b'\n');
+        let bytes = encode_state(p).map_err(|e| write_err(io::Error::other(e)))?;
         let mut f = File::create(&tmp).map_err(write_err)?;
         f.write_all(&bytes).map_err(write_err)?;
         f.sync_all().map_err(write_err)?;
