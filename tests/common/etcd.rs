@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::netns::Net;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
@@ -39,6 +40,8 @@ struct Member {
 pub struct EtcdCluster {
     dir: tempfile::TempDir,
     members: Vec<Member>,
+    /// Members on hosts of this network (host name per member), or on loopback.
+    net: Option<(std::sync::Arc<Net>, Vec<String>)>,
 }
 
 /// `n` distinct ports that were free a moment ago (all bound at once, then released).
@@ -64,7 +67,11 @@ impl EtcdCluster {
                     child: None,
                 })
                 .collect();
-            let mut c = EtcdCluster { dir, members };
+            let mut c = EtcdCluster {
+                dir,
+                members,
+                net: None,
+            };
             for i in 0..n {
                 c.spawn(i);
             }
@@ -77,6 +84,47 @@ impl EtcdCluster {
             );
         }
         panic!("cannot start an etcd cluster");
+    }
+
+    /// One member on each of `hosts` of `net` (client port 2379, peer port 2380 of the host's
+    /// address), so that partitions and host faults reach them too.
+    pub fn start_on(net: std::sync::Arc<Net>, hosts: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let members = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| Member {
+                name: format!("m{i}"),
+                client: format!("{}:2379", net.ip(h)),
+                peer: format!("{}:2380", net.ip(h)),
+                child: None,
+            })
+            .collect();
+        let mut c = EtcdCluster {
+            dir,
+            members,
+            net: Some((net, hosts.iter().map(|h| h.to_string()).collect())),
+        };
+        for i in 0..hosts.len() {
+            c.spawn(i);
+        }
+        assert!(
+            c.wait_healthy(Duration::from_secs(30)),
+            "etcd in namespaces did not come up\n{}",
+            c.logs()
+        );
+        c
+    }
+
+    /// A gateway call to member `m`, from inside the network if there is one.
+    fn call_member(&self, m: &Member, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+        match &self.net {
+            Some((net, _)) => {
+                let (addr, path, body) = (m.client.clone(), path.to_string(), body.to_string());
+                net.within("ctl", move || call(&addr, &path, &body))
+            }
+            None => call(&m.client, path, body),
+        }
     }
 
     fn log_path(&self, i: usize) -> PathBuf {
@@ -97,7 +145,11 @@ impl EtcdCluster {
             .open(self.log_path(i))
             .unwrap();
         let m = &self.members[i];
-        let child = Command::new(ETCD)
+        let mut cmd = match &self.net {
+            Some((net, hosts)) => net.command(&hosts[i], ETCD),
+            None => Command::new(ETCD),
+        };
+        let child = cmd
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(self.dir.path().join(&m.name))
@@ -160,7 +212,8 @@ impl EtcdCluster {
                 continue;
             }
             loop {
-                if call(&m.client, "/v3/kv/range", r#"{"key":"aGVhbHRo"}"#)
+                if self
+                    .call_member(m, "/v3/kv/range", r#"{"key":"aGVhbHRo"}"#)
                     .is_ok_and(|(s, _)| s == 200)
                 {
                     break;
@@ -178,7 +231,7 @@ impl EtcdCluster {
     /// The index of the member that is the raft leader, if a running member knows it.
     pub fn leader(&self) -> Option<usize> {
         for m in self.members.iter().filter(|m| m.child.is_some()) {
-            let Ok((200, body)) = call(&m.client, "/v3/maintenance/status", "{}") else {
+            let Ok((200, body)) = self.call_member(m, "/v3/maintenance/status", "{}") else {
                 continue;
             };
             let v: serde_json::Value = serde_json::from_str(&body).ok()?;
@@ -187,7 +240,7 @@ impl EtcdCluster {
                 if n.child.is_none() {
                     continue;
                 }
-                if let Ok((200, b)) = call(&n.client, "/v3/maintenance/status", "{}")
+                if let Ok((200, b)) = self.call_member(n, "/v3/maintenance/status", "{}")
                     && let Ok(v) = serde_json::from_str::<serde_json::Value>(&b)
                     && v["header"]["member_id"].as_str() == Some(&leader)
                 {
@@ -202,7 +255,7 @@ impl EtcdCluster {
     pub fn kv(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
         let body = body.to_string();
         for m in self.members.iter().filter(|m| m.child.is_some()) {
-            if let Ok((200, answer)) = call(&m.client, path, &body) {
+            if let Ok((200, answer)) = self.call_member(m, path, &body) {
                 return serde_json::from_str(&answer).unwrap();
             }
         }
