@@ -25,22 +25,16 @@ struct Viewserver {
 }
 
 impl Viewserver {
+    /// A fast-ticking viewserver (20 ms pings, dead after 3 missed).
     fn start() -> Self {
-        Self::start_with(20, 3)
+        Self::start_with(&["--ping-interval-ms", "20", "--dead-pings", "3"])
     }
 
-    fn start_with(ping_ms: u64, dead_pings: u32) -> Self {
+    fn start_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(BIN)
-            .args([
-                "viewserver",
-                "--listen",
-                "127.0.0.1:0",
-                "--ping-interval-ms",
-                &ping_ms.to_string(),
-                "--dead-pings",
-                &dead_pings.to_string(),
-            ])
+            .args(["viewserver", "--listen", "127.0.0.1:0"])
+            .args(args)
             .arg("--data-dir")
             .arg(dir.path().join("vs"))
             .stdin(Stdio::null())
@@ -158,7 +152,8 @@ fn status_and_error(answer: &str) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
     let body = answer.split_once("\r\n\r\n").unwrap().1;
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer:?}"));
     (status, v["error"].as_str().unwrap_or_default().to_string())
 }
 
@@ -246,7 +241,7 @@ fn bad_requests_get_4xx_and_the_server_keeps_serving() {
             400,
         ),
         (
-            b"POST /ping HTTP/1.1\r\nContent-Length: 13\r\n\r\n{\"server\":\"a\"}".to_vec(),
+            b"POST /ping HTTP/1.1\r\nContent-Length: 14\r\n\r\n{\"server\":\"a\"}".to_vec(),
             400,
         ),
         (big.into_bytes(), 413),
@@ -266,7 +261,7 @@ fn bad_requests_get_4xx_and_the_server_keeps_serving() {
         );
         assert!(!error.is_empty(), "{answer}");
     }
-    // A peer that connects and says nothing is cut off by the read timeout,
+    // A peer that connects and says nothing is cut off at the request deadline,
     // and does not stop others from being served meanwhile.
     let silent = TcpStream::connect(addr).unwrap();
     let v = viewserver::ping(addr, &lab("a", 0), TIMEOUT).unwrap().view;
@@ -331,7 +326,7 @@ fn viewserver_refuses_an_address_it_cannot_bind() {
 fn the_classic_lab_sequence_passes_through_the_http_api() {
     const DEAD: u32 = 5;
     let interval = Duration::from_millis(100);
-    let vs = Viewserver::start_with(100, DEAD);
+    let vs = Viewserver::start_with(&["--ping-interval-ms", "100", "--dead-pings", "5"]);
     let addr = vs.addr.as_str();
     let ping = |who: &str, n: u64| viewserver::ping(addr, &lab(who, n), TIMEOUT).unwrap().view;
     let get = || viewserver::get_view(addr, TIMEOUT).unwrap().view;
@@ -468,7 +463,7 @@ fn the_classic_lab_sequence_passes_through_the_http_api() {
 /// view must not churn, and it can still take over (the lab's clients behave so).
 #[test]
 fn a_backup_pinging_zero_while_learning_does_not_churn_views() {
-    let vs = Viewserver::start_with(100, 5);
+    let vs = Viewserver::start_with(&["--ping-interval-ms", "100", "--dead-pings", "5"]);
     let addr = vs.addr.as_str();
     let ping = |who: &str, n: u64| viewserver::ping(addr, &lab(who, n), TIMEOUT).unwrap().view;
     ping("p", 0);
@@ -489,4 +484,281 @@ fn a_backup_pinging_zero_while_learning_does_not_churn_views() {
     // The primary restarts: the backup takes over.
     let v = ping("p", 0);
     assert_eq!((v.viewnum, v.primary.as_str()), (3, "b"));
+}
+
+/// The viewserver's deadline for a request to arrive in full (its default).
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// How late the viewserver may be acting on that deadline and still pass:
+/// generous, for a loaded machine.
+const DEADLINE_SLACK: Duration = Duration::from_secs(6);
+const IDLE_CONNECTIONS: usize = 300;
+const TRICKLERS: usize = 10;
+const TRICKLE_EVERY: Duration = Duration::from_millis(1500);
+
+/// Holds `IDLE_CONNECTIONS` connections that never send a byte, opening a new
+/// one whenever the viewserver closes one, until `stop` and until the first
+/// ones were all closed (or the server's deadline plus slack passed).
+/// Returns, for each of the first ones, how long the viewserver kept it
+/// (`None`: never closed), and how many it opened in all.
+fn hold_idle_connections(
+    addr: &str,
+    opened: mpsc::Sender<()>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> (Vec<Option<Duration>>, usize) {
+    let connect = || TcpStream::connect_timeout(&addr.parse().unwrap(), TIMEOUT).ok();
+    let start = Instant::now();
+    let mut conns: Vec<(Option<TcpStream>, Instant)> = (0..IDLE_CONNECTIONS)
+        .map(|_| (connect(), Instant::now()))
+        .collect();
+    let mut first: Vec<Option<Duration>> = vec![None; IDLE_CONNECTIONS];
+    let mut total = IDLE_CONNECTIONS;
+    opened.send(()).unwrap();
+    let patience = REQUEST_DEADLINE + DEADLINE_SLACK + Duration::from_secs(1);
+    // Bounded in time and in connections opened.
+    while start.elapsed() < Duration::from_secs(60) {
+        let all_closed = first.iter().all(Option::is_some);
+        if stop.load(std::sync::atomic::Ordering::SeqCst)
+            && (all_closed || start.elapsed() > patience)
+        {
+            break;
+        }
+        for (i, (conn, since)) in conns.iter_mut().enumerate() {
+            let Some(s) = conn else { continue };
+            s.set_nonblocking(true).unwrap();
+            let closed = match s.peek(&mut [0u8; 64]) {
+                // Whatever it sent (a 503, a 408) comes before the close.
+                Ok(_) => true,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            };
+            s.set_nonblocking(false).unwrap();
+            if closed {
+                first[i].get_or_insert(since.elapsed());
+                *conn = None;
+                if total < IDLE_CONNECTIONS * 10 {
+                    *conn = connect();
+                    *since = Instant::now();
+                    total += 1;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (first, total)
+}
+
+/// Sends a ping one byte every `TRICKLE_EVERY`, reading whatever comes back,
+/// until the viewserver closes the connection. Says on `connected` when it
+/// is connected. Returns how long the connection lasted (`None`: still open
+/// after `limit`) and what the viewserver answered.
+fn trickle(addr: &str, limit: Duration, connected: mpsc::Sender<()>) -> (Option<Duration>, String) {
+    let body = r#"{"server": "t", "viewnum": 0}"#;
+    let request = format!(
+        "POST /ping HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    let start = Instant::now();
+    connected.send(()).unwrap();
+    s.set_read_timeout(Some(TRICKLE_EVERY)).unwrap();
+    let mut got = Vec::new();
+    let mut next = request.bytes().cycle();
+    let mut buf = [0u8; 1024];
+    while start.elapsed() < limit {
+        if got.is_empty() {
+            // Once the server closed, writes fail: only the read tells.
+            let _ = s.write_all(&[next.next().unwrap()]);
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return (Some(start.elapsed()), String::from_utf8_lossy(&got).into()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return (Some(start.elapsed()), String::from_utf8_lossy(&got).into()),
+        }
+    }
+    (None, String::from_utf8_lossy(&got).into())
+}
+
+/// What a node's pings got during the attack.
+#[derive(Debug, Default)]
+struct Tally {
+    answered: usize,
+    unavailable: usize,
+    failed: Vec<String>,
+    views: Vec<u64>,
+}
+
+/// A node pinging with its kept connection, as `understudy node` does.
+fn ping_as(client: &viewserver::client::Client, node: &mut Node, tally: &mut Tally) {
+    match client.ping(&lab(node.name, node.known)) {
+        Ok(s) => {
+            tally.answered += 1;
+            node.known = s.view.viewnum;
+            if tally.views.last() != Some(&s.view.viewnum) {
+                tally.views.push(s.view.viewnum);
+            }
+        }
+        Err(viewserver::ClientError::Status { status: 503, .. }) => tally.unavailable += 1,
+        Err(e) => tally.failed.push(e.to_string()),
+    }
+}
+
+/// Everything the nodes saw while the viewserver was under attack.
+#[derive(Debug, Default)]
+struct UnderAttack {
+    rounds: usize,
+    nodes: Tally,
+    newcomer: Tally,
+}
+
+/// Nodes a and b ping every 20 ms on their kept connections, as `understudy
+/// node` does, and a newcomer asks for the view on a new connection every
+/// 100 ms, until `done` (and at least `min_rounds`).
+fn keep_pinging(
+    addr: &str,
+    nodes: [(&viewserver::client::Client, &mut Node); 2],
+    min_rounds: usize,
+    done: &std::sync::atomic::AtomicBool,
+) -> UnderAttack {
+    let mut seen = UnderAttack::default();
+    let [(ca, a), (cb, b)] = nodes;
+    let start = Instant::now();
+    while (seen.rounds < min_rounds || !done.load(std::sync::atomic::Ordering::SeqCst))
+        && start.elapsed() < Duration::from_secs(90)
+    {
+        ping_as(ca, a, &mut seen.nodes);
+        ping_as(cb, b, &mut seen.nodes);
+        if seen.rounds % 5 == 0 {
+            match viewserver::get_view(addr, Duration::from_secs(1)) {
+                Ok(_) => seen.newcomer.answered += 1,
+                Err(viewserver::ClientError::Status { status: 503, .. }) => {
+                    seen.newcomer.unavailable += 1
+                }
+                Err(e) => seen.newcomer.failed.push(e.to_string()),
+            }
+        }
+        seen.rounds += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    seen
+}
+
+/// The skeptical user's scenario: hundreds of idle connections and a few
+/// clients trickling a byte every 1.5 s must not keep nodes from being
+/// answered (the old server had 64 slots, one thread each, and a 2 s
+/// timeout per read: pings got 503 and the primary was replaced).
+#[test]
+fn idle_and_trickling_connections_do_not_starve_pings() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // The production timing: 100 ms pings, dead after 5 missed.
+    let vs = Viewserver::start_with(&["--ping-interval-ms", "100", "--dead-pings", "5"]);
+    let addr = vs.addr.clone();
+    let node_client =
+        || viewserver::client::Client::new(vec![addr.clone()], Duration::from_secs(1));
+    let (ca, cb) = (node_client(), node_client());
+    let (mut a, mut b) = (Node::new("a"), Node::new("b"));
+    let mut before = Tally::default();
+    // a primary, b its backup, the view acknowledged.
+    for _ in 0..200 {
+        ping_as(&ca, &mut a, &mut before);
+        ping_as(&cb, &mut b, &mut before);
+        let s = viewserver::get_view(&addr, TIMEOUT).unwrap();
+        if s.view.backup == "b" && s.acked {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let start_view = viewserver::get_view(&addr, TIMEOUT).unwrap();
+    assert!(
+        start_view.acked && start_view.view.backup == "b",
+        "{start_view:?}"
+    );
+    assert_eq!(start_view.view.primary, "a");
+
+    let done = AtomicBool::new(false);
+    let stop_holding = AtomicBool::new(false);
+    let limit = REQUEST_DEADLINE + DEADLINE_SLACK + TRICKLE_EVERY * 2;
+    let (seen, trickled, (idle_kept, idle_opened)) = std::thread::scope(|scope| {
+        let pinger = scope.spawn(|| keep_pinging(&addr, [(&ca, &mut a), (&cb, &mut b)], 50, &done));
+        // The attack: tricklers (first, so that they get in even where idle
+        // connections would fill every slot), then idle connections, topped
+        // up as the server closes them.
+        let (connected_tx, connected_rx) = mpsc::channel();
+        let tricklers: Vec<_> = (0..TRICKLERS)
+            .map(|_| {
+                let (addr, connected) = (addr.as_str(), connected_tx.clone());
+                scope.spawn(move || trickle(addr, limit, connected))
+            })
+            .collect();
+        for _ in 0..TRICKLERS {
+            connected_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        }
+        let (opened_tx, opened_rx) = mpsc::channel();
+        let holder = scope.spawn(|| hold_idle_connections(&addr, opened_tx, &stop_holding));
+        opened_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        let trickled: Vec<(Option<Duration>, String)> =
+            tricklers.into_iter().map(|t| t.join().unwrap()).collect();
+        // The holder goes on until the first idle connections were closed.
+        stop_holding.store(true, Ordering::SeqCst);
+        let idle = holder.join().unwrap();
+        done.store(true, Ordering::SeqCst);
+        (pinger.join().unwrap(), trickled, idle)
+    });
+    let end_view = viewserver::get_view(&addr, TIMEOUT).unwrap();
+
+    let (rounds, nodes, newcomer) = (seen.rounds, &seen.nodes, &seen.newcomer);
+    eprintln!(
+        "{rounds} rounds under attack ({IDLE_CONNECTIONS} idle connections, {idle_opened} opened in all; {TRICKLERS} trickling): \
+         node pings answered {}/{}, 503 {}, failed {}; newcomer answered {}, 503 {}, failed {}; \
+         views {} -> {} ({:?} seen by the nodes)",
+        nodes.answered,
+        rounds * 2,
+        nodes.unavailable,
+        nodes.failed.len(),
+        newcomer.answered,
+        newcomer.unavailable,
+        newcomer.failed.len(),
+        start_view.view.viewnum,
+        end_view.view.viewnum,
+        nodes.views,
+    );
+    for (closed, answer) in &trickled {
+        eprintln!(
+            "trickler closed after {closed:?}, answer {:?}",
+            answer.lines().next().unwrap_or_default()
+        );
+    }
+    let idle_closed: Vec<Duration> = idle_kept.iter().flatten().copied().collect();
+    eprintln!(
+        "idle connections closed by the server: {} of {IDLE_CONNECTIONS}, the latest after {:?}",
+        idle_closed.len(),
+        idle_closed.iter().max()
+    );
+
+    // (a) Every ping answered, none refused.
+    assert_eq!(nodes.unavailable, 0, "{nodes:?}");
+    assert!(nodes.failed.is_empty(), "{nodes:?}");
+    assert_eq!(nodes.answered, rounds * 2);
+    assert_eq!(newcomer.unavailable, 0, "{newcomer:?}");
+    assert!(newcomer.failed.is_empty(), "{newcomer:?}");
+    // (b) Every trickler was answered 408 and cut off at the deadline, and
+    // every idle connection closed too.
+    for (closed, answer) in &trickled {
+        let closed = closed.unwrap_or_else(|| panic!("a trickler kept its connection: {answer:?}"));
+        assert!(closed < REQUEST_DEADLINE + DEADLINE_SLACK, "{closed:?}");
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    }
+    for kept in &idle_kept {
+        let kept = kept.unwrap_or_else(|| panic!("an idle connection was never closed"));
+        assert!(kept < REQUEST_DEADLINE + DEADLINE_SLACK, "{kept:?}");
+    }
+    // (c) Afterwards, business as usual, on kept and on new connections.
+    let mut after = Tally::default();
+    ping_as(&ca, &mut a, &mut after);
+    ping_as(&cb, &mut b, &mut after);
+    assert_eq!(after.answered, 2, "{after:?}");
+    let s = viewserver::ping(&addr, &lab("c", 0), TIMEOUT).unwrap();
+    assert!(s.view.viewnum >= end_view.view.viewnum, "{s:?}");
 }

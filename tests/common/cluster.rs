@@ -560,7 +560,7 @@ pub fn released_from(log: &str) -> Option<usize> {
         .rev()
         .find(|l| l.contains("going live"))
         .and_then(|l| l.split("releasing from byte ").nth(1))
-        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.split([',', ' ']).next())
         .and_then(|s| s.parse().ok())
 }
 

@@ -1,35 +1,49 @@
-//! A small, strict HTTP/1.1 subset: one request per connection, `Content-Length`
-//! bodies only, hard limits on every part. Enough for a JSON API spoken by our
-//! own client and by curl, small enough to read in one sitting, and with no
-//! input that can make it allocate more than [`MAX_HEAD`] + [`MAX_BODY`].
+//! A small, strict HTTP/1.1 subset: `Content-Length` bodies only, hard limits
+//! on every part, keep-alive and pipelining. Enough for a JSON API spoken by
+//! our own client and by curl, small enough to read in one sitting, and with
+//! no input that can make it allocate more than [`MAX_REQUEST`] per
+//! connection.
+//!
+//! The parser is incremental: [`RequestParser::parse`] looks at the bytes a
+//! connection received so far and says "not yet", "here is a request of N
+//! bytes", or "this is malformed" (an [`HttpError`] whose
+//! [`status`](HttpError::status) is the answer). It never blocks and never
+//! reads: the event loop in `server` owns the sockets and the clocks.
 
-use std::io::{self, Read, Write};
+use std::time::Duration;
 
-/// Request line plus headers.
+/// Request line plus headers, including the blank line that ends them.
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Request body (and, on the client side, response body).
 pub const MAX_BODY: usize = 64 * 1024;
+/// The largest complete request: a buffer this full holds a whole request or
+/// an error, never "not yet".
+pub const MAX_REQUEST: usize = MAX_HEAD + MAX_BODY;
 /// More headers than this is not a client of ours.
 pub const MAX_HEADERS: usize = 32;
 
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// An RFC 9110 token, as sent (methods are case-sensitive).
     pub method: String,
+    /// Starts with `/`; the query string, if any, included.
     pub path: String,
+    /// Exactly `Content-Length` bytes.
     pub body: Vec<u8>,
+    /// Whether the client wants the connection kept for another request:
+    /// HTTP/1.1 unless it sent `Connection: close`, HTTP/1.0 only if it sent
+    /// `Connection: keep-alive`.
+    pub keep_alive: bool,
 }
 
-/// Why a request could not be read; [`HttpError::status`] is the answer to
-/// send, if any.
-#[derive(Debug, thiserror::Error)]
+/// Why a request cannot be answered normally; [`HttpError::status`] is the
+/// answer to send, after which the connection is closed (the bytes that
+/// follow a malformed request cannot be trusted to start a new one).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {
-    #[error("reading the request timed out")]
-    Timeout(#[source] io::Error),
-    #[error("reading the request failed")]
-    Read(#[source] io::Error),
-    #[error("connection closed before a request arrived")]
-    Empty,
+    #[error("the request did not arrive within {0:?}")]
+    Timeout(Duration),
     #[error("connection closed in the middle of the request head ({0} bytes)")]
     TruncatedHead(usize),
     #[error("request head exceeds {MAX_HEAD} bytes")]
@@ -55,80 +69,144 @@ pub enum HttpError {
 }
 
 impl HttpError {
-    /// The status to answer with; `None` when there is no one to answer (the
-    /// peer went away or never said anything).
-    pub fn status(&self) -> Option<u16> {
+    /// The status to answer with.
+    pub fn status(&self) -> u16 {
         match self {
-            HttpError::Read(_) | HttpError::Empty => None,
-            HttpError::Timeout(_) => Some(408),
-            HttpError::HeadTooLarge => Some(431),
-            HttpError::TooManyHeaders => Some(431),
-            HttpError::TransferEncoding => Some(411),
-            HttpError::BodyTooLarge(_) => Some(413),
+            HttpError::Timeout(_) => 408,
+            HttpError::HeadTooLarge => 431,
+            HttpError::TooManyHeaders => 431,
+            HttpError::TransferEncoding => 411,
+            HttpError::BodyTooLarge(_) => 413,
             HttpError::TruncatedHead(_)
             | HttpError::HeadNotUtf8
             | HttpError::BadRequestLine(_)
             | HttpError::BadVersion(_)
             | HttpError::BadHeader(_)
             | HttpError::BadContentLength(_)
-            | HttpError::TruncatedBody { .. } => Some(400),
+            | HttpError::TruncatedBody { .. } => 400,
         }
     }
 }
 
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+/// What the bytes received so far hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not a whole request yet: wait for more bytes.
+    Incomplete,
+    /// A request made of the first `len` bytes; what follows (a pipelined
+    /// request) is the caller's to keep.
+    Complete { request: Request, len: usize },
 }
 
-fn read_some(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, HttpError> {
-    loop {
-        match r.read(buf) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if is_timeout(&e) => return Err(HttpError::Timeout(e)),
-            Err(e) => return Err(HttpError::Read(e)),
+/// A request head, kept once parsed so that a body arriving in pieces does
+/// not make the head be parsed again.
+#[derive(Debug, Clone)]
+struct Head {
+    method: String,
+    path: String,
+    keep_alive: bool,
+    /// Bytes of the head, blank line included.
+    len: usize,
+    body_len: usize,
+}
+
+/// Parses one request at a time out of a connection's receive buffer.
+///
+/// Call [`parse`](Self::parse) with the whole buffer every time bytes were
+/// appended to it; after [`Parsed::Complete`], remove the request's `len`
+/// bytes from the front before the next call. The parser remembers how far
+/// it looked, so a head trickling in byte by byte costs linear time.
+#[derive(Debug, Default)]
+pub struct RequestParser {
+    /// Bytes already searched for the end of the head.
+    scanned: usize,
+    head: Option<Head>,
+}
+
+impl RequestParser {
+    /// A parser at the start of a request.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Looks for a whole request at the start of `buf`.
+    pub fn parse(&mut self, buf: &[u8]) -> Result<Parsed, HttpError> {
+        if self.head.is_none() {
+            // The terminator may straddle what was scanned and what is new.
+            let limit = buf.len().min(MAX_HEAD);
+            let from = self.scanned.saturating_sub(3).min(limit);
+            let Some(at) = find_head_end(&buf[from..limit]) else {
+                if buf.len() >= MAX_HEAD {
+                    return Err(HttpError::HeadTooLarge);
+                }
+                self.scanned = limit;
+                return Ok(Parsed::Incomplete);
+            };
+            let end = from + at;
+            self.head = Some(parse_head(&buf[..end], end + 4)?);
+        }
+        let Some(head) = self.head.as_ref() else {
+            return Ok(Parsed::Incomplete);
+        };
+        let len = head.len + head.body_len;
+        if buf.len() < len {
+            return Ok(Parsed::Incomplete);
+        }
+        let body = buf[head.len..len].to_vec();
+        self.scanned = 0;
+        let head = self.head.take();
+        let Some(Head {
+            method,
+            path,
+            keep_alive,
+            ..
+        }) = head
+        else {
+            return Ok(Parsed::Incomplete);
+        };
+        Ok(Parsed::Complete {
+            request: Request {
+                method,
+                path,
+                body,
+                keep_alive,
+            },
+            len,
+        })
+    }
+
+    /// What it means that the peer closed its side after sending `received`
+    /// bytes of a request that [`parse`](Self::parse) found incomplete.
+    pub fn truncated(&self, received: usize) -> HttpError {
+        match &self.head {
+            Some(h) => HttpError::TruncatedBody {
+                got: received.saturating_sub(h.len),
+                expected: h.body_len,
+            },
+            None => HttpError::TruncatedHead(received),
         }
     }
+}
+
+/// Parses the request at the start of `buf` with a fresh parser (tests, and
+/// callers holding a whole buffer).
+pub fn parse_request(buf: &[u8]) -> Result<Parsed, HttpError> {
+    RequestParser::new().parse(buf)
 }
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n")
 }
 
-/// Reads one request. The reader's timeouts bound how long this takes.
-pub fn read_request(r: &mut impl Read) -> Result<Request, HttpError> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(end) = find_head_end(&buf) {
-            break end;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(HttpError::HeadTooLarge);
-        }
-        let n = read_some(r, &mut chunk)?;
-        if n == 0 {
-            return Err(if buf.is_empty() {
-                HttpError::Empty
-            } else {
-                HttpError::TruncatedHead(buf.len())
-            });
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    if head_end + 4 > MAX_HEAD {
-        return Err(HttpError::HeadTooLarge);
-    }
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| HttpError::HeadNotUtf8)?;
+/// `head` is everything before the blank line; `len` includes it.
+fn parse_head(head: &[u8], len: usize) -> Result<Head, HttpError> {
+    let head = std::str::from_utf8(head).map_err(|_| HttpError::HeadNotUtf8)?;
     let mut lines = head.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
-    let (method, path) = parse_request_line(request_line)?;
-    let (method, path) = (method.to_string(), path.to_string());
+    let (method, path, version) = parse_request_line(request_line)?;
 
     let mut content_length: Option<u64> = None;
+    let (mut close, mut keep) = (false, false);
     for (i, line) in lines.enumerate() {
         if i >= MAX_HEADERS {
             return Err(HttpError::TooManyHeaders);
@@ -156,30 +234,28 @@ pub fn read_request(r: &mut impl Read) -> Result<Request, HttpError> {
             }
             content_length = Some(n);
         }
-    }
-    let expected = content_length.unwrap_or(0);
-    if expected > MAX_BODY as u64 {
-        return Err(HttpError::BodyTooLarge(expected));
-    }
-    let expected = expected as usize;
-    let mut body = buf.split_off(head_end + 4);
-    // One request per connection: bytes past the body are ignored.
-    body.truncate(expected);
-    while body.len() < expected {
-        let want = (expected - body.len()).min(chunk.len());
-        let n = read_some(r, &mut chunk[..want])?;
-        if n == 0 {
-            return Err(HttpError::TruncatedBody {
-                got: body.len(),
-                expected,
-            });
+        if name.eq_ignore_ascii_case("connection") {
+            for option in value.split(',').map(|o| o.trim_matches([' ', '\t'])) {
+                close |= option.eq_ignore_ascii_case("close");
+                keep |= option.eq_ignore_ascii_case("keep-alive");
+            }
         }
-        body.extend_from_slice(&chunk[..n]);
     }
-    Ok(Request { method, path, body })
+    let body_len = content_length.unwrap_or(0);
+    if body_len > MAX_BODY as u64 {
+        return Err(HttpError::BodyTooLarge(body_len));
+    }
+    let keep_alive = !close && (version == "HTTP/1.1" || keep);
+    Ok(Head {
+        method: method.to_string(),
+        path: path.to_string(),
+        keep_alive,
+        len,
+        body_len: body_len as usize,
+    })
 }
 
-fn parse_request_line(line: &str) -> Result<(&str, &str), HttpError> {
+fn parse_request_line(line: &str) -> Result<(&str, &str, &str), HttpError> {
     let bad = || HttpError::BadRequestLine(truncate(line));
     let mut parts = line.split(' ');
     let (Some(method), Some(path), Some(version), None) =
@@ -193,7 +269,7 @@ fn parse_request_line(line: &str) -> Result<(&str, &str), HttpError> {
     if version != "HTTP/1.1" && version != "HTTP/1.0" {
         return Err(HttpError::BadVersion(truncate(version)));
     }
-    Ok((method, path))
+    Ok((method, path, version))
 }
 
 /// RFC 9110 token: what methods and header names are made of.
@@ -208,6 +284,7 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+/// The reason phrase of the statuses this API uses.
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -215,6 +292,7 @@ pub fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        409 => "Conflict",
         411 => "Length Required",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
@@ -224,70 +302,156 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Writes a complete JSON response and asks the client to close.
-pub fn write_response(
-    w: &mut impl Write,
+/// Appends a complete JSON response to `out`, saying whether the connection
+/// stays open for another request.
+pub fn encode_response(
+    out: &mut Vec<u8>,
     status: u16,
     extra_headers: &[(&str, &str)],
     json: &str,
-) -> io::Result<()> {
-    let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+    keep_alive: bool,
+) {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {connection}\r\n",
         reason(status),
         json.len() + 1
     );
     for (name, value) in extra_headers {
-        out.push_str(&format!("{name}: {value}\r\n"));
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
-    out.push_str("\r\n");
-    out.push_str(json);
-    out.push('\n');
-    w.write_all(out.as_bytes())?;
-    w.flush()
+    head.push_str("\r\n");
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(json.as_bytes());
+    out.push(b'\n');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(bytes: &[u8]) -> Result<Request, HttpError> {
-        read_request(&mut &bytes[..])
+    fn complete(bytes: &[u8]) -> (Request, usize) {
+        match parse_request(bytes) {
+            Ok(Parsed::Complete { request, len }) => (request, len),
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(bytes)),
+        }
     }
+
+    /// The error for `bytes`, whether found while parsing or when the peer
+    /// closes after them.
+    fn error(bytes: &[u8]) -> HttpError {
+        let mut p = RequestParser::new();
+        match p.parse(bytes) {
+            Err(e) => e,
+            Ok(Parsed::Incomplete) => p.truncated(bytes.len()),
+            Ok(c) => panic!("{:?}: {c:?}", String::from_utf8_lossy(bytes)),
+        }
+    }
+
+    const POST: &[u8] = b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
 
     #[test]
     fn parses_a_post_with_a_body() {
-        let r = parse(b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}").unwrap();
-        assert_eq!(r.method, "POST");
-        assert_eq!(r.path, "/ping");
-        assert_eq!(r.body, b"{}");
+        let (r, len) = complete(POST);
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/ping"));
+        assert_eq!(r.body, b"hello");
+        assert!(r.keep_alive);
+        assert_eq!(len, POST.len());
     }
 
     #[test]
     fn parses_a_get_without_headers() {
-        let r = parse(b"GET /view HTTP/1.0\r\n\r\n").unwrap();
+        let (r, len) = complete(b"GET /view HTTP/1.0\r\n\r\n");
         assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/view"));
         assert!(r.body.is_empty());
-    }
-
-    /// A reader that hands out one byte at a time: the parser must not assume
-    /// the head arrives in one read.
-    struct Trickle<'a>(&'a [u8]);
-    impl Read for Trickle<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let Some((&b, rest)) = self.0.split_first() else {
-                return Ok(0);
-            };
-            buf[0] = b;
-            self.0 = rest;
-            Ok(1)
-        }
+        assert!(!r.keep_alive);
+        assert_eq!(len, 22);
     }
 
     #[test]
-    fn parses_byte_by_byte() {
-        let raw = b"POST /ping HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello";
-        let r = read_request(&mut Trickle(raw)).unwrap();
-        assert_eq!(r.body, b"hello");
+    fn every_prefix_is_incomplete_and_every_split_parses_the_same() {
+        for end in 0..POST.len() {
+            assert_eq!(
+                parse_request(&POST[..end]).unwrap(),
+                Parsed::Incomplete,
+                "{end}"
+            );
+        }
+        // One parser fed a growing buffer, as a connection feeds it, split
+        // at every point (and byte by byte).
+        let whole = complete(POST);
+        for split in 1..POST.len() {
+            let mut p = RequestParser::new();
+            assert_eq!(p.parse(&POST[..split]).unwrap(), Parsed::Incomplete);
+            let Parsed::Complete { request, len } = p.parse(POST).unwrap() else {
+                panic!("{split}: incomplete");
+            };
+            assert_eq!((request, len), whole.clone(), "{split}");
+        }
+        let mut p = RequestParser::new();
+        for end in 1..POST.len() {
+            assert_eq!(p.parse(&POST[..end]).unwrap(), Parsed::Incomplete);
+        }
+        assert!(matches!(p.parse(POST).unwrap(), Parsed::Complete { .. }));
+    }
+
+    #[test]
+    fn pipelined_requests_come_out_one_at_a_time_in_order() {
+        let mut buf = POST.to_vec();
+        buf.extend_from_slice(
+            b"GET /view HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\nConnection: close\r\n\r\nPOST /pi",
+        );
+        let mut p = RequestParser::new();
+        let mut seen = Vec::new();
+        while let Parsed::Complete { request, len } = p.parse(&buf).unwrap() {
+            seen.push((request.method, request.path, request.keep_alive));
+            buf.drain(..len);
+        }
+        assert_eq!(
+            seen,
+            [
+                ("POST".into(), "/ping".into(), true),
+                ("GET".into(), "/view".into(), true),
+                ("GET".into(), "/nope".into(), false),
+            ]
+        );
+        assert_eq!(buf, b"POST /pi");
+        assert_eq!(p.truncated(buf.len()), HttpError::TruncatedHead(8));
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection_header() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"GET /view HTTP/1.1\r\n\r\n", true),
+            (b"GET /view HTTP/1.1\r\nConnection: close\r\n\r\n", false),
+            (
+                b"GET /view HTTP/1.1\r\nconnection: Keep-Alive, CLOSE\r\n\r\n",
+                false,
+            ),
+            (
+                b"GET /view HTTP/1.1\r\nConnection: keep-alive\r\n\r\n",
+                true,
+            ),
+            (b"GET /view HTTP/1.1\r\nConnection: upgrade\r\n\r\n", true),
+            (b"GET /view HTTP/1.0\r\n\r\n", false),
+            (
+                b"GET /view HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                true,
+            ),
+            (
+                b"GET /view HTTP/1.0\r\nConnection: x, keep-alive\r\n\r\n",
+                true,
+            ),
+            (b"GET /view HTTP/1.0\r\nConnection: close\r\n\r\n", false),
+        ];
+        for (raw, keep) in cases {
+            assert_eq!(
+                complete(raw).0.keep_alive,
+                *keep,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
     }
 
     #[test]
@@ -300,6 +464,7 @@ mod tests {
             (b"GET /view HTTP/2.0\r\n\r\n", 400),
             (b"GET /view HTTP/1.1 extra\r\n\r\n", 400),
             (b"GET /view HTTP/1.1\r\nno colon\r\n\r\n", 400),
+            (b"GET /view HTTP/1.1\r\nX: a\x01b\r\n\r\n", 400),
             (b"POST /ping HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
             (b"POST /ping HTTP/1.1\r\nContent-Length: +1\r\n\r\n", 400),
             (
@@ -319,36 +484,114 @@ mod tests {
             (b"GET /view HTTP/1.1\r\n", 400),
         ];
         for (raw, status) in cases {
-            let err = parse(raw).unwrap_err();
-            assert_eq!(err.status(), Some(*status), "{raw:?}: {err}");
+            let err = error(raw);
+            assert_eq!(
+                err.status(),
+                *status,
+                "{:?}: {err}",
+                String::from_utf8_lossy(raw)
+            );
         }
+        assert_eq!(HttpError::Timeout(Duration::from_secs(2)).status(), 408);
+        // Arriving a byte at a time changes nothing: one parser fed every
+        // prefix finds the same error (or, at the end, the same truncation).
+        for (raw, _) in cases {
+            let mut p = RequestParser::new();
+            let mut found = None;
+            for end in 1..=raw.len() {
+                match p.parse(&raw[..end]) {
+                    Ok(Parsed::Incomplete) => {}
+                    Ok(c) => panic!("{:?}: {c:?}", String::from_utf8_lossy(raw)),
+                    Err(e) => {
+                        found = Some(e);
+                        break;
+                    }
+                }
+            }
+            let found = found.unwrap_or_else(|| p.truncated(raw.len()));
+            assert_eq!(found, error(raw), "{:?}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn errors_in_the_head_are_found_as_soon_as_the_head_is_complete() {
+        // Bytes after the head do not matter: the answer need not wait for a
+        // body that will not be read.
+        let bad = b"GET /view HTTP/2.0\r\n\r\nmore";
+        assert!(matches!(parse_request(bad), Err(HttpError::BadVersion(_))));
+        let big = b"POST /ping HTTP/1.1\r\nContent-Length: 65537\r\n\r\n";
+        assert!(matches!(
+            parse_request(big),
+            Err(HttpError::BodyTooLarge(65537))
+        ));
+    }
+
+    #[test]
+    fn truncation_is_told_apart_from_silence() {
+        let mut p = RequestParser::new();
+        let partial = b"POST /ping HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc";
+        assert_eq!(p.parse(partial).unwrap(), Parsed::Incomplete);
+        assert_eq!(
+            p.truncated(partial.len()),
+            HttpError::TruncatedBody {
+                got: 3,
+                expected: 10
+            }
+        );
+        let p = RequestParser::new();
+        assert_eq!(p.truncated(5), HttpError::TruncatedHead(5));
     }
 
     #[test]
     fn limits_the_head() {
         let mut raw = b"GET /view HTTP/1.1\r\n".to_vec();
         raw.extend(std::iter::repeat_n(b'a', MAX_HEAD * 2));
-        assert_eq!(parse(&raw).unwrap_err().status(), Some(431));
+        assert_eq!(error(&raw).status(), 431);
+        // Exactly at the limit: refused as soon as MAX_HEAD bytes are in,
+        // without waiting for more.
+        assert_eq!(error(&raw[..MAX_HEAD]).status(), 431);
+        assert_eq!(parse_request(&raw[..MAX_HEAD - 1]), Ok(Parsed::Incomplete));
+        // A head of exactly MAX_HEAD bytes (blank line included) is fine.
+        let mut raw = b"GET /view HTTP/1.1\r\nX: ".to_vec();
+        raw.extend(std::iter::repeat_n(b'a', MAX_HEAD - raw.len() - 4));
+        raw.extend(b"\r\n\r\n");
+        assert_eq!(raw.len(), MAX_HEAD);
+        assert_eq!(complete(&raw).1, MAX_HEAD);
         let mut raw = b"GET /view HTTP/1.1\r\n".to_vec();
         for i in 0..=MAX_HEADERS {
             raw.extend(format!("X-{i}: y\r\n").as_bytes());
         }
         raw.extend(b"\r\n");
-        assert_eq!(parse(&raw).unwrap_err().status(), Some(431));
+        assert_eq!(error(&raw).status(), 431);
     }
 
     #[test]
-    fn silence_gets_no_answer() {
-        assert_eq!(parse(b"").unwrap_err().status(), None);
+    fn the_largest_request_fits_the_largest_buffer() {
+        let body = "x".repeat(MAX_BODY);
+        let mut raw =
+            format!("POST /ping HTTP/1.1\r\nContent-Length: {MAX_BODY}\r\nX: ").into_bytes();
+        raw.extend(std::iter::repeat_n(b'a', MAX_HEAD - raw.len() - 4));
+        raw.extend(b"\r\n\r\n");
+        raw.extend(body.as_bytes());
+        assert_eq!(raw.len(), MAX_REQUEST);
+        assert_eq!(complete(&raw).1, MAX_REQUEST);
     }
 
     #[test]
     fn writes_a_complete_response() {
         let mut out = Vec::new();
-        write_response(&mut out, 404, &[], r#"{"error":"x"}"#).unwrap();
+        encode_response(&mut out, 404, &[], r#"{"error":"x"}"#, false);
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("HTTP/1.1 404 Not Found\r\n"), "{s}");
         assert!(s.contains("Content-Length: 14\r\n"), "{s}");
+        assert!(s.contains("Connection: close\r\n"), "{s}");
         assert!(s.ends_with("\r\n\r\n{\"error\":\"x\"}\n"), "{s}");
+        let mut out = Vec::new();
+        encode_response(&mut out, 405, &[("Allow", "GET")], "{}", true);
+        let s = String::from_utf8(out).unwrap();
+        assert!(
+            s.contains("Connection: keep-alive\r\nAllow: GET\r\n\r\n{}\n"),
+            "{s}"
+        );
     }
 }
