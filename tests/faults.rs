@@ -110,6 +110,7 @@ fn a_restarted_viewserver_continues_its_views_and_a_later_failover_works() {
     assert_eq!(after.view.primary, c.nodes[a].addr, "{after:?}");
 
     let b_addr = c.nodes[b].addr.clone();
+    wait_ready(&c, &c.nodes[a].addr.clone(), &b_addr);
     let a_released = c.nodes[a].out_len();
     c.nodes[a].sigkill();
     c.wait_view(LONG, |v| v.primary == b_addr);

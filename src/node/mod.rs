@@ -120,8 +120,10 @@ fn roles(
         let end = match step {
             Step::Boot => {
                 eprintln!(
-                    "node {me}: view {}: primary; booting the guest",
-                    view.viewnum
+                    "node {me}: view {}: primary; booting the guest (releasing from byte 0, stdout byte {})",
+                    view.viewnum,
+                    ctx.stdout_written
+                        .load(std::sync::atomic::Ordering::Acquire)
                 );
                 let machine = build(ctx)?;
                 // Running the guest now: the next ping acknowledges the view.

@@ -76,6 +76,8 @@ pub mod libc_signal {
         Term,
     }
     pub fn send(pid: u32, sig: Signal) {
+        // `kill -STOP 0` would stop our own process group, the test included.
+        assert_ne!(pid, 0, "no process to signal");
         let name = match sig {
             Signal::Stop => "-STOP",
             Signal::Cont => "-CONT",
@@ -124,6 +126,8 @@ pub struct Viewserver {
     pub addr: String,
     pub log: Arc<Mutex<String>>,
     pub killed: bool,
+    /// How it was started, to start it again: the arguments after the ping interval.
+    pub args: Vec<std::ffi::OsString>,
 }
 
 impl Viewserver {
@@ -189,6 +193,7 @@ pub fn spawn_viewserver_with(
         addr,
         log,
         killed: false,
+        args: args.iter().map(|a| a.to_os_string()).collect(),
     }
 }
 
@@ -316,15 +321,56 @@ impl Cluster {
     /// SIGKILLs the (single, file-backed) viewserver and starts it again on the same address
     /// and data directory.
     pub fn restart_viewserver(&mut self) {
-        let addr = self.vs[0].addr.clone();
-        self.vs[0].sigkill();
-        self.vs[0] = spawn_viewserver(
-            program(self.net.as_deref(), "vs"),
-            self.dir.path(),
-            &addr,
-            self.ping_ms,
+        self.restart_viewserver_at(0);
+    }
+
+    /// SIGKILLs viewserver `i` (if it still runs) and starts it again as it was started: same
+    /// address, same data directory or etcd, same host.
+    pub fn restart_viewserver_at(&mut self, i: usize) {
+        let addr = self.vs[i].addr.clone();
+        self.vs[i].sigkill();
+        let host = self.net.as_ref().map(|n| {
+            n.host_of(&addr)
+                .unwrap_or_else(|| panic!("no host has {addr}"))
+        });
+        let cmd = program(self.net.as_deref(), host.as_deref().unwrap_or("vs"));
+        let args: Vec<std::ffi::OsString> = self.vs[i].args.clone();
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        self.vs[i] = spawn_viewserver_with(cmd, &addr, self.ping_ms, &args);
+        assert_eq!(self.vs[i].addr, addr);
+    }
+
+    /// Viewservers on hosts `vs_hosts` of `net` (port 7100), sharing the view in etcd.
+    pub fn start_on_etcd_net(
+        net: std::sync::Arc<Net>,
+        guest: &str,
+        guest_args: &[&str],
+        ping_ms: u64,
+        etcd_urls: &str,
+        vs_hosts: &[&str],
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = format!(
+            "/understudy-test/{}",
+            dir.path().file_name().unwrap().to_string_lossy()
         );
-        assert_eq!(self.vs[0].addr, addr);
+        let vs = vs_hosts
+            .iter()
+            .map(|h| {
+                spawn_viewserver_with(
+                    net.command(h, bin()),
+                    &format!("{}:7100", net.ip(h)),
+                    ping_ms,
+                    &[
+                        "--etcd".as_ref(),
+                        etcd_urls.as_ref(),
+                        "--etcd-prefix".as_ref(),
+                        prefix.as_ref(),
+                    ],
+                )
+            })
+            .collect();
+        Self::with_viewservers(Some(net), dir, vs, guest, guest_args, ping_ms)
     }
 
     /// The viewserver that answers `GET /view` (leads), if one does now.
@@ -461,6 +507,37 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until the status satisfies `pred`; returns it.
+    pub fn wait_status(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&viewserver::Status) -> bool,
+    ) -> viewserver::Status {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status()
+                && pred(&s)
+            {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the view service never got there; it is {:?}\n{}",
+                self.status(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until the view is acknowledged and has a backup that holds the state (a pair
+    /// whose primary may be killed without losing the guest); returns it.
+    pub fn wait_ready(&self, timeout: Duration) -> viewserver::Status {
+        self.wait_status(timeout, |s| {
+            s.acked && s.backup_ready && !s.view.backup.is_empty()
+        })
     }
 
     pub fn index_of(&self, addr: &str) -> usize {

@@ -189,6 +189,16 @@ impl EtcdCluster {
         self.members.len()
     }
 
+    /// Whether member `i` runs (was not killed).
+    pub fn running(&self, i: usize) -> bool {
+        self.members[i].child.is_some()
+    }
+
+    /// The PID of member `i` (0 if it is not running), for SIGSTOP and SIGCONT.
+    pub fn pid(&self, i: usize) -> u32 {
+        self.members[i].child.as_ref().map_or(0, Child::id)
+    }
+
     /// SIGKILLs member `i` (by the PID we started).
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {

@@ -51,13 +51,18 @@ pub fn segments(node: usize, log: &str, out: &[u8]) -> Vec<Segment> {
         let bytes = out.get(at..end.min(out.len())).unwrap_or_default().to_vec();
         segs.push(Segment { node, from, bytes });
     }
-    if starts.is_empty() && !out.is_empty() {
-        // Output with no role line is output nobody accounted for: report it as from byte 0.
-        segs.push(Segment {
-            node,
-            from: 0,
-            bytes: out.to_vec(),
-        });
+    // Output before the first role line is output no role accounted for: report it as from
+    // byte 0, where it would have to be (a node's first role always says where it starts).
+    let first = starts.first().map_or(out.len(), |&(_, at)| at);
+    if first > 0 {
+        segs.insert(
+            0,
+            Segment {
+                node,
+                from: 0,
+                bytes: out[..first.min(out.len())].to_vec(),
+            },
+        );
     }
     segs
 }

@@ -130,6 +130,15 @@ impl Net {
         self.hosts.insert(host.to_string(), last_octet);
     }
 
+    /// The host whose address `addr` (`IP` or `IP:PORT`) is.
+    pub fn host_of(&self, addr: &str) -> Option<String> {
+        let ip = addr.split(':').next()?;
+        self.hosts
+            .iter()
+            .find(|(_, o)| format!("10.77.0.{o}") == ip)
+            .map(|(h, _)| h.clone())
+    }
+
     /// A host's address.
     pub fn ip(&self, host: &str) -> String {
         format!("10.77.0.{}", self.hosts[host])
