@@ -11,7 +11,7 @@ use crate::format::{Frame, MAX_FRAME_LEN};
 pub const CHANNEL_MAGIC: [u8; 8] = *b"USTUDYCH";
 
 /// The only channel protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 const T_HELLO: u8 = 1;
 const T_WELCOME: u8 = 2;
@@ -26,6 +26,7 @@ const T_STATE_FINAL: u8 = 10;
 const T_STATE_INSTALLED: u8 = 11;
 const T_RELEASED: u8 = 12;
 const T_REPLAYED: u8 = 13;
+const T_STATE_BLOB: u8 = 14;
 
 /// The primary's first message: who it is and what it will stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,8 +96,13 @@ pub enum Message {
     /// Primary → backup: guest pages, see [`super::transfer::encode_pages`].
     StatePages { records: Vec<u8> },
     /// Primary → backup: the rest of the machine (vCPU, devices, log
-    /// position), opaque to the channel; the last transfer message.
+    /// position), opaque to the channel; the last transfer message. A
+    /// state larger than one frame comes as `StateBlob`s followed by this,
+    /// whose `blob` is the last piece.
     StateFinal { blob: Vec<u8> },
+    /// Primary → backup: a leading piece of the machine state, when it does
+    /// not fit one frame (the console history grows with the guest's life).
+    StateBlob { bytes: Vec<u8> },
     /// Backup → primary: the state is installed and the backup will replay
     /// from entry `next_seq`. The primary then sends `Hello` on the same
     /// connection and streams the log.
@@ -125,6 +131,7 @@ impl Message {
             Self::StateOffer { .. } => "StateOffer",
             Self::StatePages { .. } => "StatePages",
             Self::StateFinal { .. } => "StateFinal",
+            Self::StateBlob { .. } => "StateBlob",
             Self::StateInstalled { .. } => "StateInstalled",
             Self::Released { .. } => "Released",
             Self::Replayed { .. } => "Replayed",
@@ -180,6 +187,10 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) -> usize {
         Message::StateFinal { blob } => {
             out.push(T_STATE_FINAL);
             wire::put_bytes(out, blob);
+        }
+        Message::StateBlob { bytes } => {
+            out.push(T_STATE_BLOB);
+            wire::put_bytes(out, bytes);
         }
         Message::StateInstalled { next_seq } => {
             out.push(T_STATE_INSTALLED);
@@ -332,6 +343,9 @@ pub fn decode_message(buf: &[u8], offset: u64) -> Result<Option<(Message, usize)
         },
         T_STATE_FINAL => Message::StateFinal {
             blob: c.bytes("state final")?,
+        },
+        T_STATE_BLOB => Message::StateBlob {
+            bytes: c.bytes("state blob")?,
         },
         T_STATE_INSTALLED => Message::StateInstalled {
             next_seq: c.u64("state installed next_seq")?,

@@ -32,8 +32,8 @@ pub use message::{
 pub use receiver::{ExpectedPrimary, LogReceiver};
 pub use sender::LogSender;
 pub use transfer::{
-    PAGE_SIZE, PAGES_PER_MESSAGE, PageRecord, StatePart, StateReceiver, StateSender, decode_pages,
-    encode_page,
+    PAGE_SIZE, PAGES_PER_MESSAGE, PageRecord, STATE_PIECE, StatePart, StateReceiver, StateSender,
+    decode_pages, encode_page,
 };
 
 /// Timeouts and buffer sizes of one connection. Both sides must use the

@@ -31,6 +31,11 @@ pub const PAGE_SIZE: usize = 4096;
 const ZERO_PAGE: u32 = 1 << 31;
 /// Pages per `StatePages` message: well under the frame size cap.
 pub const PAGES_PER_MESSAGE: usize = 192;
+/// Bytes of machine state per `StateBlob`/`StateFinal` message: well under the frame size cap.
+pub const STATE_PIECE: usize = 512 * 1024;
+/// A machine state larger than this (assembled from its pieces) is refused: no VMM state of
+/// ours comes near it, and a peer must not make a backup allocate without bound.
+const MAX_STATE_BYTES: usize = 1 << 30;
 
 /// Appends one page record; a page of zeros costs 4 bytes.
 pub fn encode_page(out: &mut Vec<u8>, index: u32, page: &[u8]) {
@@ -159,12 +164,26 @@ impl StateSender {
         install_timeout: Duration,
     ) -> Result<LogSender, ChannelError> {
         let peer = self.peer;
-        write_within(
-            &mut self.stream,
-            peer,
-            &Message::StateFinal { blob },
-            self.cfg.peer_timeout,
-        )?;
+        // A state larger than a frame goes in pieces: `StateBlob`s, then the last piece as
+        // `StateFinal`.
+        let pieces = blob.len().div_ceil(STATE_PIECE).max(1);
+        for (i, piece) in blob.chunks(STATE_PIECE).enumerate() {
+            let bytes = piece.to_vec();
+            let msg = if i + 1 < pieces {
+                Message::StateBlob { bytes }
+            } else {
+                Message::StateFinal { blob: bytes }
+            };
+            write_within(&mut self.stream, peer, &msg, self.cfg.peer_timeout)?;
+        }
+        if blob.is_empty() {
+            write_within(
+                &mut self.stream,
+                peer,
+                &Message::StateFinal { blob },
+                self.cfg.peer_timeout,
+            )?;
+        }
         match self.reader.next_within(install_timeout)? {
             (Message::StateInstalled { next_seq }, _) if next_seq == hello.first_seq => {}
             (Message::StateInstalled { next_seq }, _) => {
@@ -270,21 +289,50 @@ impl StateReceiver {
         self.peer
     }
 
-    /// The next part, waiting at most `peer_timeout`.
+    /// The next part, waiting at most `peer_timeout` for each message.
     pub fn next_part(&mut self) -> Result<StatePart, ChannelError> {
-        match self.reader.next_within(self.cfg.peer_timeout)? {
-            (Message::StatePages { records }, _) => Ok(StatePart::Pages(records)),
-            (Message::StateFinal { blob }, _) => Ok(StatePart::Final(blob)),
-            (Message::Bye { reason }, _) => Err(ChannelError::Bye {
-                peer: self.peer,
-                reason,
-            }),
-            (m, offset) => Err(ChannelError::Unexpected {
-                peer: self.peer,
-                offset,
-                message: m.name(),
-                when: "during a state transfer",
-            }),
+        let mut pieces: Vec<u8> = Vec::new();
+        loop {
+            match self.reader.next_within(self.cfg.peer_timeout)? {
+                (Message::StateBlob { bytes }, offset) => {
+                    if pieces.len() + bytes.len() > MAX_STATE_BYTES {
+                        return Err(ChannelError::Unexpected {
+                            peer: self.peer,
+                            offset,
+                            message: "StateBlob",
+                            when: "beyond the 1 GiB a machine state may take",
+                        });
+                    }
+                    pieces.extend_from_slice(&bytes);
+                }
+                (Message::StatePages { .. }, offset) if !pieces.is_empty() => {
+                    return Err(ChannelError::Unexpected {
+                        peer: self.peer,
+                        offset,
+                        message: "StatePages",
+                        when: "between the pieces of the machine state",
+                    });
+                }
+                (Message::StatePages { records }, _) => return Ok(StatePart::Pages(records)),
+                (Message::StateFinal { blob }, _) => {
+                    pieces.extend_from_slice(&blob);
+                    return Ok(StatePart::Final(pieces));
+                }
+                (Message::Bye { reason }, _) => {
+                    return Err(ChannelError::Bye {
+                        peer: self.peer,
+                        reason,
+                    });
+                }
+                (m, offset) => {
+                    return Err(ChannelError::Unexpected {
+                        peer: self.peer,
+                        offset,
+                        message: m.name(),
+                        when: "during a state transfer",
+                    });
+                }
+            }
         }
     }
 
