@@ -515,7 +515,7 @@ fn nemesis() {
     let seed: u64 = std::env::var("NEMESIS_SEED")
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0x5eed_0f_fa17);
+        .unwrap_or(0x5eed_f417);
     eprintln!(
         "NEMESIS_SEED={seed} NEMESIS_SECS={secs} NEMESIS_COORDINATOR={}",
         if etcd_mode { "etcd" } else { "file" }
