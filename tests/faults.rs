@@ -46,24 +46,9 @@ fn pair(c: &mut Cluster) -> (usize, usize) {
 
 /// Waits until the view is (`primary`, `backup`) with the backup holding the state.
 fn wait_ready(c: &Cluster, primary: &str, backup: &str) {
-    let deadline = Instant::now() + LONG;
-    loop {
-        if let Some(s) = c.status()
-            && s.view.primary == primary
-            && s.view.backup == backup
-            && s.acked
-            && s.backup_ready
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "({primary}, {backup}) never became a ready pair: {:?}\n{}",
-            c.status(),
-            c.logs()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    c.wait_status(LONG, |s| {
+        s.view.primary == primary && s.view.backup == backup && s.acked && s.backup_ready
+    });
 }
 
 /// Waits until node `i` released more than `than` bytes.

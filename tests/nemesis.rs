@@ -311,44 +311,26 @@ impl Nemesis {
             })
             .collect();
         let etcd = self.etcd.is_some();
-        let kinds: &[&'static str] = if etcd {
-            &[
-                "kill primary",
-                "kill backup",
-                "kill idle",
-                "stop primary",
-                "stop backup",
-                "stop viewserver",
-                "kill viewserver",
-                "isolate primary",
-                "isolate backup",
-                "isolate viewserver",
-                "cut pair",
-                "drop one way",
-                "loss",
-                "junk",
-                "kill etcd member",
-                "stop etcd member",
-            ]
-        } else {
-            &[
-                "kill primary",
-                "kill backup",
-                "kill idle",
-                "stop primary",
-                "stop backup",
-                "stop viewserver",
-                "kill viewserver",
-                "isolate primary",
-                "isolate backup",
-                "isolate viewserver",
-                "cut pair",
-                "drop one way",
-                "loss",
-                "junk",
-            ]
-        };
-        let kind = self.rng.pick(kinds);
+        let mut kinds = vec![
+            "kill primary",
+            "kill backup",
+            "kill idle",
+            "stop primary",
+            "stop backup",
+            "stop viewserver",
+            "kill viewserver",
+            "isolate primary",
+            "isolate backup",
+            "isolate viewserver",
+            "cut pair",
+            "drop one way",
+            "loss",
+            "junk",
+        ];
+        if etcd {
+            kinds.extend(["kill etcd member", "stop etcd member"]);
+        }
+        let kind = self.rng.pick(&kinds);
         eprintln!(
             "nemesis: {kind} (view {}: {} / {})",
             s.view.viewnum, s.view.primary, s.view.backup

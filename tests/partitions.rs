@@ -38,28 +38,12 @@ fn cluster() -> Option<(Cluster, Arc<Net>)> {
     c.wait_view(LONG, |v| v.primary == a_addr);
     let b = c.add_node_on("n1");
     let b_addr = c.nodes[b].addr.clone();
-    wait_until(&c, "a ready pair", |s| {
+    c.wait_status(LONG, |s| {
         s.view.primary == a_addr && s.view.backup == b_addr && s.acked && s.backup_ready
     });
     c.add_node_on("n2");
     std::thread::sleep(Duration::from_millis(300));
     Some((c, net))
-}
-
-fn wait_until(c: &Cluster, what: &str, pred: impl Fn(&viewserver::Status) -> bool) {
-    let deadline = Instant::now() + LONG;
-    loop {
-        if c.status().is_some_and(|s| pred(&s)) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never {what}: {:?}\n{}",
-            c.status(),
-            c.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// After healing: some node is the acknowledged primary and releases output again; then the
@@ -100,7 +84,7 @@ fn an_isolated_primary_is_replaced_and_never_speaks_again() {
     let (b_addr, b) = (c.nodes[1].addr.clone(), 1);
     net.isolate("n0");
     let cut_at = Instant::now();
-    wait_until(&c, "the backup promoted", |s| s.view.primary == b_addr);
+    c.wait_status(LONG, |s| s.view.primary == b_addr);
     let before = c.nodes[b].out_len();
     let deadline = Instant::now() + LONG;
     while c.nodes[b].out_len() <= before {
@@ -153,7 +137,7 @@ fn one_way_drops_between_every_pair_heal_without_contradiction() {
         ("vs", "b"),
     ] {
         // Roles move with failovers: find who is primary and backup now.
-        wait_until(&c, "a ready pair", |s| {
+        c.wait_status(LONG, |s| {
             s.acked && s.backup_ready && !s.view.backup.is_empty()
         });
         let s = c.status().unwrap();
@@ -193,7 +177,7 @@ fn packet_loss_slows_the_pair_but_never_breaks_it() {
         std::thread::sleep(Duration::from_secs(4));
         net.heal();
         recovers(&c, &format!("{pct}% loss on the {role}"));
-        wait_until(&c, "a ready pair", |s| {
+        c.wait_status(LONG, |s| {
             s.acked && s.backup_ready && !s.view.backup.is_empty()
         });
     }
@@ -219,7 +203,7 @@ fn latency_on_the_links_delays_output_but_keeps_the_history() {
     let a_addr = c.nodes[a].addr.clone();
     c.wait_view(LONG, |v| v.primary == a_addr);
     let b = c.add_node(&backend_addr, Some(&channel.addr));
-    wait_until(&c, "a ready pair", |s| {
+    c.wait_status(LONG, |s| {
         s.view.backup == channel.addr && s.acked && s.backup_ready
     });
     let view = c.status().unwrap().view;
@@ -236,9 +220,7 @@ fn latency_on_the_links_delays_output_but_keeps_the_history() {
         "latency alone changed the view"
     );
     c.nodes[a].sigkill();
-    wait_until(&c, "the backup promoted", |s| {
-        s.view.primary == channel.addr
-    });
+    c.wait_status(LONG, |s| s.view.primary == channel.addr);
     let deadline = Instant::now() + LONG;
     while c.nodes[b].out_len() == 0 {
         assert!(
