@@ -57,6 +57,13 @@ impl Rng {
     }
 }
 
+/// How the service came out of a fault.
+enum Health {
+    Healthy,
+    Lost(&'static str),
+    Wedged,
+}
+
 #[derive(Default)]
 struct Stats {
     faults: BTreeMap<&'static str, usize>,
@@ -66,7 +73,8 @@ struct Stats {
     gaps: Vec<Duration>,
     released: usize,
     repeated: usize,
-    lost: usize,
+    /// Guests lost, by cause.
+    lost: BTreeMap<&'static str, usize>,
     services: usize,
     wedges: Vec<String>,
     violations: Vec<String>,
@@ -223,10 +231,12 @@ impl Nemesis {
         *self.stats.faults.entry(what).or_default() += 1;
     }
 
-    /// Waits until the service releases output again. Returns false if it could not because
-    /// nobody holding the guest is left (the guest is lost).
-    fn wait_healthy(&mut self) -> bool {
+    /// Waits until the service releases output again (`Healthy`). `Lost` when nobody holding
+    /// the guest is left: the view's primary is dead or says it holds nothing, and its backup
+    /// is dead or not ready. `Wedged` when a holder lives but nothing is released in time.
+    fn wait_healthy(&mut self) -> Health {
         let deadline = Instant::now() + HEAL_BOUND;
+        let mut lost_since: Option<Instant> = None;
         loop {
             self.sample();
             if let Some(s) = self.c.status() {
@@ -239,15 +249,31 @@ impl Nemesis {
                         if self.watch.as_ref().is_some_and(|w| w.2 == s.view.primary) {
                             self.watch = None;
                         }
-                        return true;
+                        return Health::Healthy;
                     }
                 }
+                let stranded = primary.is_some_and(|p| {
+                    self.c.nodes[p].log().contains(&format!(
+                        "view {} names this node primary, but it holds no state",
+                        s.view.viewnum
+                    ))
+                });
+                let primary_holds = primary.is_some() && !stranded;
                 let backup_holds = s.backup_ready && self.live(&s.view.backup).is_some();
-                if primary.is_none() && !backup_holds && s.view.viewnum > 0 {
-                    // Give a moment for a backup that is about to report ready.
-                    if Instant::now() + HEAL_BOUND / 2 > deadline {
-                        return false;
+                if !primary_holds && !backup_holds && s.view.viewnum > 0 {
+                    // Give a backup that is about to report ready a moment.
+                    let since = *lost_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(3) {
+                        let cause = if stranded {
+                            "the backup promoted had lost its replica (a failed replay) just before"
+                        } else {
+                            "the primary and its backup are both gone"
+                        };
+                        eprintln!("nemesis: guest lost in view {}: {cause}", s.view.viewnum);
+                        return Health::Lost(cause);
                     }
+                } else {
+                    lost_since = None;
                 }
             }
             if Instant::now() >= deadline {
@@ -257,7 +283,7 @@ impl Nemesis {
                 );
                 self.dump(&why);
                 self.stats.wedges.push(why);
-                return true;
+                return Health::Wedged;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -524,31 +550,40 @@ fn nemesis() {
         dumps,
     };
     n.stats.services = 1;
-    assert!(n.wait_healthy(), "the first service never started");
+    assert!(
+        matches!(n.wait_healthy(), Health::Healthy),
+        "the first service never started"
+    );
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(secs) {
         n.fault();
         // Killed nodes come back (same name, new incarnation) only once the service has healed
         // without them: a primary back at once would be recognised as restarted at once, and
         // the failover would not wait for the failure detector.
-        let healthy = n.wait_healthy();
+        let health = n.wait_healthy();
         n.refill();
-        if !healthy {
-            // Nobody holding the guest survived: a new service, after checking this one.
+        if let Health::Lost(_) | Health::Wedged = health {
+            // A new service, after checking this one: with the guest lost (or wedged) there is
+            // nothing left to inject faults into.
+            if let Health::Lost(cause) = health {
+                *n.stats.lost.entry(cause).or_default() += 1;
+            }
             n.check();
-            n.stats.lost += 1;
             n.stats.services += 1;
             let fresh = Nemesis::new_service(&n.net, n.etcd.as_ref());
             n.c = fresh;
             n.watch = None;
             n.last_out.clear();
-            assert!(n.wait_healthy(), "a new service never started");
+            assert!(
+                matches!(n.wait_healthy(), Health::Healthy),
+                "a new service never started"
+            );
         }
         let gap = n.rng.ms(300, 1500);
         n.idle(gap);
     }
     n.net.heal();
-    n.wait_healthy();
+    let _ = n.wait_healthy();
     n.check();
 
     let s = &n.stats;
@@ -591,11 +626,10 @@ fn nemesis() {
         "| bytes released, repeated | {}, {} |",
         s.released, s.repeated
     );
-    let _ = writeln!(
-        t,
-        "| services (guests lost with every holder) | {} ({}) |",
-        s.services, s.lost
-    );
+    let _ = writeln!(t, "| services started | {} |", s.services);
+    for (cause, count) in &s.lost {
+        let _ = writeln!(t, "| guests lost: {cause} | {count} |");
+    }
     let _ = writeln!(t, "| wedged while a holder lived | {} |", s.wedges.len());
     let _ = writeln!(t, "| history violations | {} |", s.violations.len());
     eprintln!("{t}");
