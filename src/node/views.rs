@@ -148,7 +148,6 @@ impl Views {
     /// A status arrived; `sent` is when the ping it answers left (for its lease).
     fn update(&self, s: Status, sent: Option<Instant>) {
         let mut g = self.lock();
-        g.last_error = None;
         if !node::believe(g.latest.as_ref(), &s) {
             if let Some(l) = g.latest.as_ref()
                 && l.service != s.service
@@ -164,6 +163,7 @@ impl Views {
             }
             return;
         }
+        g.last_error = None;
         if let Some(sent) = sent
             && s.lease_ms > 0
             && s.view.is_primary(&self.me, self.incarnation)
