@@ -580,7 +580,12 @@ impl Replayer<'_> {
             } else if remaining == 0 {
                 ApproachStep::SingleStep
             } else {
-                plan(remaining, self.rate.insn_ns(), &self.tuning)
+                let tuning = if self.source.final_stretch() {
+                    ApproachTuning::final_stretch()
+                } else {
+                    self.tuning
+                };
+                plan(remaining, self.rate.insn_ns(), &tuning)
             };
             last_step_was_kick = matches!(step, ApproachStep::Kick { .. });
             let stop = match step {

@@ -15,6 +15,12 @@ pub trait EntrySource {
     /// The next entry without consuming it; `None` when the log has no more entries.
     fn peek(&mut self) -> Result<Option<&Frame>, SourceError>;
     fn pop(&mut self) -> Result<Option<Frame>, SourceError>;
+    /// No entry will come that is not already here, and none can be had again: a live stream
+    /// whose primary is gone (or fenced off). The replay of what is left is the last chance to
+    /// reach the log's end, so it approaches positions carefully.
+    fn final_stretch(&self) -> bool {
+        false
+    }
 }
 
 /// Entries already in memory, e.g. a whole log file.
@@ -153,6 +159,9 @@ impl NetSource {
 }
 
 impl EntrySource for NetSource {
+    fn final_stretch(&self) -> bool {
+        self.ended_by.is_some() || !self.rx.is_alive()
+    }
     fn peek(&mut self) -> Result<Option<&Frame>, SourceError> {
         self.check_watch();
         self.fill();
