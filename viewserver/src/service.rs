@@ -436,6 +436,22 @@ impl ViewService {
         self.dead_pings
     }
 
+    /// The highest `seq` applied from `server`'s current incarnation (0: none).
+    pub fn applied_seq(&self, server: &str) -> Option<u64> {
+        self.servers.get(server).map(|s| s.seq)
+    }
+
+    /// For model checkers: replaces the highest `seq` applied from `server`'s
+    /// current incarnation. The rules only compare one incarnation's seqs
+    /// with each other, so renumbering this one together with those of the
+    /// pings still on their way, keeping their order, changes nothing they
+    /// can observe; a checker does it to keep the number of states finite.
+    pub fn renumber_applied_seq(&mut self, server: &str, seq: u64) {
+        if let Some(s) = self.servers.get_mut(server) {
+            s.seq = seq;
+        }
+    }
+
     /// What must be stored to survive a restart.
     pub fn persisted(&self) -> &Persisted {
         &self.p
