@@ -219,21 +219,17 @@ impl Views {
     }
 }
 
-/// A process identity that no earlier run of this node had: random, nonzero, below 2^53 (so
-/// JSON tools that read numbers as doubles keep it exact).
+/// A process identity larger than any earlier run of this node had: microseconds since the Unix
+/// epoch, below 2^53 (so JSON tools that read numbers as doubles keep it exact; until the year
+/// 2255). The view service takes a larger incarnation for a restart and refuses a smaller one, so
+/// a ping an earlier run sent that arrives late can neither pass for this run nor depose it. A
+/// clock stepped back across a restart gets this run refused (it exits), not confused with the
+/// earlier one.
 fn new_incarnation() -> u64 {
-    let mut b = [0u8; 8];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_ok();
-    let mut n = u64::from_le_bytes(b);
-    if !ok {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        n = t ^ (u64::from(std::process::id()) << 20);
-    }
-    (n & ((1 << 53) - 1)).max(1)
+    let us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64);
+    (us & ((1 << 53) - 1)).max(1)
 }
 
 /// Pings until stopped. An unreachable view service is reported once per outage; the node

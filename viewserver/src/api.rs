@@ -12,7 +12,8 @@ use crate::service::{MAX_SERVER_NAME, Ping, PingError};
 pub struct PingRequest {
     pub server: String,
     pub viewnum: u64,
-    /// The sender's process identity: nonzero, new at every start.
+    /// The sender's process identity: nonzero, larger at every start (a smaller one than the
+    /// service has seen is refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incarnation: Option<u64>,
     /// Increases with every ping of one incarnation.

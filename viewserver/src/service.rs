@@ -11,7 +11,7 @@
 //! changes, *before* it answers anyone, and starts again from it with
 //! [`ViewService::restore`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,10 +23,6 @@ pub const MAX_SERVER_NAME: usize = 256;
 /// forgotten at each tick; past the limit a new server still gets the view but
 /// is not tracked (so never co-opted, never granted anything) until room frees.
 pub const MAX_TRACKED_SERVERS: usize = 1024;
-
-/// Older incarnations remembered per server name, so that a delayed ping
-/// from a process that has since restarted cannot pass for the live one.
-const RETIRED_INCARNATIONS: usize = 8;
 
 /// One view: who is primary and who is backup under view number `viewnum`.
 /// The contents of a view number never change once shown. An empty name
@@ -126,9 +122,11 @@ fn is_zero(n: &u64) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Ping<'a> {
     pub server: &'a str,
-    /// The sender's process identity (nonzero, random per start). `None` for
-    /// a client that does not send one: then a ping of view 0 after it has
-    /// shown it knows a view is taken as a restart, as in the classic lab.
+    /// The sender's process identity: nonzero, and larger for every start of
+    /// the same server (a larger one is a restart, a smaller one a process
+    /// that was replaced, whose pings are refused). `None` for a client that
+    /// does not send one: then a ping of view 0 after it has shown it knows a
+    /// view is taken as a restart, as in the classic lab.
     pub incarnation: Option<u64>,
     /// Increases with every ping of one incarnation; a ping that arrives
     /// after a later one (delayed, duplicated) is answered but not applied.
@@ -185,8 +183,6 @@ pub struct Persisted {
 struct Server {
     /// The live process behind this name as far as we know.
     incarnation: u64,
-    /// Incarnations this name had before; their pings are refused.
-    retired: VecDeque<u64>,
     /// Highest `seq` applied from `incarnation`.
     seq: u64,
     /// Ticks since the last ping. The first tick after a ping closes the
@@ -200,17 +196,20 @@ struct Server {
     /// Ticks during which this server is passed over when choosing a backup
     /// (it was dropped for never becoming ready).
     cooldown: u32,
+    /// Its last ping said what it holds (`holds`); a classic lab client's
+    /// does not, and its readiness is only that it knows the view.
+    reports_holds: bool,
 }
 
 impl Server {
     fn new(incarnation: u64) -> Self {
         Server {
             incarnation,
-            retired: VecDeque::new(),
             seq: 0,
             missed: 0,
             shown: false,
             cooldown: 0,
+            reports_holds: false,
         }
     }
 }
@@ -292,26 +291,22 @@ impl ViewService {
             .entry(name.to_string())
             .or_insert_with(|| Server::new(ping.incarnation.unwrap_or(1)));
         match ping.incarnation {
-            Some(inc) if inc != entry.incarnation => {
-                if entry.retired.contains(&inc) {
-                    return Err(PingError::StaleIncarnation {
-                        server: name.to_string(),
-                        incarnation: inc,
-                        current: entry.incarnation,
-                    });
-                }
+            Some(inc) if inc < entry.incarnation => {
+                // An earlier process behind this name (a ping it sent before
+                // it died, arriving late): it must not pass for a new one,
+                // which would depose the live process at once, while its
+                // lease still runs.
+                return Err(PingError::StaleIncarnation {
+                    server: name.to_string(),
+                    incarnation: inc,
+                    current: entry.incarnation,
+                });
+            }
+            Some(inc) if inc > entry.incarnation => {
                 // A new process behind this name: whatever the old one held
                 // is gone, and its roles with it (fitness compares
                 // incarnations with the view's).
-                if entry.retired.len() >= RETIRED_INCARNATIONS {
-                    entry.retired.pop_front();
-                }
-                let old = entry.incarnation;
-                entry.retired.push_back(old);
-                *entry = Server {
-                    retired: std::mem::take(&mut entry.retired),
-                    ..Server::new(inc)
-                };
+                *entry = Server::new(inc);
             }
             None if ping.viewnum == 0 && entry.shown => {
                 // A lab-style client that knew a view now knows none: it
@@ -328,6 +323,7 @@ impl ViewService {
             entry.seq = seq;
         }
         entry.missed = 0;
+        entry.reports_holds = ping.holds.is_some();
         if ping.viewnum > 0 {
             entry.shown = true;
         }
@@ -444,6 +440,22 @@ impl ViewService {
         self.dead_pings
     }
 
+    /// The highest `seq` applied from `server`'s current incarnation (0: none).
+    pub fn applied_seq(&self, server: &str) -> Option<u64> {
+        self.servers.get(server).map(|s| s.seq)
+    }
+
+    /// For model checkers: replaces the highest `seq` applied from `server`'s
+    /// current incarnation. The rules only compare one incarnation's seqs
+    /// with each other, so renumbering this one together with those of the
+    /// pings still on their way, keeping their order, changes nothing they
+    /// can observe; a checker does it to keep the number of states finite.
+    pub fn renumber_applied_seq(&mut self, server: &str, seq: u64) {
+        if let Some(s) = self.servers.get_mut(server) {
+            s.seq = seq;
+        }
+    }
+
     /// What must be stored to survive a restart.
     pub fn persisted(&self) -> &Persisted {
         &self.p
@@ -514,23 +526,37 @@ impl ViewService {
             return;
         }
         let primary_fit = self.fit(&v.primary, v.primary_incarnation);
+        let backup_fit = self.fit(&v.backup, v.backup_incarnation);
         if !self.p.acked {
             // Until the primary acks, it may not know the view exists: moving
             // on could leave two servers acting as primary, or promote a
-            // backup that never received the state. The one exception: no
-            // view was ever acknowledged, so no output was ever released and
-            // no history exists; a vanished first primary is replaced by any
+            // backup that never received the state. Two exceptions. No view
+            // was ever acknowledged: no output was ever released and no
+            // history exists, so a vanished first primary is replaced by any
             // live server, which starts the guest afresh.
             if !self.p.booted
                 && !primary_fit
                 && let Some((name, inc)) = self.pick("")
             {
                 self.new_view(name, inc, String::new(), 0);
+                return;
+            }
+            // And the backup reported holding this view's state: only this
+            // view's primary can have given it (a backup takes a state only
+            // from its view's primary, for that view number), so the primary
+            // knew the view and ran the guest in it; gone before its ack
+            // arrived, it would otherwise be waited for forever while the
+            // backup holds everything. Its leases (from earlier views; none
+            // for this one) ran out before it could be found dead. (A lab
+            // client's readiness says nothing of the kind.)
+            let reported = self.servers.get(&v.backup).is_some_and(|s| s.reports_holds);
+            if !primary_fit && backup_fit && self.p.backup_ready && reported {
+                let (b, binc) = self.pick(&v.backup).unwrap_or_default();
+                self.new_view(v.backup.clone(), v.backup_incarnation, b, binc);
             }
             return;
         }
         let has_backup = !v.backup.is_empty();
-        let backup_fit = self.fit(&v.backup, v.backup_incarnation);
         if !primary_fit {
             // Only a backup that holds this view's state may take over;
             // without one the service waits for its primary (nobody else has

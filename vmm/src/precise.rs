@@ -229,7 +229,10 @@ mod tests {
         let (fast, last) = (ApproachTuning::default(), ApproachTuning::final_stretch());
         // 3 ms away at 300 ns per instruction: a normal replay kicks, the final stretch does
         // not dare (a kick a millisecond late would land past a third of the way).
-        assert!(matches!(plan(10_000, 300.0, &fast), ApproachStep::Kick { .. }));
+        assert!(matches!(
+            plan(10_000, 300.0, &fast),
+            ApproachStep::Kick { .. }
+        ));
         assert_eq!(plan(10_000, 300.0, &last), ApproachStep::Breakpoint);
         // Far away it kicks, stopping short of the target by the assumed lateness and more.
         for remaining in [100_000u64, 1_000_000, 10_000_000] {

@@ -284,6 +284,26 @@ fn a_first_primary_that_vanished_before_acking_is_replaced_afresh() {
 }
 
 #[test]
+fn a_ready_backup_takes_over_from_a_primary_that_died_before_acking() {
+    // Found by the model checker's liveness check (tests/model.rs): "a"
+    // learns view 2, gives "c" the state and dies before its ack arrives.
+    // "c" holds everything, but the service used to wait for "a" forever.
+    let mut c = Cluster::new(3);
+    c.intervals(2, &["a"]);
+    c.ping("c");
+    let r = c.ping("a");
+    assert_eq!(short(&r.status.view), view(2, "a", "c"));
+    assert!(!c.vs.primary_acked(), "a learned view 2, has not acked it");
+    c.install("c");
+    c.ping("c");
+    assert!(c.vs.backup_ready());
+    // a is silent from now on.
+    let v = c.intervals(4, &["c"]);
+    assert_eq!(short(&v), view(3, "c", ""));
+    assert_eq!(Some(v.primary_incarnation), c.vs.incarnation("c"));
+}
+
+#[test]
 fn the_viewserver_waits_for_the_primary_to_ack() {
     let mut c = Cluster::new(3);
     c.intervals(3, &["a", "b"]);
@@ -363,6 +383,37 @@ fn pings_of_a_replaced_incarnation_are_refused() {
         }),
         Err(PingError::ZeroIncarnation)
     );
+}
+
+#[test]
+fn a_late_ping_from_an_earlier_process_does_not_depose_the_live_one() {
+    // Found by the model checker (tests/model.rs). "a" sends a ping, dies
+    // before it arrives and restarts; the restarted process becomes primary
+    // with a ready backup. Then the dead process's ping arrives. Taken for a
+    // new process (the service never saw its incarnation), it used to depose
+    // the live primary at once, promoting "b" while "a"'s lease still ran.
+    let mut c = Cluster::new(3);
+    let old = c.node("a").incarnation;
+    c.restart("a");
+    c.intervals(3, &["a", "b"]);
+    c.install("b");
+    c.interval(&["a", "b"]);
+    let before = c.vs.view();
+    assert_eq!(short(&before), view(2, "a", "b"));
+    assert!(c.vs.primary_acked() && c.vs.backup_ready());
+    let late = c.vs.ping(&Ping {
+        server: "a",
+        incarnation: Some(old),
+        seq: Some(1),
+        viewnum: 0,
+        holds: Some(0),
+    });
+    assert!(
+        matches!(late, Err(PingError::StaleIncarnation { .. })),
+        "{late:?}"
+    );
+    assert_eq!(c.vs.view(), before);
+    assert!(c.ping("a").lease, "the live primary keeps its lease");
 }
 
 #[test]
