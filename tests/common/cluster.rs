@@ -233,6 +233,15 @@ pub fn spawn_viewserver_on_etcd(
     )
 }
 
+/// How a primary's death ended.
+#[derive(Debug)]
+pub enum Failover {
+    /// The view made another node primary.
+    Promoted(viewserver::View),
+    /// Nobody holds the guest: the backup had just lost its replica (the line saying so).
+    Lost(String),
+}
+
 pub struct Cluster {
     /// Hosts in network namespaces (viewserver on host "vs", the test's own queries from host
     /// "ctl"), or everything on loopback.
@@ -538,6 +547,50 @@ impl Cluster {
         self.wait_status(timeout, |s| {
             s.acked && s.backup_ready && !s.view.backup.is_empty()
         })
+    }
+
+    /// After the primary of `old` was killed: waits until another node is primary, or until it
+    /// is plain that the guest is lost because its backup (`backup`, whose log had
+    /// `backup_log_before` bytes when it was last known to hold the state) dropped its replica
+    /// just then: a replay overshoot, a known limit of the live backup on this host
+    /// (docs/faults.md). Any other outcome fails the test.
+    pub fn await_failover(
+        &self,
+        old: &viewserver::View,
+        backup: usize,
+        backup_log_before: usize,
+        timeout: Duration,
+    ) -> Failover {
+        let deadline = Instant::now() + timeout;
+        let mut unready_since: Option<Instant> = None;
+        loop {
+            if let Some(s) = self.status() {
+                if s.view.primary != old.primary {
+                    return Failover::Promoted(s.view);
+                }
+                let log = self.nodes[backup].log();
+                let since = log.get(backup_log_before..).unwrap_or_default();
+                let overshoot = since
+                    .lines()
+                    .find(|l| l.contains("replay of") && l.contains("overshot"));
+                match (s.backup_ready, overshoot) {
+                    (false, Some(line)) => {
+                        let t = *unready_since.get_or_insert_with(Instant::now);
+                        if t.elapsed() > Duration::from_secs(3) {
+                            return Failover::Lost(line.to_string());
+                        }
+                    }
+                    _ => unready_since = None,
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no failover from {old:?}; status {:?}\n{}",
+                self.status(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn index_of(&self, addr: &str) -> usize {
