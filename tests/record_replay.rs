@@ -12,9 +12,9 @@ use common::*;
 
 const RECORDINGS: usize = 20;
 
-/// Records `RECORDINGS` runs, replays each, and returns (distinct outputs, precise interrupts
-/// of each recording).
-fn record_and_replay_many(guest: &str, args: &[&str]) -> (usize, Vec<u64>) {
+/// Records `RECORDINGS` runs, replays each, and returns the distinct outputs and, for each
+/// recording, (interrupts landed mid-execution, all interrupts).
+fn record_and_replay_many(guest: &str, args: &[&str]) -> (usize, Vec<(u64, u64)>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut outputs = HashSet::new();
     let mut precise = Vec::new();
@@ -42,11 +42,14 @@ fn record_and_replay_many(guest: &str, args: &[&str]) -> (usize, Vec<u64>) {
             err.contains(&format!("{digests} digests verified")),
             "{err}"
         );
-        precise.push(
+        precise.push((
             info["interrupts"]["precise"]
                 .as_u64()
                 .expect("precise count"),
-        );
+            info["interrupts"]["irq_raised"]
+                .as_u64()
+                .expect("interrupt count"),
+        ));
         // The RTC line changes every second whatever the interrupts do: leave it out.
         let console: Vec<_> = stdout(&rec)
             .lines()
@@ -65,10 +68,17 @@ fn compute_in_kernel_mode_interleaves_differently_every_time_and_replays_exactly
         distinct, RECORDINGS,
         "every recording should interleave the tasks differently"
     );
-    let best = precise.iter().copied().max().unwrap_or(0);
+    // How many ticks a run sees follows the host's speed (this run takes 0.7 s on some
+    // machines of this kind, 3.5 s on others): ask for a share, not a count. In a compute
+    // guest most ticks arrive while it computes, so most must land mid-execution.
+    let best = precise
+        .iter()
+        .map(|(p, all)| (*p, *all))
+        .max_by(|a, b| (a.0 * b.1).cmp(&(b.0 * a.1)))
+        .unwrap_or((0, 1));
     assert!(
-        best >= 100,
-        "no recording had 100 interrupts landed mid-execution: {precise:?}"
+        best.1 >= 10 && best.0 * 2 >= best.1,
+        "no recording landed at least half of its interrupts mid-execution (precise, all): {precise:?}"
     );
 }
 

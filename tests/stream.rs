@@ -82,9 +82,17 @@ fn a_backup_replays_the_primary_live_and_prints_the_same_console() {
 #[test]
 fn a_killed_primary_leaves_the_backup_with_a_faithful_prefix() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let (backup, addr, backup_err) = start_backup(&[]);
+    // Far more work than 1.2 s of any machine of this kind does: the kill lands mid-run.
+    let (backup, addr, backup_err) = start_backup(&["iters=100000000"]);
     let mut primary = Command::new(bin())
-        .args(["run", "--guest", "compute", "--stream-to", &addr])
+        .args([
+            "run",
+            "--guest",
+            "compute",
+            "--guest-arg",
+            "iters=100000000",
+        ])
+        .args(["--stream-to", &addr])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
