@@ -10,7 +10,7 @@ use vmm::live::{LiveOptions, run_live};
 use vmm::machine::{Machine, MachineConfig};
 use vmm::outcome::Outcome;
 use vmm::precise::ApproachTuning;
-use vmm::replay::replay_from;
+use vmm::replay::{ReplayError, replay_from};
 use vmm::sink::{LogSink, SinkError};
 use vmm::snapshot::memory::install_pages;
 use vmm::snapshot::{LogPoint, MachineState};
@@ -114,28 +114,41 @@ fn every_saved_state_replays_the_rest(cmdline: &str, every: usize) {
     );
 
     for (i, saved) in sink.saved.iter().enumerate() {
-        let mut b = machine(cmdline);
-        install_pages(&b, &saved.pages).expect("install pages");
-        MachineState::decode(&saved.blob)
-            .expect("decode")
-            .restore(&mut b)
-            .expect("restore");
         let next = usize::try_from(saved.point.next_seq).expect("seq fits usize");
-        let mut source = VecSource::new(sink.frames[next..].iter().cloned());
-        let mut replayed = Vec::new();
-        let (result, _) = replay_from(
-            &mut b,
-            &mut source,
-            &mut replayed,
-            ApproachTuning::default(),
-            Some(saved.point),
-        );
-        let report = result.unwrap_or_else(|e| {
-            panic!(
-                "state #{i} (entry #{next}, exit {}, mid-execution {}) did not replay: {e}",
-                saved.point.exits, saved.point.mid_execution
-            )
-        });
+        // As `understudy replay` does: a timed kick that lands too late overshoots (the replay
+        // lost its way, not its history), and the replay starts over from the state, each time
+        // more cautiously.
+        let mut attempt = 0;
+        let (report, replayed) = loop {
+            let mut b = machine(cmdline);
+            install_pages(&b, &saved.pages).expect("install pages");
+            MachineState::decode(&saved.blob)
+                .expect("decode")
+                .restore(&mut b)
+                .expect("restore");
+            let mut source = VecSource::new(sink.frames[next..].iter().cloned());
+            let mut replayed = Vec::new();
+            let tuning = ApproachTuning::for_attempt(attempt + 1);
+            let (result, _) = replay_from(
+                &mut b,
+                &mut source,
+                &mut replayed,
+                tuning,
+                Some(saved.point),
+            );
+            match result {
+                Err(ReplayError::Overshot { .. }) if attempt < 3 => attempt += 1,
+                other => {
+                    let report = other.unwrap_or_else(|e| {
+                        panic!(
+                            "state #{i} (entry #{next}, exit {}, mid-execution {}) did not replay: {e}",
+                            saved.point.exits, saved.point.mid_execution
+                        )
+                    });
+                    break (report, replayed);
+                }
+            }
+        };
         assert!(matches!(report.outcome, Outcome::PowerOff { code: 0 }));
         let from = usize::try_from(saved.point.console_bytes).expect("offset fits usize");
         assert_eq!(

@@ -141,11 +141,11 @@ pub fn run(args: &ReplayArgs) -> CmdResult {
                 seq, console_bytes, ..
             }) if attempt < MAX_ATTEMPTS => {
                 eprintln!(
-                    "replay: attempt {attempt} overshot entry #{seq} (a timer kick landed late); replaying again from the start with cautious kicks"
+                    "replay: attempt {attempt} overshot entry #{seq} (a timer kick landed late); replaying again from the start with more cautious kicks"
                 );
                 printed = printed.max(console_bytes);
                 attempt += 1;
-                tuning = ApproachTuning::cautious();
+                tuning = ApproachTuning::for_attempt(attempt);
                 machine = Machine::new(&MachineConfig {
                     mem_mib: header.mem_mib,
                     image: &guest.image,

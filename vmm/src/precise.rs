@@ -99,6 +99,17 @@ impl ApproachTuning {
 }
 
 impl ApproachTuning {
+    /// The tuning for try number `attempt` (from 1) of a replay that starts over after an
+    /// overshoot: normal, then cautious, then assuming kicks a millisecond late. (Right after a
+    /// fresh VM starts, kicks on this host have landed more than the cautious 100 µs late.)
+    pub fn for_attempt(attempt: u32) -> Self {
+        match attempt {
+            0 | 1 => Self::default(),
+            2 => Self::cautious(),
+            _ => Self::final_stretch(),
+        }
+    }
+
     /// For the last entries of a stream whose primary is gone: they are replayed once, and an
     /// overshoot now would lose the only copy of the guest (the backup dropped its state when a
     /// kick landed late as its primary died: a CI run of 20 SIGKILLs lost the guest so). Kicks
@@ -140,26 +151,36 @@ pub fn plan(remaining: u64, insn_ns: f64, t: &ApproachTuning) -> ApproachStep {
 /// (The estimate used to be the fastest of the last 16 samples: after a stretch of slow code
 /// and breakpoint runs it planned at 1.2 µs per instruction where the guest then ran at
 /// 0.46 µs, a 2.6x overshoot; that happened in most compute replays on this host.)
+///
+/// For its first samples it plans no slower than the deliberately fast initial rate: right after
+/// a start (boot code, or a backup's freshly installed memory, whose first touches are slow
+/// here) every sample is slow, and the guest may then run much faster than any of them (a saved
+/// state that replayed its first kicks at boot speed overshot once the computation began).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateEstimate {
     fastest: f64,
     initial: f64,
+    samples: u32,
 }
 
 impl RateEstimate {
+    /// Samples after which the measured rate alone is planned with.
+    const WARM_UP: u32 = 512;
+
     pub fn new(t: &ApproachTuning) -> Self {
         Self {
             fastest: f64::INFINITY,
             initial: t.initial_insn_ns,
+            samples: 0,
         }
     }
 
     /// Nanoseconds per counted instruction to plan with.
     pub fn insn_ns(&self) -> f64 {
-        if self.fastest.is_finite() {
-            self.fastest
+        if self.samples < Self::WARM_UP {
+            self.fastest.min(self.initial)
         } else {
-            self.initial
+            self.fastest
         }
     }
 
@@ -169,6 +190,7 @@ impl RateEstimate {
             return;
         }
         self.fastest = self.fastest.min(ran_ns / ran as f64);
+        self.samples = self.samples.saturating_add(1);
     }
 }
 
@@ -266,6 +288,14 @@ mod tests {
         let mut r = RateEstimate::new(&t);
         assert_eq!(r.insn_ns(), t.initial_insn_ns);
         r.observe(1000, 1_000_000.0);
+        assert_eq!(
+            r.insn_ns(),
+            t.initial_insn_ns,
+            "warming up, it plans no slower than the initial rate"
+        );
+        for _ in 0..RateEstimate::WARM_UP {
+            r.observe(1000, 1_000_000.0);
+        }
         assert_eq!(r.insn_ns(), 1000.0);
         r.observe(1000, 9_000_000.0);
         assert_eq!(
