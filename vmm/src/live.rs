@@ -222,7 +222,10 @@ impl Recorder<'_> {
 
     fn run(&mut self) -> Result<Outcome, RunError> {
         let kicker = Kicker::for_current_thread();
-        kick::publish(self.m.vcpu.immediate_exit_ptr()).map_err(RunError::Signal)?;
+        // SAFETY: the vCPU (and its kvm_run mapping) is borrowed by self for the whole run,
+        // which outlives the guard; this is the vCPU's thread.
+        let _published =
+            unsafe { kick::publish(self.m.vcpu.immediate_exit_ptr()) }.map_err(RunError::Signal)?;
         let mut ticker = Ticker::spawn(*self.clock, kicker, self.opts.interrupt_bound)
             .map_err(RunError::Thread)?;
         // A guest that went live after replay has its PIT programmed already.
@@ -392,7 +395,6 @@ pub fn run_live_from(
         start_halted: start.halted,
     };
     let outcome = rec.run();
-    kick::unpublish();
     let _ = rec.console.flush();
     let _ = rec.sink.flush();
     let mut stats = rec.stats;

@@ -100,8 +100,7 @@ impl ApproachTuning {
 
 impl ApproachTuning {
     /// The tuning for try number `attempt` (from 1) of a replay that starts over after an
-    /// overshoot: normal, then cautious, then assuming kicks a millisecond late. (Right after a
-    /// fresh VM starts, kicks on this host have landed more than the cautious 100 µs late.)
+    /// overshoot: normal, then cautious, then assuming kicks a millisecond late.
     pub fn for_attempt(attempt: u32) -> Self {
         match attempt {
             0 | 1 => Self::default(),

@@ -729,9 +729,12 @@ pub fn replay_from(
     from: Option<LogPoint>,
 ) -> (Result<ReplayReport, ReplayError>, Option<Stopped>) {
     let started = Instant::now();
-    if let Err(e) = kick::publish(m.vcpu.immediate_exit_ptr()) {
-        return (Err(RunError::Signal(e).into()), None);
-    }
+    // SAFETY: `m` is borrowed for this whole function, which the guard does not outlive; this
+    // is the vCPU's thread.
+    let _published = match unsafe { kick::publish(m.vcpu.immediate_exit_ptr()) } {
+        Ok(guard) => guard,
+        Err(e) => return (Err(RunError::Signal(e).into()), None),
+    };
     let timer = match ThreadTimer::for_current_thread() {
         Ok(t) => t,
         Err(e) => return (Err(RunError::Timer(e).into()), None),
@@ -771,7 +774,6 @@ pub fn replay_from(
         live_source: from.is_some(),
     };
     let result = r.run();
-    kick::unpublish();
     let _ = r.console.flush();
     let mut stats = r.stats.clone();
     stats.wall = started.elapsed();

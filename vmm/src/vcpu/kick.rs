@@ -3,24 +3,32 @@
 //! A real-time signal sent to the vCPU thread makes `KVM_RUN` return `EINTR` at an instruction
 //! boundary. The handler also sets `kvm_run.immediate_exit`, so a kick that arrives while the
 //! thread is in userspace (between two runs) is not lost: the next `KVM_RUN` returns at once.
-//! One vCPU per process, so one static slot for the `immediate_exit` byte is enough.
+//!
+//! The `immediate_exit` byte is published per thread: kicks are always sent to one thread (the
+//! vCPU's), and the handler runs on that thread, so it finds that vCPU's byte. (A process-wide
+//! slot once sent a kick meant for one test's vCPU to another's when tests ran VMs side by side:
+//! the kick was lost and the replay overshot its target.)
 
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::cell::Cell;
+use std::marker::PhantomData;
 
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
-/// Points at `kvm_run.immediate_exit` of the process's one vCPU, or null before it exists.
-static IMMEDIATE_EXIT: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+thread_local! {
+    /// Points at `kvm_run.immediate_exit` of the vCPU this thread runs, or null. Const-initialised
+    /// and without a destructor, so reading it is a plain TLS load, safe in a signal handler.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
 
 extern "C" fn on_kick(_num: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    let ptr = IMMEDIATE_EXIT.load(Ordering::Acquire);
+    let ptr = IMMEDIATE_EXIT.with(Cell::get);
     if !ptr.is_null() {
-        // SAFETY: the pointer targets the `immediate_exit` byte of the vCPU's mmap'd `kvm_run`,
-        // which stays mapped for the life of the process once published (see `publish`).
+        // SAFETY: a non-null slot was set by `publish`, whose caller guarantees the byte stays
+        // mapped until the returned guard (on this same thread) clears the slot again.
         // A volatile byte store is async-signal-safe.
         unsafe { std::ptr::write_volatile(ptr, 1) };
     }
-    std::sync::atomic::fence(Ordering::SeqCst);
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
 }
 
 /// The signal number used for kicks.
@@ -28,20 +36,34 @@ pub fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
-/// Installs the kick handler (idempotent) and publishes the `immediate_exit` byte of the vCPU.
-///
-/// `immediate_exit` must point into a `kvm_run` mapping that lives as long as the process (the
-/// VMM never unmaps its vCPU before exiting).
-pub fn publish(immediate_exit: *mut u8) -> std::io::Result<()> {
-    IMMEDIATE_EXIT.store(immediate_exit, Ordering::Release);
-    register_signal_handler(kick_signal(), on_kick)
-        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+/// While alive, kicks sent to the thread that published set its vCPU's `immediate_exit`.
+/// Dropping it (on that thread: it is neither `Send` nor `Sync`) clears the slot.
+#[derive(Debug)]
+#[must_use = "kicks stop reaching the vCPU's immediate_exit once the guard is dropped"]
+pub struct Published {
+    _not_send: PhantomData<*const ()>,
 }
 
-/// Forgets the published `immediate_exit` byte: call before the vCPU is unmapped, so a late
-/// kick cannot write into freed memory.
-pub fn unpublish() {
-    IMMEDIATE_EXIT.store(std::ptr::null_mut(), Ordering::Release);
+impl Drop for Published {
+    fn drop(&mut self) {
+        IMMEDIATE_EXIT.with(|slot| slot.set(std::ptr::null_mut()));
+    }
+}
+
+/// Installs the kick handler (idempotent) and publishes the calling thread's vCPU
+/// `immediate_exit` byte.
+///
+/// # Safety
+/// `immediate_exit` must point into the `kvm_run` mapping of the vCPU this thread runs, and that
+/// mapping must stay mapped until the returned guard is dropped.
+pub unsafe fn publish(immediate_exit: *mut u8) -> std::io::Result<Published> {
+    IMMEDIATE_EXIT.with(|slot| slot.set(immediate_exit));
+    let guard = Published {
+        _not_send: PhantomData,
+    };
+    register_signal_handler(kick_signal(), on_kick)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    Ok(guard)
 }
 
 /// A handle that can stop the vCPU thread it was created on.
@@ -129,5 +151,54 @@ impl Drop for ThreadTimer {
     fn drop(&mut self) {
         // SAFETY: `id` is a live timer owned by self and deleted exactly once.
         unsafe { libc::timer_delete(self.id) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::mpsc;
+
+    /// Two "vCPU" threads in one process, the second publishing last: a kick sent to the first
+    /// sets only the first's byte.
+    #[test]
+    fn a_kick_sets_only_the_kicked_threads_byte() {
+        let bytes = [AtomicU8::new(0), AtomicU8::new(0)];
+        let done = Barrier::new(3);
+        std::thread::scope(|s| {
+            let mut kickers = Vec::new();
+            for byte in &bytes {
+                let (tx, rx) = mpsc::channel();
+                let done = &done;
+                s.spawn(move || {
+                    // SAFETY: the byte outlives the guard (both live in this scope).
+                    let guard = unsafe { publish(byte.as_ptr()) }.expect("publish");
+                    tx.send(Kicker::for_current_thread()).expect("send");
+                    done.wait();
+                    drop(guard);
+                });
+                kickers.push(rx.recv().expect("published"));
+            }
+            kickers[0].kick();
+            // The handler runs on the kicked thread soon; the bound only keeps a wrong
+            // implementation from hanging the test.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while bytes[0].load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            done.wait();
+        });
+        assert_eq!(
+            bytes[0].load(Ordering::SeqCst),
+            1,
+            "the kicked thread's byte"
+        );
+        assert_eq!(
+            bytes[1].load(Ordering::SeqCst),
+            0,
+            "the other thread's byte"
+        );
     }
 }
