@@ -4,6 +4,7 @@
 mod commands;
 mod guest_choice;
 mod node;
+mod signals;
 
 use std::process::ExitCode;
 

@@ -133,3 +133,69 @@ fn a_replay_whose_kick_lands_too_late_is_retried_without_printing_twice() {
     );
     assert_eq!(stdout(&rep), stdout(&rec));
 }
+
+#[test]
+fn ctrl_c_ends_a_recording_cleanly_and_the_log_replays_to_that_point() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("stopped.ulog");
+    let mut child = Command::new(bin())
+        .args(["run", "--guest", "ticker", "--guest-arg", "ticks=1000000"])
+        .arg("--record")
+        .arg(&log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    // Let the guest print a few lines (it would run for hours), then interrupt it as Ctrl-C does.
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut printed = String::new();
+    for _ in 0..5 {
+        assert!(
+            out.read_line(&mut printed).expect("read") > 0,
+            "run ended early: {printed}"
+        );
+    }
+    // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let rest = std::thread::spawn(move || {
+        let mut rest = String::new();
+        out.read_to_string(&mut rest).expect("read the rest");
+        rest
+    });
+    // Generous: the stop waits only for the guest's next exit (a tick away).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().expect("kill");
+            panic!("run did not stop within 60 s of SIGINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    printed.push_str(&rest.join().expect("reader"));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(130), "{err}");
+
+    let info = inspect_json(&log);
+    assert_eq!(info["complete"], true, "{info}");
+    assert_eq!(info["end"], "Stopped", "{info}");
+    let rep = replay(&log);
+    assert_ok(&rep, "replay of the stopped recording");
+    assert!(
+        stderr(&rep).contains("recording had been stopped"),
+        "{}",
+        stderr(&rep)
+    );
+    assert_eq!(stdout(&rep), printed, "the replay printed something else");
+}

@@ -185,3 +185,43 @@ fn page_records_overwrite_what_the_backup_held_including_with_zeros() {
     install_pages(&m, &records).expect("install");
     assert_eq!(page(&m, 5), vec![0; PAGE]);
 }
+
+#[test]
+fn a_state_from_another_build_or_with_damaged_bytes_is_refused_clearly() {
+    let mut m = machine("ticker ticks=1");
+    let blob = MachineState::save(&mut m, LogPoint::default())
+        .expect("save")
+        .encode()
+        .expect("encode");
+    let decoded = MachineState::decode(&blob).expect("the state as encoded decodes");
+    assert_eq!(
+        decoded.encode().expect("re-encode"),
+        blob,
+        "not a fixed point"
+    );
+    let refused = |bytes: &[u8]| match MachineState::decode(bytes) {
+        Ok(_) => panic!("decoded {} damaged bytes", bytes.len()),
+        Err(e) => e.to_string(),
+    };
+
+    // Version 1 (bincode, before this layout) and any other version: named, both sides said.
+    let mut other = blob.clone();
+    other[4..8].copy_from_slice(&1u32.to_le_bytes());
+    let e = refused(&other);
+    assert!(
+        e.contains("version 1") && e.contains("compatible builds"),
+        "{e}"
+    );
+    // Not a machine state at all (e.g. the old encoding, which started with the version).
+    let e = refused(&blob[4..]);
+    assert!(e.contains("not a machine state"), "{e}");
+    // Cut anywhere, or with bytes after the end: malformed, never a panic or a partial state.
+    for cut in [0, 3, 7, 8, 9, blob.len() / 2, blob.len() - 1] {
+        let e = refused(&blob[..cut]);
+        assert!(e.contains("malformed"), "cut at {cut}: {e}");
+    }
+    let mut longer = blob.clone();
+    longer.push(0);
+    let e = refused(&longer);
+    assert!(e.contains("1 bytes after the end"), "{e}");
+}

@@ -184,9 +184,16 @@ fn primary_backup_failover_end_to_end() {
         v.primary == "b" && v.backup == "c"
     });
     assert!(v.viewnum > backup_view, "{v:?}");
-    let final_view = pump(addr, &mut [&mut b, &mut c], |v| {
-        v.primary == "b" && v.backup == "c"
-    });
+    // Until b acked the new view and c showed it knows it: whichever of the two pings made the
+    // change, each needs one more ping carrying the new number.
+    let final_view = loop {
+        let v = pump(addr, &mut [&mut b, &mut c], |_| true);
+        let status = viewserver::get_view(addr, TIMEOUT).unwrap();
+        assert_eq!((v.primary.as_str(), v.backup.as_str()), ("b", "c"));
+        if status.acked && status.backup_ready {
+            break status.view;
+        }
+    };
 
     // `understudy view` sees the same thing, in both formats.
     let out = understudy_view(addr, false);

@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
@@ -14,9 +16,11 @@ use vmm::machine::{Machine, MachineConfig};
 use vmm::outcome::Outcome;
 use vmm::precise::PrecisePolicy;
 use vmm::sink::{FileSink, NetSink, NullSink};
+use vmm::stop::StopRequest;
 
 use super::{CmdResult, host_description, position_semantics};
 use crate::guest_choice::GuestArgs;
+use crate::signals::ExitSignals;
 
 /// How a `run --stream-to` primary names itself to the backup (no view service involved).
 const STREAM_PRIMARY_NAME: &str = "understudy-run";
@@ -46,6 +50,21 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> CmdResult {
+    // Before any thread starts, so only the watcher takes SIGINT/SIGTERM.
+    let signals = ExitSignals::block()?;
+    let stop = Arc::new(StopRequest::new());
+    let stopped_by = Arc::new(AtomicI32::new(0));
+    {
+        let (stop, stopped_by) = (Arc::clone(&stop), Arc::clone(&stopped_by));
+        signals.watch(move |sig| {
+            if stopped_by.swap(sig, Ordering::SeqCst) != 0 {
+                eprintln!("run: signal {sig} again: exiting now (a recording stays incomplete)");
+                std::process::exit(128 + sig);
+            }
+            eprintln!("run: signal {sig}: stopping at the guest's next exit (again to exit now)");
+            stop.request();
+        })?;
+    }
     let guest = args.vm.resolve()?;
     let mut machine = Machine::new(&MachineConfig {
         mem_mib: args.vm.mem_mib,
@@ -61,6 +80,7 @@ pub fn run(args: &RunArgs) -> CmdResult {
         interrupt_bound: Duration::from_micros(args.interrupt_bound_us),
         digest_interval: Duration::from_millis(args.digest_interval_ms),
         precise: policy,
+        stop: Some(Arc::clone(&stop)),
         ..LiveOptions::default()
     };
     let clock = SystemClock::new();
@@ -137,6 +157,10 @@ pub fn run(args: &RunArgs) -> CmdResult {
     }
     Ok(match outcome {
         Outcome::PowerOff { code } => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
-        Outcome::Stopped => ExitCode::SUCCESS,
+        // As a shell reports a process the signal ended; the log is complete all the same.
+        Outcome::Stopped => {
+            let sig = stopped_by.load(Ordering::SeqCst);
+            ExitCode::from(u8::try_from(128 + sig).unwrap_or(u8::MAX))
+        }
     })
 }

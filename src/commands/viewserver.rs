@@ -9,6 +9,7 @@ use viewserver::etcd::Resigner;
 use viewserver::{Config, EtcdConfig, EtcdStore, FileStore, ViewServer};
 
 use super::CmdResult;
+use crate::signals::ExitSignals;
 
 #[derive(Debug, Args)]
 pub struct ViewserverArgs {
@@ -71,7 +72,7 @@ pub fn run(args: &ViewserverArgs) -> CmdResult {
     }
     // Before any thread starts, so that every thread inherits the mask and
     // only the one that waits for them takes these signals.
-    let signals = block_exit_signals()?;
+    let signals = ExitSignals::block()?;
     let listener = viewserver::server::listen(&args.listen)?;
     let addr = listener.local_addr()?;
     eprintln!("viewserver: listening on {addr}");
@@ -87,40 +88,12 @@ pub fn run(args: &ViewserverArgs) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGINT and SIGTERM, blocked in the calling thread (and so in every thread
-/// it starts from now on).
-fn block_exit_signals() -> std::io::Result<libc::sigset_t> {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t we own; these only write to it and to
-    // this thread's signal mask.
-    let rc = unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
-    };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
-    Ok(set)
-}
-
 /// On SIGINT or SIGTERM: give the leadership up at once (another viewserver
 /// leads without waiting for our lease to run out), then exit.
-fn resign_on(set: libc::sigset_t, r: Resigner) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("viewserver-signals".into())
-        .spawn(move || {
-            let mut sig = 0;
-            // SAFETY: `set` is an initialised sigset_t and `sig` a valid
-            // place for the result; the signals are blocked in every thread.
-            let rc = unsafe { libc::sigwait(&set, &mut sig) };
-            if rc == 0 {
-                r.resign();
-                eprintln!("viewserver: signal {sig}: resigned the leadership; exiting");
-                std::process::exit(0);
-            }
-        })
-        .map(|_| ())
+fn resign_on(signals: ExitSignals, r: Resigner) -> std::io::Result<()> {
+    signals.watch(move |sig| {
+        r.resign();
+        eprintln!("viewserver: signal {sig}: resigned the leadership; exiting");
+        std::process::exit(0);
+    })
 }

@@ -5,7 +5,7 @@ use crate::devices::debug_exit::DebugExit;
 use crate::devices::pic::DualPic;
 use crate::devices::pit::Pit;
 use crate::devices::rtc::Rtc;
-use crate::devices::serial::Serial;
+use crate::devices::serial::{COM1_IRQ, Serial};
 use crate::devices::{DeviceEnv, DeviceStateError, DevicesState, PioDevice};
 
 /// The standard PC devices of an understudy guest.
@@ -117,12 +117,34 @@ impl Bus {
                 data.fill(0xff);
             }
         }
+        self.route_uart_interrupt();
     }
 
     pub fn write(&mut self, port: u16, data: &[u8], env: &mut dyn DeviceEnv) {
         match self.device(port) {
             Some(dev) => dev.write(port, data, env),
             None => self.unclaimed_accesses += 1,
+        }
+        self.route_uart_interrupt();
+    }
+
+    /// Console input for the guest's UART (a logged input), with the interrupt it may raise.
+    /// Returns how many bytes the receive FIFO took.
+    pub fn console_input(&mut self, bytes: &[u8]) -> usize {
+        let taken = self.devices.serial.enqueue_input(bytes);
+        self.route_uart_interrupt();
+        taken
+    }
+
+    /// COM1's interrupt output drives line 4 of the PIC, as an edge. The UART requests an
+    /// interrupt only on a guest access (THR empty after a write, IER changes) or on console
+    /// input, which is itself a logged entry; collecting the request right after each keeps
+    /// it a pure function of the guest's execution and the log, so record and replay raise it
+    /// at the same point without logging it.
+    fn route_uart_interrupt(&mut self) {
+        if self.devices.serial.take_interrupt() {
+            self.devices.pic.raise_irq(COM1_IRQ);
+            self.devices.pic.lower_irq(COM1_IRQ);
         }
     }
 
@@ -199,6 +221,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_uart_interrupt_reaches_the_pic_on_line_4() {
+        let mut bus = Bus::new();
+        let mut env = FakeEnv::default();
+        // Linux-like PIC setup (vectors 0x20/0x28), every line but 4 masked.
+        for (port, value) in [
+            (0x20, 0x11),
+            (0x21, 0x20),
+            (0x21, 0x04),
+            (0x21, 0x01),
+            (0xa0, 0x11),
+            (0xa1, 0x28),
+            (0xa1, 0x02),
+            (0xa1, 0x01),
+            (0x21, !(1u8 << COM1_IRQ)),
+        ] {
+            bus.write(port, &[value], &mut env);
+        }
+        // A write while the THR-empty interrupt is off raises nothing.
+        bus.write(0x3f8, b"a", &mut env);
+        assert_eq!(bus.devices.pic.pending_vector(), None);
+        // Enabling it with the THR empty requests one at once, on IRQ 4 (vector 0x24).
+        bus.write(0x3f9, &[0x02], &mut env);
+        assert_eq!(bus.devices.pic.pending_vector(), Some(0x24));
+        assert!(!bus.devices.serial.take_interrupt(), "collected by the bus");
+        assert_eq!(bus.devices.pic.acknowledge(), Some(0x24));
+        bus.write(0x20, &[0x20], &mut env);
+        // Received data with the data-available interrupt on: another one.
+        bus.write(0x3f9, &[0x01], &mut env);
+        bus.devices.pic.acknowledge();
+        bus.write(0x20, &[0x20], &mut env);
+        assert_eq!(bus.console_input(b"x"), 1);
+        assert_eq!(bus.devices.pic.pending_vector(), Some(0x24));
     }
 
     #[test]
@@ -313,20 +370,22 @@ mod tests {
             bus
         }
 
-        fn bincode_round_trip(state: &DevicesState) -> DevicesState {
-            bincode::deserialize(&bincode::serialize(state).unwrap()).unwrap()
+        fn postcard_round_trip(state: &DevicesState) -> DevicesState {
+            postcard::from_bytes(&postcard::to_allocvec(state).unwrap()).unwrap()
         }
 
         #[test]
-        fn busy_bus_round_trips_through_json_and_bincode() {
+        fn busy_bus_round_trips_through_json_and_postcard() {
             let mut env = FakeEnv::default();
             let original = busy_bus(&mut env);
             let saved = original.save_state();
             assert_eq!(twins::through_json(&saved), saved);
-            assert_eq!(bincode_round_trip(&saved), saved);
+            assert_eq!(postcard_round_trip(&saved), saved);
 
             let mut restored = Bus::new();
-            restored.restore_state(&bincode_round_trip(&saved)).unwrap();
+            restored
+                .restore_state(&postcard_round_trip(&saved))
+                .unwrap();
             assert_eq!(restored.save_state(), saved);
             assert_eq!(restored.state_hash(), original.state_hash());
             assert_eq!(restored.unclaimed_accesses, 1);

@@ -19,5 +19,6 @@ pub mod replication;
 pub mod sink;
 pub mod snapshot;
 pub mod source;
+pub mod stop;
 pub mod ticker;
 pub mod vcpu;

@@ -2,6 +2,7 @@
 //! a plain run just has a sink that logs nothing.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use logging_channel::format::{EndReason, Entry, InputSource, Position};
@@ -16,6 +17,7 @@ use crate::outcome::{Outcome, RunError, RunStats};
 use crate::precise::PrecisePolicy;
 use crate::sink::{LogSink, SinkError};
 use crate::snapshot::LogPoint;
+use crate::stop::StopRequest;
 use crate::ticker::{TickSchedule, Ticker};
 use crate::vcpu::kick::{self, Kicker};
 use crate::vcpu::{cpl, regs_from_kvm};
@@ -32,6 +34,8 @@ pub struct LiveOptions {
     pub precise: PrecisePolicy,
     /// Flush the log at least this often, so a crash loses little.
     pub flush_interval: Duration,
+    /// Ends the run cleanly (an `End { Stopped }` entry) at the next guest exit once requested.
+    pub stop: Option<Arc<StopRequest>>,
 }
 
 impl Default for LiveOptions {
@@ -41,6 +45,7 @@ impl Default for LiveOptions {
             digest_interval: Duration::from_millis(1000),
             precise: PrecisePolicy::default(),
             flush_interval: Duration::from_millis(50),
+            stop: None,
         }
     }
 }
@@ -226,6 +231,7 @@ impl Recorder<'_> {
         // which outlives the guard; this is the vCPU's thread.
         let _published =
             unsafe { kick::publish(self.m.vcpu.immediate_exit_ptr()) }.map_err(RunError::Signal)?;
+        let _stop_kicks = self.opts.stop.as_deref().map(|s| s.attach(kicker));
         let mut ticker = Ticker::spawn(*self.clock, kicker, self.opts.interrupt_bound)
             .map_err(RunError::Thread)?;
         // A guest that went live after replay has its PIT programmed already.
@@ -324,12 +330,25 @@ impl Recorder<'_> {
             if stop == Stop::Halt {
                 self.idle(&ticker, injected, &at_exit)?;
             }
+            if self.stop_requested() && stop.is_guest_exit() {
+                self.log(Entry::End {
+                    pos: at_exit,
+                    reason: EndReason::Stopped,
+                })?;
+                self.sink.flush()?;
+                self.console.flush().map_err(RunError::Console)?;
+                return Ok(Outcome::Stopped);
+            }
             if last_flush.elapsed() >= self.opts.flush_interval {
                 self.sink.flush()?;
                 self.console.flush().map_err(RunError::Console)?;
                 last_flush = Instant::now();
             }
         }
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.opts.stop.as_ref().is_some_and(|s| s.is_requested())
     }
 
     /// The guest halted: wait for a tick and deliver it at the `hlt` exit.
@@ -341,6 +360,9 @@ impl Recorder<'_> {
     ) -> Result<(), RunError> {
         let started = Instant::now();
         while !injected {
+            if self.stop_requested() {
+                break;
+            }
             if !self.m.vcpu.ready_for_interrupt() {
                 return Err(RunError::halted(&self.m.vcpu, "interrupts disabled"));
             }

@@ -312,7 +312,7 @@ impl Replayer<'_> {
                 }
             }
             Entry::ConsoleInput { bytes, .. } => {
-                self.m.bus.devices.serial.enqueue_input(bytes);
+                self.m.bus.console_input(bytes);
             }
             Entry::Output {
                 console_bytes,

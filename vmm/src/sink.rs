@@ -106,25 +106,6 @@ impl LogSink for FileSink {
     }
 }
 
-/// Collects entries in memory (tests, and the in-process record→replay checks).
-#[derive(Debug, Default)]
-pub struct VecSink {
-    pub entries: Vec<(u64, u64, Entry)>,
-}
-
-impl LogSink for VecSink {
-    fn is_recording(&self) -> bool {
-        true
-    }
-    fn append(&mut self, t_ns: u64, state_check: u64, entry: &Entry) -> Result<(), SinkError> {
-        self.entries.push((t_ns, state_check, entry.clone()));
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), SinkError> {
-        Ok(())
-    }
-}
-
 /// The log streamed live to a backup over the logging channel.
 #[derive(Debug)]
 pub struct NetSink {

@@ -2,7 +2,8 @@
 //!
 //! The device performs no host I/O. What the guest transmits accumulates in an in-memory
 //! buffer that the VMM drains with [`Serial::take_output`]; interrupt requests set a flag
-//! the VMM drains with [`Serial::take_interrupt`]; console input arrives only through
+//! the bus collects right after every access and turns into an edge on the PIC's line 4
+//! ([`crate::bus::Bus`]); console input arrives only through
 //! [`Serial::enqueue_input`]. Everything is therefore a pure function of the guest's port
 //! accesses and the input the VMM feeds in (which the recorder must log). The device never
 //! consults [`DeviceEnv`].

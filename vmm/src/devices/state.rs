@@ -2,7 +2,7 @@
 //! saves its [`crate::bus::Bus`] with `save_state`, the backup restores it into a fresh one with
 //! `restore_state` and from then on answers every port access exactly as the primary would have.
 //!
-//! The types here are plain data with a stable serde layout (they travel in bincode and are
+//! The types here are plain data with a stable serde layout (they travel in postcard and are
 //! debugged as JSON). Enumerations are kept as the raw numbers the hardware uses, not as Rust
 //! enums, so the encoding does not depend on how a device names its internal states; each
 //! device's `restore` checks them and reports anything out of range as a [`DeviceStateError`]

@@ -11,8 +11,15 @@ use crate::devices::{DeviceStateError, DevicesState};
 use crate::machine::Machine;
 use crate::snapshot::cpu::{CpuState, CpuStateError};
 
-/// Bumped whenever [`MachineState`]'s encoding changes; both ends must agree.
-pub const STATE_VERSION: u32 = 1;
+/// Bumped whenever [`MachineState`]'s encoding changes; both ends must agree. Version 1 was
+/// bincode 1.x (unmaintained); version 2 is the layout below.
+pub const STATE_VERSION: u32 = 2;
+
+/// First bytes of an encoded [`MachineState`]: says what the bytes are before anything else is
+/// trusted. Then the version (`u32`, little-endian), then the [`MachineState`] fields in
+/// declaration order in postcard's documented, stable wire format (postcard 1.x; integers as
+/// LEB128 varints, sequences length-prefixed), with nothing after them.
+pub const STATE_MAGIC: [u8; 4] = *b"USMS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -26,7 +33,9 @@ pub enum SnapshotError {
     Encode(String),
     #[error("the machine state from the primary is malformed: {0}")]
     Decode(String),
-    #[error("machine state version {found}, this build reads version {STATE_VERSION}")]
+    #[error(
+        "machine state version {found}, this build reads version {STATE_VERSION}: primary and backup must run compatible builds"
+    )]
     Version { found: u32 },
     #[error("the primary's guest has {primary} bytes of memory, this machine {here}")]
     MemSize { primary: u64, here: u64 },
@@ -91,21 +100,48 @@ impl MachineState {
         })
     }
 
+    /// The bytes a backup decodes with [`MachineState::decode`] (layout at [`STATE_MAGIC`]).
     pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
-        bincode::serialize(self).map_err(|e| SnapshotError::Encode(e.to_string()))
+        let mut out = Vec::with_capacity(8 + self.console_history.len() + 4096);
+        out.extend_from_slice(&STATE_MAGIC);
+        out.extend_from_slice(&self.version.to_le_bytes());
+        postcard::to_extend(self, out).map_err(|e| SnapshotError::Encode(e.to_string()))
     }
 
+    /// Decodes what [`MachineState::encode`] produced, refusing another build's version and any
+    /// malformed or trailing bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let Some((magic, rest)) = bytes.split_first_chunk::<4>() else {
+            return Err(SnapshotError::Decode(format!("only {} bytes", bytes.len())));
+        };
+        if *magic != STATE_MAGIC {
+            return Err(SnapshotError::Decode(format!(
+                "starts with {magic:02x?}, not a machine state (expected {STATE_MAGIC:02x?})"
+            )));
+        }
         // Check the version before trusting the rest of the layout.
-        let version = bytes
-            .get(..4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes)
-            .ok_or_else(|| SnapshotError::Decode(format!("{} bytes", bytes.len())))?;
+        let Some((version, body)) = rest.split_first_chunk::<4>() else {
+            return Err(SnapshotError::Decode("no version after the magic".into()));
+        };
+        let version = u32::from_le_bytes(*version);
         if version != STATE_VERSION {
             return Err(SnapshotError::Version { found: version });
         }
-        bincode::deserialize(bytes).map_err(|e| SnapshotError::Decode(e.to_string()))
+        let (state, trailing): (Self, _) =
+            postcard::take_from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        if !trailing.is_empty() {
+            return Err(SnapshotError::Decode(format!(
+                "{} bytes after the end of the state",
+                trailing.len()
+            )));
+        }
+        if state.version != version {
+            return Err(SnapshotError::Decode(format!(
+                "header says version {version}, body {}",
+                state.version
+            )));
+        }
+        Ok(state)
     }
 
     /// Installs vCPU, devices and counter into a machine whose memory already holds the

@@ -114,11 +114,6 @@ impl Vcpu {
         run.ready_for_interrupt_injection != 0 && run.if_flag != 0
     }
 
-    /// Asks KVM to exit as soon as the guest can take an interrupt.
-    pub fn request_interrupt_window(&mut self, on: bool) {
-        self.fd.get_kvm_run().request_interrupt_window = u8::from(on);
-    }
-
     /// Queues `vector` for delivery at the next entry. The caller must have checked
     /// [`Self::ready_for_interrupt`]: KVM ignores IF here and a second call replaces the first.
     pub fn inject(&self, vector: u8) -> Result<(), VcpuError> {
