@@ -54,10 +54,10 @@ fn failover_chain(guest: &str, guest_args: &[&str], kills: usize, seed: u64) {
         let p = c.index_of(&view.primary);
         let q = c.index_of(&view.backup);
         let q_addr = c.nodes[q].addr.clone();
-        let q_log_before = c.nodes[q].log().len();
+        let q_events_before = c.nodes[q].event_count();
         c.nodes[p].sigkill();
         let p_out = c.nodes[p].out();
-        let after = match c.await_failover(&view, q, q_log_before, LONG) {
+        let after = match c.await_failover(&view, q, q_events_before, LONG) {
             Failover::Promoted(v) => v,
             Failover::Lost(why) => {
                 // The backup's replay overshot as its primary died: the one copy left is gone
@@ -76,7 +76,9 @@ fn failover_chain(guest: &str, guest_args: &[&str], kills: usize, seed: u64) {
             "round {round}: only the backup is promoted"
         );
         assert!(
-            c.nodes[q].wait_log("going live", q_log_before, LONG),
+            c.nodes[q]
+                .wait_event("going_live", q_events_before, LONG)
+                .is_some(),
             "round {round}: the backup never went live\n{}",
             c.logs()
         );
@@ -86,7 +88,9 @@ fn failover_chain(guest: &str, guest_args: &[&str], kills: usize, seed: u64) {
                 .backup,
         );
         assert!(
-            c.nodes[idle].wait_log("installed state from", 0, LONG),
+            c.nodes[idle]
+                .wait_event("state_installed", 0, LONG)
+                .is_some(),
             "round {round}: the idle node never got the state\n{}",
             c.logs()
         );
@@ -96,7 +100,7 @@ fn failover_chain(guest: &str, guest_args: &[&str], kills: usize, seed: u64) {
         }
         // What the world saw from the old primary: its stdout, which starts at console byte 0
         // for the first primary and where it went live for the others.
-        let p_from = released_from(&c.nodes[p].log()).unwrap_or(0);
+        let p_from = released_from(&c.nodes[p]).unwrap_or(0);
         let p_end = p_from + p_out.len();
         let q_transcript = c.nodes[q].transcript();
         assert_eq!(
@@ -106,7 +110,7 @@ fn failover_chain(guest: &str, guest_args: &[&str], kills: usize, seed: u64) {
             q_transcript.len(),
             c.logs()
         );
-        let from = released_from(&c.nodes[q].log()).expect("go-live line names its byte");
+        let from = released_from(&c.nodes[q]).expect("the going_live event names its byte");
         assert!(
             from <= p_end,
             "round {round}: the new primary releases from byte {from}, the old one released up to {p_end}: output lost"
@@ -137,7 +141,9 @@ fn failover_chain(guest: &str, guest_args: &[&str], kills: usize, seed: u64) {
 fn no_divergence(c: &Cluster) {
     for n in &c.nodes {
         assert!(
-            !n.log().contains("diverged"),
+            !n.events_named("replay_failed")
+                .iter()
+                .any(|e| e["diverged"] == true),
             "a backup's replay diverged\n{}",
             c.logs()
         );
@@ -205,7 +211,14 @@ fn a_stopped_backup_holds_output_until_the_viewserver_drops_it() {
     );
     // The view now has no backup: the primary continues alone and releases what it held.
     let v = c.wait_view(LONG, |v| v.backup.is_empty());
-    assert!(c.nodes[a].wait_log(&format!("view {}: primary, no backup", v.viewnum), 0, LONG));
+    assert!(
+        c.nodes[a]
+            .wait_for(0, LONG, |e| e["event"] == "no_backup"
+                && e["view"] == v.viewnum)
+            .is_some(),
+        "{}",
+        c.logs()
+    );
     let (o0, o1, _, _) = watch(&c, a, Duration::from_millis(500));
     assert!(o1 > o0, "the primary alone releases output again");
     let out = c.nodes[a].out();
@@ -229,7 +242,7 @@ fn a_cut_logging_channel_holds_output_until_it_heals() {
     let b = c.add_node(&backend_addr, Some(&proxy.addr));
     c.wait_view(LONG, |v| v.backup == proxy.addr);
     assert!(
-        c.nodes[a].wait_log("installed the state", 0, LONG),
+        c.nodes[a].wait_event("transfer_done", 0, LONG).is_some(),
         "{}",
         c.logs()
     );
@@ -282,7 +295,7 @@ fn a_primary_cut_off_from_the_viewserver_is_replaced_and_fenced() {
         .store(true, std::sync::atomic::Ordering::Release);
     c.wait_view(LONG, |v| v.primary == b_addr);
     assert!(
-        c.nodes[b].wait_log("going live", 0, LONG),
+        c.nodes[b].wait_event("going_live", 0, LONG).is_some(),
         "the promoted backup kept replaying the old primary's stream instead of going live\n{}",
         c.logs()
     );
@@ -314,7 +327,7 @@ fn a_primary_cut_off_from_the_viewserver_is_replaced_and_fenced() {
         Some(&a_out[..]),
         "what the old primary released is not what the new primary's guest said"
     );
-    let from = released_from(&c.nodes[b].log()).expect("go-live line names its byte");
+    let from = released_from(&c.nodes[b]).expect("the going_live event names its byte");
     assert!(
         from <= a_out.len(),
         "the new primary releases from byte {from}, the old one released up to {}: output lost",
@@ -326,7 +339,7 @@ fn a_primary_cut_off_from_the_viewserver_is_replaced_and_fenced() {
         .cut
         .store(false, std::sync::atomic::Ordering::Release);
     assert!(
-        c.nodes[a].wait_log("releasing nothing more", 0, LONG),
+        c.nodes[a].wait_event("stepped_down", 0, LONG).is_some(),
         "{}",
         c.logs()
     );
@@ -340,29 +353,22 @@ fn a_large_guests_state_transfer_shows_progress() {
     let mut c = Cluster::start("ticker", &["hz=50", "ticks=1000000"], PING_MS);
     c.mem_mib = Some(512);
     let (a, b) = c.primary_and_backup(None, LONG);
-    let log = c.nodes[a].log();
-    let sent: Vec<u64> = log
-        .lines()
-        .filter_map(|l| l.split("state transfer to ").nth(1))
+    let progress = c.nodes[a].events_named("transfer_progress");
+    let sent: Vec<u64> = progress
+        .iter()
+        .filter_map(|e| e["message"].as_str())
         .filter_map(|l| l.split(": ").nth(1))
         .filter_map(|l| l.strip_suffix("/512 MiB"))
         .map(|n| n.parse().unwrap())
         .collect();
     assert!(
         sent.len() >= 9,
-        "expected a progress line per tenth of the memory, got {sent:?}\n{log}"
+        "expected a progress event per tenth of the memory, got {sent:?}\n{progress:?}"
     );
     assert!(sent.windows(2).all(|w| w[0] < w[1]), "{sent:?}");
     assert!(*sent.last().unwrap() >= 460, "{sent:?}");
-    assert!(
-        c.nodes[b].wait_log("installed state from", 0, LONG),
-        "{}",
-        c.logs()
-    );
-    let b_log = c.nodes[b].log();
-    let installed = b_log
-        .lines()
-        .find(|l| l.contains("installed state from"))
-        .unwrap();
-    assert!(installed.contains(", 512 MiB)"), "{installed}");
+    let installed = c.nodes[b]
+        .wait_event("state_installed", 0, LONG)
+        .unwrap_or_else(|| panic!("{}", c.logs()));
+    assert_eq!(installed["mem_mib"], 512, "{installed}");
 }

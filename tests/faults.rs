@@ -100,7 +100,7 @@ fn a_restarted_viewserver_continues_its_views_and_a_later_failover_works() {
     c.nodes[a].sigkill();
     c.wait_view(LONG, |v| v.primary == b_addr);
     assert!(
-        c.nodes[b].wait_log("going live", 0, LONG),
+        c.nodes[b].wait_event("going_live", 0, LONG).is_some(),
         "the backup never went live\n{}",
         c.logs()
     );
@@ -283,10 +283,12 @@ fn a_stopped_primary_never_speaks_again() {
         }
         wait_released(&c, q, q_before, "the new primary");
         let stopped_at = c.nodes[p].out();
-        let log_len = c.nodes[p].log().len();
+        let events_before = c.nodes[p].event_count();
         c.nodes[p].signal(Signal::Cont);
         assert!(
-            c.nodes[p].wait_log("releasing nothing more", log_len, LONG),
+            c.nodes[p]
+                .wait_event("stepped_down", events_before, LONG)
+                .is_some(),
             "round {round}: the old primary never noticed it was replaced\n{}",
             c.logs()
         );
@@ -334,7 +336,10 @@ fn a_backup_killed_during_its_state_transfer_is_replaced() {
         let b = c.add_node("127.0.0.1:0", None);
         let b_addr = c.nodes[b].addr.clone();
         assert!(
-            c.nodes[a].wait_log(&format!("state transfer to {b_addr}: "), 0, LONG),
+            c.nodes[a]
+                .wait_for(0, LONG, |e| e["event"] == "transfer_progress"
+                    && e["backup"] == b_addr.as_str())
+                .is_some(),
             "no transfer to the new backup\n{}",
             c.logs()
         );
@@ -368,7 +373,7 @@ fn a_primary_killed_right_after_its_backup_installed_is_replaced_by_it() {
         wait_released(&c, a, 0, "the primary alone");
         let b = c.add_node("127.0.0.1:0", None);
         assert!(
-            c.nodes[b].wait_log("installed state from", 0, LONG),
+            c.nodes[b].wait_event("state_installed", 0, LONG).is_some(),
             "round {round}: the backup never installed\n{}",
             c.logs()
         );
@@ -376,7 +381,7 @@ fn a_primary_killed_right_after_its_backup_installed_is_replaced_by_it() {
         let b_addr = c.nodes[b].addr.clone();
         c.wait_view(LONG, |v| v.primary == b_addr);
         assert!(
-            c.nodes[b].wait_log("going live", 0, LONG),
+            c.nodes[b].wait_event("going_live", 0, LONG).is_some(),
             "round {round}: the backup never went live\n{}",
             c.logs()
         );
@@ -412,7 +417,7 @@ fn at_1000_hz_the_pair_keeps_its_view() {
         );
         released = now;
     }
-    let failures = c.nodes[b].log().matches("replay of").count();
+    let failures = c.nodes[b].events_named("replay_failed").len();
     eprintln!("backup replay failures in 10 s at 1000 Hz: {failures}");
     c.check_history(a);
 }

@@ -253,10 +253,10 @@ impl Nemesis {
                     }
                 }
                 let stranded = primary.is_some_and(|p| {
-                    self.c.nodes[p].log().contains(&format!(
-                        "view {} names this node primary, but it holds no state",
-                        s.view.viewnum
-                    ))
+                    self.c.nodes[p]
+                        .events_named("stranded")
+                        .iter()
+                        .any(|e| e["view"] == s.view.viewnum)
                 });
                 let primary_holds = primary.is_some() && !stranded;
                 let backup_holds = s.backup_ready && self.live(&s.view.backup).is_some();

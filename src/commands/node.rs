@@ -46,9 +46,17 @@ pub struct NodeArgs {
     /// Print release-delay and pause statistics to stderr at the end.
     #[arg(long)]
     pub stats: bool,
+    /// Append machine-readable events (JSON lines: roles, views, transfers, going live with
+    /// its log position and console byte, lag samples, errors) to FILE; docs/events.md has the
+    /// schema.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
 }
 
 pub fn run(args: &NodeArgs) -> CmdResult {
+    if let Some(path) = &args.events {
+        crate::events::open(path, "node")?;
+    }
     let guest = args.vm.resolve()?;
     let peer_timeout = Duration::from_millis(args.peer_timeout_ms);
     let channel = ChannelConfig {

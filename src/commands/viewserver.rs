@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use viewserver::etcd::Resigner;
-use viewserver::{Config, EtcdConfig, EtcdStore, FileStore, ViewServer};
+use viewserver::{Config, EtcdConfig, EtcdStore, FileStore, Observer, ServiceEvent, ViewServer};
 
 use super::CmdResult;
 use crate::signals::ExitSignals;
@@ -53,6 +53,33 @@ pub struct ViewserverArgs {
     /// none) replaces it.
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub backup_timeout_ms: u64,
+    /// Append machine-readable events (JSON lines: listening, leadership, view changes, etcd
+    /// trouble) to FILE; docs/events.md has the schema.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+}
+
+/// What the viewserver itself says: a human line on stderr, and the event if `--events`.
+#[derive(Debug, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum ViewserverEvent<'a> {
+    /// Serving on `addr` (the port picked for `:0`).
+    Listening { addr: &'a str },
+}
+
+fn listening(addr: &str) {
+    // Scripts without --events parse this line to learn the port picked for :0.
+    eprintln!("viewserver: listening on {addr}");
+    crate::events::set_who(&format!("viewserver {addr}"));
+    crate::events::emit(&ViewserverEvent::Listening { addr });
+}
+
+/// Prints each service event for people and appends it for programs.
+fn observer() -> Observer {
+    Observer::new(|e: &ServiceEvent| {
+        eprintln!("viewserver: {e}");
+        crate::events::emit(e);
+    })
 }
 
 pub fn run(args: &ViewserverArgs) -> CmdResult {
@@ -60,13 +87,16 @@ pub fn run(args: &ViewserverArgs) -> CmdResult {
     config.ping_interval = Duration::from_millis(args.ping_interval_ms);
     config.dead_pings = args.dead_pings;
     config.backup_timeout = Duration::from_millis(args.backup_timeout_ms);
+    config.events = Some(observer());
+    if let Some(path) = &args.events {
+        crate::events::open(path, "viewserver")?;
+    }
     if args.etcd.is_empty() {
         // The address first: a viewserver that cannot listen leaves no data directory behind.
         let listener = viewserver::server::listen(&args.listen)?;
         let store = FileStore::open(&args.data_dir)?;
         let server = ViewServer::with_listener(config, listener, Box::new(store))?;
-        // Tests and scripts parse this line to learn the port picked for :0.
-        eprintln!("viewserver: listening on {}", server.local_addr());
+        listening(&server.local_addr().to_string());
         server.serve()?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -75,10 +105,10 @@ pub fn run(args: &ViewserverArgs) -> CmdResult {
     let signals = ExitSignals::block()?;
     let listener = viewserver::server::listen(&args.listen)?;
     let addr = listener.local_addr()?;
-    eprintln!("viewserver: listening on {addr}");
+    listening(&addr.to_string());
     let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
     let mut etcd = EtcdConfig::new(args.etcd.clone(), args.etcd_prefix.clone(), advertise);
-    etcd.log = true;
+    etcd.events = Some(observer());
     let store = EtcdStore::open(etcd)?;
     if let Some(r) = store.resigner() {
         resign_on(signals, r)?;

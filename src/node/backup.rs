@@ -16,7 +16,9 @@ use vmm::snapshot::{LogPoint, MachineState};
 use vmm::source::NetSource;
 
 use super::NodeCtx;
+use super::events::NodeEvent;
 use super::views::Views;
+use crate::events::emit;
 use viewserver::node::{self, Holding, Step};
 
 /// A replayed machine whose stream ended, ready to go live.
@@ -128,6 +130,9 @@ pub fn serve(
             }
             Err(e) => {
                 eprintln!("node {}: refused a state transfer: {e}", views.me);
+                emit(&NodeEvent::StateRefused {
+                    error: &e.to_string(),
+                });
                 continue;
             }
         };
@@ -146,13 +151,22 @@ pub fn serve(
                             "node {}: replay of {from}'s log failed: {e}; dropping this state and asking for a new one",
                             views.me
                         );
+                        emit(&NodeEvent::ReplayFailed {
+                            primary: &from,
+                            error: &e.to_string(),
+                            overshoot: matches!(e, ReplayError::Overshot { .. }),
+                            diverged: matches!(e, ReplayError::Divergence { .. }),
+                        });
                         // Without state this node must not be promoted: it says so at once,
                         // stays the backup, and the primary sends the state again.
                         views.set_holding(Holding::Nothing);
                     }
                 }
             }
-            Err(e) => eprintln!("node {}: state transfer from {from} failed: {e}", views.me),
+            Err(e) => {
+                eprintln!("node {}: state transfer from {from} failed: {e}", views.me);
+                emit(&NodeEvent::StateRefused { error: &e });
+            }
         }
         // The wait starts over after every transfer and every stream.
         waiting_since = Instant::now();
@@ -264,6 +278,12 @@ fn receive(ctx: &NodeCtx, views: &Arc<Views>, mut rx: StateReceiver) -> Result<I
         ctx.mem_mib,
         point.next_seq
     );
+    emit(&NodeEvent::StateInstalled {
+        primary: &primary,
+        ms: started.elapsed().as_secs_f64() * 1e3,
+        mem_mib: ctx.mem_mib,
+        next_seq: point.next_seq,
+    });
     Ok((m, point, state.console_history, log))
 }
 
@@ -337,6 +357,10 @@ fn replay_stream(
                     .last_seq
                     .map_or("(none)".into(), |s| format!("#{s}"))
             );
+            emit(&NodeEvent::StreamEnded {
+                reason: &why,
+                last_seq: stopped.last_seq,
+            });
             Ok(Follow::Retain(Box::new(Retained {
                 machine,
                 stopped,

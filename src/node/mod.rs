@@ -4,6 +4,7 @@
 //! docs/design.md has the role state machine and the protocol.
 
 pub mod backup;
+pub mod events;
 pub mod primary;
 pub mod views;
 
@@ -11,12 +12,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::events::emit;
+
 use logging_channel::net::{ChannelConfig, Listener};
 use vmm::clock::SystemClock;
 use vmm::live::LiveStart;
 use vmm::machine::{Machine, MachineConfig};
 
 use backup::BackupEnd;
+use events::NodeEvent;
 use primary::{PrimaryEnd, Start};
 use views::Views;
 use viewserver::View;
@@ -88,6 +92,13 @@ pub fn run(
         views.incarnation,
         views.viewserver()
     );
+    crate::events::set_who(&format!("node {}", views.me));
+    emit(&NodeEvent::Started {
+        name: &views.me,
+        incarnation: views.incarnation,
+        listen: &listener.local_addr().to_string(),
+        viewserver: &views.viewserver(),
+    });
     let pinger = views::spawn_pinger(Arc::clone(&views))?;
     let result = roles(ctx, listener, &views);
     views.stop();
@@ -125,6 +136,12 @@ fn roles(
                     ctx.stdout_written
                         .load(std::sync::atomic::Ordering::Acquire)
                 );
+                emit(&NodeEvent::Booting {
+                    view: view.viewnum,
+                    stdout_byte: ctx
+                        .stdout_written
+                        .load(std::sync::atomic::Ordering::Acquire),
+                });
                 let machine = build(ctx)?;
                 // Running the guest now: the next ping acknowledges the view.
                 views.set_holding(node::after(holding, step, &view));
@@ -165,6 +182,11 @@ fn roles(
                             "waiting for its state"
                         }
                     );
+                    emit(&NodeEvent::Backup {
+                        view: view.viewnum,
+                        primary: &view.primary,
+                        holding: keep,
+                    });
                 }
                 match backup::serve(ctx, listener, views, replica.take()) {
                     BackupEnd::Left(r) => replica = r,
@@ -173,6 +195,10 @@ fn roles(
                         eprintln!(
                             "node {me}: the replayed guest powered off (exit code {code}), as the primary's did"
                         );
+                        emit(&NodeEvent::GuestPoweredOff {
+                            code,
+                            replayed: true,
+                        });
                         return Ok(code);
                     }
                 }
@@ -185,6 +211,7 @@ fn roles(
                         "node {me}: view {} names this node primary, but it holds no state of that view's history (it restarted, or lost its replica); it will not serve, and waits",
                         view.viewnum
                     );
+                    emit(&NodeEvent::Stranded { view: view.viewnum });
                 }
                 replica = None;
                 views.set_holding(Holding::Nothing);
@@ -200,6 +227,7 @@ fn roles(
                         "node {me}: view {}: idle (primary {:?}, backup {:?})",
                         view.viewnum, view.primary, view.backup
                     );
+                    emit(&NodeEvent::Idle { view: view.viewnum });
                 }
                 views.wait_change(view.viewnum, views.interval);
                 continue;
@@ -208,6 +236,10 @@ fn roles(
         match end {
             PrimaryEnd::PowerOff(code) => {
                 eprintln!("node {me}: the guest powered off (exit code {code})");
+                emit(&NodeEvent::GuestPoweredOff {
+                    code,
+                    replayed: false,
+                });
                 return Ok(code);
             }
             PrimaryEnd::Superseded => {
@@ -246,6 +278,17 @@ fn go_live(
             .load(std::sync::atomic::Ordering::Acquire),
         r.history.len() as u64 - from
     );
+    emit(&NodeEvent::GoingLive {
+        view: view.viewnum,
+        exits: s.exits,
+        log_seq: s.last_seq.map_or(0, |q| q + 1),
+        console_bytes: s.console.bytes,
+        released_from: from,
+        stdout_byte: ctx
+            .stdout_written
+            .load(std::sync::atomic::Ordering::Acquire),
+        unconfirmed: r.history.len() as u64 - from,
+    });
     let start = Start {
         live: LiveStart {
             exits: s.exits,

@@ -20,7 +20,9 @@ use vmm::sink::SinkError;
 use vmm::snapshot::memory::MemoryTracker;
 
 use super::NodeCtx;
+use super::events::NodeEvent;
 use super::views::Views;
+use crate::events::emit;
 
 /// A transfer that failed (or a stream that broke) is retried this often while the view still
 /// names the same backup.
@@ -182,6 +184,11 @@ pub fn serve(
             eprintln!("node {}: output release delay {spread} chunks", views.me);
         }
     }
+    emit(&NodeEvent::PrimarySummary {
+        throttled_ms: replication.throttled().as_secs_f64() * 1e3,
+        lease_wait_ms: queue.gated_time().as_secs_f64() * 1e3,
+        pauses_ms: pauses.iter().map(|p| p.as_secs_f64() * 1e3).collect(),
+    });
     Ok(end)
 }
 
@@ -228,6 +235,7 @@ fn spawn_manager(
                             "node {}: {why}; stopping this guest, releasing nothing more",
                             views.me
                         );
+                        emit(&NodeEvent::SteppedDown { reason: &why });
                         views.lease.revoke();
                         replication.supersede();
                         return;
@@ -258,6 +266,7 @@ fn spawn_manager(
                                 "node {}: view {}: primary, no backup: output flows at once",
                                 views.me, view.viewnum
                             );
+                            emit(&NodeEvent::NoBackup { view: view.viewnum });
                         }
                         Some(backup) => {
                             if let Some(why) = replication.lost().filter(|_| retry) {
@@ -265,6 +274,10 @@ fn spawn_manager(
                                     "node {}: stream to {backup} lost ({why}); sending state again",
                                     views.me
                                 );
+                                emit(&NodeEvent::StreamLost {
+                                    backup,
+                                    reason: &why,
+                                });
                             }
                             last_try = Instant::now();
                             running = start_transfer(
@@ -308,6 +321,15 @@ fn spawn_manager(
                         view.backup,
                         replication.queue.released()
                     );
+                    if let Some(r) = replayed.or(received) {
+                        emit(&NodeEvent::Lag {
+                            view: view.viewnum,
+                            backup: &view.backup,
+                            entries: r.entries,
+                            ms: r.t_ns as f64 / 1e6,
+                            released_bytes: replication.queue.released(),
+                        });
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -338,7 +360,13 @@ fn start_transfer(
         .name("state-transfer".into())
         .spawn(move || {
             let me = v.me.clone();
-            let mut progress = |line: String| eprintln!("node {me}: {line}");
+            let mut progress = |line: String| {
+                eprintln!("node {me}: {line}");
+                emit(&NodeEvent::TransferProgress {
+                    backup: &b,
+                    message: &line,
+                });
+            };
             match transfer(&r, generation, &b, identity, c, &mut progress) {
                 Ok(rep) => {
                     eprintln!(
@@ -349,8 +377,23 @@ fn start_transfer(
                         rep.bytes as f64 / f64::from(1 << 20),
                         rep.next_seq
                     );
+                    emit(&NodeEvent::TransferDone {
+                        view: viewnum,
+                        backup: &b,
+                        total_ms: rep.total.as_secs_f64() * 1e3,
+                        pause_ms: rep.pause.as_secs_f64() * 1e3,
+                        rounds: rep.rounds,
+                        bytes: rep.bytes,
+                        next_seq: rep.next_seq,
+                    });
                 }
-                Err(e) => eprintln!("node {me}: state transfer to {b} failed: {e}"),
+                Err(e) => {
+                    eprintln!("node {me}: state transfer to {b} failed: {e}");
+                    emit(&NodeEvent::TransferFailed {
+                        backup: &b,
+                        error: &e.to_string(),
+                    });
+                }
             }
         })
         .ok()

@@ -11,6 +11,9 @@ use viewserver::client::{Client, ClientError, Lease};
 use viewserver::node::{self, Holding, Me};
 use viewserver::{PingRequest, Status, View};
 
+use super::events::NodeEvent;
+use crate::events::emit;
+
 #[derive(Debug)]
 struct Inner {
     latest: Option<Status>,
@@ -252,6 +255,7 @@ pub fn spawn_pinger(views: Arc<Views>) -> std::io::Result<JoinHandle<()>> {
                             "node {}: the view service refused this node: {message}",
                             views.me
                         );
+                        emit(&NodeEvent::Refused { message: &message });
                         views.lease.revoke();
                         let mut g = views.lock();
                         g.fatal = Some(message);
@@ -263,6 +267,7 @@ pub fn spawn_pinger(views: Arc<Views>) -> std::io::Result<JoinHandle<()>> {
                         let mut g = views.lock();
                         if g.last_error.as_deref() != Some(&msg) {
                             eprintln!("node {}: view service unreachable: {msg}", views.me);
+                            emit(&NodeEvent::ViewServiceUnreachable { error: &msg });
                             g.last_error = Some(msg);
                         }
                     }

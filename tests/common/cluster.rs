@@ -1,5 +1,7 @@
 //! A viewserver and `understudy node` processes on loopback, for failover tests. Every node's
-//! stdout (released output) and stderr (its log) are collected as they arrive.
+//! stdout (released output) and stderr (its log, for failure messages) are collected as they
+//! arrive; what the tests check about roles, transfers and going live they read from the node's
+//! machine-readable events (`--events`, docs/events.md).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
@@ -27,10 +29,72 @@ pub struct Proc {
     pub out: Arc<Mutex<Vec<u8>>>,
     pub log: Arc<Mutex<String>>,
     pub transcript: PathBuf,
+    pub events: PathBuf,
     pub killed: bool,
 }
 
 impl Proc {
+    /// The node's events so far, in order (complete lines only: one may be being written).
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.events).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event {l:?}: {e}")))
+            .collect()
+    }
+    /// How many events the node has emitted: a mark for [`Proc::wait_event`].
+    pub fn event_count(&self) -> usize {
+        self.events().len()
+    }
+    /// The events called `name`, in order.
+    pub fn events_named(&self, name: &str) -> Vec<serde_json::Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["event"] == name)
+            .collect()
+    }
+    /// Waits for an event called `name` after the first `from` events; returns it.
+    pub fn wait_event(
+        &self,
+        name: &str,
+        from: usize,
+        timeout: Duration,
+    ) -> Option<serde_json::Value> {
+        self.wait_for(from, timeout, |e| e["event"] == name)
+    }
+    /// Waits for an event that satisfies `pred` after the first `from` events; returns it.
+    pub fn wait_for(
+        &self,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.events().into_iter().skip(from).find(|e| pred(e));
+            if found.is_some() || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    /// Where each of the node's primary roles began: (console byte it released from, byte of
+    /// its stdout where that output starts), from its `booting` and `going_live` events.
+    pub fn role_starts(&self) -> Vec<(usize, usize)> {
+        let n = |e: &serde_json::Value, k: &str| {
+            e[k].as_u64()
+                .unwrap_or_else(|| panic!("event without {k}: {e}")) as usize
+        };
+        self.events()
+            .iter()
+            .filter_map(|e| match e["event"].as_str() {
+                Some("booting") => Some((0, n(e, "stdout_byte"))),
+                Some("going_live") => Some((n(e, "released_from"), n(e, "stdout_byte"))),
+                _ => None,
+            })
+            .collect()
+    }
     pub fn out(&self) -> Vec<u8> {
         self.out.lock().unwrap().clone()
     }
@@ -432,7 +496,10 @@ impl Cluster {
     ) -> usize {
         let i = self.nodes.len();
         let transcript = self.dir.path().join(format!("node{i}.transcript"));
+        let events = self.dir.path().join(format!("node{i}.events"));
         cmd.args(["node", "--viewserver", viewserver, "--listen", listen])
+            .arg("--events")
+            .arg(&events)
             .args(["--guest", &self.guest])
             .args(["--ping-interval-ms", &self.ping_ms.to_string()])
             .arg("--transcript")
@@ -456,25 +523,20 @@ impl Cluster {
         let log = Arc::new(Mutex::new(String::new()));
         collect(child.stdout.take().unwrap(), Arc::clone(&out));
         collect_text(child.stderr.take().unwrap(), Arc::clone(&log));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let addr = loop {
-            let l = log.lock().unwrap().clone();
-            if let Some(first) = l.lines().next()
-                && let Some(rest) = first.strip_prefix("node ")
-            {
-                break rest.split(':').take(2).collect::<Vec<_>>().join(":");
-            }
-            assert!(Instant::now() < deadline, "node {i} never started: {l}");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        self.nodes.push(Proc {
+        let mut node = Proc {
             child,
-            addr,
+            addr: String::new(),
             out,
             log,
             transcript,
+            events,
             killed: false,
-        });
+        };
+        let started = node
+            .wait_event("started", 0, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("node {i} never started: {}", node.log()));
+        node.addr = started["name"].as_str().expect("name").to_string();
+        self.nodes.push(node);
         i
     }
 
@@ -558,7 +620,7 @@ impl Cluster {
         &self,
         old: &viewserver::View,
         backup: usize,
-        backup_log_before: usize,
+        backup_events_before: usize,
         timeout: Duration,
     ) -> Failover {
         let deadline = Instant::now() + timeout;
@@ -568,16 +630,16 @@ impl Cluster {
                 if s.view.primary != old.primary {
                     return Failover::Promoted(s.view);
                 }
-                let log = self.nodes[backup].log();
-                let since = log.get(backup_log_before..).unwrap_or_default();
-                let overshoot = since
-                    .lines()
-                    .find(|l| l.contains("replay of") && l.contains("overshot"));
+                let overshoot = self.nodes[backup]
+                    .events()
+                    .into_iter()
+                    .skip(backup_events_before)
+                    .find(|e| e["event"] == "replay_failed" && e["overshoot"] == true);
                 match (s.backup_ready, overshoot) {
-                    (false, Some(line)) => {
+                    (false, Some(e)) => {
                         let t = *unready_since.get_or_insert_with(Instant::now);
                         if t.elapsed() > Duration::from_secs(3) {
-                            return Failover::Lost(line.to_string());
+                            return Failover::Lost(e["error"].to_string());
                         }
                     }
                     _ => unready_since = None,
@@ -605,7 +667,7 @@ impl Cluster {
         self.nodes
             .iter()
             .enumerate()
-            .flat_map(|(i, n)| super::history::segments(i, &n.log(), &n.out()))
+            .flat_map(|(i, n)| super::history::segments(i, &n.role_starts(), &n.out()))
             .collect()
     }
 
@@ -640,7 +702,7 @@ impl Cluster {
     pub fn boots(&self) -> usize {
         self.nodes
             .iter()
-            .map(|n| n.log().matches("booting the guest").count())
+            .map(|n| n.events_named("booting").len())
             .sum()
     }
 
@@ -676,7 +738,9 @@ impl Cluster {
         let b_addr = self.nodes[b].addr.clone();
         self.wait_view(timeout, |v| v.backup == b_addr && v.primary == a_addr);
         assert!(
-            self.nodes[a].wait_log("installed the state", 0, timeout),
+            self.nodes[a]
+                .wait_event("transfer_done", 0, timeout)
+                .is_some(),
             "{}",
             self.logs()
         );
@@ -684,14 +748,12 @@ impl Cluster {
     }
 }
 
-/// The byte offset a node that went live released from (its log says).
-pub fn released_from(log: &str) -> Option<usize> {
-    log.lines()
-        .rev()
-        .find(|l| l.contains("going live"))
-        .and_then(|l| l.split("releasing from byte ").nth(1))
-        .and_then(|s| s.split([',', ' ']).next())
-        .and_then(|s| s.parse().ok())
+/// The console byte a node that went live released from (its last `going_live` event).
+pub fn released_from(node: &Proc) -> Option<usize> {
+    node.events_named("going_live")
+        .last()
+        .and_then(|e| e["released_from"].as_u64())
+        .map(|b| b as usize)
 }
 
 impl Drop for Cluster {

@@ -23,28 +23,9 @@ pub struct Report {
     pub repeated: usize,
 }
 
-fn number_after(line: &str, key: &str) -> Option<usize> {
-    line.split(key)
-        .nth(1)?
-        .split([',', ' ', ')'])
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Splits node `node`'s stdout into its primary roles' segments, using the lines its log
-/// starts each role with ("releasing from byte F, stdout byte S").
-pub fn segments(node: usize, log: &str, out: &[u8]) -> Vec<Segment> {
-    let starts: Vec<(usize, usize)> = log
-        .lines()
-        .filter(|l| l.contains("releasing from byte ") && l.contains("stdout byte "))
-        .filter_map(|l| {
-            Some((
-                number_after(l, "releasing from byte ")?,
-                number_after(l, "stdout byte ")?,
-            ))
-        })
-        .collect();
+/// Splits node `node`'s stdout into its primary roles' segments, given where each role started:
+/// (console byte released from, stdout byte), as its `booting`/`going_live` events say.
+pub fn segments(node: usize, starts: &[(usize, usize)], out: &[u8]) -> Vec<Segment> {
     let mut segs = Vec::new();
     for (i, &(from, at)) in starts.iter().enumerate() {
         let end = starts.get(i + 1).map_or(out.len(), |&(_, next)| next);

@@ -686,7 +686,6 @@ mod tests {
 
     fn real_server(idle: Duration) -> String {
         let mut config = crate::Config::new("127.0.0.1:0");
-        config.log_view_changes = false;
         config.ping_interval = Duration::from_secs(3600);
         config.idle_timeout = idle;
         crate::ViewServer::bind(config, Box::new(crate::MemoryStore::default()))

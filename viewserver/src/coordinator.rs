@@ -12,6 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::api::{ApiError, PingRequest};
+use crate::events::{Observer, ServiceEvent, emit};
 use crate::service::{Status, ViewService};
 use crate::store::{Leadership, Store, StoreError};
 
@@ -55,13 +56,13 @@ struct Inner {
 pub struct Coordinator {
     inner: Mutex<Inner>,
     rules: Rules,
-    log_changes: bool,
+    events: Option<Observer>,
 }
 
 impl Coordinator {
     /// A coordinator over `store`. Loads nothing yet: state is loaded when
     /// this process (first, or again) leads.
-    pub fn new(store: Box<dyn Store>, rules: Rules, log_changes: bool) -> Self {
+    pub fn new(store: Box<dyn Store>, rules: Rules, events: Option<Observer>) -> Self {
         Coordinator {
             inner: Mutex::new(Inner {
                 store,
@@ -71,7 +72,7 @@ impl Coordinator {
                 following: None,
             }),
             rules,
-            log_changes,
+            events,
         }
     }
 
@@ -96,16 +97,17 @@ impl Coordinator {
     fn leading(&self, g: &mut Inner) -> Result<Option<Instant>, ApiError> {
         match g.store.leadership() {
             Leadership::Follower { leader } => {
-                if g.vs.take().is_some() && self.log_changes {
-                    eprintln!("viewserver: no longer leading");
+                if g.vs.take().is_some() {
+                    emit(self.events.as_ref(), ServiceEvent::NoLongerLeading);
                 }
                 g.term = None;
                 if let Some(l) = &leader
                     && g.following.as_ref() != Some(l)
                 {
-                    if self.log_changes {
-                        eprintln!("viewserver: following {l}");
-                    }
+                    emit(
+                        self.events.as_ref(),
+                        ServiceEvent::Following { leader: l.clone() },
+                    );
                     g.following = Some(l.clone());
                 }
                 Err(ApiError::NotLeader { leader })
@@ -126,13 +128,14 @@ impl Coordinator {
                             self.rules.backup_ticks,
                         ),
                     };
-                    if self.log_changes {
-                        eprintln!(
-                            "viewserver: leading (term {term}, service {}); {}",
-                            vs.status().service,
-                            vs.view()
-                        );
-                    }
+                    emit(
+                        self.events.as_ref(),
+                        ServiceEvent::Leading {
+                            term,
+                            service: vs.status().service,
+                            view: vs.view(),
+                        },
+                    );
                     g.following = None;
                     g.stored = vs.persisted_version();
                     g.vs = Some(vs);
@@ -166,9 +169,7 @@ impl Coordinator {
                 if matches!(e, StoreError::NotLeader) {
                     inner.vs = None;
                     inner.term = None;
-                    if self.log_changes {
-                        eprintln!("viewserver: no longer leading");
-                    }
+                    emit(self.events.as_ref(), ServiceEvent::NoLongerLeading);
                     return Err(ApiError::NotLeader { leader: None });
                 }
                 return Err(ApiError::Unavailable(chain(&e)));
@@ -176,8 +177,13 @@ impl Coordinator {
             inner.stored = vs.persisted_version();
         }
         let status = vs.status();
-        if status.view.viewnum != before_viewnum && self.log_changes {
-            eprintln!("viewserver: {}", status.view);
+        if status.view.viewnum != before_viewnum {
+            emit(
+                self.events.as_ref(),
+                ServiceEvent::ViewChanged {
+                    view: status.view.clone(),
+                },
+            );
         }
         Ok((out, status, until))
     }
@@ -278,7 +284,7 @@ mod tests {
 
     #[test]
     fn leases_go_to_the_acknowledged_primary_only() {
-        let c = Coordinator::new(Box::new(MemoryStore::default()), rules(), false);
+        let c = Coordinator::new(Box::new(MemoryStore::default()), rules(), None);
         let s = ping(&c, "a", 1, 1, 0, 0);
         assert_eq!((s.view.viewnum, s.lease_ms), (1, 0));
         let s = ping(&c, "a", 1, 2, 1, 1);
@@ -322,7 +328,7 @@ mod tests {
                 saved: Vec::new(),
             }),
             rules(),
-            false,
+            None,
         );
         ping(&c, "a", 1, 1, 0, 0);
         let err = c
@@ -358,7 +364,7 @@ mod tests {
 
     #[test]
     fn a_follower_points_at_the_leader() {
-        let c = Coordinator::new(Box::new(Follower), rules(), false);
+        let c = Coordinator::new(Box::new(Follower), rules(), None);
         let err = c.status().unwrap_err();
         assert_eq!(err.status(), 503);
         assert_eq!(err.body().leader.as_deref(), Some("10.0.0.9:7100"));
@@ -368,12 +374,12 @@ mod tests {
     #[test]
     fn a_new_term_starts_from_the_stored_state() {
         let mut store = MemoryStore::default();
-        let first = Coordinator::new(Box::new(MemoryStore::default()), rules(), false);
+        let first = Coordinator::new(Box::new(MemoryStore::default()), rules(), None);
         ping(&first, "a", 1, 1, 0, 0);
         ping(&first, "a", 1, 2, 1, 1);
         let p = first.lock().vs.as_ref().unwrap().persisted().clone();
         store.save(&p).unwrap();
-        let second = Coordinator::new(Box::new(store), rules(), false);
+        let second = Coordinator::new(Box::new(store), rules(), None);
         let s = second.status().unwrap();
         assert_eq!((s.view.viewnum, s.acked), (1, true));
         assert_eq!(s.service, first.status().unwrap().service);

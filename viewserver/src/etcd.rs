@@ -39,6 +39,8 @@ use self::gateway::{
     CallError, Gateway, KeepAliveMessage, KeyValue, LeaseGrantResponse, RangeResponse, TxnResponse,
     b64, unb64,
 };
+use crate::events::Observer;
+use crate::events::{ServiceEvent, emit};
 use crate::service::Persisted;
 use crate::store::{Leadership, Store, StoreError, Undecodable, decode_state, encode_state};
 
@@ -61,12 +63,12 @@ pub struct EtcdConfig {
     pub poll: Duration,
     /// Bound on one call to one endpoint.
     pub timeout: Duration,
-    /// Say on stderr when etcd stops answering and when it answers again.
-    pub log: bool,
+    /// Told when etcd stops answering and when it answers again.
+    pub events: Option<Observer>,
 }
 
 impl EtcdConfig {
-    /// Defaults: TTL 2 s, poll every 100 ms, 500 ms per call, no logging.
+    /// Defaults: TTL 2 s, poll every 100 ms, 500 ms per call, no observer.
     pub fn new(
         endpoints: Vec<String>,
         prefix: impl Into<String>,
@@ -79,7 +81,7 @@ impl EtcdConfig {
             lease_ttl: Duration::from_secs(2),
             poll: Duration::from_millis(100),
             timeout: Duration::from_millis(500),
-            log: false,
+            events: None,
         }
     }
 }
@@ -105,7 +107,7 @@ struct Shared {
     state_key: String,
     ttl_secs: i64,
     poll: Duration,
-    log: bool,
+    events: Option<Observer>,
     stopped: AtomicBool,
     election: Mutex<Election>,
 }
@@ -233,7 +235,7 @@ impl EtcdStore {
             state_key: format!("{prefix}/state"),
             ttl_secs,
             poll: cfg.poll.max(Duration::from_millis(1)),
-            log: cfg.log,
+            events: cfg.events.clone(),
             stopped: AtomicBool::new(false),
             election: Mutex::new(Election::default()),
         });
@@ -425,12 +427,15 @@ fn run(shared: &Shared, wake: &mpsc::Receiver<()>, mut lease: Option<Lease>) {
             return;
         }
         let r = step(shared, &mut lease);
-        if shared.log {
-            match (&r, failing) {
-                (Err(e), false) => eprintln!("viewserver: etcd: {e}"),
-                (Ok(()), true) => eprintln!("viewserver: etcd answers again"),
-                _ => {}
-            }
+        match (&r, failing) {
+            (Err(e), false) => emit(
+                shared.events.as_ref(),
+                ServiceEvent::EtcdFailing {
+                    error: e.to_string(),
+                },
+            ),
+            (Ok(()), true) => emit(shared.events.as_ref(), ServiceEvent::EtcdAnswersAgain),
+            _ => {}
         }
         failing = r.is_err();
         let mut wait = shared.poll;

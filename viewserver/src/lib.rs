@@ -12,6 +12,7 @@
 //! - [`coordinator`]: rules + store + leases in time, for one process.
 //! - [`http`], [`api`], [`server`]: the HTTP/JSON front end.
 //! - [`client`]: what nodes and `understudy view` use to talk to it.
+//! - [`events`]: what it tells its operator (it prints nothing itself).
 //!
 //! The API and rules are documented in `docs/viewserver.md`.
 
@@ -21,6 +22,7 @@ pub mod api;
 pub mod client;
 pub mod coordinator;
 pub mod etcd;
+pub mod events;
 pub mod http;
 pub mod node;
 pub mod server;
@@ -31,6 +33,7 @@ pub use api::{ApiError, PingRequest};
 pub use client::{ClientError, get_view, ping};
 pub use coordinator::{Coordinator, Rules};
 pub use etcd::{EtcdConfig, EtcdStore};
+pub use events::{Observer, ServiceEvent};
 pub use server::{Config, ServerError, ViewServer};
 pub use service::{MAX_SERVER_NAME, MAX_TRACKED_SERVERS, Persisted, Status, View, ViewService};
 pub use store::{FileStore, Leadership, MemoryStore, Store, StoreError};

@@ -23,6 +23,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::api::{ApiError, ErrorBody, error_json, parse_ping};
 use crate::coordinator::{Coordinator, Rules};
+use crate::events::Observer;
 use crate::http::{HttpError, MAX_REQUEST, Parsed, Request, RequestParser, encode_response};
 use crate::service::Status;
 use crate::store::{Store, StoreError};
@@ -49,8 +50,8 @@ pub struct Config {
     /// idle the longest (or, if none is idle, the oldest partial request);
     /// none is ever refused.
     pub max_connections: usize,
-    /// Print view changes to stderr.
-    pub log_view_changes: bool,
+    /// Receives leadership and view changes (see [`crate::events`]); nothing if `None`.
+    pub events: Option<Observer>,
 }
 
 impl Config {
@@ -65,7 +66,7 @@ impl Config {
             request_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(30),
             max_connections: 1024,
-            log_view_changes: true,
+            events: None,
         }
     }
 }
@@ -182,7 +183,7 @@ impl ViewServer {
             backup_ticks: u32::try_from(ticks).unwrap_or(u32::MAX).max(1),
             lease: Rules::lease_for(config.dead_pings, config.ping_interval),
         };
-        let coordinator = Coordinator::new(store, rules, config.log_view_changes);
+        let coordinator = Coordinator::new(store, rules, config.events.clone());
         coordinator.load()?;
         Ok(ViewServer {
             listener: TcpListener::from_std(listener),
@@ -798,14 +799,13 @@ mod tests {
 
     fn shared() -> Shared {
         let mut config = Config::new("127.0.0.1:0");
-        config.log_view_changes = false;
         let rules = Rules {
             dead_pings: 3,
             backup_ticks: 10,
             lease: Duration::from_millis(100),
         };
         Shared {
-            coordinator: Coordinator::new(Box::new(crate::MemoryStore::default()), rules, false),
+            coordinator: Coordinator::new(Box::new(crate::MemoryStore::default()), rules, None),
             config,
         }
     }
@@ -908,7 +908,6 @@ mod tests {
     /// A real server on loopback with the given front-end limits.
     fn serve(request: Duration, idle: Duration, max: usize) -> SocketAddr {
         let mut config = Config::new("127.0.0.1:0");
-        config.log_view_changes = false;
         config.ping_interval = Duration::from_secs(3600);
         config.request_timeout = request;
         config.idle_timeout = idle;
