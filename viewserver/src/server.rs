@@ -798,7 +798,7 @@ mod tests {
     use std::net::TcpStream as StdStream;
 
     fn shared() -> Shared {
-        let mut config = Config::new("127.0.0.1:0");
+        let config = Config::new("127.0.0.1:0");
         let rules = Rules {
             dead_pings: 3,
             backup_ticks: 10,
