@@ -13,7 +13,9 @@ use logging_channel::format::CounterKind;
 /// At which privilege levels interrupts may land mid-execution on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrecisePolicy {
+    /// Interrupts may land mid-execution in kernel code.
     pub cpl0: bool,
+    /// Interrupts may land mid-execution in user code.
     pub cpl3: bool,
 }
 
@@ -29,11 +31,14 @@ impl Default for PrecisePolicy {
 }
 
 impl PrecisePolicy {
+    /// Interrupts land only at guest exits.
     pub const NONE: Self = Self {
         cpl0: false,
         cpl3: false,
     };
 
+    /// Whether an interrupt may land mid-execution at privilege level `cpl`: never without a
+    /// counter, since replay could not find the place again.
     pub fn allows(&self, cpl: u8, counter: CounterKind) -> bool {
         if counter == CounterKind::None {
             return false;
@@ -50,7 +55,10 @@ impl PrecisePolicy {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ApproachStep {
     /// Let the guest run and kick it after this many nanoseconds.
-    Kick { after_ns: u64 },
+    Kick {
+        /// Timer delay in ns.
+        after_ns: u64,
+    },
     /// Run to the recorded `rip` with a hardware breakpoint.
     Breakpoint,
     /// Execute exactly one instruction.
@@ -88,7 +96,7 @@ impl Default for ApproachTuning {
 
 impl ApproachTuning {
     /// For a replay that cannot afford an overshoot (a live stream) or a second attempt after
-    /// one: aims at a sixth of the distance and assumes kicks may come 100 µs late.
+    /// one: aims at under a sixth of the distance and assumes kicks may come 100 µs late.
     pub fn cautious() -> Self {
         Self {
             aim: 0.15,
@@ -166,6 +174,7 @@ impl RateEstimate {
     /// Samples after which the measured rate alone is planned with.
     const WARM_UP: u32 = 512;
 
+    /// An estimate with no samples, planning at `t.initial_insn_ns`.
     pub fn new(t: &ApproachTuning) -> Self {
         Self {
             fastest: f64::INFINITY,
