@@ -2,6 +2,7 @@
 //! it (shared by log files and, later, the TCP logging channel), and a thin
 //! file layer. The byte-level spec is `docs/log-format.md`.
 
+#![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod codec;

@@ -10,7 +10,11 @@ use crate::service::{MAX_SERVER_NAME, Ping, PingError};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PingRequest {
+    /// The sender's server name, as views name it (1–`MAX_SERVER_NAME` bytes, no control
+    /// characters).
     pub server: String,
+    /// The newest view the sender has received (0: none yet); a primary acknowledges a view by
+    /// pinging with its number.
     pub viewnum: u64,
     /// The sender's process identity: nonzero, larger at every start (a smaller one than the
     /// service has seen is refused).
@@ -40,6 +44,7 @@ impl PingRequest {
 /// Every error answer's body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// What went wrong, for people.
     pub error: String,
     /// With 503 from a viewserver that does not lead: the one that does,
     /// if known, so a client can go there.
@@ -50,12 +55,20 @@ pub struct ErrorBody {
 /// Why a request was not answered with a view.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
+    /// The ping body is not valid JSON of a `PingRequest` or breaks its rules (empty or overlong
+    /// name, incarnation 0): 400.
     #[error("{0}")]
     BadRequest(String),
+    /// The service refuses the ping (a replaced incarnation): 409.
     #[error(transparent)]
     Refused(#[from] PingError),
+    /// This viewserver does not act for the service (another leads, or none does yet): 503.
     #[error("this viewserver does not lead the view service{}", leader.as_ref().map(|l| format!("; {l} does")).unwrap_or_default())]
-    NotLeader { leader: Option<String> },
+    NotLeader {
+        /// The address of the viewserver that leads, if known.
+        leader: Option<String>,
+    },
+    /// The service's state could not be loaded or stored, so nothing may be answered: 503.
     #[error("the view service cannot store its state: {0}")]
     Unavailable(String),
 }

@@ -16,54 +16,90 @@ use crate::service::Status;
 /// Why a request to the view service got no view.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The address could not be resolved (DNS, bad syntax).
     #[error("cannot resolve viewserver address {addr}")]
     Resolve {
+        /// The address as given.
         addr: String,
+        /// What the resolver said.
         #[source]
         source: io::Error,
     },
+    /// The address resolved to no socket address (or the client was given none).
     #[error("viewserver address {addr} resolves to nothing")]
-    NoAddress { addr: String },
+    NoAddress {
+        /// The address as given.
+        addr: String,
+    },
+    /// No resolved address accepted a connection before the deadline.
     #[error("cannot reach viewserver at {addr}: {source}")]
     Connect {
+        /// The address as given.
         addr: String,
+        /// The last connection attempt's error.
         #[source]
         source: io::Error,
     },
+    /// The connection's timeouts could not be set. Not returned at present: the request path
+    /// reports such failures as `Send` or `Receive`.
     #[error("cannot set timeouts on the connection to viewserver at {addr}")]
     Timeouts {
+        /// The address as given.
         addr: String,
+        /// What the OS said.
         #[source]
         source: io::Error,
     },
+    /// Writing the request failed or did not finish before the deadline.
     #[error("cannot send the request to viewserver at {addr}: {source}")]
     Send {
+        /// The address as given.
         addr: String,
+        /// What the OS said.
         #[source]
         source: io::Error,
     },
+    /// The response did not arrive whole before the deadline, or the connection closed or failed
+    /// first.
     #[error("no complete response from viewserver at {addr}: {source}")]
     Receive {
+        /// The address as given.
         addr: String,
+        /// What the OS said.
         #[source]
         source: io::Error,
     },
+    /// The response is not well-formed HTTP (or too large).
     #[error("malformed response from viewserver at {addr}: {detail}")]
-    BadResponse { addr: String, detail: String },
+    BadResponse {
+        /// The address as given.
+        addr: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The viewserver answered with an error status (4xx: the request is wrong and retrying
+    /// elsewhere will not help; 503: it does not lead or cannot store).
     #[error("viewserver at {addr} answered {status}: {message}")]
     Status {
+        /// The address as given.
         addr: String,
+        /// The HTTP status.
         status: u16,
+        /// The error body's `error`, or the start of the body if it has none.
         message: String,
         /// With 503 from a viewserver that does not lead: the one that does.
         leader: Option<String>,
     },
+    /// A 200 answer whose body is not a view status.
     #[error("viewserver at {addr} answered a body that is not a view")]
     BadView {
+        /// The address as given.
         addr: String,
+        /// Why it did not parse.
         #[source]
         source: serde_json::Error,
     },
+    /// The ping request could not be serialised (never expected).
     #[error("cannot encode the ping request")]
     Encode(#[source] serde_json::Error),
 }

@@ -42,30 +42,48 @@ pub struct Request {
 /// follow a malformed request cannot be trusted to start a new one).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {
+    /// The whole request did not arrive within the request timeout (given): 408.
     #[error("the request did not arrive within {0:?}")]
     Timeout(Duration),
+    /// The client closed the connection inside the request head (bytes received): 400.
     #[error("connection closed in the middle of the request head ({0} bytes)")]
     TruncatedHead(usize),
+    /// The request head exceeds `MAX_HEAD` bytes: 431.
     #[error("request head exceeds {MAX_HEAD} bytes")]
     HeadTooLarge,
+    /// The request head is not UTF-8: 400.
     #[error("request head is not UTF-8")]
     HeadNotUtf8,
+    /// The request line is not `METHOD /path VERSION` with a token method (the line): 400.
     #[error("malformed request line {0:?}")]
     BadRequestLine(String),
+    /// A protocol other than HTTP/1.0 or HTTP/1.1 (the one given): 400.
     #[error("unsupported protocol version {0:?} (HTTP/1.0 or HTTP/1.1 only)")]
     BadVersion(String),
+    /// A header line without a colon, with a name that is no token, or with control characters in
+    /// its value (the line): 400.
     #[error("malformed header line {0:?}")]
     BadHeader(String),
+    /// More than `MAX_HEADERS` header lines: 431.
     #[error("more than {MAX_HEADERS} headers")]
     TooManyHeaders,
+    /// A `Content-Length` that is not a number, or several that disagree (the value): 400.
     #[error("invalid Content-Length {0:?}")]
     BadContentLength(String),
+    /// A `Transfer-Encoding` header: chunked bodies are not supported: 411.
     #[error("Transfer-Encoding is not supported; send a Content-Length")]
     TransferEncoding,
+    /// The announced body exceeds `MAX_BODY` bytes (the announced length): 413.
     #[error("body of {0} bytes exceeds the {MAX_BODY}-byte limit")]
     BodyTooLarge(u64),
+    /// The client closed the connection inside the body: 400.
     #[error("connection closed after {got} of {expected} body bytes")]
-    TruncatedBody { got: usize, expected: usize },
+    TruncatedBody {
+        /// Body bytes received.
+        got: usize,
+        /// Body bytes announced.
+        expected: usize,
+    },
 }
 
 impl HttpError {
@@ -95,7 +113,12 @@ pub enum Parsed {
     Incomplete,
     /// A request made of the first `len` bytes; what follows (a pipelined
     /// request) is the caller's to keep.
-    Complete { request: Request, len: usize },
+    Complete {
+        /// The parsed request.
+        request: Request,
+        /// Bytes it took, head and body.
+        len: usize,
+    },
 }
 
 /// A request head, kept once parsed so that a body arriving in pieces does

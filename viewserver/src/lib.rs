@@ -16,6 +16,7 @@
 //!
 //! The API and rules are documented in `docs/viewserver.md`.
 
+#![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod api;

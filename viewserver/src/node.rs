@@ -16,7 +16,9 @@ use crate::service::{Status, View};
 /// Who this node is: its name in views and its process identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Me<'a> {
+    /// The server name views use for this node.
     pub name: &'a str,
+    /// This process's identity: nonzero, larger at every start of the node.
     pub incarnation: u64,
 }
 
@@ -28,9 +30,15 @@ pub enum Holding {
     /// A backup's replica, installed from the primary of view `view` and
     /// kept current by its log stream (every entry it acknowledged is in
     /// it, or in its receive buffer on the way in).
-    Replica { view: u64 },
+    Replica {
+        /// The view whose primary sent the state.
+        view: u64,
+    },
     /// The running guest, as primary of view `view`.
-    Guest { view: u64 },
+    Guest {
+        /// The view it acknowledged as primary.
+        view: u64,
+    },
 }
 
 impl Holding {
@@ -62,7 +70,10 @@ pub enum Step {
     /// Be the view's backup. `keep`: the replica held is this view's and
     /// stays; otherwise drop whatever is held and wait for the primary's
     /// state.
-    Backup { keep: bool },
+    Backup {
+        /// The replica held is this view's and stays.
+        keep: bool,
+    },
     /// Not in the view: drop whatever is held and wait.
     Idle,
     /// The view names this node primary but it holds nothing and the view

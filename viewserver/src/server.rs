@@ -74,48 +74,70 @@ impl Config {
 /// Why the service could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The listening socket could not be bound to `addr`.
     #[error("cannot listen on {addr}")]
     Bind {
+        /// The address as configured.
         addr: String,
+        /// What the OS said.
         #[source]
         source: io::Error,
     },
+    /// The bound socket's address could not be read.
     #[error("cannot read the bound address of the listener on {addr}")]
     LocalAddr {
+        /// The address as configured.
         addr: String,
+        /// What the OS said.
         #[source]
         source: io::Error,
     },
+    /// Listening again with the server's larger connection backlog failed.
     #[error("cannot set the connection backlog of the listener on {addr}")]
     Backlog {
+        /// The address as configured.
         addr: String,
+        /// What the OS said.
         #[source]
         source: io::Error,
     },
+    /// The listener could not be made non-blocking, which the event loop needs.
     #[error("cannot make the listener on {addr} non-blocking")]
     Nonblocking {
+        /// The address as configured.
         addr: String,
+        /// What the OS said.
         #[source]
         source: io::Error,
     },
+    /// `Config::ping_interval` is below 1 ms.
     #[error("ping interval must be at least 1 ms")]
     ZeroInterval,
+    /// `Config::dead_pings` is 0.
     #[error("dead pings must be at least 1")]
     ZeroDeadPings,
+    /// A limit that must be nonzero is zero (its name).
     #[error("{0} must be nonzero")]
     ZeroLimit(&'static str),
+    /// The stored state could not be opened or loaded.
     #[error("cannot start from the stored view")]
     Store(#[from] StoreError),
+    /// A service thread could not be started.
     #[error("cannot start the {what} thread")]
     Spawn {
+        /// Which thread.
         what: &'static str,
+        /// What the OS said.
         #[source]
         source: io::Error,
     },
+    /// The event poller could not be created.
     #[error("cannot create the network event poller")]
     Poll(#[source] io::Error),
+    /// The listener could not be registered with the event poller.
     #[error("cannot register the listener with the event poller")]
     Register(#[source] io::Error),
+    /// Waiting for network events failed; the server stops serving.
     #[error("waiting for network events failed")]
     Wait(#[source] io::Error),
 }

@@ -29,13 +29,17 @@ pub const MAX_TRACKED_SERVERS: usize = 1024;
 /// means "none"; `viewnum` 0 is the view before any server pinged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct View {
+    /// The view's number: increases by one at every change.
     pub viewnum: u64,
+    /// The primary's server name; empty for none.
     pub primary: String,
+    /// The backup's server name; empty for none.
     pub backup: String,
     /// The primary's incarnation (its process identity); 0 for a server that
     /// does not send one.
     #[serde(default)]
     pub primary_incarnation: u64,
+    /// The backup's incarnation; 0 for none or a server that does not send one.
     #[serde(default)]
     pub backup_incarnation: u64,
     /// No history exists yet (no view was ever acknowledged): the primary
@@ -79,6 +83,7 @@ impl std::fmt::Display for View {
 /// and to `GET /view`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
+    /// The current view (flattened into the JSON object).
     #[serde(flatten)]
     pub view: View,
     /// The primary acknowledged this view (pinged with its number while
@@ -121,6 +126,7 @@ fn is_zero(n: &u64) -> bool {
 /// One ping, as the state machine sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Ping<'a> {
+    /// The sender's server name.
     pub server: &'a str,
     /// The sender's process identity: nonzero, and larger for every start of
     /// the same server (a larger one is a restart, a smaller one a process
@@ -144,6 +150,7 @@ pub struct Ping<'a> {
 /// The answer to a ping, before the server turns the lease into time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PingReply {
+    /// The answer for the sender.
     pub status: Status,
     /// The pinging server is the primary of an acknowledged view: it may
     /// act as primary for a lease from when it sent the ping.
@@ -153,14 +160,20 @@ pub struct PingReply {
 /// A ping that is refused rather than answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PingError {
+    /// The ping comes from an incarnation older than one the service has seen: a process that was
+    /// replaced, which must not act for its server any more.
     #[error(
         "incarnation {incarnation} of {server} was replaced by a later one ({current}); this process must not act for {server}"
     )]
     StaleIncarnation {
+        /// The server name.
         server: String,
+        /// The refused incarnation.
         incarnation: u64,
+        /// The newest incarnation seen for that server.
         current: u64,
     },
+    /// The ping names incarnation 0, which is reserved for "none".
     #[error("incarnation 0 is reserved; send a nonzero incarnation or none")]
     ZeroIncarnation,
 }
@@ -171,8 +184,11 @@ pub enum PingError {
 pub struct Persisted {
     /// Identity of this service's history; created once, never changed.
     pub service: u64,
+    /// The current view.
     pub view: View,
+    /// Its primary acknowledged it (see `Status::acked`).
     pub acked: bool,
+    /// Its backup holds its state (see `Status::backup_ready`).
     pub backup_ready: bool,
     /// Some view was ever acknowledged: a history exists, and no server
     /// without it may ever become primary.
@@ -436,6 +452,7 @@ impl ViewService {
             .collect()
     }
 
+    /// Consecutive ping intervals without a ping after which a server is dead (at least 1).
     pub fn dead_pings(&self) -> u32 {
         self.dead_pings
     }

@@ -19,56 +19,108 @@ pub enum Leadership {
     /// It leads, in term `term` (a new number whenever leadership is gained,
     /// so the coordinator knows to load the stored state afresh), until
     /// `until` if the store's lease may run out.
-    Leader { term: u64, until: Option<Instant> },
+    Leader {
+        /// Changes whenever leadership is gained.
+        term: u64,
+        /// When the lease runs out; `None` for a store without one (a data directory).
+        until: Option<Instant>,
+    },
     /// Another process leads (its address, if known) or nobody does.
-    Follower { leader: Option<String> },
+    Follower {
+        /// The leader's address, if known.
+        leader: Option<String>,
+    },
 }
 
 /// Why the state could not be loaded or stored.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The data directory could not be created.
     #[error("cannot create the data directory {path}")]
     CreateDir {
+        /// The directory.
         path: PathBuf,
+        /// What the OS said.
         #[source]
         source: io::Error,
     },
+    /// The data directory's lock file could not be opened or locked.
     #[error("cannot lock the data directory {path}")]
     Lock {
+        /// The directory.
         path: PathBuf,
+        /// What the OS said.
         #[source]
         source: io::Error,
     },
+    /// Another process holds the data directory's lock.
     #[error(
         "the data directory {path} is in use by another viewserver; give each one its own --data-dir"
     )]
-    InUse { path: PathBuf },
+    InUse {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The state file exists but could not be read.
     #[error("cannot read {path}")]
     Read {
+        /// The state file.
         path: PathBuf,
+        /// What the OS said.
         #[source]
         source: io::Error,
     },
+    /// The state file is not a stored state: refused rather than started afresh, which could boot a
+    /// second copy of the guest.
     #[error(
         "{path} is not a view service state ({detail}); refusing to start from nothing, which could boot a second copy of the guest: restore the file or give a new --data-dir"
     )]
-    Corrupt { path: PathBuf, detail: String },
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The state file has another format version than this build reads.
     #[error("{path} has state format {found}; this build reads format {FORMAT}")]
-    Format { path: PathBuf, found: u32 },
+    Format {
+        /// The state file.
+        path: PathBuf,
+        /// Its format version.
+        found: u32,
+    },
+    /// The state could not be written durably (write, fsync or rename failed).
     #[error("cannot write {path}")]
     Write {
+        /// The file that failed.
         path: PathBuf,
+        /// What the OS said.
         #[source]
         source: io::Error,
     },
+    /// etcd failed or could not be reached (what happened).
     #[error("etcd: {0}")]
     Etcd(String),
+    /// The etcd key holds something that is not a stored state; refused as `Corrupt` is.
     #[error(
         "etcd key {key} is not a view service state ({detail}); refusing to start from nothing, which could boot a second copy of the guest: restore the key or give a new --etcd-prefix"
     )]
-    EtcdCorrupt { key: String, detail: String },
+    EtcdCorrupt {
+        /// The key.
+        key: String,
+        /// What is wrong with its value.
+        detail: String,
+    },
+    /// The etcd key holds a state of another format version.
     #[error("etcd key {key} has state format {found}; this build reads format {FORMAT}")]
-    EtcdFormat { key: String, found: u32 },
+    EtcdFormat {
+        /// The key.
+        key: String,
+        /// Its format version.
+        found: u32,
+    },
+    /// A store was refused because this process no longer leads (another took over, or its lease
+    /// ran out).
     #[error("this viewserver no longer leads (another took over, or its lease ran out)")]
     NotLeader,
 }

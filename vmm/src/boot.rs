@@ -27,30 +27,50 @@ const LOW_RAM_END: u64 = 0x9_fc00;
 const PVH_MAGIC: u32 = 0x336e_c578;
 const E820_RAM: u32 = 1;
 
+/// Why a guest image could not be loaded into a fresh machine.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
+    /// The image is not an x86_64 ELF the loader can place.
     #[error("guest image is not a loadable x86_64 ELF: {0}")]
     Elf(#[source] linux_loader::loader::Error),
+    /// The ELF has no PVH entry note: it cannot be booted the way understudy boots guests.
     #[error(
         "guest image has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); understudy boots guests through PVH"
     )]
     NoPvhEntry,
+    /// The command line does not fit its page (with its NUL).
     #[error("guest command line is {len} bytes; at most {max} fit")]
-    CmdlineTooLong { len: usize, max: usize },
+    CmdlineTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The most that fits.
+        max: usize,
+    },
+    /// The command line contains a NUL, which would cut it short for the guest.
     #[error("guest command line contains a NUL byte")]
     CmdlineNul,
+    /// Writing the command line or the GDT into guest memory failed.
     #[error("writing boot data into guest memory failed")]
     Memory(#[source] vm_memory::GuestMemoryError),
+    /// Writing `hvm_start_info` and the memory map failed.
     #[error("writing hvm_start_info failed")]
     StartInfo(#[source] linux_loader::configurator::Error),
+    /// The image (plus 1 MiB of headroom) does not fit in guest memory.
     #[error("guest memory of {mib} MiB is too small for the image (needs at least {need_mib} MiB)")]
-    TooSmall { mib: u64, need_mib: u64 },
+    TooSmall {
+        /// Guest memory in MiB.
+        mib: u64,
+        /// The least that would do, in MiB.
+        need_mib: u64,
+    },
 }
 
 /// Where execution starts and what the loaded image occupies.
 #[derive(Debug, Clone, Copy)]
 pub struct BootInfo {
+    /// Guest-physical address of the PVH entry point.
     pub entry: u64,
+    /// Guest-physical address just past the loaded image.
     pub kernel_end: u64,
 }
 

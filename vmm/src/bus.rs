@@ -11,10 +11,15 @@ use crate::devices::{DeviceEnv, DeviceStateError, DevicesState, PioDevice};
 /// The standard PC devices of an understudy guest.
 #[derive(Debug)]
 pub struct Devices {
+    /// The 8259A pair at 0x20 and 0xa0.
     pub pic: DualPic,
+    /// The 8254 timer at 0x40..=0x43.
     pub pit: Pit,
+    /// The CMOS RTC at 0x70/0x71.
     pub rtc: Rtc,
+    /// COM1 at 0x3f8: the guest console.
     pub serial: Serial,
+    /// The isa-debug-exit port at 0xf4: how a guest powers off with an exit code.
     pub debug_exit: DebugExit,
 }
 
@@ -68,8 +73,10 @@ const PC_LAYOUT: [PortRange; 6] = [
     },
 ];
 
+/// The port-I/O bus: routes each access to the device that decodes the port.
 #[derive(Debug)]
 pub struct Bus {
+    /// Every device, for the VMM's direct use (interrupts, console output, exit requests).
     pub devices: Devices,
     /// Accesses to ports nothing decodes (reads float high, writes vanish, as on a PC).
     pub unclaimed_accesses: u64,
@@ -82,6 +89,7 @@ impl Default for Bus {
 }
 
 impl Bus {
+    /// A bus with every device in its power-on state.
     pub fn new() -> Self {
         Self {
             devices: Devices {
@@ -109,6 +117,7 @@ impl Bus {
         })
     }
 
+    /// A guest read of `port`; `data.len()` is the access width.
     pub fn read(&mut self, port: u16, data: &mut [u8], env: &mut dyn DeviceEnv) {
         match self.device(port) {
             Some(dev) => dev.read(port, data, env),
@@ -120,6 +129,7 @@ impl Bus {
         self.route_uart_interrupt();
     }
 
+    /// A guest write of `data` to `port`.
     pub fn write(&mut self, port: u16, data: &[u8], env: &mut dyn DeviceEnv) {
         match self.device(port) {
             Some(dev) => dev.write(port, data, env),

@@ -10,6 +10,7 @@ pub trait HostClock: Send + Sync + std::fmt::Debug {
     fn wall_unix_secs(&self) -> u64;
 }
 
+/// The recorder's clock: host monotonic time since creation (plus a base), and host wall time.
 #[derive(Debug, Clone, Copy)]
 pub struct SystemClock {
     start: Instant,
@@ -18,6 +19,7 @@ pub struct SystemClock {
 }
 
 impl SystemClock {
+    /// A clock that reads 0 now.
     pub fn new() -> Self {
         Self::continuing(0)
     }

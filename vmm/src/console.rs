@@ -5,10 +5,13 @@ use std::io::Write;
 
 use crate::bus::Bus;
 
+/// Everything the guest's console has produced so far, as a count and a hash: what the state
+/// check compares and a backup continues from.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ConsoleStream {
     /// `xxh3_64_with_seed(chunk, previous)` over each exit's output (docs/log-format.md).
     pub hash: u64,
+    /// Bytes forwarded since the guest started.
     pub bytes: u64,
 }
 
@@ -32,7 +35,9 @@ impl ConsoleStream {
 /// What one [`ConsoleStream::forward`] moved.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Forwarded {
+    /// Bytes moved.
     pub bytes: usize,
+    /// Whether they included a line end (a replicating primary then logs an `Output` entry).
     pub newline: bool,
 }
 

@@ -8,16 +8,24 @@ use crate::vcpu::regs_from_kvm;
 /// The fields of a `Digest` entry, taken from the machine as it stands at an exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateDigest {
+    /// General registers, rip and rflags.
     pub regs: Regs,
+    /// Control register 0.
     pub cr0: u64,
+    /// Control register 3 (the page-table root).
     pub cr3: u64,
+    /// Control register 4.
     pub cr4: u64,
+    /// The EFER MSR.
     pub efer: u64,
+    /// xxh3-64 of all guest memory.
     pub mem_hash: u64,
+    /// `Bus::state_hash`: every device's guest-visible state.
     pub devices_hash: u64,
 }
 
 impl StateDigest {
+    /// Takes the digest of `machine` as of its last exit (hashing all of memory: not cheap).
     pub fn take(machine: &Machine) -> Self {
         let sregs = machine.vcpu.sregs();
         Self {
@@ -31,6 +39,7 @@ impl StateDigest {
         }
     }
 
+    /// The `Digest` entry for this digest at `pos`.
     pub fn into_entry(self, pos: Position) -> Entry {
         Entry::Digest {
             pos,
@@ -44,6 +53,7 @@ impl StateDigest {
         }
     }
 
+    /// The digest a `Digest` entry holds; `None` for other entries.
     pub fn from_entry(entry: &Entry) -> Option<Self> {
         match entry {
             Entry::Digest {
@@ -110,6 +120,7 @@ pub fn named_regs(r: &Regs) -> [(&'static str, u64); Regs::COUNT] {
     std::array::from_fn(|i| (Regs::NAMES[i], values[i]))
 }
 
+/// One line per register that differs, `recorded` first; empty when all are equal.
 pub fn regs_differences(recorded: &Regs, replayed: &Regs) -> Vec<String> {
     named_regs(recorded)
         .iter()

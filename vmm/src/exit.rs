@@ -10,7 +10,12 @@ use crate::devices::DeviceEnv;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
     /// Guest-initiated: port or MMIO access, already carried out on the bus.
-    Io { port: u64, write: bool },
+    Io {
+        /// The I/O port, or the guest-physical address for MMIO.
+        port: u64,
+        /// A write (else a read).
+        write: bool,
+    },
     /// Guest-initiated: `hlt` (rip already past it).
     Halt,
     /// Triple fault.
@@ -18,7 +23,10 @@ pub enum Stop {
     /// The VMM stopped the vCPU (kick signal or `immediate_exit`): not caused by the guest.
     Kicked,
     /// A guest-debug event (breakpoint or single step) the VMM asked for.
-    Debug { pc: u64 },
+    Debug {
+        /// Where the guest stopped.
+        pc: u64,
+    },
 }
 
 impl Stop {
@@ -35,20 +43,30 @@ pub fn trace_guest_exit(exits: u64, counter: &dyn crate::vcpu::counter::InsnCoun
     tracing::trace!(exits, counter = counter.read().unwrap_or(0), rip, "EXIT");
 }
 
+/// A `KVM_RUN` result the VMM cannot continue from.
 #[derive(Debug, thiserror::Error)]
 pub enum ExitError {
+    /// The `KVM_RUN` ioctl itself failed (other than by a kick's EINTR).
     #[error("KVM_RUN failed")]
     Run(#[source] std::io::Error),
+    /// KVM could not emulate the guest's instruction (PVM emulates all CPL0 code).
     #[error(
         "KVM reported an internal error (the host's instruction emulator could not run the guest's instruction)"
     )]
     Internal,
+    /// The CPU refused to enter the guest (invalid guest state).
     #[error("VM entry failed (hardware reason {reason:#x})")]
-    FailEntry { reason: u64 },
+    FailEntry {
+        /// The hardware's entry-failure reason.
+        reason: u64,
+    },
+    /// An exit this VMM does not handle, or a debug exit nobody asked for (which one).
     #[error("unexpected VM exit: {0}")]
     Unexpected(String),
 }
 
+/// Carries out a `KVM_RUN` result: port I/O goes to `bus` (which may ask `env` for inputs),
+/// MMIO reads float high; says why the vCPU stopped. EINTR and EAGAIN are kicks.
 pub fn handle_exit(
     result: Result<VcpuExit<'_>, kvm_ioctls::Error>,
     bus: &mut Bus,

@@ -1,5 +1,6 @@
 //! understudy's VMM: one uniprocessor KVM guest on standard PC devices, run live, recorded, or
 //! replayed from a log. See docs/design.md for threads, data flow and position semantics.
+#![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod boot;

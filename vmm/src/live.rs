@@ -25,12 +25,14 @@ use crate::vcpu::{cpl, regs_from_kvm};
 /// PIT interrupts arrive on line 0 of the master 8259.
 pub const TIMER_IRQ: u8 = 0;
 
+/// How a live run (plain or recording) delivers interrupts and keeps its log.
 #[derive(Debug, Clone)]
 pub struct LiveOptions {
     /// How long a tick may wait for a guest exit before the vCPU is stopped to take it.
     pub interrupt_bound: Duration,
     /// Time between state digests (recording only).
     pub digest_interval: Duration,
+    /// Where interrupts may land mid-execution on this host.
     pub precise: PrecisePolicy,
     /// Flush the log at least this often, so a crash loses little.
     pub flush_interval: Duration,
@@ -74,7 +76,9 @@ impl DeviceEnv for RecordEnv<'_> {
 /// live where its replay stopped.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LiveStart {
+    /// Guest exits so far: the next exit is `exits + 1`.
     pub exits: u64,
+    /// The console as far as it went (for the state checks of what is logged next).
     pub console: ConsoleStream,
     /// The guest is halted at exit `exits`, waiting for an interrupt.
     pub halted: bool,

@@ -14,29 +14,45 @@ pub const MAX_MEM_MIB: u32 = 3072;
 /// Smallest guest the built-in image boots in.
 pub const MIN_MEM_MIB: u32 = 4;
 
+/// Why a machine could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
+    /// `/dev/kvm` could not be opened.
     #[error("cannot open /dev/kvm (is KVM available and are you allowed to use it?)")]
     OpenKvm(#[source] kvm_ioctls::Error),
+    /// KVM would not create a VM.
     #[error("KVM_CREATE_VM failed")]
     CreateVm(#[source] kvm_ioctls::Error),
+    /// KVM would not create the vCPU.
     #[error("KVM_CREATE_VCPU failed")]
     CreateVcpu(#[source] kvm_ioctls::Error),
+    /// The host's supported CPUID could not be read.
     #[error("KVM_GET_SUPPORTED_CPUID failed")]
     GetCpuid(#[source] kvm_ioctls::Error),
+    /// The vCPU refused the filtered CPUID.
     #[error("KVM_SET_CPUID2 failed")]
     SetCpuid(#[source] kvm_ioctls::Error),
+    /// The memory size is outside `MIN_MEM_MIB..=MAX_MEM_MIB`.
     #[error("guest memory size {mib} MiB is out of range ({MIN_MEM_MIB}..={MAX_MEM_MIB})")]
-    MemSize { mib: u32 },
+    MemSize {
+        /// The size asked for, in MiB.
+        mib: u32,
+    },
+    /// The host could not map that much guest memory.
     #[error("allocating {mib} MiB of guest memory failed")]
     AllocMemory {
+        /// The size asked for, in MiB.
         mib: u32,
+        /// What the mapping said.
         source: vm_memory::mmap::FromRangesError,
     },
+    /// KVM would not take the memory slot.
     #[error("KVM_SET_USER_MEMORY_REGION failed")]
     SetMemory(#[source] kvm_ioctls::Error),
+    /// The image could not be loaded.
     #[error(transparent)]
     Boot(#[from] BootError),
+    /// Setting the vCPU's entry registers failed.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
 }
@@ -44,24 +60,37 @@ pub enum MachineError {
 /// What to boot.
 #[derive(Debug, Clone)]
 pub struct MachineConfig<'a> {
+    /// Guest memory in MiB (`MIN_MEM_MIB..=MAX_MEM_MIB`).
     pub mem_mib: u32,
+    /// The guest's ELF image (PVH entry).
     pub image: &'a [u8],
+    /// The guest's command line.
     pub cmdline: String,
 }
 
+/// One guest: a KVM VM with one vCPU, memory in one slot at guest-physical 0, the PC devices,
+/// and the image booted (the vCPU at its entry point).
 #[derive(Debug)]
 pub struct Machine {
     // Field order matters for drop: the vCPU goes before the VM, the VM before memory.
+    /// The one vCPU.
     pub vcpu: Vcpu,
+    /// The VM.
     pub vm: VmFd,
+    /// `/dev/kvm`: MSR lists for state saving, and the VM descriptor a transfer thread duplicates.
     pub kvm: Kvm,
+    /// Guest memory.
     pub mem: GuestMemoryMmap,
+    /// The devices.
     pub bus: Bus,
+    /// The best instruction counter this host offers (`NoCounter` if none).
     pub counter: Box<dyn InsnCounter + Send>,
+    /// Where the image was loaded.
     pub boot: BootInfo,
 }
 
 impl Machine {
+    /// Creates the VM, loads `cfg.image` with its command line and sets the vCPU at the entry.
     pub fn new(cfg: &MachineConfig<'_>) -> Result<Self, MachineError> {
         if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&cfg.mem_mib) {
             return Err(MachineError::MemSize { mib: cfg.mem_mib });

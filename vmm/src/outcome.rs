@@ -8,14 +8,19 @@ use crate::sink::SinkError;
 use crate::vcpu::counter::CounterError;
 use crate::vcpu::{Vcpu, VcpuError, regs_from_kvm};
 
+/// How a run that did not fail ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The guest wrote `code` to the isa-debug-exit port.
-    PowerOff { code: u32 },
+    PowerOff {
+        /// The value written, zero-extended.
+        code: u32,
+    },
     /// The recording was stopped before the guest finished (replay reached that point).
     Stopped,
 }
 
+/// What a run did and cost, for reports and benchmarks.
 #[derive(Debug, Clone, Default)]
 pub struct RunStats {
     /// Guest-initiated exits.
@@ -24,12 +29,17 @@ pub struct RunStats {
     pub stops: u64,
     /// Kicked stops where an interrupt was pending but could not land (CPL3 or no counter).
     pub deferred_stops: u64,
+    /// Interrupts injected at a guest exit.
     pub interrupts_at_exit: u64,
+    /// Interrupts injected mid-execution, after a kick.
     pub interrupts_precise: u64,
+    /// Digests taken (recording) or verified (replay).
     pub digests: u64,
+    /// Entries logged (recording; a replay counts them in `ReplayReport::entries`).
     pub entries: u64,
     /// Time the guest spent halted, waiting for a tick.
     pub idle: Duration,
+    /// Wall-clock time of the whole run.
     pub wall: Duration,
     /// Replay only: time spent stopping at recorded positions.
     pub approach: Duration,
@@ -39,37 +49,63 @@ pub struct RunStats {
     pub approach_kicks: u64,
 }
 
+/// Why a run stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// An exit the VMM could not handle, reported without the guest's state.
     #[error(transparent)]
     Exit(#[from] ExitError),
+    /// An exit the VMM could not handle, with the guest's state to diagnose it.
     #[error("{source}; guest state:\n{regs}\n{detail}")]
     GuestFailed {
+        /// What went wrong.
         source: ExitError,
+        /// The general registers, formatted.
         regs: String,
+        /// Control registers, CS and the bytes at rip, formatted.
         detail: String,
     },
+    /// A vCPU ioctl failed.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// Reading the instruction counter failed.
     #[error("reading the instruction counter failed")]
     Counter(#[from] CounterError),
+    /// The log sink failed, or this node is no longer primary.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// Installing the kick signal handler failed.
     #[error("installing the vCPU kick signal handler failed")]
     Signal(#[source] std::io::Error),
+    /// Creating, arming or disarming the kick timer failed.
     #[error("creating or arming the vCPU kick timer failed")]
     Timer(#[source] std::io::Error),
+    /// A helper thread (the PIT ticker) could not be started.
     #[error("starting a VMM thread failed")]
     Thread(#[source] std::io::Error),
+    /// Writing the guest's console output failed.
     #[error("writing guest console output failed")]
     Console(#[source] std::io::Error),
+    /// The guest triple-faulted (KVM's shutdown exit).
     #[error("guest triple fault (shutdown); registers at the fault:\n{regs}\n{sregs}")]
-    TripleFault { regs: String, sregs: String },
+    TripleFault {
+        /// The general registers, formatted.
+        regs: String,
+        /// Control registers, CS and the IDT, formatted.
+        sregs: String,
+    },
+    /// The guest halted where nothing can ever wake it.
     #[error("guest halted forever ({why}); registers:\n{regs}")]
-    Halted { why: &'static str, regs: String },
+    Halted {
+        /// Interrupts disabled, or no timer programmed and none pending.
+        why: &'static str,
+        /// The general registers, formatted.
+        regs: String,
+    },
 }
 
 impl RunError {
+    /// `TripleFault` with the vCPU's registers as of the exit.
     pub fn triple_fault(vcpu: &Vcpu) -> Self {
         let s = vcpu.sregs();
         RunError::TripleFault {
@@ -122,6 +158,7 @@ impl RunError {
         }
     }
 
+    /// `Halted` for `why`, with the vCPU's registers as of the exit.
     pub fn halted(vcpu: &Vcpu, why: &'static str) -> Self {
         RunError::Halted {
             why,

@@ -13,7 +13,9 @@ use logging_channel::format::CounterKind;
 /// At which privilege levels interrupts may land mid-execution on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrecisePolicy {
+    /// Interrupts may land mid-execution in kernel code.
     pub cpl0: bool,
+    /// Interrupts may land mid-execution in user code.
     pub cpl3: bool,
 }
 
@@ -29,11 +31,14 @@ impl Default for PrecisePolicy {
 }
 
 impl PrecisePolicy {
+    /// Interrupts land only at guest exits.
     pub const NONE: Self = Self {
         cpl0: false,
         cpl3: false,
     };
 
+    /// Whether an interrupt may land mid-execution at privilege level `cpl`: never without a
+    /// counter, since replay could not find the place again.
     pub fn allows(&self, cpl: u8, counter: CounterKind) -> bool {
         if counter == CounterKind::None {
             return false;
@@ -50,7 +55,10 @@ impl PrecisePolicy {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ApproachStep {
     /// Let the guest run and kick it after this many nanoseconds.
-    Kick { after_ns: u64 },
+    Kick {
+        /// Timer delay in ns.
+        after_ns: u64,
+    },
     /// Run to the recorded `rip` with a hardware breakpoint.
     Breakpoint,
     /// Execute exactly one instruction.
@@ -88,7 +96,7 @@ impl Default for ApproachTuning {
 
 impl ApproachTuning {
     /// For a replay that cannot afford an overshoot (a live stream) or a second attempt after
-    /// one: aims at a sixth of the distance and assumes kicks may come 100 µs late.
+    /// one: aims at under a sixth of the distance and assumes kicks may come 100 µs late.
     pub fn cautious() -> Self {
         Self {
             aim: 0.15,
@@ -166,6 +174,7 @@ impl RateEstimate {
     /// Samples after which the measured rate alone is planned with.
     const WARM_UP: u32 = 512;
 
+    /// An estimate with no samples, planning at `t.initial_insn_ns`.
     pub fn new(t: &ApproachTuning) -> Self {
         Self {
             fastest: f64::INFINITY,
@@ -231,7 +240,7 @@ mod tests {
         for insn_ns in [150.0, 280.0, 1000.0, 3000.0] {
             for remaining in (0..2_000_000u64).step_by(997) {
                 if let ApproachStep::Kick { after_ns } = plan(remaining, insn_ns, &t) {
-                    // Up to 1/aim (~2.9x) faster than estimated still stops short.
+                    // Up to 1/aim (2.5x) faster than estimated still stops short.
                     let worst = (after_ns as f64 + t.kick_latency_ns) / (insn_ns * t.aim * 1.0001);
                     assert!(
                         worst <= remaining as f64,
@@ -318,5 +327,102 @@ mod tests {
     fn cautious_tuning_aims_shorter_and_expects_later_kicks() {
         let (d, c) = (ApproachTuning::default(), ApproachTuning::cautious());
         assert!(c.aim < d.aim && c.kick_latency_ns > d.kick_latency_ns);
+    }
+
+    /// docs/design.md quotes the approach tuning in a table, one row per constant: changing a
+    /// constant without its row (or a row without its constant) fails here.
+    #[test]
+    fn design_md_quotes_the_approach_tuning() {
+        const DESIGN: &str = include_str!("../../docs/design.md");
+        let (d, c, f) = (
+            ApproachTuning::default(),
+            ApproachTuning::cautious(),
+            ApproachTuning::final_stretch(),
+        );
+        let code: [(&str, f64); 10] = [
+            ("ApproachTuning::default().aim", d.aim),
+            (
+                "ApproachTuning::default().kick_latency_ns",
+                d.kick_latency_ns,
+            ),
+            ("ApproachTuning::default().min_kick_ns", d.min_kick_ns),
+            (
+                "ApproachTuning::default().single_step_within",
+                d.single_step_within as f64,
+            ),
+            (
+                "ApproachTuning::default().initial_insn_ns",
+                d.initial_insn_ns,
+            ),
+            ("RateEstimate::WARM_UP", f64::from(RateEstimate::WARM_UP)),
+            ("ApproachTuning::cautious().aim", c.aim),
+            (
+                "ApproachTuning::cautious().kick_latency_ns",
+                c.kick_latency_ns,
+            ),
+            ("ApproachTuning::final_stretch().aim", f.aim),
+            (
+                "ApproachTuning::final_stretch().kick_latency_ns",
+                f.kick_latency_ns,
+            ),
+        ];
+        // Rows look like "| `ApproachTuning::default().aim` | 0.4 | meaning |".
+        let mut quoted: Vec<(&str, &str)> = Vec::new();
+        for line in DESIGN.lines() {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let Some(name) = cells
+                .get(1)
+                .and_then(|c| c.strip_prefix('`'))
+                .and_then(|c| c.strip_suffix('`'))
+            else {
+                continue;
+            };
+            if name.starts_with("ApproachTuning::") || name.starts_with("RateEstimate::") {
+                quoted.push((name, cells.get(2).copied().unwrap_or("")));
+            }
+        }
+        let mut wrong = Vec::new();
+        for (name, value) in &code {
+            let rows: Vec<&str> = quoted
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| *v)
+                .collect();
+            match rows[..] {
+                [doc] if doc.replace('_', "").parse::<f64>() == Ok(*value) => {}
+                [doc] => wrong.push(format!(
+                    "{name}: design.md says {doc}, the code has {value}"
+                )),
+                [] => wrong.push(format!(
+                    "{name}: no row in design.md (the code has {value})"
+                )),
+                _ => wrong.push(format!("{name}: {} rows in design.md", rows.len())),
+            }
+        }
+        for (name, _) in &quoted {
+            if !code.iter().any(|(n, _)| n == name) {
+                wrong.push(format!(
+                    "{name}: design.md quotes it, this test does not know it"
+                ));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "docs/design.md's approach tuning table disagrees with vmm/src/precise.rs; update \
+             both together:\n  {}",
+            wrong.join("\n  ")
+        );
+        // The table lists only aim and kick latency for the other tunings.
+        for (name, other) in [("cautious", c), ("final_stretch", f)] {
+            let rest = ApproachTuning {
+                aim: d.aim,
+                kick_latency_ns: d.kick_latency_ns,
+                ..other
+            };
+            assert_eq!(
+                rest, d,
+                "{name}() now differs from default() in a field design.md's table does not list"
+            );
+        }
     }
 }

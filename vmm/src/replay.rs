@@ -20,30 +20,49 @@ use crate::source::{EntrySource, SourceError};
 use crate::vcpu::kick::{self, ThreadTimer};
 use crate::vcpu::{cpl, regs_from_kvm};
 
+/// Why a replay did not reach the recorded end.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    /// The replayed guest differs from the recording at entry `seq`: a state check, digest,
+    /// interrupt vector, input read or exit that does not match. The log and this replay disagree.
     #[error("replay diverged at entry #{seq} ({entry}): {what}")]
     Divergence {
+        /// The entry where it showed.
         seq: u64,
+        /// That entry, described.
         entry: String,
+        /// What differed.
         what: String,
     },
+    /// The log (or stream) ended without an `End` entry; everything in it was replayed.
     #[error("the log ends after entry {} (it is incomplete); replayed everything up to there, {exits} guest exits", last_seq.map_or("(none)".to_string(), |s| format!("#{s}")))]
-    LogEnded { last_seq: Option<u64>, exits: u64 },
+    LogEnded {
+        /// The last entry applied, if any.
+        last_seq: Option<u64>,
+        /// Guest exits replayed.
+        exits: u64,
+    },
     /// A timed kick landed so late that the guest ran past a recorded position. The replay is
     /// not wrong, only lost: run it again (from a checkpoint, or from the start) more cautiously.
     #[error(
         "replay overshot entry #{seq} ({entry}): a timed kick landed late and the guest ran past it (counter {count}, recorded {target})"
     )]
     Overshot {
+        /// The entry whose position the guest ran past.
         seq: u64,
+        /// That entry, described.
         entry: String,
+        /// The counter where the guest stopped.
         count: u64,
+        /// The recorded counter.
         target: u64,
+        /// Console bytes this attempt printed: the next attempt skips them (replay is deterministic).
         console_bytes: u64,
     },
+    /// The run failed as a live run can (KVM, vCPU, console).
     #[error(transparent)]
     Run(#[from] RunError),
+    /// The entries could not be read.
     #[error(transparent)]
     Source(#[from] SourceError),
 }
@@ -66,6 +85,7 @@ pub fn describe(entry: &Entry) -> String {
     }
 }
 
+/// One line naming a position, for messages.
 pub fn describe_pos(pos: &Position) -> String {
     match pos {
         Position::AtExit { exits } => format!("exit {exits}"),
@@ -215,10 +235,13 @@ fn verify_state_check(recorded: u64, replayed: u64, last_seq: Option<u64>) -> Re
 /// Result of a replay that reached the recorded end.
 #[derive(Debug, Clone)]
 pub struct ReplayReport {
+    /// How the recorded run ended.
     pub outcome: Outcome,
     /// Entries applied.
     pub entries: u64,
+    /// Digests compared and found equal.
     pub digests_verified: u64,
+    /// What the replay did and cost.
     pub stats: RunStats,
 }
 
@@ -707,8 +730,11 @@ pub fn replay(
 /// Where a live backup's replay stopped when its log ended: what it needs to go live.
 #[derive(Debug, Clone)]
 pub struct Stopped {
+    /// Guest exits replayed.
     pub exits: u64,
+    /// The console as far as the replay got.
     pub console: ConsoleStream,
+    /// The guest is halted at the last exit, waiting for an interrupt.
     pub halted: bool,
     /// Seq of the last entry applied.
     pub last_seq: Option<u64>,

@@ -6,23 +6,35 @@ use std::path::Path;
 use logging_channel::file::LogWriter;
 use logging_channel::format::{Entry, Header};
 
+/// Why a live run's entries could not be logged.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// Writing the log file failed.
     #[error("writing the replay log failed")]
     Log(#[from] logging_channel::file::LogError),
+    /// Streaming to the backup failed.
     #[error("streaming the log to the backup failed")]
     Channel(#[from] logging_channel::net::ChannelError),
+    /// The backup did not acknowledge everything in `NetSink::finish`'s time.
     #[error("the backup did not acknowledge the log up to entry #{last} in time")]
-    Unacknowledged { last: u64 },
+    Unacknowledged {
+        /// The newest entry sent.
+        last: u64,
+    },
+    /// Another node is primary now (`Replication::supersede`): the guest stops at its next entry.
     #[error("another node is primary now")]
     Superseded,
+    /// Saving the machine for a new backup failed.
     #[error("saving the machine for the new backup failed")]
     State(#[from] crate::snapshot::SnapshotError),
 }
 
+/// Where a live run's entries go: nowhere, a file, memory, or a backup.
 pub trait LogSink {
     /// False for a plain run: nothing is logged and no digests are computed.
     fn is_recording(&self) -> bool;
+    /// Logs `entry`, recorded at `t_ns` with state check `state_check` (0: not checked); the sink
+    /// numbers entries.
     fn append(&mut self, t_ns: u64, state_check: u64, entry: &Entry) -> Result<(), SinkError>;
     /// Pushes buffered entries out, so a crash of the VMM loses at most what came after.
     fn flush(&mut self) -> Result<(), SinkError>;
@@ -73,6 +85,7 @@ pub struct FileSink {
 }
 
 impl FileSink {
+    /// Creates the log at `path` with `header`, marked incomplete until `finish`.
     pub fn create(path: &Path, header: &Header) -> Result<Self, SinkError> {
         Ok(Self {
             writer: LogWriter::create(path, header)?,
@@ -84,10 +97,12 @@ impl FileSink {
         Ok(self.writer.finish()?)
     }
 
+    /// Entries appended so far.
     pub fn entries(&self) -> u64 {
         self.writer.entries_written()
     }
 
+    /// Bytes written so far, prefix included.
     pub fn bytes(&self) -> u64 {
         self.writer.bytes_written()
     }
@@ -114,6 +129,7 @@ pub struct NetSink {
 }
 
 impl NetSink {
+    /// A sink over an established channel; entries continue at the seq the backup welcomed.
     pub fn new(sender: logging_channel::net::LogSender) -> Self {
         let next_seq = sender.welcome_seq();
         Self { sender, next_seq }
@@ -129,6 +145,7 @@ impl NetSink {
         Ok(self.sender.close()?)
     }
 
+    /// How far the backup's buffer is behind (`LogSender::lag`).
     pub fn lag(&self) -> logging_channel::net::Lag {
         self.sender.lag()
     }

@@ -5,15 +5,19 @@ use std::collections::VecDeque;
 
 use logging_channel::format::Frame;
 
+/// Why the replayer could not get its next entry.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// The log could not be read.
     #[error("reading the replay log failed")]
     Log(#[from] logging_channel::file::LogError),
 }
 
+/// Where the replayer's entries come from, in seq order.
 pub trait EntrySource {
     /// The next entry without consuming it; `None` when the log has no more entries.
     fn peek(&mut self) -> Result<Option<&Frame>, SourceError>;
+    /// Takes the next entry; `None` when the log has no more.
     fn pop(&mut self) -> Result<Option<Frame>, SourceError>;
     /// No entry will come that is not already here, and none can be had again: a live stream
     /// whose primary is gone (or fenced off). The replay of what is left is the last chance to
@@ -30,6 +34,7 @@ pub struct VecSource {
 }
 
 impl VecSource {
+    /// A source of `frames`, in order.
     pub fn new(frames: impl IntoIterator<Item = Frame>) -> Self {
         Self {
             frames: frames.into_iter().collect(),
@@ -86,6 +91,7 @@ const REPORT_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
 const REPORT_ENTRIES: u64 = 64;
 
 impl NetSource {
+    /// A source over an accepted stream.
     pub fn new(rx: logging_channel::net::LogReceiver) -> Self {
         Self {
             rx,
@@ -138,6 +144,7 @@ impl NetSource {
         self.rx.released()
     }
 
+    /// Why the stream ended, once it has (the primary died, said goodbye, or was fenced off).
     pub fn ended_by(&self) -> Option<&logging_channel::net::ChannelError> {
         self.ended_by.as_ref()
     }

@@ -15,10 +15,13 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::vcpu::kick::Kicker;
 
+/// When the PIT's channel 0 fires: the period the guest programmed, from when the count was
+/// loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TickSchedule {
     /// Host-clock time (ns since the recorder's start) of the first period's start.
     pub epoch_ns: u64,
+    /// Time between ticks, ns.
     pub period_ns: u64,
 }
 
@@ -36,6 +39,8 @@ struct Shared {
     taken: AtomicU64,
 }
 
+/// The `pit-ticker` thread: produces a tick per PIT period and kicks the vCPU when one waits
+/// longer than the interrupt bound.
 #[derive(Debug)]
 pub struct Ticker {
     shared: Arc<Shared>,
@@ -95,6 +100,7 @@ impl Ticker {
         }
     }
 
+    /// Whether the guest has programmed a periodic timer.
     pub fn is_running(&self) -> bool {
         self.current.is_some()
     }

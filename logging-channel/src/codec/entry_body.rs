@@ -1,4 +1,4 @@
-//! Entry frame bodies: `u8 kind | u64 seq | u64 t_ns | payload`.
+//! Entry frame bodies: `u8 kind | u64 seq | u64 t_ns | u64 state_check | payload`.
 
 use super::CodecError;
 use super::wire::{Cursor, put_bytes, put_regs, put_u8, put_u32, put_u64};

@@ -7,6 +7,8 @@ use crate::format::{FORMAT_VERSION, Header, LogState, MAGIC};
 
 const RESERVED: std::ops::Range<usize> = 9..12;
 
+/// Magic, `state`, the reserved zeros and the header frame: the bytes a log starts with.
+/// Does not check `header.format_version`; `LogWriter` does.
 pub fn encode_prefix(header: &Header, state: LogState) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&MAGIC);

@@ -7,12 +7,16 @@ use crate::codec::CodecError;
 /// Failure reading or writing a log file.
 #[derive(Debug, Error)]
 pub enum LogError {
+    /// The bytes are not a valid log (corruption, another version, not a log).
     #[error(transparent)]
     Codec(#[from] CodecError),
 
+    /// Reading or writing the file at `path` failed.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file the operation was on.
         path: PathBuf,
+        /// What the OS said.
         #[source]
         source: std::io::Error,
     },
@@ -20,29 +24,46 @@ pub enum LogError {
     /// The input ends before the header is complete. Not called corruption:
     /// it is what a recorder that died right after creating the file leaves.
     #[error("log truncated at byte {offset}: it ends inside the header")]
-    TruncatedHeader { offset: u64 },
+    TruncatedHeader {
+        /// Where the bytes end.
+        offset: u64,
+    },
 
+    /// A frame's `seq` is not the previous one plus 1 (the first is 0): a frame was lost or
+    /// duplicated although each frame is valid on its own.
     #[error("log corrupt at byte {offset}: expected entry seq {expected}, found {found}")]
     SeqGap {
+        /// Where the frame starts.
         offset: u64,
+        /// The seq the frame should have had.
         expected: u64,
+        /// The seq it has.
         found: u64,
     },
 
+    /// A frame follows the `End` entry, which must be the last.
     #[error("log corrupt at byte {offset}: entry after the End entry")]
-    AfterEnd { offset: u64 },
+    AfterEnd {
+        /// Where the frame after `End` starts.
+        offset: u64,
+    },
 
     /// `LogWriter::finish` was called without an `End` entry; the log stays
     /// Incomplete because only a log that says how the run ended is complete.
     #[error(
         "cannot finish the log: no End entry was appended (next entry would be at byte {offset})"
     )]
-    MissingEnd { offset: u64 },
+    MissingEnd {
+        /// Where the next frame would have started (the end of the log so far).
+        offset: u64,
+    },
 
     /// Any of the above, for a log read from or written to a file.
     #[error("{}: {source}", path.display())]
     InFile {
+        /// The log file.
         path: PathBuf,
+        /// The error itself.
         #[source]
         source: Box<LogError>,
     },

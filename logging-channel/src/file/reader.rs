@@ -22,7 +22,12 @@ pub enum Tail {
     Clean,
     /// The log ends inside the frame starting at `offset`; its
     /// `trailing_bytes` bytes are ignored (a cut-off write, not corruption).
-    Truncated { offset: u64, trailing_bytes: u64 },
+    Truncated {
+        /// Where the partial frame starts.
+        offset: u64,
+        /// How many bytes of it are present.
+        trailing_bytes: u64,
+    },
 }
 
 /// Whether the log records a whole run.
@@ -30,7 +35,9 @@ pub enum Tail {
 pub enum Completeness {
     /// State byte Complete, last frame is `End`, tail clean.
     Complete,
+    /// The run is not all there, for `reason`.
     Incomplete {
+        /// The most telling reason it is incomplete.
         reason: IncompleteReason,
     },
 }
@@ -40,7 +47,12 @@ pub enum Completeness {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum IncompleteReason {
     /// The log ends inside a frame (the recorder was cut off mid-write).
-    TruncatedTail { offset: u64, trailing_bytes: u64 },
+    TruncatedTail {
+        /// Where the partial frame starts.
+        offset: u64,
+        /// How many bytes of it are present.
+        trailing_bytes: u64,
+    },
     /// No `End` entry: the recorder stopped before the run ended.
     NoEnd,
     /// An `End` entry is present but the recorder never marked the log
@@ -75,6 +87,8 @@ impl LogReader {
         Self::new(bytes, Some(path.to_path_buf()))
     }
 
+    /// Validates the prefix of a log already in memory (tests, logs received whole); errors name
+    /// no path.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, LogError> {
         Self::new(bytes, None)
     }
@@ -100,6 +114,7 @@ impl LogReader {
         }
     }
 
+    /// The log's header, validated at open.
     pub fn header(&self) -> &Header {
         &self.header
     }
@@ -110,6 +125,7 @@ impl LogReader {
         self.state
     }
 
+    /// Size of the whole log, partial last frame included.
     pub fn total_bytes(&self) -> u64 {
         self.bytes.len() as u64
     }

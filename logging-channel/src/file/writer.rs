@@ -107,6 +107,7 @@ impl LogWriter {
         self.out.flush().map_err(|e| self.io(e))
     }
 
+    /// Entries appended so far, which is also the seq the next one gets.
     pub fn entries_written(&self) -> u64 {
         self.next_seq
     }

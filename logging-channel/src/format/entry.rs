@@ -6,11 +6,14 @@ use super::{Position, Regs};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[repr(u8)]
 pub enum InputSource {
+    /// The host's monotonic clock in ns (`HostClock::monotonic_ns`), read by the PIT.
     Clock = 1,
+    /// Seconds since the Unix epoch, read by the RTC.
     WallClock = 2,
 }
 
 impl InputSource {
+    /// The source for its byte in an `input` entry; `None` for unknown values.
     pub fn from_u8(value: u8) -> Option<Self> {
         match value {
             1 => Some(Self::Clock),
@@ -24,7 +27,10 @@ impl InputSource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum EndReason {
     /// The guest powered off with this exit code.
-    PowerOff { code: u32 },
+    PowerOff {
+        /// The code the guest wrote to the debug-exit port.
+        code: u32,
+    },
     /// Triple fault.
     Shutdown,
     /// The recorder was stopped by the user or by a limit.
@@ -36,42 +42,77 @@ pub enum EndReason {
 pub enum Entry {
     /// A host input value a device read (clock etc.).
     Input {
+        /// Where the device read happened.
         pos: Position,
+        /// Which host input it read.
         source: InputSource,
+        /// What the host answered; replay answers the same.
         value: u64,
     },
     /// An interrupt line raised by host timing (e.g. PIT tick).
-    Irq { pos: Position, line: u8 },
+    Irq {
+        /// Where the line was raised.
+        pos: Position,
+        /// The PIC input line (0 is the PIT).
+        line: u8,
+    },
     /// The CPU was given this interrupt vector here.
-    Inject { pos: Position, vector: u8 },
+    Inject {
+        /// Where the CPU took the interrupt.
+        pos: Position,
+        /// The vector the PIC delivered; replay checks the PIC offers the same one.
+        vector: u8,
+    },
     /// Bytes typed into the guest console.
-    ConsoleInput { pos: Position, bytes: Vec<u8> },
+    ConsoleInput {
+        /// Where the bytes reached the UART.
+        pos: Position,
+        /// The bytes, in order.
+        bytes: Vec<u8>,
+    },
     /// A checkpoint of machine state, for detecting divergence on replay.
     Digest {
+        /// Where the checkpoint was taken.
         pos: Position,
+        /// The general-purpose registers, rip and rflags.
         regs: Regs,
+        /// Control register 0.
         cr0: u64,
+        /// Control register 3 (the page-table root).
         cr3: u64,
+        /// Control register 4.
         cr4: u64,
+        /// The EFER MSR (long mode, NX).
         efer: u64,
+        /// Hash of all guest memory.
         mem_hash: u64,
+        /// Hash of the devices' state.
         devices_hash: u64,
     },
     /// The recorded run ended here (last entry of a complete log).
-    End { pos: Position, reason: EndReason },
+    End {
+        /// Where the run ended.
+        pos: Position,
+        /// How it ended.
+        reason: EndReason,
+    },
     /// The guest's console had written `console_bytes` bytes in all when it reached this
     /// position. Console output is released to the world only once the backup acknowledged an
     /// entry at or after it; this entry exists so a line does not wait for the next event.
     /// `released` is how many bytes the primary had released when it wrote this entry: a
     /// backup that goes live re-releases from there, so no output is lost.
     Output {
+        /// The exit after which the console had produced `console_bytes`.
         pos: Position,
+        /// Console bytes produced since the guest started.
         console_bytes: u64,
+        /// Console bytes the primary had released to the world.
         released: u64,
     },
 }
 
 impl Entry {
+    /// The kind byte this entry is written with.
     pub fn kind(&self) -> EntryKind {
         match self {
             Self::Input { .. } => EntryKind::Input,
@@ -84,6 +125,7 @@ impl Entry {
         }
     }
 
+    /// Where the entry applies.
     pub fn pos(&self) -> &Position {
         match self {
             Self::Input { pos, .. }
@@ -104,12 +146,19 @@ pub enum EntryKind {
     /// Never written: reserved so that a zero-filled region (a common shape
     /// of file damage) cannot decode as an entry.
     Invalid = 0,
+    /// `Entry::Input`.
     Input = 1,
+    /// `Entry::Irq`.
     Irq = 2,
+    /// `Entry::Inject`.
     Inject = 3,
+    /// `Entry::ConsoleInput`.
     ConsoleInput = 4,
+    /// `Entry::Digest`.
     Digest = 5,
+    /// `Entry::End`.
     End = 6,
+    /// `Entry::Output` (logged by a replicating primary only).
     Output = 7,
 }
 
@@ -163,5 +212,6 @@ pub struct Frame {
     /// console output so far; see docs/log-format.md); 0 if it did not look. Replay compares it
     /// before applying the entry, so a divergence shows at the first entry after its cause.
     pub state_check: u64,
+    /// The event itself.
     pub entry: Entry,
 }

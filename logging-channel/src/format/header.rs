@@ -11,6 +11,7 @@ pub enum CounterKind {
 }
 
 impl CounterKind {
+    /// The kind for its header byte; `None` for unknown values.
     pub fn from_u8(value: u8) -> Option<Self> {
         match value {
             0 => Some(Self::None),
@@ -39,13 +40,19 @@ pub struct PositionSemantics {
 /// little informative provenance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Header {
+    /// `FORMAT_VERSION`; a reader refuses any other.
     pub format_version: u16,
+    /// SHA-256 of the guest image: replay refuses another image.
     pub guest_image_sha256: [u8; 32],
     /// "compute", "ticker" or a path.
     pub guest_name: String,
+    /// The guest's command line, as arguments.
     pub guest_args: Vec<String>,
+    /// Guest memory in MiB.
     pub mem_mib: u32,
+    /// What positions in this log mean; a replayer that counts differently refuses the log.
     pub position: PositionSemantics,
+    /// How often the recorder logged a digest. Informative: replay checks the digests present.
     pub digest_interval_ms: u32,
     /// Informative only: replay never depends on it.
     pub recorded_at_unix_ms: u64,
@@ -64,6 +71,7 @@ pub enum LogState {
 }
 
 impl LogState {
+    /// The state for its byte; `None` for anything but 0 and 1.
     pub fn from_u8(value: u8) -> Option<Self> {
         match value {
             0 => Some(Self::Incomplete),

@@ -47,6 +47,7 @@ pub struct Hello {
 }
 
 impl Hello {
+    /// A `Hello` with this build's magic and protocol version.
     pub fn new(
         guest_image_sha256: [u8; 32],
         viewnum: u64,
@@ -74,47 +75,90 @@ pub enum Message {
     /// Primary → backup, first message.
     Hello(Hello),
     /// Backup → primary: accepted; the first entry must have seq `next_seq`.
-    Welcome { next_seq: u64 },
+    Welcome {
+        /// The seq the backup wants first: the `Hello`'s `first_seq` (0 after a `StateOffer`);
+        /// the primary gives up on anything else.
+        next_seq: u64,
+    },
     /// Backup → primary: not accepted; the backup closes after sending it.
-    Refuse { reason: String },
+    Refuse {
+        /// Why, for the primary's error message.
+        reason: String,
+    },
     /// Primary → backup: one log entry, payload = the log's entry body.
     Entry(Frame),
     /// Backup → primary: every entry with seq ≤ `seq` is in the backup's
     /// buffer (cumulative).
-    Ack { seq: u64 },
+    Ack {
+        /// The newest seq acknowledged.
+        seq: u64,
+    },
     /// Both ways, sent when nothing else was sent for a heartbeat interval:
     /// the sender's newest entry (`t_ns` of it, 0 if none) so an idle link
     /// still shows how far each side is.
-    Heartbeat { t_ns: u64, last_seq: Option<u64> },
+    Heartbeat {
+        /// Recording time of the sender's newest entry; 0 if none.
+        t_ns: u64,
+        /// The sender's newest entry, if any.
+        last_seq: Option<u64>,
+    },
     /// Either way: a clean close, with why.
-    Bye { reason: String },
+    Bye {
+        /// Why the sender closes.
+        reason: String,
+    },
     /// Primary → backup, first message of a state transfer (instead of
     /// `Hello`): who it is (`first_seq` is unused, 0) and how much guest
     /// memory follows. The backup answers `Welcome { next_seq: 0 }` or
     /// `Refuse`.
-    StateOffer { hello: Hello, mem_bytes: u64 },
-    /// Primary → backup: guest pages, see [`super::transfer::encode_pages`].
-    StatePages { records: Vec<u8> },
+    StateOffer {
+        /// The primary's identity, as in a `Hello`.
+        hello: Hello,
+        /// Guest memory size; the backup's must be the same.
+        mem_bytes: u64,
+    },
+    /// Primary → backup: guest pages, see [`super::transfer::encode_page`].
+    StatePages {
+        /// Page records, at most `PAGES_PER_MESSAGE`.
+        records: Vec<u8>,
+    },
     /// Primary → backup: the rest of the machine (vCPU, devices, log
     /// position), opaque to the channel; the last transfer message. A
     /// state larger than one frame comes as `StateBlob`s followed by this,
     /// whose `blob` is the last piece.
-    StateFinal { blob: Vec<u8> },
+    StateFinal {
+        /// The machine state, or its last piece.
+        blob: Vec<u8>,
+    },
     /// Primary → backup: a leading piece of the machine state, when it does
     /// not fit one frame (the console history grows with the guest's life).
-    StateBlob { bytes: Vec<u8> },
+    StateBlob {
+        /// One `STATE_PIECE` of the machine state.
+        bytes: Vec<u8>,
+    },
     /// Backup → primary: the state is installed and the backup will replay
     /// from entry `next_seq`. The primary then sends `Hello` on the same
     /// connection and streams the log.
-    StateInstalled { next_seq: u64 },
+    StateInstalled {
+        /// Must equal the `next_seq` in the state.
+        next_seq: u64,
+    },
     /// Primary → backup, after the stream started: the primary has released
     /// the guest's console up to byte `bytes`. A backup that goes live
     /// releases from there, so a failover repeats as little as possible.
-    Released { bytes: u64 },
+    Released {
+        /// Console bytes released so far, counted from the guest's start.
+        bytes: u64,
+    },
     /// Backup → primary: the backup's replay has applied entry `seq`
     /// (recorded at `t_ns`). The primary slows down when its newest entry
     /// is too far ahead of this (replay lag), before any buffer fills.
-    Replayed { seq: u64, t_ns: u64 },
+    Replayed {
+        /// The newest entry the replay applied.
+        seq: u64,
+        /// Its recording time.
+        t_ns: u64,
+    },
 }
 
 impl Message {

@@ -22,8 +22,11 @@ const ACK_EVERY: u64 = 64;
 /// current view expects. Use as `|h| expected.check(h)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExpectedPrimary {
+    /// SHA-256 of this backup's guest image.
     pub guest_image_sha256: [u8; 32],
+    /// This backup's current view.
     pub viewnum: u64,
+    /// That view's primary, by server name.
     pub primary: String,
 }
 

@@ -263,6 +263,7 @@ impl LogSender {
         self.shared.cond.notify_all();
     }
 
+    /// The newest seq the backup acknowledged; `None` before its first ack.
     pub fn acked(&self) -> Option<u64> {
         self.shared.lock().acked.map(|(seq, _)| seq)
     }

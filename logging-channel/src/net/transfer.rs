@@ -26,6 +26,7 @@ use super::sender::{LogSender, dial, prepare};
 use super::stream::{MsgReader, refuse_quietly, reply_error, shutdown, write_within};
 use super::{ChannelConfig, ChannelError};
 
+/// Bytes per guest page in a page record.
 pub const PAGE_SIZE: usize = 4096;
 /// Set in a record's index: the page is all zeros and no bytes follow.
 const ZERO_PAGE: u32 = 1 << 31;
@@ -136,6 +137,7 @@ impl StateSender {
         })
     }
 
+    /// The backup's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
     }
@@ -207,7 +209,9 @@ impl StateSender {
 /// messages), then the final machine state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatePart {
+    /// A `StatePages` payload: page records for [`decode_pages`].
     Pages(Vec<u8>),
+    /// The whole machine state, assembled from its pieces: the transfer's last part.
     Final(Vec<u8>),
 }
 
@@ -277,14 +281,17 @@ impl Listener {
 }
 
 impl StateReceiver {
+    /// The primary's identity, from its `StateOffer`.
     pub fn offer(&self) -> &Hello {
         &self.offer
     }
 
+    /// The guest memory size the primary offered.
     pub fn mem_bytes(&self) -> u64 {
         self.mem_bytes
     }
 
+    /// The primary's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
     }

@@ -9,6 +9,7 @@ use super::pic::StateHasher;
 use super::state::{DebugExitState, DeviceStateError};
 use super::{DeviceEnv, PioDevice};
 
+/// The port QEMU's isa-debug-exit uses by default, so test kernels work unchanged.
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 
 /// The isa-debug-exit port.
@@ -18,6 +19,7 @@ pub struct DebugExit {
 }
 
 impl DebugExit {
+    /// The device with no exit request.
     pub fn new() -> Self {
         Self::default()
     }

@@ -25,7 +25,9 @@ pub trait DeviceEnv {
 /// A device on the port-I/O bus. `port` is the absolute I/O port (a device may own several
 /// ranges, as the 8259 pair does). Data is little-endian; `data.len()` is 1, 2 or 4.
 pub trait PioDevice: Send {
+    /// A guest read: fills `data` with what the device answers at `port`.
     fn read(&mut self, port: u16, data: &mut [u8], env: &mut dyn DeviceEnv);
+    /// A guest write of `data` to `port`.
     fn write(&mut self, port: u16, data: &[u8], env: &mut dyn DeviceEnv);
     /// A stable hash of the device's guest-visible state, folded into replay digests.
     fn state_hash(&self) -> u64;
@@ -35,7 +37,9 @@ pub trait PioDevice: Send {
 #[cfg(test)]
 #[derive(Debug, Default)]
 pub struct FakeEnv {
+    /// What `clock_ns` answers.
     pub now_ns: u64,
+    /// What `wall_clock_unix_secs` answers.
     pub wall_secs: u64,
 }
 

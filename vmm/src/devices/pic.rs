@@ -356,6 +356,8 @@ impl Default for DualPic {
 }
 
 impl DualPic {
+    /// Both chips as at power-on: uninitialised, so they deliver nothing until the guest programs
+    /// them.
     pub fn new() -> Self {
         Self {
             chips: [Chip::new(), Chip::new()],

@@ -367,6 +367,7 @@ impl Default for Pit {
 }
 
 impl Pit {
+    /// All three channels as at power-on: no count loaded, so no ticks.
     pub fn new() -> Self {
         Self {
             channels: [Channel::new(), Channel::new(), Channel::new()],

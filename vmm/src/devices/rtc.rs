@@ -125,6 +125,7 @@ impl Default for Rtc {
 }
 
 impl Rtc {
+    /// The RTC with CMOS RAM as at power-on (status registers at their defaults).
     pub fn new() -> Self {
         let mut cmos = [0u8; CMOS_BYTES];
         cmos[usize::from(REG_STATUS_A)] = STATUS_A_DEFAULT;

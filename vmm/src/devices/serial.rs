@@ -57,6 +57,7 @@ impl Default for Serial {
 }
 
 impl Serial {
+    /// The UART as at reset, with nothing received or sent.
     pub fn new() -> Self {
         Self {
             uart: Uart::new(InterruptLatch::default(), Vec::new()),

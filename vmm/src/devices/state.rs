@@ -15,10 +15,15 @@ use serde::{Deserialize, Serialize};
 /// Every device on the bus, plus the bus's own counter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DevicesState {
+    /// The interrupt controllers.
     pub pic: PicState,
+    /// The timer.
     pub pit: PitState,
+    /// The real-time clock.
     pub rtc: RtcState,
+    /// The console UART.
     pub serial: SerialState,
+    /// The exit port.
     pub debug_exit: DebugExitState,
     /// Accesses to ports no device decodes, as counted by the bus.
     pub unclaimed_accesses: u64,
@@ -27,15 +32,20 @@ pub struct DevicesState {
 /// The 8259A pair.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PicState {
+    /// The chip at 0x20, lines 0–7.
     pub master: PicChipState,
+    /// The chip at 0xa0, lines 8–15, cascaded into the master's line 2.
     pub slave: PicChipState,
 }
 
 /// One 8259A.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PicChipState {
+    /// Interrupt request register: lines latched as requesting.
     pub irr: u8,
+    /// In-service register: lines delivered and not yet ended by an EOI.
     pub isr: u8,
+    /// Interrupt mask register (OCW1): masked lines are not delivered.
     pub imr: u8,
     /// Input levels as last driven: a line that is high requests again only after it has
     /// been lowered, so losing these would let a held line interrupt twice.
@@ -45,17 +55,22 @@ pub struct PicChipState {
     /// Where the chip is in its initialisation sequence: 0 ready, 1..=3 waiting for
     /// ICW2..ICW4.
     pub init_step: u8,
+    /// ICW1 announced an ICW4.
     pub needs_icw4: bool,
+    /// ICW1 said single (no cascade, so no ICW3).
     pub single: bool,
+    /// ICW4's automatic EOI: a delivered line does not stay in service.
     pub auto_eoi: bool,
     /// OCW3's register selection: command-port reads return ISR rather than IRR.
     pub read_isr: bool,
+    /// The chip has completed an initialisation sequence; until then it delivers nothing.
     pub initialised: bool,
 }
 
 /// The 8254, channels 0..=2.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PitState {
+    /// Channel 0 (the timer interrupt), 1 (unused) and 2.
     pub channels: [PitChannelState; 3],
 }
 
@@ -66,6 +81,7 @@ pub struct PitChannelState {
     pub mode: u8,
     /// The control word's RW field: 1 low byte, 2 high byte, 3 low then high.
     pub access: u8,
+    /// The control word asked for BCD counting (recorded, but counts stay binary).
     pub bcd: bool,
     /// The count register as written; 0 stands for 65536.
     pub reload: u16,
@@ -76,8 +92,11 @@ pub struct PitChannelState {
     pub pending_low: Option<u8>,
     /// Read flip-flop: the next lobyte/hibyte read returns the high byte.
     pub read_high_next: bool,
+    /// A count latched by a latch or read-back command, not yet read.
     pub latched_count: Option<u16>,
+    /// A status byte latched by read-back, not yet read.
     pub latched_status: Option<u8>,
+    /// The read-back status's null-count bit: set by a control word until a count is complete.
     pub null_count: bool,
 }
 
@@ -96,14 +115,23 @@ pub struct RtcState {
 /// the VMM side of the UART.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SerialState {
+    /// Divisor latch, low byte (DLL).
     pub divisor_low: u8,
+    /// Divisor latch, high byte (DLM).
     pub divisor_high: u8,
+    /// Interrupt enable register (IER).
     pub interrupt_enable: u8,
+    /// Interrupt identification register (IIR).
     pub interrupt_identification: u8,
+    /// Line control register (LCR), including the divisor-latch access bit.
     pub line_control: u8,
+    /// Line status register (LSR).
     pub line_status: u8,
+    /// Modem control register (MCR), including loopback.
     pub modem_control: u8,
+    /// Modem status register (MSR).
     pub modem_status: u8,
+    /// Scratch register (SCR).
     pub scratch: u8,
     /// Received bytes the guest has not read yet, oldest first (at most 64).
     pub rx_fifo: Vec<u8>,
@@ -124,32 +152,79 @@ pub struct DebugExitState {
 /// chip or channel) and the offending field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeviceStateError {
+    /// A chip's initialisation step is not one of 0..=3.
     #[error(
         "PIC {chip}: initialisation step {step} is not valid (0 ready, 1..=3 waiting for ICW2..ICW4)"
     )]
-    PicInitStep { chip: &'static str, step: u8 },
+    PicInitStep {
+        /// "master" or "slave".
+        chip: &'static str,
+        /// The step found.
+        step: u8,
+    },
+    /// A chip's vector base has bits 2..0 set, which would misdirect every interrupt.
     #[error("PIC {chip}: vector base {base:#04x} has bits 2..0 set, which ICW2 never stores")]
-    PicVectorBase { chip: &'static str, base: u8 },
+    PicVectorBase {
+        /// "master" or "slave".
+        chip: &'static str,
+        /// The base found.
+        base: u8,
+    },
+    /// A chip's initialisation step contradicts its ICW1 flags (e.g. waiting for an ICW3 a
+    /// single chip never gets).
     #[error("PIC {chip}: initialisation step {step} {conflict}")]
     PicInitSequence {
+        /// "master" or "slave".
         chip: &'static str,
+        /// The step found.
         step: u8,
+        /// What it contradicts.
         conflict: &'static str,
     },
+    /// A channel's mode does not fit the status byte's three bits.
     #[error("PIT channel {channel}: mode {mode} is not a valid 8254 mode")]
-    PitMode { channel: usize, mode: u8 },
+    PitMode {
+        /// The channel, 0..=2.
+        channel: usize,
+        /// The mode found.
+        mode: u8,
+    },
+    /// A channel's access mode is not 1, 2 or 3.
     #[error(
         "PIT channel {channel}: access {access} is not a valid 8254 read/write mode (1 low byte, 2 high byte, 3 low then high)"
     )]
-    PitAccess { channel: usize, access: u8 },
+    PitAccess {
+        /// The channel, 0..=2.
+        channel: usize,
+        /// The access mode found.
+        access: u8,
+    },
+    /// A read or write flip-flop is set on a channel whose access mode never uses it.
     #[error("PIT channel {channel}: {field} is set, but only low-then-high access uses it")]
-    PitFlipFlop { channel: usize, field: &'static str },
+    PitFlipFlop {
+        /// The channel, 0..=2.
+        channel: usize,
+        /// Which flip-flop.
+        field: &'static str,
+    },
+    /// The selected RTC register is beyond CMOS RAM.
     #[error("RTC: register index {index:#04x} is beyond the 128 bytes of CMOS")]
-    RtcIndex { index: u8 },
+    RtcIndex {
+        /// The index found.
+        index: u8,
+    },
+    /// The saved CMOS RAM is not 128 bytes.
     #[error("RTC: CMOS RAM has {len} bytes, not 128")]
-    RtcCmosLength { len: usize },
+    RtcCmosLength {
+        /// Its length.
+        len: usize,
+    },
+    /// The receive FIFO holds more than a 16550A can.
     #[error("serial: receive FIFO holds {len} bytes, more than the 16550A's 64")]
-    SerialRxFifo { len: usize },
+    SerialRxFifo {
+        /// Bytes in it.
+        len: usize,
+    },
 }
 
 /// Shared by the device tests: runs a saved-and-restored device side by side with the

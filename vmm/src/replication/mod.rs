@@ -43,11 +43,15 @@ const MAX_BUFFERED: usize = 200_000;
 /// What the vCPU thread hands the transfer thread at the pause.
 #[derive(Debug)]
 pub struct Paused {
+    /// The transfer this state is for (see `Replication::begin_transfer`); a stale one is ignored.
     pub generation: u64,
     /// Pages dirtied since the last pre-copy round, read while the guest was stopped.
     pub records: Vec<Vec<u8>>,
+    /// The encoded `MachineState`.
     pub blob: Vec<u8>,
+    /// First entry after the state: the backup's stream starts there.
     pub next_seq: u64,
+    /// How long the guest was stopped for it.
     pub pause: Duration,
 }
 
@@ -72,6 +76,7 @@ struct Slot {
 /// State shared by the sink (vCPU thread), transfers and the node's view handling.
 #[derive(Debug)]
 pub struct Replication {
+    /// The guest's console output, held under the output rule.
     pub queue: Arc<ReleaseQueue>,
     /// The guest's memory and dirty log: read by transfers while the guest runs, and by the
     /// vCPU thread for the last dirty pages at the pause.
@@ -90,6 +95,7 @@ pub struct Replication {
 }
 
 impl Replication {
+    /// The primary's replication state for the machine `tracker` watches, with no backup yet.
     pub fn new(queue: Arc<ReleaseQueue>, tracker: MemoryTracker) -> Arc<Self> {
         let (paused_tx, paused_rx) = crossbeam_channel::bounded(1);
         Arc::new(Self {
@@ -241,6 +247,8 @@ pub struct ReplicaSink {
 }
 
 impl ReplicaSink {
+    /// A sink whose first entry gets seq `next_seq` (0 for a fresh guest; a promoted backup
+    /// continues the old primary's numbering).
     pub fn new(shared: Arc<Replication>, next_seq: u64) -> Self {
         Self {
             shared,
@@ -252,6 +260,7 @@ impl ReplicaSink {
         }
     }
 
+    /// The seq the next entry gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }

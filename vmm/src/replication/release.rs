@@ -195,6 +195,8 @@ impl ReleaseQueue {
         self.changed.notify_all();
     }
 
+    /// The guest has stopped: the release thread ends once everything held is released, or once
+    /// nothing could ever cover it (no backup stream).
     pub fn close(&self) {
         self.lock().closing = true;
         self.changed.notify_all();
@@ -311,7 +313,9 @@ impl ReleaseQueue {
 /// queue, which lets it out under the output rule.
 #[derive(Debug)]
 pub struct HeldConsole {
+    /// Where the output waits until the output rule lets it out.
     pub queue: Arc<ReleaseQueue>,
+    /// The node's transcript, written at once, released or not.
     pub transcript: Option<std::fs::File>,
 }
 

@@ -19,16 +19,22 @@ const PAUSE_WAIT: Duration = Duration::from_secs(10);
 /// a busy machine.
 const INSTALL_WAIT: Duration = Duration::from_secs(30);
 
+/// Why a state transfer to a new backup failed; the primary keeps running without it.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
+    /// The connection to the backup failed, or the backup refused the offer.
     #[error(transparent)]
     Channel(#[from] ChannelError),
+    /// Reading guest memory or the dirty log failed.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// Dirty logging could not be switched on.
     #[error("switching dirty logging on failed: {0}")]
     DirtyLogging(kvm_ioctls::Error),
+    /// The vCPU thread did not hand over the machine in time (the wait).
     #[error("the vCPU did not reach a point to save the machine within {0:?}")]
     NoPause(Duration),
+    /// A newer transfer replaced this one.
     #[error("a newer view replaced this transfer")]
     Superseded,
 }
@@ -36,10 +42,15 @@ pub enum TransferError {
 /// What a finished transfer measured.
 #[derive(Debug, Clone)]
 pub struct TransferReport {
+    /// From connecting to the backup's `StateInstalled`.
     pub total: Duration,
+    /// How long the guest was stopped.
     pub pause: Duration,
+    /// Dirty-page rounds after the first, which sends every page.
     pub rounds: u32,
+    /// Page-record bytes sent.
     pub bytes: u64,
+    /// The first entry the backup replays.
     pub next_seq: u64,
 }
 

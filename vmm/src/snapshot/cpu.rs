@@ -10,24 +10,37 @@ use serde::{Deserialize, Serialize};
 
 use crate::vcpu::Vcpu;
 
+/// Why the vCPU's state could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
 pub enum CpuStateError {
+    /// A `KVM_GET_*` ioctl failed.
     #[error("{what} failed while saving the vCPU")]
     Save {
+        /// Which one.
         what: &'static str,
+        /// What KVM said.
         source: kvm_ioctls::Error,
     },
+    /// A `KVM_SET_*` ioctl failed.
     #[error("{what} failed while restoring the vCPU")]
     Restore {
+        /// Which one.
         what: &'static str,
+        /// What KVM said.
         source: kvm_ioctls::Error,
     },
+    /// `KVM_SET_MSRS` stopped before the end of the list: this host does not take an MSR the
+    /// primary's had.
     #[error("KVM_SET_MSRS restored {set} of {total} MSRs; MSR {index:#x} was refused")]
     MsrRefused {
+        /// MSRs restored.
         set: usize,
+        /// MSRs in the state.
         total: usize,
+        /// The first one refused.
         index: u32,
     },
+    /// The list of MSRs could not be built.
     #[error("building the MSR list failed: {0}")]
     MsrList(String),
 }
@@ -38,6 +51,7 @@ fn is_kvm_pv_msr(index: u32) -> bool {
     (0x4b56_4d00..=0x4b56_4dff).contains(&index) || index == 0x11 || index == 0x12
 }
 
+/// The vCPU's saved architectural state (opaque; see `save` and `restore`).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CpuState {
     regs: kvm_regs,
@@ -118,6 +132,7 @@ impl CpuState {
         Ok(())
     }
 
+    /// The saved instruction pointer.
     pub fn rip(&self) -> u64 {
         self.regs.rip
     }

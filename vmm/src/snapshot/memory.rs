@@ -9,16 +9,32 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::machine::Machine;
 
+/// Why guest memory could not be transferred.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
+    /// The VM descriptor could not be duplicated for the transfer thread.
     #[error("duplicating the VM descriptor for the transfer thread failed")]
     Dup(#[source] std::io::Error),
+    /// KVM's dirty-page bitmap could not be read.
     #[error("KVM_GET_DIRTY_LOG failed")]
     DirtyLog(#[source] kvm_ioctls::Error),
+    /// A guest page could not be read.
     #[error("reading guest page {index} failed: {what}")]
-    Read { index: u32, what: String },
+    Read {
+        /// The page's index.
+        index: u32,
+        /// What failed.
+        what: String,
+    },
+    /// A received page could not be written into guest memory.
     #[error("writing guest page {index} failed: {what}")]
-    Write { index: u32, what: String },
+    Write {
+        /// The page's index.
+        index: u32,
+        /// What failed.
+        what: String,
+    },
+    /// The primary's page records do not decode, or name a page beyond this guest's memory.
     #[error("bad page records from the primary: {0}")]
     Records(String),
 }
@@ -33,6 +49,7 @@ pub struct MemoryTracker {
 }
 
 impl MemoryTracker {
+    /// A tracker for `m`'s memory, usable from another thread while `m` runs.
     pub fn new(m: &Machine) -> Result<Self, MemoryError> {
         // SAFETY: dup of a descriptor we own; the new one is owned by the VmFd built from it.
         let fd = unsafe { libc::dup(m.vm.as_raw_fd()) };
@@ -64,10 +81,12 @@ impl MemoryTracker {
         )
     }
 
+    /// Guest memory in pages.
     pub fn pages(&self) -> u64 {
         self.bytes / PAGE_SIZE as u64
     }
 
+    /// Guest memory in bytes.
     pub fn bytes(&self) -> u64 {
         self.bytes
     }

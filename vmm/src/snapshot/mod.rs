@@ -21,26 +21,49 @@ pub const STATE_VERSION: u32 = 2;
 /// LEB128 varints, sequences length-prefixed), with nothing after them.
 pub const STATE_MAGIC: [u8; 4] = *b"USMS";
 
+/// Why a machine state could not be saved, sent or installed.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// Saving or restoring the vCPU failed.
     #[error(transparent)]
     Cpu(#[from] CpuStateError),
+    /// The devices' state is one no device could be in.
     #[error(transparent)]
     Devices(#[from] DeviceStateError),
+    /// Reading or writing guest pages failed.
     #[error(transparent)]
     Memory(#[from] memory::MemoryError),
+    /// The state could not be encoded (never expected).
     #[error("encoding the machine state failed: {0}")]
     Encode(String),
+    /// The primary's state does not decode.
     #[error("the machine state from the primary is malformed: {0}")]
     Decode(String),
+    /// The primary encoded the state with another `STATE_VERSION` (another build).
     #[error(
         "machine state version {found}, this build reads version {STATE_VERSION}: primary and backup must run compatible builds"
     )]
-    Version { found: u32 },
+    Version {
+        /// Its version.
+        found: u32,
+    },
+    /// The primary's guest has another memory size than this machine.
     #[error("the primary's guest has {primary} bytes of memory, this machine {here}")]
-    MemSize { primary: u64, here: u64 },
+    MemSize {
+        /// The primary's, in bytes.
+        primary: u64,
+        /// This machine's, in bytes.
+        here: u64,
+    },
+    /// Switching dirty logging on or off failed.
     #[error("switching dirty logging {} failed", if *.on { "on" } else { "off" })]
-    DirtyLogging { on: bool, source: kvm_ioctls::Error },
+    DirtyLogging {
+        /// Whether it was being switched on.
+        on: bool,
+        /// What KVM said.
+        source: kvm_ioctls::Error,
+    },
+    /// The instruction counter could not be rebased to the primary's count.
     #[error("the instruction counter cannot be rebased")]
     Counter(#[from] crate::vcpu::counter::CounterError),
 }
@@ -55,7 +78,9 @@ pub struct LogPoint {
     pub counter: u64,
     /// The vCPU was stopped mid-execution (by a kick), not at exit `exits`.
     pub mid_execution: bool,
+    /// Console bytes the guest had produced.
     pub console_bytes: u64,
+    /// The console hash there (see `ConsoleStream::hash`).
     pub console_hash: u64,
     /// The recorder's clock at this point; the backup's clock continues from it if it goes live.
     pub clock_ns: u64,
@@ -66,6 +91,7 @@ pub struct LogPoint {
 }
 
 impl LogPoint {
+    /// The console stream at this point, for a replay or run that continues from it.
     pub fn console(&self) -> ConsoleStream {
         ConsoleStream {
             hash: self.console_hash,
@@ -77,10 +103,15 @@ impl LogPoint {
 /// Everything but memory, sent last, while the primary's guest is paused.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MachineState {
+    /// `STATE_VERSION`: encoded first, so a mismatch is caught before the rest is trusted.
     pub version: u32,
+    /// Guest memory size; the backup's must match.
     pub mem_bytes: u64,
+    /// The vCPU.
     pub cpu: CpuState,
+    /// The devices.
     pub devices: DevicesState,
+    /// Where the log continues.
     pub point: LogPoint,
     /// The guest's whole console so far (`point.console_bytes` bytes). The backup starts its
     /// transcript with it, and if it goes live it releases what the old primary had not.

@@ -15,29 +15,39 @@ use std::os::unix::fs::FileExt;
 use kvm_ioctls::VcpuFd;
 use logging_channel::format::CounterKind;
 use vmm_sys_util::ioctl::ioctl;
-use vmm_sys_util::ioctl_io_nr;
 
 const KVMIO: u32 = 0xAE;
-ioctl_io_nr!(KVM_GET_STATS_FD, KVMIO, 0xce);
+// In a private module: the macro declares a `pub fn`, which is no part of this crate's API.
+mod ioctls {
+    vmm_sys_util::ioctl_io_nr!(KVM_GET_STATS_FD, super::KVMIO, 0xce);
+}
+use ioctls::KVM_GET_STATS_FD;
 
 /// The statistic that counts emulated instructions on the PVM backend.
 const PVM_INSN_STAT: &str = "insn_emulation";
 
+/// Why the instruction counter could not be opened, read or rebased.
 #[derive(Debug, thiserror::Error)]
 pub enum CounterError {
+    /// KVM would not hand out the vCPU's statistics descriptor.
     #[error("KVM_GET_STATS_FD on the vCPU failed")]
     StatsFd(#[source] std::io::Error),
+    /// Reading the statistics descriptor failed.
     #[error("reading the vCPU statistics failed")]
     Read(#[source] std::io::Error),
+    /// The statistics lack the named counter (not a PVM host).
     #[error("the vCPU statistics have no '{0}' counter")]
     Missing(&'static str),
+    /// The statistics descriptor's header does not parse (what is wrong).
     #[error("malformed vCPU statistics header: {0}")]
     Malformed(&'static str),
 }
 
 /// A monotonically increasing count of guest instructions, as far as the host can tell.
 pub trait InsnCounter: std::fmt::Debug {
+    /// Which counter this is, as logs record it.
     fn kind(&self) -> CounterKind;
+    /// The count now (the vCPU must be stopped for it to mean anything).
     fn read(&self) -> Result<u64, CounterError>;
     /// Makes `read` return `now` at this moment and count on from there: a machine restored
     /// from another's state continues that machine's count.
@@ -70,6 +80,7 @@ pub struct PvmInsnCounter {
 }
 
 impl PvmInsnCounter {
+    /// Opens the counter of `vcpu`; fails on hosts without PVM's statistic.
     pub fn open(vcpu: &VcpuFd) -> Result<Self, CounterError> {
         // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd or -1.
         let fd = unsafe { ioctl(vcpu, KVM_GET_STATS_FD()) };

@@ -80,6 +80,8 @@ impl Kicker {
         Self { thread }
     }
 
+    /// Sends the kick signal: the vCPU stops at the next instruction boundary, or at once on its
+    /// next `KVM_RUN` if it is between runs.
     pub fn kick(&self) {
         // SAFETY: the thread id came from pthread_self on the vCPU thread, which outlives every
         // kicker user (they are joined or stopped before it returns); the handler is installed.
@@ -142,6 +144,7 @@ impl ThreadTimer {
         self.set(after.max(std::time::Duration::from_nanos(1)))
     }
 
+    /// Cancels a kick not yet sent.
     pub fn disarm(&self) -> std::io::Result<()> {
         self.set(std::time::Duration::ZERO)
     }

@@ -11,28 +11,50 @@ use kvm_bindings::{
 use kvm_ioctls::{SyncReg, VcpuFd};
 use logging_channel::format::Regs;
 use vmm_sys_util::ioctl::ioctl_with_ref;
-use vmm_sys_util::ioctl_iow_nr;
 
 const KVMIO: u32 = 0xAE;
 // kvm-ioctls does not wrap KVM_INTERRUPT (it is only meaningful without an in-kernel irqchip).
-ioctl_iow_nr!(KVM_INTERRUPT, KVMIO, 0x86, kvm_bindings::kvm_interrupt);
+// In a private module: the macro declares a `pub fn`, which is no part of this crate's API.
+mod ioctls {
+    vmm_sys_util::ioctl_iow_nr!(
+        KVM_INTERRUPT,
+        super::KVMIO,
+        0x86,
+        kvm_bindings::kvm_interrupt
+    );
+}
+use ioctls::KVM_INTERRUPT;
 
+/// A vCPU ioctl that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
+    /// Injecting an interrupt failed.
     #[error("KVM_INTERRUPT (vector {vector:#x}) failed")]
-    Interrupt { vector: u8, source: std::io::Error },
+    Interrupt {
+        /// The vector.
+        vector: u8,
+        /// What KVM said.
+        source: std::io::Error,
+    },
+    /// Setting or clearing a breakpoint or single step failed.
     #[error("KVM_SET_GUEST_DEBUG failed")]
     SetGuestDebug(#[source] kvm_ioctls::Error),
+    /// Reading the general registers failed.
     #[error("KVM_GET_REGS failed")]
     GetRegs(#[source] kvm_ioctls::Error),
+    /// Writing the general registers failed.
     #[error("KVM_SET_REGS failed")]
     SetRegs(#[source] kvm_ioctls::Error),
+    /// Reading the special registers failed.
     #[error("KVM_GET_SREGS failed")]
     GetSregs(#[source] kvm_ioctls::Error),
+    /// Writing the special registers failed.
     #[error("KVM_SET_SREGS failed")]
     SetSregs(#[source] kvm_ioctls::Error),
+    /// Completing a pending exit before saving state failed.
     #[error("KVM_RUN with immediate_exit (to finish the exit's I/O before saving state) failed")]
     CompleteExit(#[source] kvm_ioctls::Error),
+    /// Completing a pending exit ran the guest instead (the exit it made).
     #[error("KVM_RUN with immediate_exit ran the guest (exit {0}) instead of returning EINTR")]
     CompleteExitRan(String),
 }
@@ -70,11 +92,13 @@ pub fn cpl(sregs: &kvm_sregs) -> u8 {
 /// The guest's one vCPU with sync registers enabled, so registers are free to read at every exit.
 #[derive(Debug)]
 pub struct Vcpu {
+    /// KVM's vCPU; for what this wrapper does not cover (state saving, runs).
     pub fd: VcpuFd,
     debug_flags: u32,
 }
 
 impl Vcpu {
+    /// Wraps `fd`, asking KVM to sync registers, special registers and events at every exit.
     pub fn new(mut fd: VcpuFd) -> Self {
         fd.set_sync_valid_reg(SyncReg::Register);
         fd.set_sync_valid_reg(SyncReg::SystemRegister);
@@ -87,6 +111,7 @@ impl Vcpu {
         self.fd.sync_regs().regs
     }
 
+    /// Special registers as of the last exit (valid after the first `KVM_RUN`).
     pub fn sregs(&self) -> kvm_sregs {
         self.fd.sync_regs().sregs
     }
@@ -96,14 +121,17 @@ impl Vcpu {
         self.fd.get_regs().map_err(VcpuError::GetRegs)
     }
 
+    /// Special registers read with an ioctl (before the first run).
     pub fn get_sregs(&self) -> Result<kvm_sregs, VcpuError> {
         self.fd.get_sregs().map_err(VcpuError::GetSregs)
     }
 
+    /// Writes the general registers.
     pub fn set_regs(&self, regs: &kvm_regs) -> Result<(), VcpuError> {
         self.fd.set_regs(regs).map_err(VcpuError::SetRegs)
     }
 
+    /// Writes the special registers.
     pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), VcpuError> {
         self.fd.set_sregs(sregs).map_err(VcpuError::SetSregs)
     }
@@ -136,6 +164,8 @@ impl Vcpu {
         &mut self.fd.get_kvm_run().immediate_exit
     }
 
+    /// Clears `kvm_run.immediate_exit`, which a kick sets, so the next `KVM_RUN` enters the
+    /// guest.
     pub fn clear_immediate_exit(&mut self) {
         self.fd.set_kvm_immediate_exit(0);
     }
