@@ -105,3 +105,206 @@ pub enum NodeEvent<'a> {
         pauses_ms: Vec<f64>,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of every event, to check the documentation against.
+    fn every_event() -> Vec<serde_json::Value> {
+        let s = "x";
+        let view = viewserver::View::default();
+        let node = [
+            NodeEvent::Started {
+                name: s,
+                incarnation: 1,
+                listen: s,
+                viewserver: s,
+            },
+            NodeEvent::Booting {
+                view: 1,
+                stdout_byte: 0,
+            },
+            NodeEvent::GoingLive {
+                view: 1,
+                exits: 1,
+                log_seq: 1,
+                console_bytes: 1,
+                released_from: 1,
+                stdout_byte: 1,
+                unconfirmed: 0,
+            },
+            NodeEvent::Backup {
+                view: 1,
+                primary: s,
+                holding: true,
+            },
+            NodeEvent::Stranded { view: 1 },
+            NodeEvent::Idle { view: 1 },
+            NodeEvent::NoBackup { view: 1 },
+            NodeEvent::StreamLost {
+                backup: s,
+                reason: s,
+            },
+            NodeEvent::SteppedDown { reason: s },
+            NodeEvent::Lag {
+                view: 1,
+                backup: s,
+                entries: 1,
+                ms: 1.0,
+                released_bytes: 1,
+            },
+            NodeEvent::TransferProgress {
+                backup: s,
+                message: s,
+            },
+            NodeEvent::TransferDone {
+                view: 1,
+                backup: s,
+                total_ms: 1.0,
+                pause_ms: 1.0,
+                rounds: 1,
+                bytes: 1,
+                next_seq: 1,
+            },
+            NodeEvent::TransferFailed {
+                backup: s,
+                error: s,
+            },
+            NodeEvent::StateInstalled {
+                primary: s,
+                ms: 1.0,
+                mem_mib: 1,
+                next_seq: 1,
+            },
+            NodeEvent::StateRefused { error: s },
+            NodeEvent::ReplayFailed {
+                primary: s,
+                error: s,
+                overshoot: false,
+                diverged: false,
+            },
+            NodeEvent::StreamEnded {
+                reason: s,
+                last_seq: None,
+            },
+            NodeEvent::GuestPoweredOff {
+                code: 0,
+                replayed: false,
+            },
+            NodeEvent::Refused { message: s },
+            NodeEvent::ViewServiceUnreachable { error: s },
+            NodeEvent::PrimarySummary {
+                throttled_ms: 0.0,
+                lease_wait_ms: 0.0,
+                pauses_ms: Vec::new(),
+            },
+        ];
+        // Exhaustive on purpose: a new variant fails to compile here until it is listed above.
+        for e in &node {
+            match e {
+                NodeEvent::Started { .. }
+                | NodeEvent::Booting { .. }
+                | NodeEvent::GoingLive { .. }
+                | NodeEvent::Backup { .. }
+                | NodeEvent::Stranded { .. }
+                | NodeEvent::Idle { .. }
+                | NodeEvent::NoBackup { .. }
+                | NodeEvent::StreamLost { .. }
+                | NodeEvent::SteppedDown { .. }
+                | NodeEvent::Lag { .. }
+                | NodeEvent::TransferProgress { .. }
+                | NodeEvent::TransferDone { .. }
+                | NodeEvent::TransferFailed { .. }
+                | NodeEvent::StateInstalled { .. }
+                | NodeEvent::StateRefused { .. }
+                | NodeEvent::ReplayFailed { .. }
+                | NodeEvent::StreamEnded { .. }
+                | NodeEvent::GuestPoweredOff { .. }
+                | NodeEvent::Refused { .. }
+                | NodeEvent::ViewServiceUnreachable { .. }
+                | NodeEvent::PrimarySummary { .. } => {}
+            }
+        }
+        use viewserver::ServiceEvent as S;
+        let service = [
+            S::Leading {
+                term: 1,
+                service: s.into(),
+                view: view.clone(),
+            },
+            S::Following { leader: s.into() },
+            S::NoLongerLeading,
+            S::ViewChanged { view },
+            S::EtcdFailing { error: s.into() },
+            S::EtcdAnswersAgain,
+        ];
+        for e in &service {
+            match e {
+                S::Leading { .. }
+                | S::Following { .. }
+                | S::NoLongerLeading
+                | S::ViewChanged { .. }
+                | S::EtcdFailing { .. }
+                | S::EtcdAnswersAgain => {}
+            }
+        }
+        let mut all: Vec<_> = node
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .collect();
+        all.extend(service.iter().map(|e| serde_json::to_value(e).unwrap()));
+        all.push(serde_json::json!({"event": "listening", "addr": s}));
+        all
+    }
+
+    /// docs/events.md has a row for every event, naming exactly its fields, and no row for an
+    /// event that does not exist.
+    #[test]
+    fn docs_events_md_names_every_event_and_its_fields() {
+        let doc = include_str!("../../docs/events.md");
+        let rows: Vec<(&str, &str)> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once("` |"))
+            .filter(|(name, _)| name.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .map(|(name, rest)| (name, rest.split('|').next().unwrap_or("")))
+            .collect();
+        let events = every_event();
+        let mut wrong = Vec::new();
+        for e in &events {
+            let name = e["event"].as_str().unwrap();
+            let Some((_, fields)) = rows.iter().find(|(n, _)| *n == name) else {
+                wrong.push(format!("no row for `{name}`"));
+                continue;
+            };
+            let documented: Vec<&str> = fields.split('`').skip(1).step_by(2).collect();
+            let actual: Vec<&str> = e
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .filter(|k| *k != "event")
+                .collect();
+            let mut sorted = documented.clone();
+            sorted.sort_unstable();
+            if sorted != actual {
+                wrong.push(format!(
+                    "`{name}`: documented {documented:?}, emitted {actual:?}"
+                ));
+            }
+        }
+        for (name, _) in &rows {
+            if !["event", "t_unix_ms", "who"].contains(name)
+                && !events.iter().any(|e| e["event"] == *name)
+            {
+                wrong.push(format!("a row for `{name}`, which no code emits"));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "docs/events.md disagrees:\n{}",
+            wrong.join("\n")
+        );
+    }
+}
