@@ -222,4 +222,102 @@ mod tests {
         assert!(!believe(Some(&s(3, "x")), &s(2, "x")));
         assert!(!believe(Some(&s(3, "x")), &s(9, "y")));
     }
+
+    /// design.md draws the role state machine; every transition `step` and `after` make
+    /// (holding before → holding after, labelled with the step) is an edge of that diagram, and
+    /// every edge labelled with a step is one they make.
+    #[test]
+    fn design_md_draws_exactly_the_transitions_of_step() {
+        fn state(h: Holding) -> &'static str {
+            match h {
+                Holding::Nothing => "Nothing",
+                Holding::Replica { .. } => "Replica",
+                Holding::Guest { .. } => "Guest",
+            }
+        }
+        fn label(s: Step) -> &'static str {
+            match s {
+                Step::Boot => "Boot",
+                Step::GoLive => "GoLive",
+                Step::Serve => "Serve",
+                Step::StepDown => "StepDown",
+                Step::Backup { keep: true } => "Backup{keep: true}",
+                Step::Backup { keep: false } => "Backup{keep: false}",
+                Step::Idle => "Idle",
+                Step::Stranded => "Stranded",
+            }
+        }
+        let mut made = std::collections::BTreeSet::new();
+        let holdings = [
+            Holding::Nothing,
+            Holding::Replica { view: 4 },
+            Holding::Replica { view: 5 },
+            Holding::Replica { view: 2 },
+            Holding::Guest { view: 4 },
+        ];
+        for fresh in [false, true] {
+            for primary in [("a", 7), ("a", 6), ("b", 1), ("", 0)] {
+                for backup in [("a", 7), ("c", 2), ("", 0)] {
+                    let v = view(5, primary, backup, fresh);
+                    for h in holdings {
+                        let st = step(h, &v, ME);
+                        made.insert((state(h), state(after(h, st, &v)), label(st)));
+                    }
+                }
+            }
+        }
+        let doc = include_str!("../../docs/design.md");
+        let start = doc
+            .find("### Role state machine of a node")
+            .expect("design.md has the role state machine");
+        let block = doc[start..]
+            .split("```mermaid")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("a mermaid diagram follows");
+        let labels = [
+            "Boot",
+            "GoLive",
+            "Serve",
+            "StepDown",
+            "Backup{keep: true}",
+            "Backup{keep: false}",
+            "Idle",
+            "Stranded",
+        ];
+        let mut drawn = std::collections::BTreeSet::new();
+        for line in block.lines() {
+            let Some((edge, text)) = line.trim().split_once(": ") else {
+                continue;
+            };
+            let Some((from, to)) = edge.split_once(" --> ") else {
+                continue;
+            };
+            for l in labels {
+                // A label names its step in parentheses, possibly with others: "(Idle / ...)".
+                let named = ["(", "/ "].iter().any(|before| {
+                    text.match_indices(&format!("{before}{l}")).any(|(at, m)| {
+                        matches!(text[at + m.len()..].chars().next(), Some(')' | ':' | ' '))
+                    })
+                });
+                if named {
+                    let st = |s: &str| -> &'static str {
+                        match s {
+                            "Nothing" => "Nothing",
+                            "Replica" => "Replica",
+                            "Guest" => "Guest",
+                            other => panic!("design.md draws an unknown state {other:?}"),
+                        }
+                    };
+                    drawn.insert((st(from.trim()), st(to.trim()), l));
+                }
+            }
+        }
+        let missing: Vec<_> = made.difference(&drawn).collect();
+        let extra: Vec<_> = drawn.difference(&made).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "design.md's role diagram disagrees with node::step:\n  not drawn: {missing:?}\n  drawn but never made: {extra:?}"
+        );
+    }
 }
