@@ -70,7 +70,7 @@ impl StateDigest {
 
     /// Human-readable list of what differs, `recorded` first. Empty when equal.
     pub fn differences(recorded: &Self, replayed: &Self) -> Vec<String> {
-        let mut out = regs_differences(&recorded.regs, &replayed.regs);
+        let mut out = recorded.regs.differences(&replayed.regs);
         let mut cmp = |name: &str, a: u64, b: u64| {
             if a != b {
                 out.push(format!("{name}: recorded {a:#x}, replayed {b:#x}"));
@@ -104,25 +104,10 @@ pub fn state_check(r: &Regs, console_hash: u64) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&bytes).max(1)
 }
 
-/// Named register pairs, in the log's order.
-pub fn named_regs(r: &Regs) -> [(&'static str, u64); Regs::COUNT] {
-    let values = r.to_array();
-    std::array::from_fn(|i| (Regs::NAMES[i], values[i]))
-}
-
-pub fn regs_differences(recorded: &Regs, replayed: &Regs) -> Vec<String> {
-    named_regs(recorded)
-        .iter()
-        .zip(named_regs(replayed).iter())
-        .filter(|(a, b)| a.1 != b.1)
-        .map(|(a, b)| format!("{}: recorded {:#x}, replayed {:#x}", a.0, a.1, b.1))
-        .collect()
-}
-
 /// Registers formatted four to a line, for error reports.
 pub fn format_regs(r: &Regs) -> String {
     let mut s = String::new();
-    for (i, (name, v)) in named_regs(r).iter().enumerate() {
+    for (i, (name, v)) in r.named().iter().enumerate() {
         s.push_str(&format!("{name:>6}={v:#018x}"));
         s.push(if i % 4 == 3 { '\n' } else { ' ' });
     }

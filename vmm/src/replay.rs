@@ -10,7 +10,7 @@ use logging_channel::format::{EndReason, Entry, Frame, InputSource, Position, Re
 use crate::clock::{HostClock, SystemClock};
 use crate::console::ConsoleStream;
 use crate::devices::DeviceEnv;
-use crate::digest::{StateDigest, format_regs, regs_differences, state_check};
+use crate::digest::{StateDigest, format_regs, state_check};
 use crate::exit::{Stop, handle_exit, trace_guest_exit};
 use crate::machine::Machine;
 use crate::outcome::{Outcome, RunError, RunStats};
@@ -564,7 +564,7 @@ impl Replayer<'_> {
                     next,
                     format!(
                         "at the recorded position the registers differ: {}",
-                        regs_differences(want, &now).join("; ")
+                        want.differences(&now).join("; ")
                     ),
                 ));
             }

@@ -4,10 +4,12 @@
 mod entry;
 mod header;
 mod position;
+mod regs;
 
 pub use entry::{EndReason, Entry, EntryKind, Frame, InputSource};
 pub use header::{CounterKind, Header, LogState, PositionSemantics};
-pub use position::{Position, Regs};
+pub use position::Position;
+pub use regs::Regs;
 
 /// First eight bytes of every log, so `file(1)`-style sniffing and a
 /// confused `--log` argument are caught before anything else is parsed.
