@@ -14,7 +14,7 @@ use logging_channel::net::{
     StatePart, StateReceiver, StateSender, decode_message, decode_pages, encode_message,
     encode_page,
 };
-use logging_channel::{CodecError, EndReason, Entry, Frame, InputSource, Position, Regs};
+use logging_channel::{CodecError, Digest, EndReason, Entry, Frame, InputSource, Position, Regs};
 
 const IMAGE: [u8; 32] = [7; 32];
 const VIEW: u64 = 3;
@@ -70,13 +70,15 @@ fn entry(i: u64) -> Entry {
         },
         4 => Entry::Digest {
             pos,
-            regs: Regs::default(),
-            cr0: 1,
-            cr3: 2,
-            cr4: 3,
-            efer: 4,
-            mem_hash: i,
-            devices_hash: 6,
+            digest: Digest {
+                regs: Regs::default(),
+                cr0: 1,
+                cr3: 2,
+                cr4: 3,
+                efer: 4,
+                mem_hash: i,
+                devices_hash: 6,
+            },
         },
         _ => Entry::End {
             pos,

@@ -2,8 +2,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::format::{
-    CounterKind, EndReason, Entry, EntryKind, FORMAT_VERSION, Frame, Header, InputSource, LogState,
-    MAX_FRAME_LEN, Position, PositionSemantics, Regs,
+    CounterKind, Digest, EndReason, Entry, EntryKind, FORMAT_VERSION, Frame, Header, InputSource,
+    LogState, MAX_FRAME_LEN, Position, PositionSemantics, Regs,
 };
 use crate::strategies;
 
@@ -77,13 +77,15 @@ fn every_entry() -> Vec<Entry> {
             },
             Entry::Digest {
                 pos: pos.clone(),
-                regs: regs(9),
-                cr0: 0x8000_0011,
-                cr3: 0x1000,
-                cr4: 0x20,
-                efer: 0x500,
-                mem_hash: 0xdead_beef,
-                devices_hash: 0xfeed,
+                digest: Digest {
+                    regs: regs(9),
+                    cr0: 0x8000_0011,
+                    cr3: 0x1000,
+                    cr4: 0x20,
+                    efer: 0x500,
+                    mem_hash: 0xdead_beef,
+                    devices_hash: 0xfeed,
+                },
             },
             Entry::End {
                 pos: pos.clone(),
@@ -218,13 +220,15 @@ fn digest_layout_is_pinned() {
         state_check: 11,
         entry: Entry::Digest {
             pos: Position::AtExit { exits: 12 },
-            regs,
-            cr0: 0x201,
-            cr3: 0x203,
-            cr4: 0x204,
-            efer: 0x205,
-            mem_hash: 0x206,
-            devices_hash: 0x207,
+            digest: Digest {
+                regs,
+                cr0: 0x201,
+                cr3: 0x203,
+                cr4: 0x204,
+                efer: 0x205,
+                mem_hash: 0x206,
+                devices_hash: 0x207,
+            },
         },
     };
     let mut body = vec![5u8]; // kind digest
@@ -463,13 +467,7 @@ fn strict_bodies_short_body() {
         state_check: 0,
         entry: Entry::Digest {
             pos: precise(),
-            regs: Regs::default(),
-            cr0: 0,
-            cr3: 0,
-            cr4: 0,
-            efer: 0,
-            mem_hash: 0,
-            devices_hash: 0,
+            digest: Digest::default(),
         },
     });
     let short = &body[..body.len() - 3];

@@ -1,6 +1,6 @@
 use serde::Serialize;
 
-use super::{Position, Regs};
+use super::{Digest, Position};
 
 /// Which host input a device read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -49,13 +49,9 @@ pub enum Entry {
     /// A checkpoint of machine state, for detecting divergence on replay.
     Digest {
         pos: Position,
-        regs: Regs,
-        cr0: u64,
-        cr3: u64,
-        cr4: u64,
-        efer: u64,
-        mem_hash: u64,
-        devices_hash: u64,
+        /// Flattened, so JSON shows the digest's fields beside `pos` as before it had a type.
+        #[serde(flatten)]
+        digest: Digest,
     },
     /// The recorded run ended here (last entry of a complete log).
     End { pos: Position, reason: EndReason },

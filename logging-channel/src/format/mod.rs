@@ -1,11 +1,13 @@
 //! The values a replay log holds. The byte layout lives in `codec`; this module
 //! only says what the values mean. See `docs/log-format.md` for the full spec.
 
+mod digest;
 mod entry;
 mod header;
 mod position;
 mod regs;
 
+pub use digest::Digest;
 pub use entry::{EndReason, Entry, EntryKind, Frame, InputSource};
 pub use header::{CounterKind, Header, LogState, PositionSemantics};
 pub use position::Position;
