@@ -102,6 +102,32 @@ fn inspect_and_dump_agree_with_each_other_and_with_the_run() {
         info["digests"].as_u64(),
         Some(by_kind["digest"]["entries"].as_u64().unwrap())
     );
+    // A digest's fields sit beside its position, as they always have in the dump.
+    let digest = all.iter().find(|e| e["kind"] == "digest").unwrap();
+    let mut fields: Vec<_> = digest["entry"]["Digest"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "cr0",
+            "cr3",
+            "cr4",
+            "devices_hash",
+            "efer",
+            "mem_hash",
+            "pos",
+            "regs"
+        ]
+    );
+    assert_eq!(
+        digest["entry"]["Digest"]["regs"].as_object().unwrap().len(),
+        18
+    );
     assert_eq!(all.last().unwrap()["kind"], "end");
 
     // --from and --limit select a window.

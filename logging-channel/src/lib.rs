@@ -16,6 +16,6 @@ mod strategies;
 pub use codec::CodecError;
 pub use file::{Completeness, Frames, IncompleteReason, LogError, LogReader, LogWriter, Tail};
 pub use format::{
-    CounterKind, EndReason, Entry, EntryKind, FORMAT_VERSION, Frame, Header, InputSource, LogState,
-    MAGIC, MAX_FRAME_LEN, Position, PositionSemantics, Regs,
+    CounterKind, Digest, EndReason, Entry, EntryKind, FORMAT_VERSION, Frame, Header, InputSource,
+    LogState, MAGIC, MAX_FRAME_LEN, Position, PositionSemantics, Regs,
 };

@@ -4,7 +4,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use crate::format::{
-    CounterKind, EndReason, Entry, FORMAT_VERSION, Frame, Header, InputSource, Position,
+    CounterKind, Digest, EndReason, Entry, FORMAT_VERSION, Frame, Header, InputSource, Position,
     PositionSemantics, Regs,
 };
 
@@ -23,6 +23,20 @@ pub(crate) fn position() -> impl Strategy<Value = Position> {
             }
         }),
     ]
+}
+
+fn digest() -> impl Strategy<Value = Digest> {
+    (regs(), proptest::array::uniform6(any::<u64>())).prop_map(
+        |(regs, [cr0, cr3, cr4, efer, mem_hash, devices_hash])| Digest {
+            regs,
+            cr0,
+            cr3,
+            cr4,
+            efer,
+            mem_hash,
+            devices_hash,
+        },
+    )
 }
 
 fn input_source() -> impl Strategy<Value = InputSource> {
@@ -48,18 +62,7 @@ pub(crate) fn entry() -> impl Strategy<Value = Entry> {
         (position(), any::<u8>()).prop_map(|(pos, vector)| Entry::Inject { pos, vector }),
         (position(), vec(any::<u8>(), 0..64))
             .prop_map(|(pos, bytes)| Entry::ConsoleInput { pos, bytes }),
-        (position(), regs(), proptest::array::uniform6(any::<u64>())).prop_map(
-            |(pos, regs, [cr0, cr3, cr4, efer, mem_hash, devices_hash])| Entry::Digest {
-                pos,
-                regs,
-                cr0,
-                cr3,
-                cr4,
-                efer,
-                mem_hash,
-                devices_hash,
-            }
-        ),
+        (position(), digest()).prop_map(|(pos, digest)| Entry::Digest { pos, digest }),
         (position(), end_reason()).prop_map(|(pos, reason)| Entry::End { pos, reason }),
         (position(), any::<u64>(), any::<u64>()).prop_map(|(pos, console_bytes, released)| {
             Entry::Output {

@@ -14,7 +14,7 @@ use logging_channel::net::{
     StatePart, StateReceiver, StateSender, decode_message, decode_pages, encode_message,
     encode_page,
 };
-use logging_channel::{CodecError, EndReason, Entry, Frame, InputSource, Position, Regs};
+use logging_channel::{CodecError, Digest, EndReason, Entry, Frame, InputSource, Position, Regs};
 
 const IMAGE: [u8; 32] = [7; 32];
 const VIEW: u64 = 3;
@@ -70,13 +70,15 @@ fn entry(i: u64) -> Entry {
         },
         4 => Entry::Digest {
             pos,
-            regs: Regs::default(),
-            cr0: 1,
-            cr3: 2,
-            cr4: 3,
-            efer: 4,
-            mem_hash: i,
-            devices_hash: 6,
+            digest: Digest {
+                regs: Regs::default(),
+                cr0: 1,
+                cr3: 2,
+                cr4: 3,
+                efer: 4,
+                mem_hash: i,
+                devices_hash: 6,
+            },
         },
         _ => Entry::End {
             pos,
@@ -103,10 +105,7 @@ fn pair(cfg: ChannelConfig) -> (LogSender, LogReceiver) {
     let listener = listen();
     let addr = listener.local_addr();
     let c = cfg.clone();
-    let acceptor = thread::spawn(move || {
-        let exp = expected();
-        listener.accept(|h| exp.check(h), c, Some(WAIT))
-    });
+    let acceptor = thread::spawn(move || accept_with(&listener, c, WAIT));
     let sender = LogSender::connect(addr, hello(), cfg).unwrap();
     let receiver = acceptor.join().unwrap().unwrap();
     (sender, receiver)
@@ -161,9 +160,38 @@ fn fake_backup<T: Send + 'static>(
     (addr, backup)
 }
 
-fn accept(listener: &Listener) -> Result<LogReceiver, ChannelError> {
+/// The backup's side of a handshake: takes the expected primary's `Hello` within `wait`.
+fn accept_with(
+    listener: &Listener,
+    c: ChannelConfig,
+    wait: Duration,
+) -> Result<LogReceiver, ChannelError> {
     let exp = expected();
-    listener.accept(|h| exp.check(h), cfg(), Some(WAIT))
+    listener.accept(|h| exp.check(h), c, Some(wait))
+}
+
+fn accept(listener: &Listener) -> Result<LogReceiver, ChannelError> {
+    accept_with(listener, cfg(), WAIT)
+}
+
+/// As [`accept_with`], for a new backup: takes the expected primary's state offer, whatever
+/// the memory size.
+fn accept_offer(
+    listener: &Listener,
+    c: ChannelConfig,
+    wait: Duration,
+) -> Result<StateReceiver, ChannelError> {
+    let exp = expected();
+    listener.accept_transfer(|h, _| exp.check(h), c, Some(wait))
+}
+
+/// A backup's receiver with a hand-driven primary on the other end ([`raw_primary`]); the
+/// listener too, kept as long as the test runs, as a node keeps its own.
+fn raw_link() -> (Listener, TcpStream, u64, LogReceiver) {
+    let listener = listen();
+    let (s, start) = raw_primary(&listener);
+    let receiver = accept(&listener).unwrap();
+    (listener, s, start, receiver)
 }
 
 #[test]
@@ -295,13 +323,7 @@ fn garbage_instead_of_hello_is_refused_with_a_clear_reason() {
     assert!(t.elapsed() >= cfg().handshake_timeout, "{:?}", t.elapsed());
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 
-    let e = listener
-        .accept(
-            |h| expected().check(h),
-            cfg(),
-            Some(Duration::from_millis(100)),
-        )
-        .unwrap_err();
+    let e = accept_with(&listener, cfg(), Duration::from_millis(100)).unwrap_err();
     assert!(matches!(e, ChannelError::AcceptTimeout { .. }), "{e:?}");
     let stats = listener.stats();
     assert_eq!((stats.rejected, stats.timed_out), (3, 1), "{stats:?}");
@@ -490,9 +512,7 @@ fn closing_the_backup_fails_the_primary_promptly() {
 
 #[test]
 fn a_silent_primary_times_out_on_the_backup() {
-    let listener = listen();
-    let (mut s, _) = raw_primary(&listener);
-    let receiver = accept(&listener).unwrap();
+    let (_listener, mut s, _, receiver) = raw_link();
     let mut buf = Vec::new();
     assert_eq!(read_msg(&mut s, &mut buf), Message::Welcome { next_seq: 0 });
     let t = Instant::now();
@@ -552,9 +572,7 @@ fn welcome_for_another_seq_is_an_error() {
 }
 
 fn seq_error_case(seqs: &[u64]) -> (ChannelError, u64, Vec<Frame>) {
-    let listener = listen();
-    let (mut s, mut offset) = raw_primary(&listener);
-    let receiver = accept(&listener).unwrap();
+    let (_listener, mut s, mut offset, receiver) = raw_link();
     let mut bad_at = 0;
     let mut stream = Vec::new();
     for (i, &seq) in seqs.iter().enumerate() {
@@ -611,9 +629,7 @@ fn seq_gap_and_duplicate_are_detected() {
 
 #[test]
 fn a_corrupted_frame_is_detected_with_its_offset() {
-    let listener = listen();
-    let (mut s, start) = raw_primary(&listener);
-    let receiver = accept(&listener).unwrap();
+    let (_listener, mut s, start, receiver) = raw_link();
     let mut stream = Vec::new();
     let mut offsets = Vec::new();
     for i in 0..5 {
@@ -641,9 +657,7 @@ fn a_corrupted_frame_is_detected_with_its_offset() {
 
 #[test]
 fn an_oversized_length_is_refused_before_reading_the_body() {
-    let listener = listen();
-    let (mut s, start) = raw_primary(&listener);
-    let receiver = accept(&listener).unwrap();
+    let (_listener, mut s, start, receiver) = raw_link();
     s.write_all(&u32::MAX.to_le_bytes()).unwrap();
     s.write_all(&[0; 4]).unwrap();
     let e = receiver.recv(WAIT).unwrap_err();
@@ -878,9 +892,7 @@ fn a_backup_that_stops_receiving_acks_nothing_more_but_keeps_what_it_has() {
 
 #[test]
 fn an_entry_followed_by_a_heartbeat_is_still_acked() {
-    let listener = listen();
-    let (mut s, _) = raw_primary(&listener);
-    let receiver = accept(&listener).unwrap();
+    let (_listener, mut s, _, receiver) = raw_link();
     let mut buf = Vec::new();
     assert_eq!(read_msg(&mut s, &mut buf), Message::Welcome { next_seq: 0 });
     // One write, so the backup sees both in one read: the entry is not the
@@ -930,9 +942,7 @@ fn a_backup_that_vanishes_without_bye_fails_the_primary() {
 
 #[test]
 fn a_primary_that_vanishes_mid_frame_is_reported_as_truncated() {
-    let listener = listen();
-    let (mut s, start) = raw_primary(&listener);
-    let receiver = accept(&listener).unwrap();
+    let (_listener, mut s, start, receiver) = raw_link();
     let whole = msg_bytes(&Message::Entry(frame(0)));
     let partial = msg_bytes(&Message::Entry(frame(1)));
     s.write_all(&whole).unwrap();
@@ -1057,15 +1067,8 @@ fn state_transfer_refusals() {
     let listener = listen();
     let addr = listener.local_addr();
     let backup = thread::spawn(move || {
-        let exp = expected();
-        let a = listener
-            .accept_transfer(|h, _| exp.check(h), cfg(), Some(WAIT))
-            .err()
-            .unwrap();
-        let b = listener
-            .accept_transfer(|h, _| exp.check(h), cfg(), Some(WAIT))
-            .err()
-            .unwrap();
+        let a = accept_offer(&listener, cfg(), WAIT).err().unwrap();
+        let b = accept_offer(&listener, cfg(), WAIT).err().unwrap();
         (a, b)
     });
     let wrong = Hello::new(IMAGE, VIEW, "mallory", 0);
@@ -1243,13 +1246,11 @@ fn assert_junk_closed(junk: Vec<Junk>, within: Duration) {
 
 /// How a node's backup takes connections: short waits in a loop.
 fn take_offer(l: &Listener) -> Result<StateReceiver, ChannelError> {
-    let exp = expected();
-    l.accept_transfer(|h, _| exp.check(h), cfg(), Some(Duration::from_millis(50)))
+    accept_offer(l, cfg(), Duration::from_millis(50))
 }
 
 fn take_hello(l: &Listener) -> Result<LogReceiver, ChannelError> {
-    let exp = expected();
-    l.accept(|h| exp.check(h), cfg(), Some(Duration::from_millis(50)))
+    accept_with(l, cfg(), Duration::from_millis(50))
 }
 
 /// Opens `JUNK` junk connections, then times `connect` (a real primary's) against a backup
@@ -1336,10 +1337,7 @@ fn only_junk_is_an_accept_timeout() {
     let junk = open_junk(listener.local_addr());
     let wait = Duration::from_secs(1);
     let t = Instant::now();
-    let e = listener
-        .accept_transfer(|h, _| expected().check(h), cfg(), Some(wait))
-        .err()
-        .unwrap();
+    let e = accept_offer(&listener, cfg(), wait).err().unwrap();
     let took = t.elapsed();
     assert!(matches!(e, ChannelError::AcceptTimeout { .. }), "{e:?}");
     assert!(
@@ -1388,10 +1386,7 @@ fn connections_queue_while_nobody_accepts_but_not_many_nor_long() {
         expect_refusal(s, "backup busy");
     }
     for s in &mut primaries[2..] {
-        let exp = expected();
-        let rx = listener
-            .accept(|h| exp.check(h), c.clone(), Some(WAIT))
-            .unwrap();
+        let rx = accept_with(&listener, c.clone(), WAIT).unwrap();
         assert_eq!(rx.peer_addr(), s.local_addr().unwrap(), "oldest first");
         assert_eq!(
             read_msg(s, &mut Vec::new()),
@@ -1412,10 +1407,7 @@ fn connections_queue_while_nobody_accepts_but_not_many_nor_long() {
     };
     let mut late = queue_hellos(&listener, 1).pop().unwrap();
     thread::sleep(quick.peer_timeout);
-    let exp = expected();
-    let e = listener
-        .accept(|h| exp.check(h), quick, Some(Duration::from_millis(100)))
-        .unwrap_err();
+    let e = accept_with(&listener, quick, Duration::from_millis(100)).unwrap_err();
     assert!(matches!(e, ChannelError::AcceptTimeout { .. }), "{e:?}");
     expect_refusal(&mut late, "stale");
     assert_eq!(listener.stats().dropped, 3);
@@ -1440,8 +1432,7 @@ fn a_flood_of_silent_connections_cannot_lock_out_a_primary() {
         thread::sleep(Duration::from_millis(5));
     }
     let backup = thread::spawn(move || {
-        let exp = expected();
-        let rx = listener.accept(|h| exp.check(h), c, Some(WAIT));
+        let rx = accept_with(&listener, c, WAIT);
         (listener, rx)
     });
     let t = Instant::now();

@@ -1,12 +1,16 @@
 //! The port-I/O bus: the one path by which the guest reaches a device. Record and replay do not
 //! intercept individual devices; they supply the [`DeviceEnv`] that the bus hands to every access.
+//!
+//! The PC devices decode byte-wide registers, so the bus splits a wider access into byte
+//! accesses at consecutive ports, as the ISA bus does; only isa-debug-exit, whose value is the
+//! whole access, takes it unsplit.
 
 use crate::devices::debug_exit::DebugExit;
 use crate::devices::pic::DualPic;
 use crate::devices::pit::Pit;
 use crate::devices::rtc::Rtc;
 use crate::devices::serial::{COM1_IRQ, Serial};
-use crate::devices::{DeviceEnv, DeviceStateError, DevicesState, PioDevice};
+use crate::devices::{DeviceEnv, DeviceStateError, DevicesState, PioDevice, StateHash};
 
 /// The standard PC devices of an understudy guest.
 #[derive(Debug)]
@@ -73,6 +77,41 @@ const PC_LAYOUT: [PortRange; 6] = [
     },
 ];
 
+/// How a device takes an access.
+enum Target<'a> {
+    /// Byte-wide registers: one byte at a time, at consecutive ports.
+    Bytes(&'a mut dyn PioDevice),
+    /// isa-debug-exit: the access is one value.
+    Whole(&'a mut DebugExit),
+}
+
+/// Reads `data` from `dev` a byte at a time, byte `i` from port `port + i`. The device that
+/// decodes the first port takes every byte, as it always has; a byte past its range floats
+/// (see [`PioDevice`]) and is not counted as an unclaimed access.
+pub(crate) fn read_bytes(
+    dev: &mut dyn PioDevice,
+    port: u16,
+    data: &mut [u8],
+    env: &mut dyn DeviceEnv,
+) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = dev.read(port.wrapping_add(i as u16), env);
+    }
+}
+
+/// Writes `data` to `dev` a byte at a time, in order, byte `i` to port `port + i`; see
+/// [`read_bytes`].
+pub(crate) fn write_bytes(
+    dev: &mut dyn PioDevice,
+    port: u16,
+    data: &[u8],
+    env: &mut dyn DeviceEnv,
+) {
+    for (i, &byte) in data.iter().enumerate() {
+        dev.write(port.wrapping_add(i as u16), byte, env);
+    }
+}
+
 /// The port-I/O bus: routes each access to the device that decodes the port.
 #[derive(Debug)]
 pub struct Bus {
@@ -103,24 +142,26 @@ impl Bus {
         }
     }
 
-    fn device(&mut self, port: u16) -> Option<&mut dyn PioDevice> {
+    /// The device that decodes `port`, which takes the whole access starting there.
+    fn target(&mut self, port: u16) -> Option<Target<'_>> {
         let range = PC_LAYOUT
             .iter()
             .find(|r| port >= r.base && port - r.base < r.len)?;
         let d = &mut self.devices;
         Some(match range.device {
-            DeviceId::Pic => &mut d.pic,
-            DeviceId::Pit => &mut d.pit,
-            DeviceId::Rtc => &mut d.rtc,
-            DeviceId::Serial => &mut d.serial,
-            DeviceId::DebugExit => &mut d.debug_exit,
+            DeviceId::Pic => Target::Bytes(&mut d.pic),
+            DeviceId::Pit => Target::Bytes(&mut d.pit),
+            DeviceId::Rtc => Target::Bytes(&mut d.rtc),
+            DeviceId::Serial => Target::Bytes(&mut d.serial),
+            DeviceId::DebugExit => Target::Whole(&mut d.debug_exit),
         })
     }
 
-    /// A guest read of `port`; `data.len()` is the access width.
+    /// A port read of `data.len()` (1, 2 or 4) bytes, little-endian.
     pub fn read(&mut self, port: u16, data: &mut [u8], env: &mut dyn DeviceEnv) {
-        match self.device(port) {
-            Some(dev) => dev.read(port, data, env),
+        match self.target(port) {
+            Some(Target::Bytes(dev)) => read_bytes(dev, port, data, env),
+            Some(Target::Whole(dev)) => dev.read(port, data),
             None => {
                 self.unclaimed_accesses += 1;
                 data.fill(0xff);
@@ -129,10 +170,11 @@ impl Bus {
         self.route_uart_interrupt();
     }
 
-    /// A guest write of `data` to `port`.
+    /// A port write of `data.len()` (1, 2 or 4) bytes, little-endian.
     pub fn write(&mut self, port: u16, data: &[u8], env: &mut dyn DeviceEnv) {
-        match self.device(port) {
-            Some(dev) => dev.write(port, data, env),
+        match self.target(port) {
+            Some(Target::Bytes(dev)) => write_bytes(dev, port, data, env),
+            Some(Target::Whole(dev)) => dev.write(port, data),
             None => self.unclaimed_accesses += 1,
         }
         self.route_uart_interrupt();
@@ -274,6 +316,77 @@ mod tests {
         let mut env = FakeEnv::default();
         bus.write(0xf4, &[7], &mut env);
         assert_eq!(bus.devices.debug_exit.take_exit_request(), Some(7));
+    }
+
+    #[test]
+    fn a_word_access_is_byte_accesses_at_consecutive_ports() {
+        let mut bus = Bus::new();
+        let mut env = FakeEnv::default();
+        // OCW3 selecting the ISR to the PIC's command port, then a mask to its data port.
+        bus.write(0x20, &[0x0b, 0xa5], &mut env);
+        let mut data = [0u8; 2];
+        bus.read(0x20, &mut data, &mut env);
+        assert_eq!(data, [0x00, 0xa5], "ISR (selected by OCW3), then IMR");
+        // The UART's MSR then its scratch register.
+        bus.write(0x3fe, &[0x00, 0x77], &mut env);
+        let mut scratch = [0u8];
+        bus.read(0x3ff, &mut scratch, &mut env);
+        assert_eq!(scratch, [0x77]);
+        assert_eq!(bus.unclaimed_accesses, 0);
+    }
+
+    #[test]
+    fn the_bytes_of_a_word_write_arrive_in_order() {
+        let mut bus = Bus::new();
+        let mut env = FakeEnv::default();
+        // CMOS index, then data: in the other order the byte would land elsewhere.
+        bus.write(0x70, &[0x40, 0xaa], &mut env);
+        bus.write(0x70, &[0x41], &mut env);
+        bus.write(0x71, &[0xbb], &mut env);
+        bus.write(0x70, &[0x40], &mut env);
+        let mut data = [0u8];
+        bus.read(0x71, &mut data, &mut env);
+        assert_eq!(data, [0xaa]);
+    }
+
+    #[test]
+    fn bytes_past_the_first_ports_device_float_and_are_not_unclaimed() {
+        let mut bus = Bus::new();
+        let mut env = FakeEnv::default();
+        bus.write(0x70, &[0x40], &mut env);
+        bus.write(0x71, &[0xaa], &mut env);
+        let mut data = [0u8; 4];
+        bus.read(0x71, &mut data, &mut env);
+        assert_eq!(data, [0xaa, 0xff, 0xff, 0xff]);
+        let before = bus.state_hash();
+        bus.write(0x71, &[0xbb, 1, 2, 3], &mut env);
+        let mut data = [0u8];
+        bus.read(0x71, &mut data, &mut env);
+        assert_eq!(data, [0xbb], "only the first byte reached a register");
+        assert_ne!(bus.state_hash(), before);
+        assert_eq!(
+            bus.unclaimed_accesses, 0,
+            "counted per access, by its first port"
+        );
+    }
+
+    #[test]
+    fn debug_exit_takes_the_whole_access() {
+        let mut bus = Bus::new();
+        let mut env = FakeEnv::default();
+        bus.write(0xf4, &[0x34, 0x12], &mut env);
+        assert_eq!(bus.devices.debug_exit.take_exit_request(), Some(0x1234));
+        bus.write(0xf4, &[0x78, 0x56, 0x34, 0x12], &mut env);
+        assert_eq!(
+            bus.devices.debug_exit.take_exit_request(),
+            Some(0x1234_5678)
+        );
+        bus.write(0xf5, &[1], &mut env);
+        assert_eq!(bus.devices.debug_exit.take_exit_request(), None);
+        let mut data = [0u8; 4];
+        bus.read(0xf4, &mut data, &mut env);
+        assert_eq!(data, [0xff; 4]);
+        assert_eq!(bus.unclaimed_accesses, 0);
     }
 
     mod saved_state {

@@ -1,102 +1,21 @@
 //! State digests: a cheap fingerprint of the whole machine that record and replay compare.
 
-use logging_channel::format::{Entry, Position, Regs};
+use logging_channel::format::{Digest, Regs};
 
 use crate::machine::Machine;
 use crate::vcpu::regs_from_kvm;
 
-/// The fields of a `Digest` entry, taken from the machine as it stands at an exit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StateDigest {
-    /// General registers, rip and rflags.
-    pub regs: Regs,
-    /// Control register 0.
-    pub cr0: u64,
-    /// Control register 3 (the page-table root).
-    pub cr3: u64,
-    /// Control register 4.
-    pub cr4: u64,
-    /// The EFER MSR.
-    pub efer: u64,
-    /// xxh3-64 of all guest memory.
-    pub mem_hash: u64,
-    /// `Bus::state_hash`: every device's guest-visible state.
-    pub devices_hash: u64,
-}
-
-impl StateDigest {
-    /// Takes the digest of `machine` as of its last exit (hashing all of memory: not cheap).
-    pub fn take(machine: &Machine) -> Self {
-        let sregs = machine.vcpu.sregs();
-        Self {
-            regs: regs_from_kvm(&machine.vcpu.regs()),
-            cr0: sregs.cr0,
-            cr3: sregs.cr3,
-            cr4: sregs.cr4,
-            efer: sregs.efer,
-            mem_hash: xxhash_rust::xxh3::xxh3_64(machine.memory()),
-            devices_hash: machine.bus.state_hash(),
-        }
-    }
-
-    /// The `Digest` entry for this digest at `pos`.
-    pub fn into_entry(self, pos: Position) -> Entry {
-        Entry::Digest {
-            pos,
-            regs: self.regs,
-            cr0: self.cr0,
-            cr3: self.cr3,
-            cr4: self.cr4,
-            efer: self.efer,
-            mem_hash: self.mem_hash,
-            devices_hash: self.devices_hash,
-        }
-    }
-
-    /// The digest a `Digest` entry holds; `None` for other entries.
-    pub fn from_entry(entry: &Entry) -> Option<Self> {
-        match entry {
-            Entry::Digest {
-                regs,
-                cr0,
-                cr3,
-                cr4,
-                efer,
-                mem_hash,
-                devices_hash,
-                ..
-            } => Some(Self {
-                regs: *regs,
-                cr0: *cr0,
-                cr3: *cr3,
-                cr4: *cr4,
-                efer: *efer,
-                mem_hash: *mem_hash,
-                devices_hash: *devices_hash,
-            }),
-            _ => None,
-        }
-    }
-
-    /// Human-readable list of what differs, `recorded` first. Empty when equal.
-    pub fn differences(recorded: &Self, replayed: &Self) -> Vec<String> {
-        let mut out = regs_differences(&recorded.regs, &replayed.regs);
-        let mut cmp = |name: &str, a: u64, b: u64| {
-            if a != b {
-                out.push(format!("{name}: recorded {a:#x}, replayed {b:#x}"));
-            }
-        };
-        cmp("cr0", recorded.cr0, replayed.cr0);
-        cmp("cr3", recorded.cr3, replayed.cr3);
-        cmp("cr4", recorded.cr4, replayed.cr4);
-        cmp("efer", recorded.efer, replayed.efer);
-        cmp("memory hash", recorded.mem_hash, replayed.mem_hash);
-        cmp(
-            "device state hash",
-            recorded.devices_hash,
-            replayed.devices_hash,
-        );
-        out
+/// The machine's digest as it stands at an exit.
+pub fn take(machine: &Machine) -> Digest {
+    let sregs = machine.vcpu.sregs();
+    Digest {
+        regs: regs_from_kvm(&machine.vcpu.regs()),
+        cr0: sregs.cr0,
+        cr3: sregs.cr3,
+        cr4: sregs.cr4,
+        efer: sregs.efer,
+        mem_hash: xxhash_rust::xxh3::xxh3_64(machine.memory()),
+        devices_hash: machine.bus.state_hash(),
     }
 }
 
@@ -114,76 +33,12 @@ pub fn state_check(r: &Regs, console_hash: u64) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&bytes).max(1)
 }
 
-/// Named register pairs, in the log's order.
-pub fn named_regs(r: &Regs) -> [(&'static str, u64); Regs::COUNT] {
-    let values = r.to_array();
-    std::array::from_fn(|i| (Regs::NAMES[i], values[i]))
-}
-
-/// One line per register that differs, `recorded` first; empty when all are equal.
-pub fn regs_differences(recorded: &Regs, replayed: &Regs) -> Vec<String> {
-    named_regs(recorded)
-        .iter()
-        .zip(named_regs(replayed).iter())
-        .filter(|(a, b)| a.1 != b.1)
-        .map(|(a, b)| format!("{}: recorded {:#x}, replayed {:#x}", a.0, a.1, b.1))
-        .collect()
-}
-
 /// Registers formatted four to a line, for error reports.
 pub fn format_regs(r: &Regs) -> String {
     let mut s = String::new();
-    for (i, (name, v)) in named_regs(r).iter().enumerate() {
+    for (i, (name, v)) in r.named().iter().enumerate() {
         s.push_str(&format!("{name:>6}={v:#018x}"));
         s.push(if i % 4 == 3 { '\n' } else { ' ' });
     }
     s.trim_end().to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn differences_name_each_changed_field() {
-        let a = StateDigest {
-            regs: Regs::default(),
-            cr0: 1,
-            cr3: 2,
-            cr4: 3,
-            efer: 4,
-            mem_hash: 5,
-            devices_hash: 6,
-        };
-        assert!(StateDigest::differences(&a, &a).is_empty());
-        let mut b = a;
-        b.regs.rcx = 9;
-        b.mem_hash = 7;
-        let d = StateDigest::differences(&a, &b);
-        assert_eq!(
-            d,
-            vec![
-                "rcx: recorded 0x0, replayed 0x9".to_string(),
-                "memory hash: recorded 0x5, replayed 0x7".to_string()
-            ]
-        );
-    }
-
-    #[test]
-    fn digest_entry_round_trips() {
-        let a = StateDigest {
-            regs: Regs {
-                rip: 0x1000,
-                ..Regs::default()
-            },
-            cr0: 1,
-            cr3: 2,
-            cr4: 3,
-            efer: 4,
-            mem_hash: 5,
-            devices_hash: 6,
-        };
-        let e = a.into_entry(Position::AtExit { exits: 3 });
-        assert_eq!(StateDigest::from_entry(&e), Some(a));
-    }
 }

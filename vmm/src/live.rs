@@ -10,7 +10,7 @@ use logging_channel::format::{EndReason, Entry, InputSource, Position};
 use crate::clock::{HostClock, SystemClock};
 use crate::console::ConsoleStream;
 use crate::devices::DeviceEnv;
-use crate::digest::{StateDigest, state_check};
+use crate::digest::{self, state_check};
 use crate::exit::{ExitError, Stop, handle_exit, trace_guest_exit};
 use crate::machine::Machine;
 use crate::outcome::{Outcome, RunError, RunStats};
@@ -168,9 +168,12 @@ impl Recorder<'_> {
     }
 
     fn digest(&mut self) -> Result<(), RunError> {
-        let d = StateDigest::take(self.m);
+        let digest = digest::take(self.m);
         self.stats.digests += 1;
-        self.log(d.into_entry(Position::AtExit { exits: self.exits }))?;
+        self.log(Entry::Digest {
+            pos: Position::AtExit { exits: self.exits },
+            digest,
+        })?;
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use logging_channel::format::{EndReason, Entry, Frame, InputSource, Position, Re
 use crate::clock::{HostClock, SystemClock};
 use crate::console::ConsoleStream;
 use crate::devices::DeviceEnv;
-use crate::digest::{StateDigest, format_regs, regs_differences, state_check};
+use crate::digest::{self, format_regs, state_check};
 use crate::exit::{Stop, handle_exit, trace_guest_exit};
 use crate::machine::Machine;
 use crate::outcome::{Outcome, RunError, RunStats};
@@ -353,11 +353,10 @@ impl Replayer<'_> {
                 }
                 self.released = self.released.max(*released);
             }
-            Entry::Digest { .. } => {
-                let recorded = StateDigest::from_entry(&frame.entry)
-                    .ok_or_else(|| self.diverged(frame, "not a digest"))?;
-                let replayed = StateDigest::take(self.m);
-                let diff = StateDigest::differences(&recorded, &replayed);
+            Entry::Digest {
+                digest: recorded, ..
+            } => {
+                let diff = recorded.differences(&digest::take(self.m));
                 if !diff.is_empty() {
                     return Err(
                         self.diverged(frame, format!("state digest mismatch: {}", diff.join("; ")))
@@ -587,7 +586,7 @@ impl Replayer<'_> {
                     next,
                     format!(
                         "at the recorded position the registers differ: {}",
-                        regs_differences(want, &now).join("; ")
+                        want.differences(&now).join("; ")
                     ),
                 ));
             }

@@ -2,7 +2,7 @@
 
 use super::CodecError;
 use super::wire::{Cursor, put_bytes, put_regs, put_u8, put_u32, put_u64};
-use crate::format::{EndReason, Entry, EntryKind, Frame, InputSource, Position};
+use crate::format::{Digest, EndReason, Entry, EntryKind, Frame, InputSource, Position};
 
 /// kind + seq + t_ns: no entry body is shorter.
 pub(crate) const MIN_ENTRY_BODY: usize = 1 + 8 + 8;
@@ -34,19 +34,10 @@ pub(crate) fn put_entry_body(
         Entry::Irq { line, .. } => put_u8(out, *line),
         Entry::Inject { vector, .. } => put_u8(out, *vector),
         Entry::ConsoleInput { bytes, .. } => put_bytes(out, bytes),
-        Entry::Digest {
-            regs,
-            cr0,
-            cr3,
-            cr4,
-            efer,
-            mem_hash,
-            devices_hash,
-            ..
-        } => {
-            put_regs(out, regs);
-            for v in [cr0, cr3, cr4, efer, mem_hash, devices_hash] {
-                put_u64(out, *v);
+        Entry::Digest { digest, .. } => {
+            put_regs(out, &digest.regs);
+            for (_, v) in digest.words() {
+                put_u64(out, v);
             }
         }
         Entry::End { reason, .. } => match reason {
@@ -123,15 +114,18 @@ pub(crate) fn decode_entry_body(body: &[u8], base: u64) -> Result<Frame, CodecEr
             pos,
             bytes: c.bytes("console bytes")?,
         },
+        // In the order `Digest::words` gives the encoder.
         EntryKind::Digest => Entry::Digest {
             pos,
-            regs: c.regs("digest regs")?,
-            cr0: c.u64("digest cr0")?,
-            cr3: c.u64("digest cr3")?,
-            cr4: c.u64("digest cr4")?,
-            efer: c.u64("digest efer")?,
-            mem_hash: c.u64("digest mem_hash")?,
-            devices_hash: c.u64("digest devices_hash")?,
+            digest: Digest {
+                regs: c.regs("digest regs")?,
+                cr0: c.u64("digest cr0")?,
+                cr3: c.u64("digest cr3")?,
+                cr4: c.u64("digest cr4")?,
+                efer: c.u64("digest efer")?,
+                mem_hash: c.u64("digest mem_hash")?,
+                devices_hash: c.u64("digest devices_hash")?,
+            },
         },
         EntryKind::End => Entry::End {
             pos,

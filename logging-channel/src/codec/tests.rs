@@ -2,8 +2,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::format::{
-    CounterKind, EndReason, Entry, EntryKind, FORMAT_VERSION, Frame, Header, InputSource, LogState,
-    MAX_FRAME_LEN, Position, PositionSemantics, Regs,
+    CounterKind, Digest, EndReason, Entry, EntryKind, FORMAT_VERSION, Frame, Header, InputSource,
+    LogState, MAX_FRAME_LEN, Position, PositionSemantics, Regs,
 };
 use crate::strategies;
 
@@ -77,13 +77,15 @@ fn every_entry() -> Vec<Entry> {
             },
             Entry::Digest {
                 pos: pos.clone(),
-                regs: regs(9),
-                cr0: 0x8000_0011,
-                cr3: 0x1000,
-                cr4: 0x20,
-                efer: 0x500,
-                mem_hash: 0xdead_beef,
-                devices_hash: 0xfeed,
+                digest: Digest {
+                    regs: regs(9),
+                    cr0: 0x8000_0011,
+                    cr3: 0x1000,
+                    cr4: 0x20,
+                    efer: 0x500,
+                    mem_hash: 0xdead_beef,
+                    devices_hash: 0xfeed,
+                },
             },
             Entry::End {
                 pos: pos.clone(),
@@ -186,6 +188,63 @@ fn frame_layout_is_pinned() {
         "23 00 00 00 ce 4a 28 d9 02 01 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 \
          00 00 00 00 00 00 00 00 01 05 00 00 00 00 00 00 00 00"
     );
+}
+
+/// A digest's body as docs/log-format.md lays it out, every register by name: logs written by
+/// any earlier build must keep decoding to the same values.
+#[test]
+fn digest_layout_is_pinned() {
+    let regs = Regs {
+        rax: 0x100,
+        rbx: 0x101,
+        rcx: 0x102,
+        rdx: 0x103,
+        rsi: 0x104,
+        rdi: 0x105,
+        rsp: 0x106,
+        rbp: 0x107,
+        r8: 0x108,
+        r9: 0x109,
+        r10: 0x10a,
+        r11: 0x10b,
+        r12: 0x10c,
+        r13: 0x10d,
+        r14: 0x10e,
+        r15: 0x10f,
+        rip: 0x110,
+        rflags: 0x111,
+    };
+    let frame = Frame {
+        seq: 9,
+        t_ns: 10,
+        state_check: 11,
+        entry: Entry::Digest {
+            pos: Position::AtExit { exits: 12 },
+            digest: Digest {
+                regs,
+                cr0: 0x201,
+                cr3: 0x203,
+                cr4: 0x204,
+                efer: 0x205,
+                mem_hash: 0x206,
+                devices_hash: 0x207,
+            },
+        },
+    };
+    let mut body = vec![5u8]; // kind digest
+    for v in [9u64, 10, 11] {
+        body.extend_from_slice(&v.to_le_bytes()); // seq, t_ns, state_check
+    }
+    body.push(1); // position tag AtExit
+    body.extend_from_slice(&12u64.to_le_bytes());
+    // rax..r15, rip, rflags; then cr0, cr3, cr4, efer, mem_hash, devices_hash.
+    for v in (0x100u64..=0x111).chain([0x201, 0x203, 0x204, 0x205, 0x206, 0x207]) {
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    assert_eq!(body.len(), 34 + 24 * 8);
+    let bytes = framed(&body);
+    assert_eq!(encoded(&frame), bytes);
+    assert_eq!(decode_frame(&bytes, 0).unwrap(), Some((frame, bytes.len())));
 }
 
 #[test]
@@ -408,13 +467,7 @@ fn strict_bodies_short_body() {
         state_check: 0,
         entry: Entry::Digest {
             pos: precise(),
-            regs: Regs::default(),
-            cr0: 0,
-            cr3: 0,
-            cr4: 0,
-            efer: 0,
-            mem_hash: 0,
-            devices_hash: 0,
+            digest: Digest::default(),
         },
     });
     let short = &body[..body.len() - 3];

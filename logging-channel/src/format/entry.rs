@@ -1,6 +1,6 @@
 use serde::Serialize;
 
-use super::{Position, Regs};
+use super::{Digest, Position};
 
 /// Which host input a device read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -74,20 +74,9 @@ pub enum Entry {
     Digest {
         /// Where the checkpoint was taken.
         pos: Position,
-        /// The general-purpose registers, rip and rflags.
-        regs: Regs,
-        /// Control register 0.
-        cr0: u64,
-        /// Control register 3 (the page-table root).
-        cr3: u64,
-        /// Control register 4.
-        cr4: u64,
-        /// The EFER MSR (long mode, NX).
-        efer: u64,
-        /// Hash of all guest memory.
-        mem_hash: u64,
-        /// Hash of the devices' state.
-        devices_hash: u64,
+        /// Flattened, so JSON shows the digest's fields beside `pos` as before it had a type.
+        #[serde(flatten)]
+        digest: Digest,
     },
     /// The recorded run ended here (last entry of a complete log).
     End {

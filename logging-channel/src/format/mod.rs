@@ -1,13 +1,17 @@
 //! The values a replay log holds. The byte layout lives in `codec`; this module
 //! only says what the values mean. See `docs/log-format.md` for the full spec.
 
+mod digest;
 mod entry;
 mod header;
 mod position;
+mod regs;
 
+pub use digest::Digest;
 pub use entry::{EndReason, Entry, EntryKind, Frame, InputSource};
 pub use header::{CounterKind, Header, LogState, PositionSemantics};
-pub use position::{Position, Regs};
+pub use position::Position;
+pub use regs::Regs;
 
 /// First eight bytes of every log, so `file(1)`-style sniffing and a
 /// confused `--log` argument are caught before anything else is parsed.

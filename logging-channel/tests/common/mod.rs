@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use logging_channel::codec::{encode_frame, encode_prefix};
 use logging_channel::{
-    CounterKind, EndReason, Entry, FORMAT_VERSION, Frame, Header, InputSource, LogState, Position,
-    PositionSemantics, Regs,
+    CounterKind, Digest, EndReason, Entry, FORMAT_VERSION, Frame, Header, InputSource, LogState,
+    Position, PositionSemantics, Regs,
 };
 
 pub fn header() -> Header {
@@ -61,13 +61,15 @@ pub fn entries() -> Vec<Entry> {
         },
         Entry::Digest {
             pos: precise,
-            regs: Regs::default(),
-            cr0: 1,
-            cr3: 2,
-            cr4: 3,
-            efer: 4,
-            mem_hash: 5,
-            devices_hash: 6,
+            digest: Digest {
+                regs: Regs::default(),
+                cr0: 1,
+                cr3: 2,
+                cr4: 3,
+                efer: 4,
+                mem_hash: 5,
+                devices_hash: 6,
+            },
         },
         Entry::End {
             pos: Position::AtExit { exits: 9 },

@@ -5,9 +5,9 @@
 //! exiting with `(value << 1) | 1` is left to the VMM. Only accesses starting at 0xf4 count.
 //! A second write before the VMM collects the first replaces it.
 
+use super::StateHash;
 use super::pic::StateHasher;
 use super::state::{DebugExitState, DeviceStateError};
-use super::{DeviceEnv, PioDevice};
 
 /// The port QEMU's isa-debug-exit uses by default, so test kernels work unchanged.
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
@@ -43,15 +43,15 @@ impl DebugExit {
     pub fn take_exit_request(&mut self) -> Option<u32> {
         self.request.take()
     }
-}
 
-impl PioDevice for DebugExit {
     /// Nothing is readable: the bus floats.
-    fn read(&mut self, _port: u16, data: &mut [u8], _env: &mut dyn DeviceEnv) {
+    pub fn read(&mut self, _port: u16, data: &mut [u8]) {
         data.fill(0xff);
     }
 
-    fn write(&mut self, port: u16, data: &[u8], _env: &mut dyn DeviceEnv) {
+    /// The whole access is one value, so unlike the byte-register devices this port takes it
+    /// unsplit (little-endian, 1, 2 or 4 bytes).
+    pub fn write(&mut self, port: u16, data: &[u8]) {
         if port != DEBUG_EXIT_PORT {
             return;
         }
@@ -60,7 +60,9 @@ impl PioDevice for DebugExit {
         bytes[..len].copy_from_slice(&data[..len]);
         self.request = Some(u32::from_le_bytes(bytes));
     }
+}
 
+impl StateHash for DebugExit {
     /// Covers the uncollected exit request.
     fn state_hash(&self) -> u64 {
         StateHasher::new(b"isa-debug-exit")
@@ -76,7 +78,7 @@ mod tests {
     use crate::devices::FakeEnv;
 
     fn write(dev: &mut DebugExit, port: u16, data: &[u8]) {
-        dev.write(port, data, &mut FakeEnv::default());
+        dev.write(port, data);
     }
 
     #[test]
@@ -131,7 +133,7 @@ mod tests {
         let mut dev = DebugExit::new();
         for width in [1usize, 2, 4] {
             let mut data = vec![0u8; width];
-            dev.read(DEBUG_EXIT_PORT, &mut data, &mut FakeEnv::default());
+            dev.read(DEBUG_EXIT_PORT, &mut data);
             assert!(data.iter().all(|&b| b == 0xff), "width {width}");
         }
         assert_eq!(dev.take_exit_request(), None, "reads request nothing");
@@ -161,9 +163,20 @@ mod tests {
             Take,
         }
 
-        fn apply(dev: &mut DebugExit, op: &DebugExitOp, env: &mut FakeEnv) -> Seen {
+        /// Port accesses whole, as the bus hands them to this device.
+        fn apply(dev: &mut DebugExit, op: &DebugExitOp, _env: &mut FakeEnv) -> Seen {
             match op {
-                DebugExitOp::Port(port_op) => port_op.apply(dev, env),
+                DebugExitOp::Port(PortOp::Read { port, width }) => {
+                    let mut data = vec![0u8; *width];
+                    dev.read(*port, &mut data);
+                    Seen::Bytes(data)
+                }
+                DebugExitOp::Port(PortOp::Write { port, data }) => {
+                    dev.write(*port, data);
+                    Seen::Nothing
+                }
+                // The port has no clock.
+                DebugExitOp::Port(PortOp::Advance { .. }) => Seen::Nothing,
                 DebugExitOp::Take => Seen::Code(dev.take_exit_request()),
             }
         }

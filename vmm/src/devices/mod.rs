@@ -22,15 +22,22 @@ pub trait DeviceEnv {
     fn wall_clock_unix_secs(&mut self) -> u64;
 }
 
-/// A device on the port-I/O bus. `port` is the absolute I/O port (a device may own several
-/// ranges, as the 8259 pair does). Data is little-endian; `data.len()` is 1, 2 or 4.
-pub trait PioDevice: Send {
-    /// A guest read: fills `data` with what the device answers at `port`.
-    fn read(&mut self, port: u16, data: &mut [u8], env: &mut dyn DeviceEnv);
-    /// A guest write of `data` to `port`.
-    fn write(&mut self, port: u16, data: &[u8], env: &mut dyn DeviceEnv);
+/// What every device has, whether or not the bus hands it bytes (isa-debug-exit takes whole
+/// accesses).
+pub trait StateHash {
     /// A stable hash of the device's guest-visible state, folded into replay digests.
     fn state_hash(&self) -> u64;
+}
+
+/// A device of byte-wide registers on the port-I/O bus. `port` is the absolute I/O port (a
+/// device may own several ranges, as the 8259 pair does). The bus hands it wider accesses a
+/// byte at a time (see [`crate::bus`]), so a byte may arrive for a port just past the device's
+/// range: it must read 0xff and drop a write there, as on a port nothing decodes.
+pub trait PioDevice: StateHash + Send {
+    /// A guest read of the byte at `port`.
+    fn read(&mut self, port: u16, env: &mut dyn DeviceEnv) -> u8;
+    /// A guest write of `value` to the byte at `port`.
+    fn write(&mut self, port: u16, value: u8, env: &mut dyn DeviceEnv);
 }
 
 /// A fixed environment for unit tests: a clock you set by hand.

@@ -19,7 +19,7 @@
 //! - A chip that has not completed its initialisation sequence delivers nothing.
 
 use super::state::{DeviceStateError, PicChipState, PicState};
-use super::{DeviceEnv, PioDevice};
+use super::{DeviceEnv, PioDevice, StateHash};
 
 const MASTER_CMD: u16 = 0x20;
 const MASTER_DATA: u16 = 0x21;
@@ -468,8 +468,10 @@ impl DualPic {
         let slave_int = !master.single && slave.best_request(slave.irr).is_some();
         master.irr | (u8::from(slave_int) << CASCADE_LINE)
     }
+}
 
-    fn read_port(&self, port: u16) -> u8 {
+impl PioDevice for DualPic {
+    fn read(&mut self, port: u16, _env: &mut dyn DeviceEnv) -> u8 {
         match port {
             MASTER_CMD => {
                 let master = &self.chips[MASTER];
@@ -489,7 +491,7 @@ impl DualPic {
         }
     }
 
-    fn write_port(&mut self, port: u16, value: u8) {
+    fn write(&mut self, port: u16, value: u8, _env: &mut dyn DeviceEnv) {
         match port {
             MASTER_CMD => self.chips[MASTER].write_command(value),
             SLAVE_CMD => self.chips[SLAVE].write_command(value),
@@ -500,20 +502,7 @@ impl DualPic {
     }
 }
 
-impl PioDevice for DualPic {
-    /// Wider accesses are split into byte accesses at consecutive ports, as the ISA bus does.
-    fn read(&mut self, port: u16, data: &mut [u8], _env: &mut dyn DeviceEnv) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = self.read_port(port.wrapping_add(i as u16));
-        }
-    }
-
-    fn write(&mut self, port: u16, data: &[u8], _env: &mut dyn DeviceEnv) {
-        for (i, &byte) in data.iter().enumerate() {
-            self.write_port(port.wrapping_add(i as u16), byte);
-        }
-    }
-
+impl StateHash for DualPic {
     fn state_hash(&self) -> u64 {
         let h = StateHasher::new(b"pic8259");
         let h = self.chips[MASTER].hash_into(h);
@@ -530,13 +519,11 @@ mod tests {
     const SLAVE_BASE: u8 = 0x28;
 
     fn out(pic: &mut DualPic, port: u16, value: u8) {
-        pic.write(port, &[value], &mut FakeEnv::default());
+        pic.write(port, value, &mut FakeEnv::default());
     }
 
     fn inb(pic: &mut DualPic, port: u16) -> u8 {
-        let mut data = [0u8];
-        pic.read(port, &mut data, &mut FakeEnv::default());
-        data[0]
+        pic.read(port, &mut FakeEnv::default())
     }
 
     /// The sequence Linux's `init_8259A` uses: edge, cascade, ICW4, 8086 mode, normal EOI.
@@ -956,15 +943,6 @@ mod tests {
         pic.lower_irq(200);
         assert_eq!(pic.state_hash(), before);
         assert_eq!(pic.pending_vector(), None);
-    }
-
-    #[test]
-    fn word_access_splits_into_consecutive_ports() {
-        let mut pic = ready_pic();
-        pic.write(MASTER_CMD, &[0x0b, 0xa5], &mut FakeEnv::default());
-        let mut data = [0u8; 2];
-        pic.read(MASTER_CMD, &mut data, &mut FakeEnv::default());
-        assert_eq!(data, [0x00, 0xa5], "ISR (selected by OCW3), then IMR");
     }
 
     #[test]

@@ -29,7 +29,7 @@
 
 use super::pic::StateHasher;
 use super::state::{DeviceStateError, PitChannelState, PitState};
-use super::{DeviceEnv, PioDevice};
+use super::{DeviceEnv, PioDevice, StateHash};
 
 /// The PIT's input clock in Hz.
 pub const PIT_FREQUENCY_HZ: u64 = 1_193_182;
@@ -449,8 +449,10 @@ impl Pit {
             Some(access) => channel.program(value, access),
         }
     }
+}
 
-    fn read_port(&mut self, port: u16, env: &mut dyn DeviceEnv) -> u8 {
+impl PioDevice for Pit {
+    fn read(&mut self, port: u16, env: &mut dyn DeviceEnv) -> u8 {
         match port {
             0x40..=0x42 => self.channels[usize::from(port - BASE_PORT)].read_byte(env),
             // The control register is write-only; the bus floats.
@@ -458,7 +460,7 @@ impl Pit {
         }
     }
 
-    fn write_port(&mut self, port: u16, value: u8, env: &mut dyn DeviceEnv) {
+    fn write(&mut self, port: u16, value: u8, env: &mut dyn DeviceEnv) {
         match port {
             0x40..=0x42 => {
                 self.channels[usize::from(port - BASE_PORT)].write_count_byte(value, env);
@@ -469,20 +471,7 @@ impl Pit {
     }
 }
 
-impl PioDevice for Pit {
-    /// Wider accesses are split into byte accesses at consecutive ports, as the ISA bus does.
-    fn read(&mut self, port: u16, data: &mut [u8], env: &mut dyn DeviceEnv) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = self.read_port(port.wrapping_add(i as u16), env);
-        }
-    }
-
-    fn write(&mut self, port: u16, data: &[u8], env: &mut dyn DeviceEnv) {
-        for (i, &byte) in data.iter().enumerate() {
-            self.write_port(port.wrapping_add(i as u16), byte, env);
-        }
-    }
-
+impl StateHash for Pit {
     fn state_hash(&self) -> u64 {
         self.channels
             .iter()
@@ -544,13 +533,11 @@ mod tests {
     const EPOCH: u64 = 1_000_000;
 
     fn out(pit: &mut Pit, env: &mut CountingEnv, port: u16, value: u8) {
-        pit.write(port, &[value], env);
+        pit.write(port, value, env);
     }
 
     fn inb(pit: &mut Pit, env: &mut CountingEnv, port: u16) -> u8 {
-        let mut data = [0u8];
-        pit.read(port, &mut data, env);
-        data[0]
+        pit.read(port, env)
     }
 
     fn latch_and_read_ch0(pit: &mut Pit, env: &mut CountingEnv) -> u16 {
@@ -970,13 +957,11 @@ mod tests {
         }
 
         fn write(pit: &mut Pit, env: &mut FakeEnv, port: u16, value: u8) {
-            pit.write(port, &[value], env);
+            pit.write(port, value, env);
         }
 
         fn read(pit: &mut Pit, env: &mut FakeEnv, port: u16) -> u8 {
-            let mut data = [0u8];
-            pit.read(port, &mut data, env);
-            data[0]
+            pit.read(port, env)
         }
 
         /// Every flip-flop and latch in use: channel 0 runs at 100 Hz with a latched count

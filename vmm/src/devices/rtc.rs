@@ -23,7 +23,7 @@
 
 use super::pic::StateHasher;
 use super::state::{DeviceStateError, RtcState};
-use super::{DeviceEnv, PioDevice};
+use super::{DeviceEnv, PioDevice, StateHash};
 
 const INDEX_PORT: u16 = 0x70;
 const CMOS_BYTES: usize = 128;
@@ -228,15 +228,17 @@ impl Rtc {
             _ => 0xff,
         }
     }
+}
 
-    fn read_port(&self, port: u16, env: &mut dyn DeviceEnv) -> u8 {
+impl PioDevice for Rtc {
+    fn read(&mut self, port: u16, env: &mut dyn DeviceEnv) -> u8 {
         match port {
             DATA_PORT => self.read_data(env),
             _ => 0xff,
         }
     }
 
-    fn write_port(&mut self, port: u16, value: u8) {
+    fn write(&mut self, port: u16, value: u8, _env: &mut dyn DeviceEnv) {
         match port {
             INDEX_PORT => self.index = value & 0x7f,
             DATA_PORT => self.write_data(value),
@@ -245,20 +247,7 @@ impl Rtc {
     }
 }
 
-impl PioDevice for Rtc {
-    /// Wider accesses are split into byte accesses at consecutive ports, as the ISA bus does.
-    fn read(&mut self, port: u16, data: &mut [u8], env: &mut dyn DeviceEnv) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = self.read_port(port.wrapping_add(i as u16), env);
-        }
-    }
-
-    fn write(&mut self, port: u16, data: &[u8], _env: &mut dyn DeviceEnv) {
-        for (i, &byte) in data.iter().enumerate() {
-            self.write_port(port.wrapping_add(i as u16), byte);
-        }
-    }
-
+impl StateHash for Rtc {
     /// Covers the index register and the CMOS RAM (status registers included); the time is
     /// an input, not state.
     fn state_hash(&self) -> u64 {
@@ -295,15 +284,13 @@ mod tests {
     }
 
     fn cmos_read(rtc: &mut Rtc, env: &mut FakeEnv, index: u8) -> u8 {
-        rtc.write(INDEX_PORT, &[index], env);
-        let mut data = [0u8];
-        rtc.read(DATA_PORT, &mut data, env);
-        data[0]
+        rtc.write(INDEX_PORT, index, env);
+        rtc.read(DATA_PORT, env)
     }
 
     fn cmos_write(rtc: &mut Rtc, env: &mut FakeEnv, index: u8, value: u8) {
-        rtc.write(INDEX_PORT, &[index], env);
-        rtc.write(DATA_PORT, &[value], env);
+        rtc.write(INDEX_PORT, index, env);
+        rtc.write(DATA_PORT, value, env);
     }
 
     fn read_clock(rtc: &mut Rtc, env: &mut FakeEnv) -> Reading {
@@ -515,17 +502,17 @@ mod tests {
         cmos_write(&mut rtc, &mut env, 0x41, 0xbb);
 
         // With the NMI-disable bit set the same register is selected.
-        rtc.write(INDEX_PORT, &[0x80 | 0x40], &mut env);
-        let mut data = [0u8];
-        rtc.read(DATA_PORT, &mut data, &mut env);
-        assert_eq!(data[0], 0xaa);
+        rtc.write(INDEX_PORT, 0x80 | 0x40, &mut env);
+        assert_eq!(rtc.read(DATA_PORT, &mut env), 0xaa);
 
         // The index sticks across data accesses.
-        rtc.read(DATA_PORT, &mut data, &mut env);
-        assert_eq!(data[0], 0xaa);
+        assert_eq!(rtc.read(DATA_PORT, &mut env), 0xaa);
 
-        rtc.read(INDEX_PORT, &mut data, &mut env);
-        assert_eq!(data[0], 0xff, "index port is write-only");
+        assert_eq!(
+            rtc.read(INDEX_PORT, &mut env),
+            0xff,
+            "index port is write-only"
+        );
     }
 
     #[test]
@@ -571,17 +558,16 @@ mod tests {
 
         let mut rtc = Rtc::new();
         let mut env = CountingEnv::default();
-        let mut data = [0u8];
         for index in 0..0x80u8 {
-            rtc.write(INDEX_PORT, &[index], &mut env);
-            rtc.write(DATA_PORT, &[0], &mut env);
-            rtc.read(INDEX_PORT, &mut data, &mut env);
+            rtc.write(INDEX_PORT, index, &mut env);
+            rtc.write(DATA_PORT, 0, &mut env);
+            rtc.read(INDEX_PORT, &mut env);
         }
         assert_eq!(env.wall_calls, 0, "writes and index accesses");
 
         for index in 0..0x80u8 {
-            rtc.write(INDEX_PORT, &[index], &mut env);
-            rtc.read(DATA_PORT, &mut data, &mut env);
+            rtc.write(INDEX_PORT, index, &mut env);
+            rtc.read(DATA_PORT, &mut env);
         }
         assert_eq!(env.wall_calls, 8, "one per time register read");
         assert_eq!(env.clock_calls, 0);
@@ -600,10 +586,10 @@ mod tests {
             "index 0 and a time read change nothing"
         );
 
-        rtc.write(INDEX_PORT, &[0x20], &mut env);
+        rtc.write(INDEX_PORT, 0x20, &mut env);
         let indexed = rtc.state_hash();
         assert_ne!(indexed, fresh);
-        rtc.write(DATA_PORT, &[0x01], &mut env);
+        rtc.write(DATA_PORT, 0x01, &mut env);
         assert_ne!(rtc.state_hash(), indexed);
 
         let mut same = Rtc::new();
@@ -655,7 +641,7 @@ mod tests {
             cmos_write(&mut rtc, env, 0x40, 0xaa);
             cmos_write(&mut rtc, env, REG_STATUS_A, 0x2f);
             cmos_write(&mut rtc, env, REG_STATUS_B, STATUS_B_BINARY);
-            rtc.write(INDEX_PORT, &[0x80 | REG_HOURS], env);
+            rtc.write(INDEX_PORT, 0x80 | REG_HOURS, env);
             rtc
         }
 
@@ -671,9 +657,11 @@ mod tests {
             assert_eq!(restored.save(), original.save());
             assert_eq!(restored.state_hash(), original.state_hash());
 
-            let mut data = [0u8];
-            restored.read(DATA_PORT, &mut data, &mut env);
-            assert_eq!(data[0], HOUR_PM | 1, "hours still selected, 12h binary");
+            assert_eq!(
+                restored.read(DATA_PORT, &mut env),
+                HOUR_PM | 1,
+                "hours still selected, 12h binary"
+            );
             assert_eq!(cmos_read(&mut restored, &mut env, 0x40), 0xaa);
             assert_eq!(cmos_read(&mut restored, &mut env, REG_STATUS_A), 0x2f);
         }

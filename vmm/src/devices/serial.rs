@@ -19,7 +19,7 @@ use vm_superio::{Serial as Uart, Trigger};
 
 use super::pic::StateHasher;
 use super::state::{DeviceStateError, SerialState};
-use super::{DeviceEnv, PioDevice};
+use super::{DeviceEnv, PioDevice, StateHash};
 
 /// First port of COM1.
 pub const COM1_BASE: u16 = 0x3f8;
@@ -141,26 +141,23 @@ impl Serial {
 }
 
 impl PioDevice for Serial {
-    /// Wider accesses are split into byte accesses at consecutive ports, as the ISA bus does.
-    fn read(&mut self, port: u16, data: &mut [u8], _env: &mut dyn DeviceEnv) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = match Self::offset(port.wrapping_add(i as u16)) {
-                Some(offset) => self.uart.read(offset),
-                None => 0xff,
-            };
+    fn read(&mut self, port: u16, _env: &mut dyn DeviceEnv) -> u8 {
+        match Self::offset(port) {
+            Some(offset) => self.uart.read(offset),
+            None => 0xff,
         }
     }
 
-    fn write(&mut self, port: u16, data: &[u8], _env: &mut dyn DeviceEnv) {
-        for (i, &byte) in data.iter().enumerate() {
-            if let Some(offset) = Self::offset(port.wrapping_add(i as u16)) {
-                // Writing to a `Vec` cannot fail and the trigger is infallible, so there is
-                // no error to report; a lost byte would show up in the replay digest anyway.
-                let _infallible = self.uart.write(offset, byte);
-            }
+    fn write(&mut self, port: u16, value: u8, _env: &mut dyn DeviceEnv) {
+        if let Some(offset) = Self::offset(port) {
+            // Writing to a `Vec` cannot fail and the trigger is infallible, so there is no
+            // error to report; a lost byte would show up in the replay digest anyway.
+            let _infallible = self.uart.write(offset, value);
         }
     }
+}
 
+impl StateHash for Serial {
     /// Covers every UART register (divisor latch, IER, IIR, LCR, LSR, MCR, MSR, SCR), the
     /// receive FIFO's contents and the uncollected interrupt request. Untaken output is not
     /// state: it has already left the guest.
@@ -209,13 +206,11 @@ mod tests {
     const MCR_LOOP: u8 = 0x10;
 
     fn out(serial: &mut Serial, port: u16, value: u8) {
-        serial.write(port, &[value], &mut FakeEnv::default());
+        serial.write(port, value, &mut FakeEnv::default());
     }
 
     fn inb(serial: &mut Serial, port: u16) -> u8 {
-        let mut data = [0u8];
-        serial.read(port, &mut data, &mut FakeEnv::default());
-        data[0]
+        serial.read(port, &mut FakeEnv::default())
     }
 
     fn transmit(serial: &mut Serial, text: &[u8]) {
@@ -365,13 +360,6 @@ mod tests {
         assert_eq!(serial.state_hash(), before);
         assert!(serial.take_output().is_empty());
         assert_eq!(inb(&mut serial, COM1_BASE + 8), 0xff);
-    }
-
-    #[test]
-    fn word_writes_split_into_consecutive_registers() {
-        let mut serial = Serial::new();
-        serial.write(COM1_BASE + 6, &[0x00, 0x77], &mut FakeEnv::default());
-        assert_eq!(inb(&mut serial, SCR), 0x77);
     }
 
     #[test]

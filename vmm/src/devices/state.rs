@@ -237,7 +237,8 @@ pub(crate) mod twins {
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
-    use crate::devices::{FakeEnv, PioDevice};
+    use crate::bus::{read_bytes, write_bytes};
+    use crate::devices::{FakeEnv, PioDevice, StateHash};
 
     /// What one step of a script showed: everything a guest or the VMM could observe.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,15 +261,16 @@ pub(crate) mod twins {
     }
 
     impl PortOp {
+        /// Applied as the bus does: a word access goes to the device a byte at a time.
         pub(crate) fn apply(&self, dev: &mut dyn PioDevice, env: &mut FakeEnv) -> Seen {
             match self {
                 PortOp::Read { port, width } => {
                     let mut data = vec![0u8; *width];
-                    dev.read(*port, &mut data, env);
+                    read_bytes(dev, *port, &mut data, env);
                     Seen::Bytes(data)
                 }
                 PortOp::Write { port, data } => {
-                    dev.write(*port, data, env);
+                    write_bytes(dev, *port, data, env);
                     Seen::Nothing
                 }
                 PortOp::Advance { ns, secs } => {
@@ -314,7 +316,7 @@ pub(crate) mod twins {
 
     /// Applies `ops` to both devices and fails at the first step whose observation or
     /// resulting state hash differs.
-    pub(crate) fn run_twins<D: PioDevice, Op: Debug>(
+    pub(crate) fn run_twins<D: StateHash, Op: Debug>(
         original: &mut D,
         restored: &mut D,
         env: &FakeEnv,

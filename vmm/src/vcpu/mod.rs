@@ -59,28 +59,15 @@ pub enum VcpuError {
     CompleteExitRan(String),
 }
 
-/// Converts KVM's register block to the log's register set (same 18 registers).
+/// Converts KVM's register block to the log's register set: the same 18 registers under the
+/// same names, copied field by field from the log format's one list of them.
 pub fn regs_from_kvm(r: &kvm_regs) -> Regs {
-    Regs {
-        rax: r.rax,
-        rbx: r.rbx,
-        rcx: r.rcx,
-        rdx: r.rdx,
-        rsi: r.rsi,
-        rdi: r.rdi,
-        rsp: r.rsp,
-        rbp: r.rbp,
-        r8: r.r8,
-        r9: r.r9,
-        r10: r.r10,
-        r11: r.r11,
-        r12: r.r12,
-        r13: r.r13,
-        r14: r.r14,
-        r15: r.r15,
-        rip: r.rip,
-        rflags: r.rflags,
+    macro_rules! copy_from {
+        (($from:ident) $($reg:ident)*) => {
+            Regs { $($reg: $from.$reg),* }
+        };
     }
+    logging_channel::with_regs!(copy_from!(r))
 }
 
 /// Requested-privilege level of the code segment: the guest's current privilege level.
