@@ -37,12 +37,6 @@ impl Stop {
     }
 }
 
-/// Trace line for a guest exit: with the counter, the one to compare when record and replay
-/// disagree about where they are (`UNDERSTUDY_LOG=vmm=trace`).
-pub fn trace_guest_exit(exits: u64, counter: &dyn crate::vcpu::counter::InsnCounter, rip: u64) {
-    tracing::trace!(exits, counter = counter.read().unwrap_or(0), rip, "EXIT");
-}
-
 /// A `KVM_RUN` result the VMM cannot continue from.
 #[derive(Debug, thiserror::Error)]
 pub enum ExitError {

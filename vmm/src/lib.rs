@@ -6,6 +6,7 @@
 pub mod boot;
 pub mod bus;
 pub mod clock;
+
 pub mod console;
 pub mod devices;
 pub mod digest;
@@ -23,3 +24,4 @@ pub mod source;
 pub mod stop;
 pub mod ticker;
 pub mod vcpu;
+pub mod vcpu_core;

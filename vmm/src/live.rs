@@ -11,7 +11,7 @@ use crate::clock::{HostClock, SystemClock};
 use crate::console::ConsoleStream;
 use crate::devices::DeviceEnv;
 use crate::digest::{self, state_check};
-use crate::exit::{ExitError, Stop, handle_exit, trace_guest_exit};
+use crate::exit::{ExitError, Stop};
 use crate::machine::Machine;
 use crate::outcome::{Outcome, RunError, RunStats};
 use crate::precise::PrecisePolicy;
@@ -21,6 +21,7 @@ use crate::stop::StopRequest;
 use crate::ticker::{TickSchedule, Ticker};
 use crate::vcpu::kick::{self, Kicker};
 use crate::vcpu::{cpl, regs_from_kvm};
+use crate::vcpu_core::{self, Core};
 
 /// PIT interrupts arrive on line 0 of the master 8259.
 pub const TIMER_IRQ: u8 = 0;
@@ -95,7 +96,8 @@ struct Recorder<'a> {
     console: &'a mut dyn Write,
     opts: &'a LiveOptions,
     stats: RunStats,
-    exits: u64,
+    /// The exit step and the guest-exit count every position is built on.
+    core: Core,
     pending_ticks: u64,
     console_stream: ConsoleStream,
     /// Console bytes written since the last logged entry.
@@ -125,7 +127,7 @@ impl Recorder<'_> {
         }
         let counter = self.m.counter.read()?;
         Ok(Some(Position::Precise {
-            exits: self.exits,
+            exits: self.core.exits(),
             counter,
             regs: regs_from_kvm(&self.m.vcpu.regs()),
         }))
@@ -142,22 +144,16 @@ impl Recorder<'_> {
         }
         if self.pending_ticks > 0 {
             self.pending_ticks = 0;
-            // An edge: the PIT's output pulses once per period.
-            self.m.bus.devices.pic.raise_irq(TIMER_IRQ);
-            self.m.bus.devices.pic.lower_irq(TIMER_IRQ);
+            vcpu_core::tick(&mut self.m.bus, TIMER_IRQ);
             self.log(Entry::Irq {
                 pos: pos.clone(),
                 line: TIMER_IRQ,
             })?;
         }
-        if self.m.bus.devices.pic.pending_vector().is_none() || !self.m.vcpu.ready_for_interrupt() {
-            tracing::trace!(?pos, pending = ?self.m.bus.devices.pic.pending_vector(), ready = self.m.vcpu.ready_for_interrupt(), "interrupt not deliverable");
-            return Ok(false);
-        }
-        let Some(vector) = self.m.bus.devices.pic.acknowledge() else {
+        let Some(vector) = vcpu_core::deliver(&mut self.m.bus, &mut self.m.vcpu)? else {
+            tracing::trace!(?pos, pending = ?self.m.bus.devices.pic.pending_vector(), "interrupt not deliverable");
             return Ok(false);
         };
-        self.m.vcpu.inject(vector)?;
         if pos.is_precise() {
             self.stats.interrupts_precise += 1;
         } else {
@@ -171,7 +167,9 @@ impl Recorder<'_> {
         let digest = digest::take(self.m);
         self.stats.digests += 1;
         self.log(Entry::Digest {
-            pos: Position::AtExit { exits: self.exits },
+            pos: Position::AtExit {
+                exits: self.core.exits(),
+            },
             digest,
         })?;
         Ok(())
@@ -211,7 +209,7 @@ impl Recorder<'_> {
             self.m.vcpu.complete_pending_exit()?;
         }
         let point = LogPoint {
-            exits: self.exits,
+            exits: self.core.exits(),
             counter: self.m.counter.read()?,
             mid_execution: !stop.is_guest_exit(),
             console_bytes: self.console_stream.bytes,
@@ -244,7 +242,9 @@ impl Recorder<'_> {
         // A guest that went live after replay has its PIT programmed already.
         ticker.set_schedule(self.pit_schedule());
         if self.start_halted {
-            let at_exit = Position::AtExit { exits: self.exits };
+            let at_exit = Position::AtExit {
+                exits: self.core.exits(),
+            };
             self.idle(&ticker, false, &at_exit)?;
         }
         let recording = self.sink.is_recording();
@@ -260,17 +260,17 @@ impl Recorder<'_> {
                     clock: self.clock,
                     inputs: &mut inputs,
                 };
-                handle_exit(self.m.vcpu.fd.run(), &mut self.m.bus, &mut env)
+                self.core.step(
+                    &mut self.m.vcpu,
+                    &mut self.m.bus,
+                    &mut env,
+                    self.m.counter.as_ref(),
+                )
             }
             .map_err(|e| RunError::with_state(e, &self.m.vcpu, self.m.memory()))?;
-            if stop.is_guest_exit() {
-                self.exits += 1;
-                self.stats.exits += 1;
-                trace_guest_exit(self.exits, self.m.counter.as_ref(), self.m.vcpu.regs().rip);
-            } else {
-                self.stats.stops += 1;
-            }
-            let at_exit = Position::AtExit { exits: self.exits };
+            let at_exit = Position::AtExit {
+                exits: self.core.exits(),
+            };
             for (source, value) in inputs.drain(..) {
                 self.log(Entry::Input {
                     pos: at_exit.clone(),
@@ -417,7 +417,7 @@ pub fn run_live_from(
         console,
         opts,
         stats: RunStats::default(),
-        exits: start.exits,
+        core: Core::new(start.exits),
         pending_ticks: 0,
         console_stream: start.console,
         uncovered: 0,
@@ -427,6 +427,8 @@ pub fn run_live_from(
     let _ = rec.console.flush();
     let _ = rec.sink.flush();
     let mut stats = rec.stats;
+    stats.exits = rec.core.exits() - start.exits;
+    stats.stops = rec.core.stops();
     stats.wall = started.elapsed();
     outcome.map(|o| (o, stats))
 }

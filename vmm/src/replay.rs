@@ -11,7 +11,7 @@ use crate::clock::{HostClock, SystemClock};
 use crate::console::ConsoleStream;
 use crate::devices::DeviceEnv;
 use crate::digest::{self, format_regs, state_check};
-use crate::exit::{Stop, handle_exit, trace_guest_exit};
+use crate::exit::Stop;
 use crate::machine::Machine;
 use crate::outcome::{Outcome, RunError, RunStats};
 use crate::precise::{ApproachStep, ApproachTuning, RateEstimate, plan};
@@ -19,6 +19,7 @@ use crate::snapshot::LogPoint;
 use crate::source::{EntrySource, SourceError};
 use crate::vcpu::kick::{self, ThreadTimer};
 use crate::vcpu::{cpl, regs_from_kvm};
+use crate::vcpu_core::{self, Core, InjectError};
 
 /// Why a replay did not reach the recorded end.
 #[derive(Debug, thiserror::Error)]
@@ -253,7 +254,8 @@ struct Replayer<'a> {
     rate: RateEstimate,
     timer: ThreadTimer,
     stats: RunStats,
-    exits: u64,
+    /// The exit step and the guest-exit count every position is built on.
+    core: Core,
     here: Here,
     halted: bool,
     power_off: Option<u32>,
@@ -310,23 +312,13 @@ impl Replayer<'_> {
                     "the recorded guest read this input here; the replayed guest did not",
                 ));
             }
-            Entry::Irq { line, .. } => {
-                self.m.bus.devices.pic.raise_irq(*line);
-                self.m.bus.devices.pic.lower_irq(*line);
-            }
+            Entry::Irq { line, .. } => vcpu_core::tick(&mut self.m.bus, *line),
             Entry::Inject { vector, pos } => {
-                let offered = self.m.bus.devices.pic.pending_vector();
-                if offered != Some(*vector) {
-                    return Err(self.diverged(
-                        frame,
-                        format!("the replayed PIC offers {offered:?}, not vector {vector:#x}"),
-                    ));
+                match vcpu_core::deliver_recorded(&mut self.m.bus, &mut self.m.vcpu, *vector) {
+                    Ok(()) => {}
+                    Err(InjectError::Vcpu(e)) => return Err(RunError::from(e).into()),
+                    Err(e) => return Err(self.diverged(frame, e.to_string())),
                 }
-                if !self.m.vcpu.ready_for_interrupt() {
-                    return Err(self.diverged(frame, "the replayed guest cannot take an interrupt here (IF clear or interrupt shadow)"));
-                }
-                self.m.bus.devices.pic.acknowledge();
-                self.m.vcpu.inject(*vector).map_err(RunError::from)?;
                 self.halted = false;
                 if pos.is_precise() {
                     self.stats.interrupts_precise += 1;
@@ -400,7 +392,7 @@ impl Replayer<'_> {
             let Some(next) = self.source.peek()? else {
                 return Err(ReplayError::LogEnded {
                     last_seq: self.last_seq,
-                    exits: self.exits,
+                    exits: self.core.exits(),
                 });
             };
             let next = next.clone();
@@ -409,7 +401,7 @@ impl Replayer<'_> {
                     &next,
                     format!(
                         "the replayed guest powered off at exit {} (code {code}); the log goes on",
-                        self.exits
+                        self.core.exits()
                     ),
                 ));
             }
@@ -418,18 +410,21 @@ impl Replayer<'_> {
                     &next,
                     format!(
                         "the replayed guest triple-faulted at exit {}; the log goes on",
-                        self.exits
+                        self.core.exits()
                     ),
                 ));
             }
             if self.halted {
-                return Err(self.diverged(&next, format!("the replayed guest halted at exit {} and the log has no interrupt for it there", self.exits)));
+                return Err(self.diverged(&next, format!("the replayed guest halted at exit {} and the log has no interrupt for it there", self.core.exits())));
             }
             let pos = next.entry.pos();
-            if pos.exits() < self.exits {
+            if pos.exits() < self.core.exits() {
                 return Err(self.diverged(
                     &next,
-                    format!("the replayed guest is already at exit {}", self.exits),
+                    format!(
+                        "the replayed guest is already at exit {}",
+                        self.core.exits()
+                    ),
                 ));
             }
             match pos {
@@ -437,14 +432,14 @@ impl Replayer<'_> {
                     exits,
                     counter,
                     regs,
-                } if *exits == self.exits => {
+                } if *exits == self.core.exits() => {
                     self.approach(&next, *counter, regs)?;
                     self.here = Here::Precise {
                         exits: *exits,
                         counter: *counter,
                     };
                 }
-                Position::AtExit { exits } if *exits == self.exits => {
+                Position::AtExit { exits } if *exits == self.core.exits() => {
                     return Err(self.diverged(
                         &next,
                         "this entry cannot be applied at this point of the replayed run",
@@ -479,11 +474,16 @@ impl Replayer<'_> {
             } else {
                 None
             },
-            exit: self.exits + 1,
+            exit: self.core.exits() + 1,
             consumed: Vec::new(),
             failure: None,
         };
-        let stop = handle_exit(self.m.vcpu.fd.run(), &mut self.m.bus, &mut env);
+        let stop = self.core.step(
+            &mut self.m.vcpu,
+            &mut self.m.bus,
+            &mut env,
+            self.m.counter.as_ref(),
+        );
         let stop = stop.map_err(|e| RunError::with_state(e, &self.m.vcpu, self.m.memory()))?;
         let (consumed, failure) = (env.consumed, env.failure);
         if !consumed.is_empty() {
@@ -503,10 +503,7 @@ impl Replayer<'_> {
             return Err(failure);
         }
         if stop.is_guest_exit() {
-            self.exits += 1;
-            self.stats.exits += 1;
-            trace_guest_exit(self.exits, self.m.counter.as_ref(), self.m.vcpu.regs().rip);
-            self.here = Here::AtExit(self.exits);
+            self.here = Here::AtExit(self.core.exits());
             // A guest exit in the middle of an approach means the guest went past a recorded
             // position: whatever it printed there is not what the recording printed.
             if !self.in_approach {
@@ -522,8 +519,6 @@ impl Replayer<'_> {
             if let Some(code) = self.m.bus.devices.debug_exit.take_exit_request() {
                 self.power_off = Some(code);
             }
-        } else {
-            self.stats.stops += 1;
         }
         Ok(stop)
     }
@@ -707,7 +702,7 @@ impl Replayer<'_> {
                 next,
                 format!(
                     "the replayed guest reached exit {} before the recorded counter {target}",
-                    self.exits
+                    self.core.exits()
                 ),
             ));
         }
@@ -782,7 +777,7 @@ pub fn replay_from(
         rate: RateEstimate::new(&tuning),
         timer,
         stats: RunStats::default(),
-        exits: point.exits,
+        core: Core::new(point.exits),
         here,
         halted: false,
         power_off: None,
@@ -801,6 +796,8 @@ pub fn replay_from(
     let result = r.run();
     let _ = r.console.flush();
     let mut stats = r.stats.clone();
+    stats.exits = r.core.exits() - point.exits;
+    stats.stops = r.core.stops();
     stats.wall = started.elapsed();
     stats.digests = r.digests_verified;
     let entries = r.last_seq.map_or(0, |s| s + 1);
@@ -808,7 +805,7 @@ pub fn replay_from(
         Err(ReplayError::LogEnded { .. }) if r.live_source => {
             let last = r.after_end.last_ns;
             Some(Stopped {
-                exits: r.exits,
+                exits: r.core.exits(),
                 console: r.console_stream,
                 halted: r.halted,
                 last_seq: r.last_seq,
