@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use logging_channel::net::{ChannelConfig, Hello};
+use viewserver::View;
 use viewserver::node::{self, Step};
 use vmm::clock::SystemClock;
 use vmm::live::{LiveOptions, LiveStart, run_live_from};
@@ -28,6 +29,8 @@ use crate::events::emit;
 /// names the same backup.
 const RETRY_AFTER: Duration = Duration::from_millis(300);
 const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// The backup's lag is sampled this often while streaming (the `--stats` spreads).
+const LAG_SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
 #[derive(Debug)]
 pub enum PrimaryEnd {
@@ -210,14 +213,12 @@ fn spawn_manager(
     std::thread::Builder::new()
         .name("replication".into())
         .spawn(move || {
-            // `None` until the first view is handled.
-            let mut target: Option<Option<String>> = None;
+            let mut target = BackupTarget::Undecided;
             let mut running: Option<JoinHandle<()>> = None;
             let mut last_try = Instant::now() - RETRY_AFTER;
             let mut last_status = Instant::now();
             while !stop.load(Ordering::Acquire) {
-                let Some(view) = views.latest_view() else {
-                    std::thread::sleep(Duration::from_millis(10));
+                let Some(view) = views.wait_first(LAG_SAMPLE_EVERY) else {
                     continue;
                 };
                 let holding = views.holding();
@@ -250,17 +251,18 @@ fn spawn_manager(
                 {
                     let _ = h.join();
                 }
-                let want = (!view.backup.is_empty()).then(|| view.backup.clone());
-                let changed = target.as_ref() != Some(&want);
+                let want = BackupTarget::of(&view);
+                let changed = target != want;
                 let retry = !changed
-                    && want.is_some()
+                    && matches!(want, BackupTarget::Backup(_))
                     && running.is_none()
                     && replication.lost().is_some()
                     && last_try.elapsed() >= RETRY_AFTER;
                 if changed || retry {
-                    target = Some(want.clone());
+                    target = want.clone();
                     match &want {
-                        None => {
+                        BackupTarget::Undecided => {}
+                        BackupTarget::Alone => {
                             replication.no_backup();
                             eprintln!(
                                 "node {}: view {}: primary, no backup: output flows at once",
@@ -268,7 +270,7 @@ fn spawn_manager(
                             );
                             emit(&NodeEvent::NoBackup { view: view.viewnum });
                         }
-                        Some(backup) => {
+                        BackupTarget::Backup(backup) => {
                             if let Some(why) = replication.lost().filter(|_| retry) {
                                 eprintln!(
                                     "node {}: stream to {backup} lost ({why}); sending state again",
@@ -331,12 +333,35 @@ fn spawn_manager(
                         });
                     }
                 }
-                std::thread::sleep(Duration::from_millis(10));
+                // Wakes at once when the view changes (a deposed primary stops without waiting
+                // out a sample period); otherwise the next lag sample is due.
+                views.wait_change(view.viewnum, LAG_SAMPLE_EVERY);
             }
             if let Some(h) = running {
                 let _ = h.join();
             }
         })
+}
+
+/// Whom the primary streams to, as far as the manager has acted on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BackupTarget {
+    /// No view handled yet.
+    Undecided,
+    /// The view has no backup: output flows at once.
+    Alone,
+    /// The view's backup, by name.
+    Backup(String),
+}
+
+impl BackupTarget {
+    fn of(view: &View) -> Self {
+        if view.backup.is_empty() {
+            Self::Alone
+        } else {
+            Self::Backup(view.backup.clone())
+        }
+    }
 }
 
 /// Sends the state to `backup` on a thread of its own.
