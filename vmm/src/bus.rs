@@ -180,6 +180,19 @@ impl Bus {
         self.route_uart_interrupt();
     }
 
+    /// A guest MMIO read of `data.len()` bytes at guest-physical `addr`. Nothing is mapped for
+    /// MMIO yet, so every read floats high, as on a PC, and is counted as unclaimed; this is
+    /// where MMIO devices plug in, behind the same [`DeviceEnv`] as port devices.
+    pub fn mmio_read(&mut self, _addr: u64, data: &mut [u8], _env: &mut dyn DeviceEnv) {
+        self.unclaimed_accesses += 1;
+        data.fill(0xff);
+    }
+
+    /// A guest MMIO write of `data` at guest-physical `addr` (see [`Bus::mmio_read`]).
+    pub fn mmio_write(&mut self, _addr: u64, _data: &[u8], _env: &mut dyn DeviceEnv) {
+        self.unclaimed_accesses += 1;
+    }
+
     /// Console input for the guest's UART (a logged input), with the interrupt it may raise.
     /// Returns how many bytes the receive FIFO took.
     pub fn console_input(&mut self, bytes: &[u8]) -> usize {

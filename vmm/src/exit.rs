@@ -9,10 +9,18 @@ use crate::devices::DeviceEnv;
 /// Why the vCPU is not running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
-    /// Guest-initiated: port or MMIO access, already carried out on the bus.
+    /// Guest-initiated: a port access (one, or a `rep ins/outs` string of them), already
+    /// carried out on the bus.
     Io {
-        /// The I/O port, or the guest-physical address for MMIO.
-        port: u64,
+        /// The I/O port.
+        port: u16,
+        /// A write (else a read).
+        write: bool,
+    },
+    /// Guest-initiated: an MMIO access, already carried out on the bus.
+    Mmio {
+        /// The guest-physical address.
+        addr: u64,
         /// A write (else a read).
         write: bool,
     },
@@ -33,7 +41,10 @@ impl Stop {
     /// Guest-initiated exits are the backbone of positions: they happen at the same instruction
     /// in every run of the same guest with the same inputs.
     pub fn is_guest_exit(&self) -> bool {
-        matches!(self, Stop::Io { .. } | Stop::Halt | Stop::Shutdown)
+        matches!(
+            self,
+            Stop::Io { .. } | Stop::Mmio { .. } | Stop::Halt | Stop::Shutdown
+        )
     }
 }
 
@@ -59,51 +70,46 @@ pub enum ExitError {
     Unexpected(String),
 }
 
-/// Carries out a `KVM_RUN` result: port I/O goes to `bus` (which may ask `env` for inputs),
-/// MMIO reads float high; says why the vCPU stopped. EINTR and EAGAIN are kicks.
+/// A `KVM_RUN` result with the width of one element of a port access: KVM hands over a
+/// `rep ins/outs` string as `count * size` bytes, and only the width tells a 4-byte `outsd`
+/// from four `outsb`.
+#[derive(Debug)]
+pub struct RunExit<'a> {
+    /// What `KVM_RUN` returned.
+    pub result: Result<VcpuExit<'a>, kvm_ioctls::Error>,
+    /// Bytes per port access (1, 2 or 4) for `IoIn`/`IoOut`; unused otherwise.
+    pub io_size: usize,
+}
+
+/// Carries out a `KVM_RUN` result: port and MMIO accesses go to `bus` (which may ask `env` for
+/// inputs), each element of a string access separately at its exact width; says why the vCPU
+/// stopped. EINTR and EAGAIN are kicks.
 pub fn handle_exit(
-    result: Result<VcpuExit<'_>, kvm_ioctls::Error>,
+    exit: RunExit<'_>,
     bus: &mut Bus,
     env: &mut dyn DeviceEnv,
 ) -> Result<Stop, ExitError> {
-    match result {
+    let size = exit.io_size;
+    match exit.result {
         Ok(VcpuExit::IoIn(port, data)) => {
-            // String I/O (`rep ins`) hands us count*size bytes; the guest never uses it, but a
-            // foreign image might, so each element is its own access.
-            let size = io_size(data.len());
-            for chunk in data.chunks_mut(size) {
+            for chunk in data.chunks_mut(element_size(size, data.len())?) {
                 bus.read(port, chunk, env);
             }
-            Ok(Stop::Io {
-                port: u64::from(port),
-                write: false,
-            })
+            Ok(Stop::Io { port, write: false })
         }
         Ok(VcpuExit::IoOut(port, data)) => {
-            let size = io_size(data.len());
-            for chunk in data.chunks(size) {
+            for chunk in data.chunks(element_size(size, data.len())?) {
                 bus.write(port, chunk, env);
             }
-            Ok(Stop::Io {
-                port: u64::from(port),
-                write: true,
-            })
+            Ok(Stop::Io { port, write: true })
         }
         Ok(VcpuExit::MmioRead(addr, data)) => {
-            // Nothing is mapped for MMIO: reads float high, as on a PC.
-            data.fill(0xff);
-            bus.unclaimed_accesses += 1;
-            Ok(Stop::Io {
-                port: addr,
-                write: false,
-            })
+            bus.mmio_read(addr, data, env);
+            Ok(Stop::Mmio { addr, write: false })
         }
-        Ok(VcpuExit::MmioWrite(addr, _)) => {
-            bus.unclaimed_accesses += 1;
-            Ok(Stop::Io {
-                port: addr,
-                write: true,
-            })
+        Ok(VcpuExit::MmioWrite(addr, data)) => {
+            bus.mmio_write(addr, data, env);
+            Ok(Stop::Mmio { addr, write: true })
         }
         Ok(VcpuExit::Hlt) => Ok(Stop::Halt),
         Ok(VcpuExit::Shutdown) => Ok(Stop::Shutdown),
@@ -117,15 +123,15 @@ pub fn handle_exit(
     }
 }
 
-/// Width of one element of a (possibly repeated) port access: KVM reports count*size bytes.
-fn io_size(total: usize) -> usize {
-    match total {
-        1 | 2 | 4 => total,
-        n if n % 4 == 0 => 4,
-        n if n % 2 == 0 => 2,
-        _ => 1,
+/// Checks the width KVM reported against the bytes it handed over.
+fn element_size(size: usize, total: usize) -> Result<usize, ExitError> {
+    if matches!(size, 1 | 2 | 4) && total.is_multiple_of(size) && total > 0 {
+        Ok(size)
+    } else {
+        Err(ExitError::Unexpected(format!(
+            "port access of {total} bytes in elements of {size}"
+        )))
     }
-    .max(1)
 }
 
 #[cfg(test)]
@@ -133,11 +139,16 @@ mod tests {
     use super::*;
     use crate::devices::FakeEnv;
 
+    /// A port access KVM reports with element width `io_size`.
+    fn io(result: Result<VcpuExit<'_>, kvm_ioctls::Error>, io_size: usize) -> RunExit<'_> {
+        RunExit { result, io_size }
+    }
+
     #[test]
     fn port_writes_reach_the_bus_and_count_as_guest_exits() {
         let mut bus = Bus::new();
         let mut env = FakeEnv::default();
-        let stop = handle_exit(Ok(VcpuExit::IoOut(0xf4, &[3])), &mut bus, &mut env).unwrap();
+        let stop = handle_exit(io(Ok(VcpuExit::IoOut(0xf4, &[3])), 1), &mut bus, &mut env).unwrap();
         assert_eq!(
             stop,
             Stop::Io {
@@ -150,26 +161,44 @@ mod tests {
     }
 
     #[test]
-    fn mmio_reads_float_high() {
+    fn mmio_goes_to_the_bus_and_unmapped_reads_float_high() {
         let mut bus = Bus::new();
         let mut env = FakeEnv::default();
         let mut data = [0u8; 4];
         let stop = handle_exit(
-            Ok(VcpuExit::MmioRead(0xfee0_0000, &mut data)),
+            io(Ok(VcpuExit::MmioRead(0xfee0_0000, &mut data)), 0),
             &mut bus,
             &mut env,
         )
         .unwrap();
         assert_eq!(data, [0xff; 4]);
+        assert_eq!(
+            stop,
+            Stop::Mmio {
+                addr: 0xfee0_0000,
+                write: false
+            }
+        );
         assert!(stop.is_guest_exit());
+        handle_exit(
+            io(Ok(VcpuExit::MmioWrite(0xfee0_0000, &[1, 2])), 0),
+            &mut bus,
+            &mut env,
+        )
+        .unwrap();
+        assert_eq!(bus.unclaimed_accesses, 2);
     }
 
     #[test]
     fn eintr_is_a_kick_not_a_guest_exit() {
         let mut bus = Bus::new();
         let mut env = FakeEnv::default();
-        let stop =
-            handle_exit(Err(kvm_ioctls::Error::new(libc::EINTR)), &mut bus, &mut env).unwrap();
+        let stop = handle_exit(
+            io(Err(kvm_ioctls::Error::new(libc::EINTR)), 0),
+            &mut bus,
+            &mut env,
+        )
+        .unwrap();
         assert_eq!(stop, Stop::Kicked);
         assert!(!stop.is_guest_exit());
     }
@@ -180,23 +209,62 @@ mod tests {
         let mut env = FakeEnv::default();
         assert!(matches!(
             handle_exit(
-                Err(kvm_ioctls::Error::new(libc::EFAULT)),
+                io(Err(kvm_ioctls::Error::new(libc::EFAULT)), 0),
                 &mut bus,
                 &mut env
             ),
             Err(ExitError::Run(_))
         ));
         assert!(matches!(
-            handle_exit(Ok(VcpuExit::InternalError), &mut bus, &mut env),
+            handle_exit(io(Ok(VcpuExit::InternalError), 0), &mut bus, &mut env),
             Err(ExitError::Internal)
+        ));
+        assert!(matches!(
+            handle_exit(
+                io(Ok(VcpuExit::IoOut(0x80, &[0; 3])), 2),
+                &mut bus,
+                &mut env
+            ),
+            Err(ExitError::Unexpected(_))
         ));
     }
 
+    /// `rep outsb` of four bytes is four 1-byte writes; `outsd` of one element one 4-byte write.
+    /// Told apart only by the width KVM reports (the byte count is 4 either way).
     #[test]
-    fn string_io_is_split_into_elements() {
-        assert_eq!(io_size(1), 1);
-        assert_eq!(io_size(8), 4);
-        assert_eq!(io_size(6), 2);
-        assert_eq!(io_size(3), 1);
+    fn string_io_is_split_at_the_reported_width() {
+        let mut env = FakeEnv::default();
+        // The isa-debug-exit port takes whole accesses: its exit code is the value written.
+        let mut bus = Bus::new();
+        handle_exit(
+            io(Ok(VcpuExit::IoOut(0xf4, &[1, 2, 3, 4])), 4),
+            &mut bus,
+            &mut env,
+        )
+        .unwrap();
+        assert_eq!(
+            bus.devices.debug_exit.take_exit_request(),
+            Some(0x0403_0201)
+        );
+        let mut bus = Bus::new();
+        handle_exit(
+            io(Ok(VcpuExit::IoOut(0xf4, &[1, 2, 3, 9])), 1),
+            &mut bus,
+            &mut env,
+        )
+        .unwrap();
+        // Four separate writes: the last one's code stands.
+        assert_eq!(bus.devices.debug_exit.take_exit_request(), Some(9));
+        // `rep insb` from the PIC's mask register: every element read on its own.
+        let mut bus = Bus::new();
+        bus.write(0x21, &[0xa5], &mut env);
+        let mut data = [0u8; 3];
+        handle_exit(
+            io(Ok(VcpuExit::IoIn(0x21, &mut data)), 1),
+            &mut bus,
+            &mut env,
+        )
+        .unwrap();
+        assert_eq!(data, [0xa5; 3]);
     }
 }

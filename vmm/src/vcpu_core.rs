@@ -13,14 +13,14 @@ use kvm_ioctls::VcpuExit;
 
 use crate::bus::Bus;
 use crate::devices::DeviceEnv;
-use crate::exit::{ExitError, Stop, handle_exit};
+use crate::exit::{ExitError, RunExit, Stop, handle_exit};
 use crate::vcpu::counter::InsnCounter;
 use crate::vcpu::{Vcpu, VcpuError};
 
 /// What the core needs from a vCPU. [`Vcpu`] is the real one.
 pub trait VcpuPort {
     /// Enters the guest until its next exit, or until a kick (`EINTR`).
-    fn run(&mut self) -> Result<VcpuExit<'_>, kvm_ioctls::Error>;
+    fn run(&mut self) -> RunExit<'_>;
     /// The guest's instruction pointer as of the last exit (for traces).
     fn rip(&self) -> u64;
     /// Whether the CPU can take an interrupt now: IF set and no interrupt shadow.
@@ -30,8 +30,19 @@ pub trait VcpuPort {
 }
 
 impl VcpuPort for Vcpu {
-    fn run(&mut self) -> Result<VcpuExit<'_>, kvm_ioctls::Error> {
-        self.fd.run()
+    fn run(&mut self) -> RunExit<'_> {
+        let run: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
+        let result = self.fd.run();
+        let io_size = match result {
+            Ok(VcpuExit::IoIn(..) | VcpuExit::IoOut(..)) => {
+                // SAFETY: `run` points at this vCPU's `kvm_run`, mapped for the vCPU's life;
+                // after an I/O exit the kernel filled its `io` member, which is apart from the
+                // data area `result` borrows, and nothing writes it until the next `KVM_RUN`.
+                usize::from(unsafe { (*run).__bindgen_anon_1.io.size })
+            }
+            _ => 0,
+        };
+        RunExit { result, io_size }
     }
     fn rip(&self) -> u64 {
         self.regs().rip
@@ -195,7 +206,7 @@ mod tests {
     }
 
     impl VcpuPort for FakeVcpu {
-        fn run(&mut self) -> Result<VcpuExit<'_>, kvm_ioctls::Error> {
+        fn run(&mut self) -> RunExit<'_> {
             // What the last port read got back, now that the bus has filled it in.
             if let Some((_, data)) = self.reads.last_mut()
                 && data.is_empty()
@@ -203,19 +214,20 @@ mod tests {
                 data.clone_from(&self.buf);
             }
             self.rip += 2;
-            match self.script.pop_front() {
+            let (result, io_size) = match self.script.pop_front() {
                 Some(Scripted::Out(port, data)) => {
                     self.buf = data;
-                    Ok(VcpuExit::IoOut(port, &self.buf))
+                    (Ok(VcpuExit::IoOut(port, &self.buf)), self.buf.len())
                 }
                 Some(Scripted::In(port, len)) => {
                     self.buf = vec![0; len];
                     self.reads.push((port, Vec::new()));
-                    Ok(VcpuExit::IoIn(port, &mut self.buf))
+                    (Ok(VcpuExit::IoIn(port, &mut self.buf)), len)
                 }
-                Some(Scripted::Kick) => Err(kvm_ioctls::Error::new(libc::EINTR)),
-                Some(Scripted::Halt) | None => Ok(VcpuExit::Hlt),
-            }
+                Some(Scripted::Kick) => (Err(kvm_ioctls::Error::new(libc::EINTR)), 0),
+                Some(Scripted::Halt) | None => (Ok(VcpuExit::Hlt), 0),
+            };
+            RunExit { result, io_size }
         }
         fn rip(&self) -> u64 {
             self.rip
