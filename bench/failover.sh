@@ -161,27 +161,33 @@ US="$WORK/bin/understudy"
 # --- Viewserver and nodes ----------------------------------------------------------------
 VS_PID=
 VS_ADDR=
-# start_vs DIR PING_MS: a viewserver on a free port; sets VS_PID and VS_ADDR. (It announces
-# its address on stderr; stdout is searched too.)
+# What the processes report is read from their events files (docs/events.md), never from the
+# prose on their stderr (kept for people, and shown when something fails).
+EV="$HERE/events.py"
+# has_event FILE NAME: FILE has an event NAME (a complete line).
+has_event() { [ "$(python3 "$EV" count "$1" "$2")" -gt 0 ]; }
+# ev FILE NAME FIELD [--last]: a field of the first (last) event NAME; dies if there is none.
+ev() { python3 "$EV" get "$@" || die "no $3 in a '$2' event of $1"; }
+# start_vs DIR PING_MS: a viewserver on a free port; sets VS_PID and VS_ADDR (from its
+# `listening` event).
 start_vs() {
     local dir=$1 ping=$2
     timeout -k 5 "$TIMEOUT" "$US" viewserver --listen 127.0.0.1:0 --ping-interval-ms "$ping" \
-        >"$dir/vs.out" 2>"$dir/vs.err" &
+        --data-dir "$dir/vs.data" --events "$dir/vs.events" >"$dir/vs.out" 2>"$dir/vs.err" &
     VS_PID=$!
     PIDS+=("$VS_PID")
-    wait_line "$dir/vs.err" '^viewserver: listening on ' 10 "$VS_PID" ||
-        wait_line "$dir/vs.out" '^viewserver: listening on ' 1 "$VS_PID" ||
+    wait_line "$dir/vs.events" '"event":"listening"' 10 "$VS_PID" ||
         { show "$dir/vs.out" "$dir/vs.err"; die "the viewserver did not start"; }
-    VS_ADDR=$(cat "$dir/vs.err" "$dir/vs.out" | sed -n "/^viewserver: listening on /{s///p;q}")
-    [ -n "$VS_ADDR" ] || die "no viewserver address in $dir/vs.err"
+    VS_ADDR=$(ev "$dir/vs.events" listening addr)
 }
-# start_node NAME DIR ARGS...: a node (stdout NAME.out, stderr NAME.err); its PID in NODE_PID.
+# start_node NAME DIR ARGS...: a node (stdout NAME.out, stderr NAME.err, events NAME.events);
+# its PID in NODE_PID.
 NODE_PID=
 start_node() {
     local name=$1 dir=$2
     shift 2
     timeout -k 5 "$TIMEOUT" "$US" node --viewserver "$VS_ADDR" --listen 127.0.0.1:0 "$@" \
-        >"$dir/$name.out" 2>"$dir/$name.err" &
+        --events "$dir/$name.events" >"$dir/$name.out" 2>"$dir/$name.err" &
     NODE_PID=$!
     PIDS+=("$NODE_PID")
 }
@@ -223,7 +229,7 @@ progress() {
             start_node A "$dir" "${g[@]}" --stats
             a=$NODE_PID
             if [ "$v" = backup ]; then
-                wait_line "$dir/A.err" 'view 1: primary' 10 "$a" ||
+                wait_line "$dir/A.events" '"event":"booting"' 10 "$a" ||
                     { show "$dir/A.err"; die "$w: the first node never became primary"; }
                 start_node B "$dir" "${g[@]}" --transcript "$dir/B.transcript"
                 b=$NODE_PID
@@ -232,7 +238,7 @@ progress() {
             t1=$(now)
             bfail=
             if [ "$v" = backup ]; then
-                grep -q 'installed the state:' "$dir/A.err" ||
+                has_event "$dir/A.events" transfer_done ||
                     { show "$dir/A.err" "$dir/B.err"; die "$w: the backup never installed the state"; }
                 # The backup replays at the primary's pace: it ends within moments of the primary.
                 if ! wait_exit "$b" "$BACKUP_GRACE"; then
@@ -249,10 +255,10 @@ progress() {
                 fi
                 # A replay failure the backup recovered from (by asking for a new state) still
                 # counts: the run's lag and release numbers include the second transfer.
-                if [ -z "$bfail" ] && grep -q 'replay of .* failed' "$dir/B.err"; then
+                if [ -z "$bfail" ] && has_event "$dir/B.events" replay_failed; then
                     bfail="the backup's replay failed; it recovered by a new state transfer and finished (exit 0, console identical)"
                 fi
-            elif grep -q 'installed the state:' "$dir/A.err"; then
+            elif has_event "$dir/A.events" transfer_done; then
                 die "$w alone: a backup appeared"
             fi
             stop "$VS_PID"
@@ -278,21 +284,21 @@ progress() {
     [ "$v" = backup ] && put "p.$w.backup_ok" "$rep" 1
     put "p.$w.$v.s" "$rep" "$T"
     if [ "$v" = backup ]; then
+        local sum="$dir/A.events"
+        has_event "$sum" primary_summary || { show "$dir/A.err"; die "$w: no primary_summary event"; }
         for kind in replay receive; do
-            line=$(grep "backup $kind lag (sampled" "$dir/A.err") || { show "$dir/A.err"; die "$w: no backup $kind lag statistics"; }
-            read -r p50 p99 max n < <(sed -E 's/.* p50 ([0-9.]+) ms, p99 ([0-9.]+) ms, max ([0-9.]+) ms over ([0-9]+) samples.*/\1 \2 \3 \4/' <<<"$line")
-            put "p.$w.$kind.p50" "$rep" "$p50"; put "p.$w.$kind.p99" "$rep" "$p99"
-            put "p.$w.$kind.max" "$rep" "$max"; put "p.$w.$kind.n" "$rep" "$n"
+            for q in p50 p99 max; do
+                put "p.$w.$kind.$q" "$rep" "$(ev "$sum" primary_summary "${kind}_lag.${q}_ms" --last)"
+            done
+            put "p.$w.$kind.n" "$rep" "$(ev "$sum" primary_summary "${kind}_lag.n" --last)"
         done
-        line=$(grep 'guest held back' "$dir/A.err") || { show "$dir/A.err"; die "$w: no throttle statistics"; }
-        put "p.$w.held.ms" "$rep" "$(sed -E 's/.*held back ([0-9.]+) ms.*/\1/' <<<"$line")"
-        line=$(grep 'output release delay' "$dir/A.err") || { show "$dir/A.err"; die "$w: no release delay statistics"; }
-        read -r p50 p99 max n < <(sed -E 's/.* p50 ([0-9.]+) ms, p99 ([0-9.]+) ms, max ([0-9.]+) ms over ([0-9]+) chunks.*/\1 \2 \3 \4/' <<<"$line")
-        put "p.$w.rel.p50" "$rep" "$p50"; put "p.$w.rel.p99" "$rep" "$p99"
-        put "p.$w.rel.max" "$rep" "$max"; put "p.$w.rel.n" "$rep" "$n"
-        line=$(grep -m1 'installed the state:' "$dir/A.err")
-        put "p.$w.st.total_ms" "$rep" "$(sed -E 's/.*: ([0-9.]+) ms total.*/\1/' <<<"$line")"
-        put "p.$w.st.pause_ms" "$rep" "$(sed -E 's/.*guest paused ([0-9.]+) ms.*/\1/' <<<"$line")"
+        put "p.$w.held.ms" "$rep" "$(ev "$sum" primary_summary throttled_ms --last)"
+        for q in p50 p99 max; do
+            put "p.$w.rel.$q" "$rep" "$(ev "$sum" primary_summary "release_delay.${q}_ms" --last)"
+        done
+        put "p.$w.rel.n" "$rep" "$(ev "$sum" primary_summary release_delay.n --last)"
+        put "p.$w.st.total_ms" "$rep" "$(ev "$sum" transfer_done total_ms)"
+        put "p.$w.st.pause_ms" "$rep" "$(ev "$sum" transfer_done pause_ms)"
     fi
 }
 
@@ -332,27 +338,12 @@ demo() {
         return 1
     fi
     put "f.$ping.ok" "$rep" 1
-    # Phases, from the demo's own timestamps (arrival of each line at the demo): the kill is at
-    # (B's first released output) - (failover time).
-    awk -v ping="$ping" -v rep="$rep" '
-        /failover time \(SIGKILL to the new primary.s first released output\)/ {
-            for (i = 1; i <= NF; i++) if ($i == "ms") fo = $(i - 1) }
-        /^== SIGKILL to the primary/ { killed = 1; next }
-        /^== view [0-9]+: primary/ { for (i = 1; i <= NF; i++) if ($i == "ms") seen = substr($(i - 1), 2) }
-        killed && $2 == "[B" && $3 == "out]" && bout == "" { bout = $1 + 0 }
-        killed && $2 == "[vs" && /viewserver: view / && vsv == "" { vsv = $1 + 0 }
-        killed && $2 == "[B" && /going live/ && live == "" { live = $1 + 0 }
-        killed && $2 == "[C" && /installed state from/ && cin == "" { cin = $1 + 0 }
-        END {
-            if (fo == "" || bout == "") exit 1
-            k = bout - fo / 1000
-            printf "f.%s.failover_ms\t%s\t%s\n", ping, rep, fo
-            if (seen != "") printf "f.%s.demo_view_ms\t%s\t%s\n", ping, rep, seen
-            if (vsv != "") printf "f.%s.view_ms\t%s\t%.0f\n", ping, rep, (vsv - k) * 1000
-            if (live != "") printf "f.%s.live_ms\t%s\t%.0f\n", ping, rep, (live - k) * 1000
-            if (cin != "") printf "f.%s.cinst_ms\t%s\t%.0f\n", ping, rep, (cin - k) * 1000
-        }' "$dir/out" >>"$RAW" || { show "$dir/out"; die "no failover time in the demo's output ($dir/out)"; }
-    say "  failover $(sed -n 's/.*first released output): //p' "$dir/out")"
+    # Phases after the kill, each from the event of the process that did it (the demo's own
+    # events for the kill, its view poll and the failover time; the viewserver's view change, B
+    # going live, C installing the state).
+    python3 "$EV" demo-phases "$dir/nodes" "$ping" "$rep" >>"$RAW" ||
+        { show "$dir/out"; die "no failover events in the demo's workdir ($dir/nodes)"; }
+    say "  failover $(python3 "$EV" get "$dir/nodes/demo.events" first_output after_ms) ms"
 }
 
 PINGS=("$DEFAULT_PING" "$AGGRESSIVE_PING")
@@ -380,25 +371,26 @@ st() { # MEM REP
     start_vs "$dir" "$DEFAULT_PING"
     start_node A "$dir" "${g[@]}"
     a=$NODE_PID
-    wait_line "$dir/A.err" 'view 1: primary' 20 "$a" || { show "$dir/A.err"; die "st $mem: no primary"; }
+    wait_line "$dir/A.events" '"event":"booting"' 20 "$a" || { show "$dir/A.err"; die "st $mem: no primary"; }
     start_node B "$dir" "${g[@]}"
     b=$NODE_PID
-    wait_line "$dir/A.err" 'installed the state:' 60 "$a" ||
+    wait_line "$dir/A.events" '"event":"transfer_done"' 60 "$a" ||
         { show "$dir/A.err" "$dir/B.err"; die "state transfer of $mem MiB never completed"; }
-    wait_line "$dir/B.err" 'installed state from' 10 "$b" ||
+    wait_line "$dir/B.events" '"event":"state_installed"' 10 "$b" ||
         { show "$dir/B.err"; die "the backup never reported installing $mem MiB"; }
     kill -0 "$a" 2>/dev/null && kill -0 "$b" 2>/dev/null ||
         { show "$dir/A.err" "$dir/B.err"; die "a node exited during the $mem MiB state transfer"; }
     stop "$a"
     stop "$b"
     stop "$VS_PID"
-    line=$(grep -m1 'installed the state:' "$dir/A.err")
-    read -r total pause rounds sent < <(sed -E 's/.*: ([0-9.]+) ms total, guest paused ([0-9.]+) ms, ([0-9]+) pre-copy rounds?, ([0-9.]+) MiB sent.*/\1 \2 \3 \4/' <<<"$line")
-    [ -n "${sent:-}" ] || die "cannot parse: $line"
+    local total pause rounds sent
+    total=$(ev "$dir/A.events" transfer_done total_ms)
+    pause=$(ev "$dir/A.events" transfer_done pause_ms)
+    rounds=$(ev "$dir/A.events" transfer_done rounds)
+    sent=$(python3 -c 'import sys; print(f"{int(sys.argv[1]) / 2**20:.1f}")' "$(ev "$dir/A.events" transfer_done bytes)")
     put "s.$mem.total_ms" "$rep" "$total"; put "s.$mem.pause_ms" "$rep" "$pause"
     put "s.$mem.rounds" "$rep" "$rounds"; put "s.$mem.sent_mib" "$rep" "$sent"
-    line=$(grep -m1 'installed state from' "$dir/B.err")
-    put "s.$mem.backup_ms" "$rep" "$(sed -E 's/.* in ([0-9.]+) ms \(.*/\1/' <<<"$line")"
+    put "s.$mem.backup_ms" "$rep" "$(ev "$dir/B.events" state_installed ms)"
     say "  $total ms total, paused $pause ms, $rounds rounds, $sent MiB sent"
 }
 for ((rep = 0; rep < ST_REPS; rep++)); do

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::CmdResult;
+use crate::events::emit;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -59,6 +60,24 @@ struct Proc {
     transcript: PathBuf,
     events: PathBuf,
     addr: String,
+}
+
+/// What the demo itself did and found, in `WORKDIR/demo.events` (docs/events.md).
+#[derive(Debug, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub(crate) enum DemoEvent<'a> {
+    /// The primary was sent SIGKILL.
+    Killed { node: &'a str, pid: u32 },
+    /// The demo saw the view name another primary, `after_ms` after the kill.
+    ViewSeen {
+        view: u64,
+        primary: &'a str,
+        after_ms: f64,
+    },
+    /// The new primary's first released output reached the demo `after_ms` after the kill.
+    FirstOutput { node: &'a str, after_ms: f64 },
+    /// One of the final checks.
+    Check { passed: bool, what: &'a str },
 }
 
 /// The complete JSON lines of an events file so far.
@@ -363,6 +382,7 @@ pub fn run(args: &DemoArgs) -> CmdResult {
         nodes: Vec::new(),
         seen: Vec::new(),
     };
+    crate::events::open(&dir.join("demo.events"), "demo")?;
     let result = scenario(&mut demo, args, &guest_args);
     demo.stop_all();
     let ok = match result {
@@ -371,6 +391,10 @@ pub fn run(args: &DemoArgs) -> CmdResult {
             let mut all = true;
             for (passed, what) in &checks {
                 println!("  [{}] {what}", if *passed { "ok" } else { "FAILED" });
+                emit(&DemoEvent::Check {
+                    passed: *passed,
+                    what,
+                });
                 all &= passed;
             }
             all
@@ -447,6 +471,10 @@ fn scenario(
         .child
         .kill()
         .map_err(|e| format!("killing A: {e}"))?;
+    emit(&DemoEvent::Killed {
+        node: "A",
+        pid: demo.nodes[0].child.id(),
+    });
     let _ = demo.nodes[0].child.wait();
     // Everything A released is on its pipe: read it all before judging.
     demo.wait_for(Duration::from_millis(200), |_| false);
@@ -460,6 +488,11 @@ fn scenario(
         .wait_view(ping_d * 60 + Duration::from_secs(10), |v| v.primary != a)
         .ok_or("the viewserver never changed the primary")?;
     let view_changed = killed_at.elapsed();
+    emit(&DemoEvent::ViewSeen {
+        view: v.viewnum,
+        primary: &v.primary,
+        after_ms: view_changed.as_secs_f64() * 1e3,
+    });
     println!(
         "== view {}: primary {}, backup {:?} ({:.0} ms after the kill) ==",
         v.viewnum,
@@ -472,6 +505,10 @@ fn scenario(
     });
     let failover = first_output.map(|t| t.duration_since(killed_at));
     if let Some(f) = failover {
+        emit(&DemoEvent::FirstOutput {
+            node: "B",
+            after_ms: f.as_secs_f64() * 1e3,
+        });
         println!(
             "== B released its first output {:.0} ms after the kill ==",
             f.as_secs_f64() * 1e3

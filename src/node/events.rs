@@ -98,12 +98,37 @@ pub enum NodeEvent<'a> {
     Refused { message: &'a str },
     /// The view service did not answer (said once until it answers again).
     ViewServiceUnreachable { error: &'a str },
-    /// A primary's totals when its role ends.
+    /// A primary's totals when its role ends: time the guest was held back for the backup's
+    /// replay, time covered output waited for a lease, each state transfer's pause; the
+    /// backup's lag (sampled every 10 ms while streaming: replayed, and received) and each
+    /// output chunk's delay from write to release (null: no samples).
     PrimarySummary {
         throttled_ms: f64,
         lease_wait_ms: f64,
         pauses_ms: Vec<f64>,
+        replay_lag: Option<Spread>,
+        receive_lag: Option<Spread>,
+        release_delay: Option<Spread>,
     },
+}
+
+/// Median, 99th percentile and maximum of `n` samples.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub n: usize,
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {}",
+            self.p50_ms, self.p99_ms, self.max_ms, self.n
+        )
+    }
 }
 
 #[cfg(test)]
@@ -198,6 +223,9 @@ mod tests {
                 throttled_ms: 0.0,
                 lease_wait_ms: 0.0,
                 pauses_ms: Vec::new(),
+                replay_lag: None,
+                receive_lag: None,
+                release_delay: None,
             },
         ];
         // Exhaustive on purpose: a new variant fails to compile here until it is listed above.
@@ -255,6 +283,30 @@ mod tests {
             .collect();
         all.extend(service.iter().map(|e| serde_json::to_value(e).unwrap()));
         all.push(serde_json::json!({"event": "listening", "addr": s}));
+        use crate::commands::demo::DemoEvent as D;
+        let demo = [
+            D::Killed { node: s, pid: 1 },
+            D::ViewSeen {
+                view: 1,
+                primary: s,
+                after_ms: 1.0,
+            },
+            D::FirstOutput {
+                node: s,
+                after_ms: 1.0,
+            },
+            D::Check {
+                passed: true,
+                what: s,
+            },
+        ];
+        for e in &demo {
+            match e {
+                D::Killed { .. } | D::ViewSeen { .. } | D::FirstOutput { .. } | D::Check { .. } => {
+                }
+            }
+        }
+        all.extend(demo.iter().map(|e| serde_json::to_value(e).unwrap()));
         all
     }
 

@@ -21,7 +21,7 @@ use vmm::sink::SinkError;
 use vmm::snapshot::memory::MemoryTracker;
 
 use super::NodeCtx;
-use super::events::NodeEvent;
+use super::events::{NodeEvent, Spread};
 use super::views::Views;
 use crate::events::emit;
 
@@ -62,27 +62,23 @@ struct LagSamples {
     receive: Vec<u64>,
 }
 
-/// "p50 .. ms, p99 .. ms, max .. ms over N" for samples in milliseconds.
-fn spread_ms(mut ms: Vec<f64>) -> Option<String> {
+/// Median, 99th percentile and maximum of samples in milliseconds.
+fn spread_ms(mut ms: Vec<f64>) -> Option<Spread> {
     if ms.is_empty() {
         return None;
     }
     ms.sort_unstable_by(f64::total_cmp);
     let n = ms.len();
-    Some(format!(
-        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {n}",
-        ms[n / 2],
-        ms[n * 99 / 100],
-        ms[n - 1]
-    ))
+    Some(Spread {
+        p50_ms: ms[n / 2],
+        p99_ms: ms[n * 99 / 100],
+        max_ms: ms[n - 1],
+        n,
+    })
 }
 
-fn print_lag(me: &str, what: &str, samples_ns: Vec<u64>) {
-    if let Some(spread) = spread_ms(samples_ns.into_iter().map(|ns| ns as f64 / 1e6).collect()) {
-        eprintln!(
-            "node {me}: backup {what} lag (sampled every 10 ms while streaming) {spread} samples"
-        );
-    }
+fn ns_to_ms(ns: Vec<u64>) -> Vec<f64> {
+    ns.into_iter().map(|ns| ns as f64 / 1e6).collect()
 }
 
 pub fn serve(
@@ -168,10 +164,27 @@ pub fn serve(
                 .collect::<Vec<_>>()
         );
     }
+    let l = std::mem::take(&mut *lags.lock().unwrap_or_else(|p| p.into_inner()));
+    let (replay_lag, receive_lag) = (
+        spread_ms(ns_to_ms(l.replay)),
+        spread_ms(ns_to_ms(l.receive)),
+    );
+    let release_delay = spread_ms(
+        queue
+            .delays_us()
+            .into_iter()
+            .map(|us| f64::from(us) / 1e3)
+            .collect(),
+    );
     if ctx.stats {
-        let l = std::mem::take(&mut *lags.lock().unwrap_or_else(|p| p.into_inner()));
-        print_lag(&views.me, "replay", l.replay);
-        print_lag(&views.me, "receive", l.receive);
+        for (what, lag) in [("replay", &replay_lag), ("receive", &receive_lag)] {
+            if let Some(spread) = lag {
+                eprintln!(
+                    "node {}: backup {what} lag (sampled every 10 ms while streaming) {spread} samples",
+                    views.me
+                );
+            }
+        }
         eprintln!(
             "node {}: guest held back {:.1} ms in all for the backup's replay to catch up",
             views.me,
@@ -182,8 +195,7 @@ pub fn serve(
             views.me,
             queue.gated_time().as_secs_f64() * 1e3
         );
-        let delays = queue.delays_us().into_iter().map(|us| f64::from(us) / 1e3);
-        if let Some(spread) = spread_ms(delays.collect()) {
+        if let Some(spread) = &release_delay {
             eprintln!("node {}: output release delay {spread} chunks", views.me);
         }
     }
@@ -191,6 +203,9 @@ pub fn serve(
         throttled_ms: replication.throttled().as_secs_f64() * 1e3,
         lease_wait_ms: queue.gated_time().as_secs_f64() * 1e3,
         pauses_ms: pauses.iter().map(|p| p.as_secs_f64() * 1e3).collect(),
+        replay_lag,
+        receive_lag,
+        release_delay,
     });
     Ok(end)
 }
