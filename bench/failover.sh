@@ -163,7 +163,7 @@ VS_PID=
 VS_ADDR=
 # What the processes report is read from their events files (docs/events.md), never from the
 # prose on their stderr (kept for people, and shown when something fails).
-EV="$HERE/events.py"
+EV="$ROOT/bench/events.py"
 # has_event FILE NAME: FILE has an event NAME (a complete line).
 has_event() { [ "$(python3 "$EV" count "$1" "$2")" -gt 0 ]; }
 # ev FILE NAME FIELD [--last]: a field of the first (last) event NAME; dies if there is none.

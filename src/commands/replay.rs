@@ -229,11 +229,12 @@ fn report(
             if stats {
                 let s = &report.stats;
                 eprintln!(
-                    "replay: {:.3} s wall, {} exits, approach {:.3} s ({} kicks, {} breakpoint/steps, {} stops)",
+                    "replay: {:.3} s wall, {} exits, approach {:.3} s ({} kicks, {} of them before the guest ran, {} breakpoint/steps, {} stops)",
                     s.wall.as_secs_f64(),
                     s.exits,
                     s.approach.as_secs_f64(),
                     s.approach_kicks,
+                    s.idle_kicks,
                     s.approach_steps,
                     s.stops
                 );

@@ -263,7 +263,7 @@ impl Bus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::FakeEnv;
+    use crate::devices::{FakeEnv, LINUX_PIC_INIT};
 
     #[test]
     fn unclaimed_ports_float_high_and_are_counted() {
@@ -293,17 +293,10 @@ mod tests {
         let mut bus = Bus::new();
         let mut env = FakeEnv::default();
         // Linux-like PIC setup (vectors 0x20/0x28), every line but 4 masked.
-        for (port, value) in [
-            (0x20, 0x11),
-            (0x21, 0x20),
-            (0x21, 0x04),
-            (0x21, 0x01),
-            (0xa0, 0x11),
-            (0xa1, 0x28),
-            (0xa1, 0x02),
-            (0xa1, 0x01),
-            (0x21, !(1u8 << COM1_IRQ)),
-        ] {
+        for (port, value) in LINUX_PIC_INIT
+            .into_iter()
+            .chain([(0x21, !(1u8 << COM1_IRQ))])
+        {
             bus.write(port, &[value], &mut env);
         }
         // A write while the THR-empty interrupt is off raises nothing.
@@ -479,22 +472,14 @@ mod tests {
             let mut bus = Bus::new();
             env.now_ns = 5_000_000;
             env.wall_secs = 1_709_214_307;
-            let writes: [(u16, u8); 14] = [
-                (0x20, 0x11),
-                (0x21, 0x20),
-                (0x21, 0x04),
-                (0x21, 0x01),
-                (0xa0, 0x11),
-                (0xa1, 0x28),
-                (0xa1, 0x02),
-                (0xa1, 0x01),
+            let writes = LINUX_PIC_INIT.into_iter().chain([
                 (0x43, 0x34),
                 (0x40, 0x9c),
                 (0x40, 0x2e),
                 (0x70, 0x8b),
                 (0x3f9, 0x03),
                 (0x3f8, b'!'),
-            ];
+            ]);
             for (port, value) in writes {
                 bus.write(port, &[value], env);
             }

@@ -47,6 +47,8 @@ pub struct RunStats {
     pub approach_steps: u64,
     /// Replay only: timed kicks used to get close to recorded positions.
     pub approach_kicks: u64,
+    /// Replay only: kicks that stopped the guest before it executed a counted instruction.
+    pub idle_kicks: u64,
 }
 
 /// Why a run stopped early.

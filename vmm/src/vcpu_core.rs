@@ -170,7 +170,7 @@ mod tests {
     use std::collections::VecDeque;
 
     use super::*;
-    use crate::devices::FakeEnv;
+    use crate::devices::{FakeEnv, LINUX_PIC_INIT};
     use crate::vcpu::counter::NoCounter;
 
     /// What a scripted exit does.
@@ -243,20 +243,11 @@ mod tests {
 
     /// Linux-like 8259 programming (vectors 0x20/0x28), then everything but the timer masked.
     fn pic_setup() -> Vec<Scripted> {
-        [
-            (0x20, 0x11),
-            (0x21, 0x20),
-            (0x21, 0x04),
-            (0x21, 0x01),
-            (0xa0, 0x11),
-            (0xa1, 0x28),
-            (0xa1, 0x02),
-            (0xa1, 0x01),
-            (0x21, 0xfe),
-        ]
-        .into_iter()
-        .map(|(port, value)| Scripted::Out(port, vec![value]))
-        .collect()
+        LINUX_PIC_INIT
+            .into_iter()
+            .chain([(0x21, 0xfe)])
+            .map(|(port, value)| Scripted::Out(port, vec![value]))
+            .collect()
     }
 
     /// Drives the core through a port read answered from the (fake) clock, a kick that lands

@@ -40,6 +40,20 @@ pub trait PioDevice: StateHash + Send {
     fn write(&mut self, port: u16, value: u8, env: &mut dyn DeviceEnv);
 }
 
+/// The port writes with which Linux programs the 8259 pair (ICW1–ICW4: vectors 0x20 and 0x28,
+/// the slave on line 2), for unit tests that need a working PIC.
+#[cfg(test)]
+pub const LINUX_PIC_INIT: [(u16, u8); 8] = [
+    (0x20, 0x11),
+    (0x21, 0x20),
+    (0x21, 0x04),
+    (0x21, 0x01),
+    (0xa0, 0x11),
+    (0xa1, 0x28),
+    (0xa1, 0x02),
+    (0xa1, 0x01),
+];
+
 /// A fixed environment for unit tests: a clock you set by hand.
 #[cfg(test)]
 #[derive(Debug, Default)]
