@@ -143,8 +143,6 @@ struct Demo {
     viewserver: Option<Child>,
     vs_addr: String,
     nodes: Vec<Proc>,
-    /// Every event seen, for searching back.
-    seen: Vec<Event>,
 }
 
 impl Demo {
@@ -181,11 +179,8 @@ impl Demo {
             match self.rx.recv_timeout(left.min(Duration::from_millis(100))) {
                 Ok(e) => {
                     self.show(&e);
-                    let hit = pred(&e);
-                    let at = e.at;
-                    self.seen.push(e);
-                    if hit {
-                        return Some(at);
+                    if pred(&e) {
+                        return Some(e.at);
                     }
                 }
                 Err(_) => continue,
@@ -200,9 +195,20 @@ impl Demo {
         name: &str,
         timeout: Duration,
     ) -> Option<serde_json::Value> {
+        self.wait_event_where(path, name, timeout, |_| true)
+    }
+
+    /// Waits until the events file at `path` has an event called `name` that `pred` accepts.
+    fn wait_event_where(
+        &mut self,
+        path: &Path,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(e) = events_named(path, name).into_iter().next() {
+            if let Some(e) = events_named(path, name).into_iter().find(|e| pred(e)) {
                 return Some(e);
             }
             if Instant::now() >= deadline {
@@ -380,7 +386,6 @@ pub fn run(args: &DemoArgs) -> CmdResult {
         viewserver: None,
         vs_addr: String::new(),
         nodes: Vec::new(),
-        seen: Vec::new(),
     };
     crate::events::open(&dir.join("demo.events"), "demo")?;
     let result = scenario(&mut demo, args, &guest_args);
@@ -521,6 +526,11 @@ fn scenario(
         .wait_event(&c_events, "state_installed", Duration::from_secs(30))
         .is_some();
     demo.wait_for(Duration::from_secs_f64(args.run_after_secs), |_| false);
+    // B samples its backup's lag once a second: however short `--run-after-secs`, or slow the
+    // machine, wait (bounded) for one sample of C before judging it.
+    demo.wait_event_where(&b_events, "lag", Duration::from_secs(10), |e| {
+        e["backup"] == c.as_str()
+    });
     // B's replication samples since C installed the state: lag of C's replay behind B.
     let lags: Vec<f64> = events_named(&b_events, "lag")
         .iter()
