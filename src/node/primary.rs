@@ -228,7 +228,8 @@ fn spawn_manager(
     std::thread::Builder::new()
         .name("replication".into())
         .spawn(move || {
-            let mut target = BackupTarget::Undecided;
+            // `None` until the first view is handled.
+            let mut target: Option<BackupTarget> = None;
             let mut running: Option<JoinHandle<()>> = None;
             let mut last_try = Instant::now() - RETRY_AFTER;
             let mut last_status = Instant::now();
@@ -267,16 +268,15 @@ fn spawn_manager(
                     let _ = h.join();
                 }
                 let want = BackupTarget::of(&view);
-                let changed = target != want;
+                let changed = target.as_ref() != Some(&want);
                 let retry = !changed
                     && matches!(want, BackupTarget::Backup(_))
                     && running.is_none()
                     && replication.lost().is_some()
                     && last_try.elapsed() >= RETRY_AFTER;
                 if changed || retry {
-                    target = want.clone();
+                    target = Some(want.clone());
                     match &want {
-                        BackupTarget::Undecided => {}
                         BackupTarget::Alone => {
                             replication.no_backup();
                             eprintln!(
@@ -361,8 +361,6 @@ fn spawn_manager(
 /// Whom the primary streams to, as far as the manager has acted on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum BackupTarget {
-    /// No view handled yet.
-    Undecided,
     /// The view has no backup: output flows at once.
     Alone,
     /// The view's backup, by name.
