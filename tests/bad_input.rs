@@ -111,10 +111,9 @@ fn a_killed_recorder_leaves_a_log_that_replays_as_far_as_it_goes() {
             "run",
             "--guest",
             "compute",
-            // Far more work than 1.2 s of any machine of this kind does (the default run takes
-            // 0.7 s on some): the kill must land mid-run.
+            // The kill must land mid-run.
             "--guest-arg",
-            "iters=100000000",
+            COMPUTE_FOR_LONG,
             "--record",
             log.to_str().unwrap(),
         ])

@@ -159,7 +159,7 @@ fn twenty_sigkills_of_a_ticker_primary() {
 fn twenty_sigkills_of_a_compute_primary() {
     failover_chain(
         "compute",
-        &["iters=100000000", "report=200"],
+        &[common::COMPUTE_FOR_LONG, "report=200"],
         20,
         0x5eed_0002,
     );

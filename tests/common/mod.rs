@@ -4,6 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Guest argument for a `compute` run that outlasts any kill a test makes, on any machine of
+/// this kind (the default run takes 0.7 s on some and 3.5 s on others).
+pub const COMPUTE_FOR_LONG: &str = "iters=100000000";
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_understudy")
 }
