@@ -202,6 +202,43 @@ impl RateEstimate {
     }
 }
 
+/// The shortest kick worth arming on this host, learnt during a replay.
+///
+/// A kick whose timer fires before the guest has executed a counted instruction (the vCPU was
+/// still on its way back into the guest: a stop and re-entry took ~50 µs on one host, against a
+/// 20 µs shortest kick) made no progress, and the same plan would arm it again without end
+/// (450,000 kicks for 117 interrupts, 20x the recording's time). After such a kick, kicks
+/// shorter than 1.5x its round trip are not armed; the approach takes a breakpoint instead,
+/// which always gets somewhere.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KickFloor {
+    ns: f64,
+}
+
+impl KickFloor {
+    /// Ceiling: a stop that once took long (the thread descheduled) must not turn kicks off for
+    /// good.
+    pub const MAX_NS: f64 = 500_000.0;
+
+    /// Starts at the tuning's own shortest kick.
+    pub fn new(t: &ApproachTuning) -> Self {
+        Self { ns: t.min_kick_ns }
+    }
+
+    /// Learns from a kick that stopped the guest before it ran, `took_ns` from arming to stop.
+    pub fn idle_kick(&mut self, took_ns: f64) {
+        self.ns = (took_ns * 1.5).clamp(self.ns, Self::MAX_NS);
+    }
+
+    /// `t` with its shortest kick raised to what this host needs.
+    pub fn apply(&self, t: ApproachTuning) -> ApproachTuning {
+        ApproachTuning {
+            min_kick_ns: t.min_kick_ns.max(self.ns),
+            ..t
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +250,38 @@ mod tests {
         assert!(!p.allows(3, CounterKind::PvmInsnEmulation));
         assert!(!p.allows(0, CounterKind::None));
         assert!(!PrecisePolicy::NONE.allows(0, CounterKind::PvmInsnEmulation));
+    }
+
+    #[test]
+    fn an_idle_kick_raises_the_shortest_kick_until_its_ceiling_and_never_lowers_it() {
+        let t = ApproachTuning::default();
+        let mut floor = KickFloor::new(&t);
+        assert_eq!(floor.apply(t), t);
+        // 60 µs from arming to stop with nothing run: kicks under 90 µs are pointless here.
+        floor.idle_kick(60_000.0);
+        assert_eq!(floor.apply(t).min_kick_ns, 90_000.0);
+        // A quicker idle kick later does not lower it; a slower one raises it.
+        floor.idle_kick(10_000.0);
+        assert_eq!(floor.apply(t).min_kick_ns, 90_000.0);
+        floor.idle_kick(100_000.0);
+        assert_eq!(floor.apply(t).min_kick_ns, 150_000.0);
+        // A descheduled thread's 10 ms does not turn kicks off.
+        floor.idle_kick(10_000_000.0);
+        assert_eq!(floor.apply(t).min_kick_ns, KickFloor::MAX_NS);
+        // The floor only ever raises a tuning's own shortest kick.
+        let cautious = ApproachTuning {
+            min_kick_ns: 1_000_000.0,
+            ..t
+        };
+        assert_eq!(floor.apply(cautious), cautious);
+        // Under the raised floor, a target a normal kick would go for is breakpointed instead.
+        let floor = {
+            let mut f = KickFloor::new(&t);
+            f.idle_kick(60_000.0);
+            f
+        };
+        assert!(matches!(plan(700, 200.0, &t), ApproachStep::Kick { .. }));
+        assert_eq!(plan(700, 200.0, &floor.apply(t)), ApproachStep::Breakpoint);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::digest::{self, format_regs, state_check};
 use crate::exit::Stop;
 use crate::machine::Machine;
 use crate::outcome::{Outcome, RunError, RunStats};
-use crate::precise::{ApproachStep, ApproachTuning, RateEstimate, plan};
+use crate::precise::{ApproachStep, ApproachTuning, KickFloor, RateEstimate, plan};
 use crate::snapshot::LogPoint;
 use crate::source::{EntrySource, SourceError};
 use crate::vcpu::kick::{self, ThreadTimer};
@@ -246,10 +246,6 @@ pub struct ReplayReport {
     pub stats: RunStats,
 }
 
-/// Ceiling of the learnt shortest kick: a stop that once took long (the thread descheduled)
-/// must not turn kicks off for good.
-const MAX_KICK_FLOOR_NS: f64 = 500_000.0;
-
 struct Replayer<'a> {
     m: &'a mut Machine,
     source: &'a mut dyn EntrySource,
@@ -257,8 +253,8 @@ struct Replayer<'a> {
     tuning: ApproachTuning,
     rate: RateEstimate,
     /// Shortest kick worth arming on this host, learnt from kicks that stopped the guest before
-    /// it executed a counted instruction (see `approach_inner`).
-    kick_floor_ns: f64,
+    /// it executed a counted instruction.
+    kick_floor: KickFloor,
     timer: ThreadTimer,
     stats: RunStats,
     /// The exit step and the guest-exit count every position is built on.
@@ -604,13 +600,16 @@ impl Replayer<'_> {
             } else if remaining == 0 {
                 ApproachStep::SingleStep
             } else {
-                let mut tuning = if self.source.final_stretch() {
+                let tuning = if self.source.final_stretch() {
                     ApproachTuning::final_stretch()
                 } else {
                     self.tuning
                 };
-                tuning.min_kick_ns = tuning.min_kick_ns.max(self.kick_floor_ns);
-                plan(remaining, self.rate.insn_ns(), &tuning)
+                plan(
+                    remaining,
+                    self.rate.insn_ns(),
+                    &self.kick_floor.apply(tuning),
+                )
             };
             last_step_was_kick = matches!(step, ApproachStep::Kick { .. });
             let stop = match step {
@@ -632,15 +631,8 @@ impl Replayer<'_> {
                     if stop == Stop::Kicked {
                         self.rate.observe(ran, took_ns);
                         if ran == 0 {
-                            // The timer fired before the guest got going: on this host a stop
-                            // and re-entry can take longer than the kick aimed (50 µs against a
-                            // 20 µs kick was measured), and the same plan would then repeat
-                            // without end (450,000 kicks for 117 interrupts, 20x the recording's
-                            // time). Kicks that short are not worth arming from now on; the
-                            // approach uses a breakpoint instead, which always gets somewhere.
                             self.stats.idle_kicks += 1;
-                            self.kick_floor_ns =
-                                (took_ns * 1.5).clamp(self.kick_floor_ns, MAX_KICK_FLOOR_NS);
+                            self.kick_floor.idle_kick(took_ns);
                         }
                     }
                     tracing::debug!(
@@ -794,7 +786,7 @@ pub fn replay_from(
         console,
         tuning,
         rate: RateEstimate::new(&tuning),
-        kick_floor_ns: tuning.min_kick_ns,
+        kick_floor: KickFloor::new(&tuning),
         timer,
         stats: RunStats::default(),
         core: Core::new(point.exits),
