@@ -102,6 +102,9 @@ fn failover_chain(guest: &str, guest_args: &[&str], kills: usize, seed: u64) {
         // for the first primary and where it went live for the others.
         let p_from = released_from(&c.nodes[p]).unwrap_or(0);
         let p_end = p_from + p_out.len();
+        // Released output first, then the transcript: a node writes its transcript before it
+        // releases, so the transcript read later covers everything released until then.
+        let q_out = c.nodes[q].out();
         let q_transcript = c.nodes[q].transcript();
         assert_eq!(
             q_transcript.get(p_from..p_end),
@@ -115,7 +118,6 @@ fn failover_chain(guest: &str, guest_args: &[&str], kills: usize, seed: u64) {
             from <= p_end,
             "round {round}: the new primary releases from byte {from}, the old one released up to {p_end}: output lost"
         );
-        let q_out = c.nodes[q].out();
         assert!(
             !q_out.is_empty(),
             "round {round}: the new primary released nothing"
