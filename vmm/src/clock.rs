@@ -8,6 +8,13 @@ pub trait HostClock: Send + Sync + std::fmt::Debug {
     fn monotonic_ns(&self) -> u64;
     /// Seconds since the Unix epoch, UTC.
     fn wall_unix_secs(&self) -> u64;
+
+    /// The host instant at which this clock reads `ns` (now, for readings already past): how
+    /// the ticker sleeps until a tick the guest's timer schedules in this clock's time.
+    fn instant_at(&self, ns: u64) -> Instant {
+        let now_ns = self.monotonic_ns();
+        Instant::now() + std::time::Duration::from_nanos(ns.saturating_sub(now_ns))
+    }
 }
 
 /// The recorder's clock: host monotonic time since creation (plus a base), and host wall time.
@@ -31,12 +38,6 @@ impl SystemClock {
             start: Instant::now(),
             base_ns,
         }
-    }
-
-    /// The host instant at which this clock reads `ns` (now, for readings already past).
-    pub fn instant_at(&self, ns: u64) -> Instant {
-        let now_ns = self.monotonic_ns();
-        Instant::now() + std::time::Duration::from_nanos(ns.saturating_sub(now_ns))
     }
 }
 

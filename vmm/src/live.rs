@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use logging_channel::format::{EndReason, Entry, InputSource, Position};
 
-use crate::clock::{HostClock, SystemClock};
+use crate::clock::HostClock;
 use crate::console::ConsoleStream;
 use crate::devices::DeviceEnv;
 use crate::digest::{self, state_check};
@@ -18,7 +18,7 @@ use crate::precise::PrecisePolicy;
 use crate::sink::{LogSink, SinkError};
 use crate::snapshot::LogPoint;
 use crate::stop::StopRequest;
-use crate::ticker::{TickSchedule, Ticker};
+use crate::ticker::{TickSchedule, TickSource, Ticker};
 use crate::vcpu::kick::{self, Kicker};
 use crate::vcpu::{cpl, regs_from_kvm};
 use crate::vcpu_core::{self, Core};
@@ -55,7 +55,7 @@ impl Default for LiveOptions {
 
 /// The recorder's side of the device seam: real time, written down.
 struct RecordEnv<'a> {
-    clock: &'a SystemClock,
+    clock: &'a dyn HostClock,
     /// Inputs read during the exit being handled, with their values.
     inputs: &'a mut Vec<(InputSource, u64)>,
 }
@@ -91,7 +91,7 @@ const OUTPUT_MARKER_BYTES: u64 = 128;
 
 struct Recorder<'a> {
     m: &'a mut Machine,
-    clock: &'a SystemClock,
+    clock: &'a dyn HostClock,
     sink: &'a mut dyn LogSink,
     console: &'a mut dyn Write,
     opts: &'a LiveOptions,
@@ -230,22 +230,14 @@ impl Recorder<'_> {
         })
     }
 
-    fn run(&mut self) -> Result<Outcome, RunError> {
-        let kicker = Kicker::for_current_thread();
-        // SAFETY: the vCPU (and its kvm_run mapping) is borrowed by self for the whole run,
-        // which outlives the guard; this is the vCPU's thread.
-        let _published =
-            unsafe { kick::publish(self.m.vcpu.immediate_exit_ptr()) }.map_err(RunError::Signal)?;
-        let _stop_kicks = self.opts.stop.as_deref().map(|s| s.attach(kicker));
-        let mut ticker = Ticker::spawn(*self.clock, kicker, self.opts.interrupt_bound)
-            .map_err(RunError::Thread)?;
+    fn run(&mut self, ticker: &mut dyn TickSource) -> Result<Outcome, RunError> {
         // A guest that went live after replay has its PIT programmed already.
         ticker.set_schedule(self.pit_schedule());
         if self.start_halted {
             let at_exit = Position::AtExit {
                 exits: self.core.exits(),
             };
-            self.idle(&ticker, false, &at_exit)?;
+            self.idle(ticker, false, &at_exit)?;
         }
         let recording = self.sink.is_recording();
         let mut last_digest = Instant::now();
@@ -335,7 +327,7 @@ impl Recorder<'_> {
                 self.stats.deferred_stops += 1;
             }
             if stop == Stop::Halt {
-                self.idle(&ticker, injected, &at_exit)?;
+                self.idle(ticker, injected, &at_exit)?;
             }
             if self.stop_requested() && stop.is_guest_exit() {
                 self.log(Entry::End {
@@ -361,7 +353,7 @@ impl Recorder<'_> {
     /// The guest halted: wait for a tick and deliver it at the `hlt` exit.
     fn idle(
         &mut self,
-        ticker: &Ticker,
+        ticker: &dyn TickSource,
         mut injected: bool,
         at_exit: &Position,
     ) -> Result<(), RunError> {
@@ -390,9 +382,9 @@ impl Recorder<'_> {
 }
 
 /// Runs the machine until the guest powers off (or fails), logging into `sink`.
-pub fn run_live(
+pub fn run_live<C: HostClock + Clone + 'static>(
     m: &mut Machine,
-    clock: &SystemClock,
+    clock: &C,
     sink: &mut dyn LogSink,
     console: &mut dyn Write,
     opts: &LiveOptions,
@@ -400,16 +392,25 @@ pub fn run_live(
     run_live_from(m, clock, sink, console, opts, LiveStart::default())
 }
 
-/// [`run_live`] from where `start` says the guest stands.
-pub fn run_live_from(
+/// [`run_live`] from where `start` says the guest stands. Call it on the thread that is to
+/// run the vCPU: the ticker and a stop request kick that thread.
+pub fn run_live_from<C: HostClock + Clone + 'static>(
     m: &mut Machine,
-    clock: &SystemClock,
+    clock: &C,
     sink: &mut dyn LogSink,
     console: &mut dyn Write,
     opts: &LiveOptions,
     start: LiveStart,
 ) -> Result<(Outcome, RunStats), RunError> {
     let started = Instant::now();
+    let kicker = Kicker::for_current_thread();
+    // SAFETY: the vCPU (and its kvm_run mapping) is borrowed by this function for the whole
+    // run, which outlives the guard; this is the vCPU's thread.
+    let _published =
+        unsafe { kick::publish(m.vcpu.immediate_exit_ptr()) }.map_err(RunError::Signal)?;
+    let _stop_kicks = opts.stop.as_deref().map(|s| s.attach(kicker));
+    let mut ticker =
+        Ticker::spawn(clock.clone(), kicker, opts.interrupt_bound).map_err(RunError::Thread)?;
     let mut rec = Recorder {
         m,
         clock,
@@ -423,7 +424,7 @@ pub fn run_live_from(
         uncovered: 0,
         start_halted: start.halted,
     };
-    let outcome = rec.run();
+    let outcome = rec.run(&mut ticker);
     let _ = rec.console.flush();
     let _ = rec.sink.flush();
     let mut stats = rec.stats;

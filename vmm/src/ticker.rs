@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::clock::{HostClock, SystemClock};
+use crate::clock::HostClock;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -39,6 +39,21 @@ struct Shared {
     taken: AtomicU64,
 }
 
+/// Where the recorder's timer interrupts come from: it follows the guest's PIT programming and
+/// hands over the ticks host time produced. [`Ticker`] is the real one (a thread on host time);
+/// the recorder sees only this trait, so what it does with ticks does not depend on how they
+/// are made.
+pub trait TickSource {
+    /// Follows the guest's PIT programming (called after every PIT access; cheap when unchanged).
+    fn set_schedule(&mut self, schedule: Option<TickSchedule>);
+    /// Takes every tick produced so far; returns how many.
+    fn take(&self) -> u64;
+    /// Waits up to `timeout` for a tick (used while the guest is halted); returns how many.
+    fn wait(&self, timeout: Duration) -> u64;
+    /// Whether the guest has programmed a periodic timer.
+    fn is_running(&self) -> bool;
+}
+
 /// The `pit-ticker` thread: produces a tick per PIT period and kicks the vCPU when one waits
 /// longer than the interrupt bound.
 #[derive(Debug)]
@@ -51,7 +66,11 @@ pub struct Ticker {
 
 impl Ticker {
     /// `clock` is the clock the PIT's epoch is measured on.
-    pub fn spawn(clock: SystemClock, kicker: Kicker, bound: Duration) -> std::io::Result<Self> {
+    pub fn spawn<C: HostClock + 'static>(
+        clock: C,
+        kicker: Kicker,
+        bound: Duration,
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -61,7 +80,7 @@ impl Ticker {
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("pit-ticker".into())
-            .spawn(move || tick_loop(&worker, &tx, clock, kicker, bound))?;
+            .spawn(move || tick_loop(&worker, &tx, &clock, kicker, bound))?;
         Ok(Self {
             shared,
             ticks: rx,
@@ -69,9 +88,10 @@ impl Ticker {
             current: None,
         })
     }
+}
 
-    /// Follows the guest's PIT programming (called after every PIT access; cheap when unchanged).
-    pub fn set_schedule(&mut self, schedule: Option<TickSchedule>) {
+impl TickSource for Ticker {
+    fn set_schedule(&mut self, schedule: Option<TickSchedule>) {
         if schedule == self.current {
             return;
         }
@@ -82,15 +102,13 @@ impl Ticker {
         }
     }
 
-    /// Takes every tick produced so far; returns how many.
-    pub fn take(&self) -> u64 {
+    fn take(&self) -> u64 {
         let n = self.ticks.try_iter().count() as u64;
         self.shared.taken.fetch_add(n, Ordering::AcqRel);
         n
     }
 
-    /// Waits up to `timeout` for a tick (used while the guest is halted).
-    pub fn wait(&self, timeout: Duration) -> u64 {
+    fn wait(&self, timeout: Duration) -> u64 {
         match self.ticks.recv_timeout(timeout) {
             Ok(()) => {
                 self.shared.taken.fetch_add(1, Ordering::AcqRel);
@@ -100,8 +118,7 @@ impl Ticker {
         }
     }
 
-    /// Whether the guest has programmed a periodic timer.
-    pub fn is_running(&self) -> bool {
+    fn is_running(&self) -> bool {
         self.current.is_some()
     }
 }
@@ -118,10 +135,31 @@ impl Drop for Ticker {
     }
 }
 
+/// Which tick comes next under `schedule` and when it fires (host-clock ns), given the clock
+/// reads `now_ns` and the ticker last produced the tick before `next` under the same schedule.
+/// Tick k fires at epoch + (k+1)*period, like a PIT counting down from its reload value. A new
+/// schedule starts with the tick due next, so a reprogrammed timer never owes ticks from
+/// before it was programmed; an unchanged one goes on one by one, so a late ticker thread
+/// catches up on every period it slept through (the vCPU thread takes them as one batch).
+pub fn next_tick(
+    schedule: TickSchedule,
+    now_ns: u64,
+    next: Option<(TickSchedule, u64)>,
+) -> (u64, u64) {
+    let k = match next {
+        Some((s, k)) if s == schedule => k,
+        _ => now_ns.saturating_sub(schedule.epoch_ns) / schedule.period_ns.max(1),
+    };
+    let due = schedule
+        .epoch_ns
+        .saturating_add((k + 1).saturating_mul(schedule.period_ns));
+    (k, due)
+}
+
 fn tick_loop(
     shared: &Shared,
     tx: &Sender<()>,
-    clock: SystemClock,
+    clock: &dyn HostClock,
     kicker: Kicker,
     bound: Duration,
 ) {
@@ -146,13 +184,8 @@ fn tick_loop(
                 None => continue,
             }
         };
-        // Tick k fires at epoch + (k+1)*period, like a PIT counting down from its reload value.
-        let now_ns = clock.monotonic_ns();
-        let k = match next_index {
-            Some((s, k)) if s == schedule => k,
-            _ => now_ns.saturating_sub(schedule.epoch_ns) / schedule.period_ns.max(1),
-        };
-        let due = clock.instant_at(schedule.epoch_ns + (k + 1) * schedule.period_ns);
+        let (k, due_ns) = next_tick(schedule, clock.monotonic_ns(), next_index);
+        let due = clock.instant_at(due_ns);
         if !sleep_until(shared, due, schedule) {
             next_index = None;
             continue;
@@ -189,5 +222,56 @@ fn sleep_until(shared: &Shared, deadline: Instant, schedule: TickSchedule) -> bo
             Ok((g, _)) => g,
             Err(_) => return false,
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: TickSchedule = TickSchedule {
+        epoch_ns: 1_000,
+        period_ns: 10_000,
+    };
+
+    #[test]
+    fn a_new_schedule_starts_with_the_tick_due_next() {
+        // Programmed at 1_000; the clock reads 1_000: tick 0 fires one period later.
+        assert_eq!(next_tick(S, 1_000, None), (0, 11_000));
+        // Read late, at 35_000: ticks 0..=2 would have fired at 11k, 21k, 31k; none is owed.
+        assert_eq!(next_tick(S, 35_000, None), (3, 41_000));
+        // Exactly on a tick's time: that tick counts as past.
+        assert_eq!(next_tick(S, 31_000, None), (3, 41_000));
+    }
+
+    #[test]
+    fn an_unchanged_schedule_goes_on_one_tick_at_a_time_however_late_the_thread_is() {
+        // The thread produced tick 0 and then slept far past ticks 1..4: it still owes tick 1.
+        assert_eq!(next_tick(S, 60_000, Some((S, 1))), (1, 21_000));
+        assert_eq!(next_tick(S, 60_000, Some((S, 2))), (2, 31_000));
+    }
+
+    #[test]
+    fn a_reprogrammed_timer_forgets_the_old_count() {
+        let faster = TickSchedule {
+            epoch_ns: 50_000,
+            period_ns: 1_000,
+        };
+        assert_eq!(next_tick(faster, 50_500, Some((S, 7))), (0, 51_000));
+    }
+
+    #[test]
+    fn a_clock_behind_the_epoch_or_a_zero_period_does_not_wrap_or_divide_by_zero() {
+        assert_eq!(next_tick(S, 0, None), (0, 11_000));
+        let zero = TickSchedule {
+            epoch_ns: 5,
+            period_ns: 0,
+        };
+        assert_eq!(next_tick(zero, 100, None), (95, 5));
+        let huge = TickSchedule {
+            epoch_ns: u64::MAX - 1,
+            period_ns: u64::MAX,
+        };
+        assert_eq!(next_tick(huge, u64::MAX, None), (0, u64::MAX));
     }
 }
