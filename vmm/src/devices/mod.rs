@@ -7,6 +7,7 @@ pub mod pit;
 pub mod rtc;
 pub mod serial;
 pub mod state;
+pub mod virtio;
 
 pub use state::{
     DebugExitState, DeviceStateError, DevicesState, PicChipState, PicState, PitChannelState,
