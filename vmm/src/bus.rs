@@ -6,6 +6,7 @@
 //! whole access, takes it unsplit.
 
 use crate::devices::debug_exit::DebugExit;
+use crate::devices::nic::{NIC_IRQ, Nic};
 use crate::devices::pic::DualPic;
 use crate::devices::pit::Pit;
 use crate::devices::rtc::Rtc;
@@ -25,6 +26,8 @@ pub struct Devices {
     pub serial: Serial,
     /// The isa-debug-exit port at 0xf4: how a guest powers off with an exit code.
     pub debug_exit: DebugExit,
+    /// The network card, if the guest has one (MMIO at `NIC_MMIO_BASE`, PIC line 5).
+    pub nic: Option<Nic>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,9 +140,15 @@ impl Bus {
                 rtc: Rtc::new(),
                 serial: Serial::new(),
                 debug_exit: DebugExit::new(),
+                nic: None,
             },
             unclaimed_accesses: 0,
         }
+    }
+
+    /// Plugs in a network card with `mac` whose buffers live in `mem`.
+    pub fn attach_nic(&mut self, mac: [u8; 6], mem: vm_memory::GuestMemoryMmap) {
+        self.devices.nic = Some(Nic::new(mac, mem));
     }
 
     /// The device that decodes `port`, which takes the whole access starting there.
@@ -180,17 +189,51 @@ impl Bus {
         self.route_uart_interrupt();
     }
 
-    /// A guest MMIO read of `data.len()` bytes at guest-physical `addr`. Nothing is mapped for
-    /// MMIO yet, so every read floats high, as on a PC, and is counted as unclaimed; this is
-    /// where MMIO devices plug in, behind the same [`DeviceEnv`] as port devices.
-    pub fn mmio_read(&mut self, _addr: u64, data: &mut [u8], _env: &mut dyn DeviceEnv) {
-        self.unclaimed_accesses += 1;
-        data.fill(0xff);
+    /// A guest MMIO read of `data.len()` bytes at guest-physical `addr`. The network card's
+    /// window is the only MMIO device; anywhere else a read floats high, as on a PC, and is
+    /// counted as unclaimed. MMIO devices sit behind the same seam as port devices: what
+    /// they do at an access is a function of the guest's state alone.
+    pub fn mmio_read(&mut self, addr: u64, data: &mut [u8], _env: &mut dyn DeviceEnv) {
+        match self.devices.nic.as_mut() {
+            Some(nic) if Nic::decodes(addr) => nic.read(addr, data),
+            _ => {
+                self.unclaimed_accesses += 1;
+                data.fill(0xff);
+            }
+        }
+        self.route_nic_interrupt();
     }
 
     /// A guest MMIO write of `data` at guest-physical `addr` (see [`Bus::mmio_read`]).
-    pub fn mmio_write(&mut self, _addr: u64, _data: &[u8], _env: &mut dyn DeviceEnv) {
-        self.unclaimed_accesses += 1;
+    pub fn mmio_write(&mut self, addr: u64, data: &[u8], _env: &mut dyn DeviceEnv) {
+        match self.devices.nic.as_mut() {
+            Some(nic) if Nic::decodes(addr) => nic.write(addr, data),
+            _ => self.unclaimed_accesses += 1,
+        }
+        self.route_nic_interrupt();
+    }
+
+    /// A received frame for the network card (a logged input), with the interrupt it may
+    /// raise. `None` if there is no card or its driver is not running.
+    pub fn net_receive(&mut self, frame: &[u8]) -> Option<crate::devices::virtio::net::Received> {
+        let got = self.devices.nic.as_mut()?.receive(frame);
+        self.route_nic_interrupt();
+        got
+    }
+
+    /// The card's interrupt line drives PIC line 5 as a level: it rises when the card sets an
+    /// interrupt status bit and falls when the driver acknowledges them all, so the 8259 (edge
+    /// mode) sees one edge per raised level. Like the UART's, it changes only at guest
+    /// accesses and logged inputs, so it is not logged.
+    fn route_nic_interrupt(&mut self) {
+        let Some(change) = self.devices.nic.as_mut().and_then(Nic::irq_change) else {
+            return;
+        };
+        if change {
+            self.devices.pic.raise_irq(NIC_IRQ);
+        } else {
+            self.devices.pic.lower_irq(NIC_IRQ);
+        }
     }
 
     /// Console input for the guest's UART (a logged input), with the interrupt it may raise.
@@ -222,6 +265,7 @@ impl Bus {
             d.rtc.state_hash(),
             d.serial.state_hash(),
             d.debug_exit.state_hash(),
+            d.nic.as_ref().map_or(0, Nic::state_hash),
         ];
         let mut bytes = Vec::with_capacity(parts.len() * 8);
         for p in parts {
@@ -239,20 +283,32 @@ impl Bus {
             rtc: d.rtc.save(),
             serial: d.serial.save(),
             debug_exit: d.debug_exit.save(),
+            nic: d.nic.as_ref().map(Nic::save),
             unclaimed_accesses: self.unclaimed_accesses,
         }
     }
 
     /// Puts every device into the saved state. From then on, given the same [`DeviceEnv`]
     /// answers (the PIT's saved epochs are clock readings), the bus behaves exactly as the
-    /// one that was saved. All or nothing: on an error the bus is left as it was.
+    /// one that was saved. All or nothing: on an error the bus is left as it was. A network
+    /// card must be on both sides or neither (its memory is this bus's machine's).
     pub fn restore_state(&mut self, state: &DevicesState) -> Result<(), DeviceStateError> {
+        let nic = match (&state.nic, &self.devices.nic) {
+            (None, None) => None,
+            (Some(saved), Some(here)) => Some(
+                Nic::restore(saved, here.memory().clone())
+                    .map_err(|e| DeviceStateError::Nic(e.to_string()))?,
+            ),
+            (Some(_), None) => return Err(DeviceStateError::NicMissing),
+            (None, Some(_)) => return Err(DeviceStateError::NicUnexpected),
+        };
         let devices = Devices {
             pic: DualPic::restore(&state.pic)?,
             pit: Pit::restore(&state.pit)?,
             rtc: Rtc::restore(&state.rtc)?,
             serial: Serial::restore(&state.serial)?,
             debug_exit: DebugExit::restore(&state.debug_exit)?,
+            nic,
         };
         self.devices = devices;
         self.unclaimed_accesses = state.unclaimed_accesses;

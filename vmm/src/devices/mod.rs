@@ -2,6 +2,7 @@
 //! world only through [`DeviceEnv`], the one seam where record and replay plug in.
 
 pub mod debug_exit;
+pub mod nic;
 pub mod pic;
 pub mod pit;
 pub mod rtc;

@@ -25,6 +25,8 @@ pub struct DevicesState {
     pub serial: SerialState,
     /// The exit port.
     pub debug_exit: DebugExitState,
+    /// The network card, if the guest has one.
+    pub nic: Option<crate::devices::nic::NicState>,
     /// Accesses to ports no device decodes, as counted by the bus.
     pub unclaimed_accesses: u64,
 }
@@ -219,6 +221,19 @@ pub enum DeviceStateError {
         /// Its length.
         len: usize,
     },
+    /// The saved network card is not one this card could have been in.
+    #[error("network card: {0}")]
+    Nic(String),
+    /// The primary's guest has a network card and this machine has none.
+    #[error(
+        "the guest has a network card, this node's machine has none: start every node of one guest with the same network options (--tap)"
+    )]
+    NicMissing,
+    /// This machine has a network card and the primary's guest has none.
+    #[error(
+        "this node's machine has a network card, the guest it is given has none: start every node of one guest with the same network options"
+    )]
+    NicUnexpected,
     /// The receive FIFO holds more than a 16550A can.
     #[error("serial: receive FIFO holds {len} bytes, more than the 16550A's 64")]
     SerialRxFifo {

@@ -13,7 +13,7 @@ use crate::snapshot::cpu::{CpuState, CpuStateError};
 
 /// Bumped whenever [`MachineState`]'s encoding changes; both ends must agree. Version 1 was
 /// bincode 1.x (unmaintained); version 2 is the layout below.
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 
 /// First bytes of an encoded [`MachineState`]: says what the bytes are before anything else is
 /// trusted. Then the version (`u32`, little-endian), then the [`MachineState`] fields in

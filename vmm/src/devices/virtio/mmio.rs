@@ -7,7 +7,8 @@
 //! traced. The guest is the one that is wrong, and a fault-tolerant VMM must survive its own
 //! guest.
 
-use virtio_queue::{Queue, QueueT};
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState, QueueT};
 
 use super::{GuestWrites, QueueError, VIRTIO_F_VERSION_1, VirtioDevice};
 
@@ -80,6 +81,69 @@ pub struct ProtocolErrors {
     pub ignored_writes: u64,
     /// Queues that broke (see [`QueueError`]): the device needs a reset.
     pub broken_queues: u64,
+}
+
+/// One queue's registers and ring positions, as saved for a state transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSaved {
+    /// Largest size the device offers.
+    pub max_size: u16,
+    /// Size the driver chose.
+    pub size: u16,
+    /// The driver made the queue live.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc_table: u64,
+    /// Available ring address.
+    pub avail_ring: u64,
+    /// Used ring address.
+    pub used_ring: u64,
+    /// Next available-ring slot the device will look at.
+    pub next_avail: u16,
+    /// Next used-ring slot the device will fill.
+    pub next_used: u16,
+}
+
+/// The transport's registers, for a state transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportState {
+    /// Device status.
+    pub status: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// Features the driver accepted.
+    pub driver_features: u64,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// Every queue, by index.
+    pub queues: Vec<QueueSaved>,
+}
+
+/// Why a saved transport cannot be restored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TransportStateError {
+    /// The saved queues do not match the device's.
+    #[error("virtio: {found} queues saved, the device has {expected}")]
+    QueueCount {
+        /// The device's.
+        expected: usize,
+        /// The saved state's.
+        found: usize,
+    },
+    /// A saved queue is not one the device could have had.
+    #[error("virtio queue {index}: {why}")]
+    Queue {
+        /// Which queue.
+        index: usize,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 /// One virtio device on the MMIO transport.
@@ -365,6 +429,83 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
         self.status = v;
         true
+    }
+
+    /// The registers and queues, for [`MmioTransport::restore`].
+    pub fn save(&self) -> TransportState {
+        TransportState {
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            interrupt_status: self.interrupt_status,
+            config_generation: self.config_generation,
+            queues: self
+                .queues
+                .iter()
+                .map(|q| {
+                    let s = q.state();
+                    QueueSaved {
+                        max_size: s.max_size,
+                        size: s.size,
+                        ready: s.ready,
+                        desc_table: s.desc_table,
+                        avail_ring: s.avail_ring,
+                        used_ring: s.used_ring,
+                        next_avail: s.next_avail,
+                        next_used: s.next_used,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// `device` behind a transport in the saved state, checked against what the device
+    /// offers (the other end is not trusted): queue count, sizes, alignment.
+    pub fn restore(device: D, state: &TransportState) -> Result<Self, TransportStateError> {
+        let max_sizes = device.queue_max_sizes();
+        if max_sizes.len() != state.queues.len() {
+            return Err(TransportStateError::QueueCount {
+                expected: max_sizes.len(),
+                found: state.queues.len(),
+            });
+        }
+        let mut queues = Vec::with_capacity(max_sizes.len());
+        for (index, (saved, &max)) in state.queues.iter().zip(max_sizes).enumerate() {
+            let bad = |why: String| TransportStateError::Queue { index, why };
+            if saved.max_size != max {
+                return Err(bad(format!(
+                    "maximum size {} saved, the device offers {max}",
+                    saved.max_size
+                )));
+            }
+            let q = Queue::try_from(QueueState {
+                max_size: saved.max_size,
+                next_avail: saved.next_avail,
+                next_used: saved.next_used,
+                event_idx_enabled: false,
+                size: saved.size,
+                ready: saved.ready,
+                desc_table: saved.desc_table,
+                avail_ring: saved.avail_ring,
+                used_ring: saved.used_ring,
+            })
+            .map_err(|e| bad(format!("{e}")))?;
+            queues.push(q);
+        }
+        Ok(Self {
+            device,
+            queues,
+            status: state.status,
+            device_features_sel: state.device_features_sel,
+            driver_features_sel: state.driver_features_sel,
+            driver_features: state.driver_features,
+            queue_sel: state.queue_sel,
+            interrupt_status: state.interrupt_status,
+            config_generation: state.config_generation,
+            errors: ProtocolErrors::default(),
+        })
     }
 
     /// The driver wrote 0 to the status: back to the state after power-on.
