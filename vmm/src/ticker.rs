@@ -48,10 +48,32 @@ pub trait TickSource {
     fn set_schedule(&mut self, schedule: Option<TickSchedule>);
     /// Takes every tick produced so far; returns how many.
     fn take(&self) -> u64;
-    /// Waits up to `timeout` for a tick (used while the guest is halted); returns how many.
+    /// Waits up to `timeout` for a tick or a [`Doorbell`] ring (used while the guest is
+    /// halted); returns how many ticks it took (0 after a ring or a timeout).
     fn wait(&self, timeout: Duration) -> u64;
+    /// A handle that wakes [`TickSource::wait`]: other host inputs (received frames) wake a
+    /// halted guest's vCPU thread through it.
+    fn doorbell(&self) -> Doorbell;
     /// Whether the guest has programmed a periodic timer.
     fn is_running(&self) -> bool;
+}
+
+/// What wakes a vCPU thread waiting in [`TickSource::wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    Tick,
+    Ring,
+}
+
+/// Wakes the vCPU thread of a halted guest when host input other than a tick arrives.
+#[derive(Debug, Clone)]
+pub struct Doorbell(Sender<Wake>);
+
+impl Doorbell {
+    /// Wakes the waiter (a ring while the queue is full is dropped: one is already pending).
+    pub fn ring(&self) {
+        let _ = self.0.try_send(Wake::Ring);
+    }
 }
 
 /// The `pit-ticker` thread: produces a tick per PIT period and kicks the vCPU when one waits
@@ -59,7 +81,9 @@ pub trait TickSource {
 #[derive(Debug)]
 pub struct Ticker {
     shared: Arc<Shared>,
-    ticks: Receiver<()>,
+    ticks: Receiver<Wake>,
+    /// For doorbells: rings go into the same queue as ticks, so one wait sees both.
+    ring: Sender<Wake>,
     thread: Option<JoinHandle<()>>,
     current: Option<TickSchedule>,
 }
@@ -78,12 +102,14 @@ impl Ticker {
         });
         let (tx, rx) = crossbeam_channel::bounded(1024);
         let worker = Arc::clone(&shared);
+        let ring = tx.clone();
         let thread = std::thread::Builder::new()
             .name("pit-ticker".into())
             .spawn(move || tick_loop(&worker, &tx, &clock, kicker, bound))?;
         Ok(Self {
             shared,
             ticks: rx,
+            ring,
             thread: Some(thread),
             current: None,
         })
@@ -103,19 +129,24 @@ impl TickSource for Ticker {
     }
 
     fn take(&self) -> u64 {
-        let n = self.ticks.try_iter().count() as u64;
+        let n = self.ticks.try_iter().filter(|w| *w == Wake::Tick).count() as u64;
         self.shared.taken.fetch_add(n, Ordering::AcqRel);
         n
     }
 
     fn wait(&self, timeout: Duration) -> u64 {
         match self.ticks.recv_timeout(timeout) {
-            Ok(()) => {
+            Ok(Wake::Tick) => {
                 self.shared.taken.fetch_add(1, Ordering::AcqRel);
                 1 + self.take()
             }
+            Ok(Wake::Ring) => self.take(),
             Err(_) => 0,
         }
+    }
+
+    fn doorbell(&self) -> Doorbell {
+        Doorbell(self.ring.clone())
     }
 
     fn is_running(&self) -> bool {
@@ -158,7 +189,7 @@ pub fn next_tick(
 
 fn tick_loop(
     shared: &Shared,
-    tx: &Sender<()>,
+    tx: &Sender<Wake>,
     clock: &dyn HostClock,
     kicker: Kicker,
     bound: Duration,
@@ -192,7 +223,7 @@ fn tick_loop(
         }
         next_index = Some((schedule, k + 1));
         produced += 1;
-        if tx.try_send(()).is_err() {
+        if tx.try_send(Wake::Tick).is_err() {
             // The vCPU thread is far behind; a PIT edge that is already pending is enough.
             produced -= 1;
         }
@@ -233,6 +264,26 @@ mod tests {
         epoch_ns: 1_000,
         period_ns: 10_000,
     };
+
+    #[test]
+    fn a_doorbell_wakes_a_waiting_thread_without_counting_as_a_tick() {
+        let t = Ticker::spawn(
+            crate::clock::SystemClock::new(),
+            Kicker::for_current_thread(),
+            Duration::from_millis(1),
+        )
+        .unwrap();
+        let bell = t.doorbell();
+        let ringer = std::thread::spawn(move || bell.ring());
+        let started = Instant::now();
+        assert_eq!(t.wait(Duration::from_secs(60)), 0, "no timer is programmed");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "woken by the ring, not the timeout"
+        );
+        ringer.join().unwrap();
+        assert_eq!(t.take(), 0);
+    }
 
     #[test]
     fn a_new_schedule_starts_with_the_tick_due_next() {
