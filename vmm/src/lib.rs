@@ -12,6 +12,7 @@ pub mod devices;
 pub mod digest;
 pub mod exit;
 pub mod guest_image;
+pub mod host_net;
 pub mod live;
 pub mod machine;
 pub mod outcome;

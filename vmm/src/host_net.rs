@@ -1,0 +1,53 @@
+//! The host side of the guest's network card, as the recorder sees it: frames arriving from
+//! outside (a source of non-determinism, so behind this trait like the clock and the ticks)
+//! and frames the guest sends out.
+//!
+//! The recorder takes arriving frames only where it can log them (a guest exit, or a
+//! mid-execution stop where an interrupt may land) and copies them into the guest there;
+//! replay takes them from the log instead and never asks a `HostNet`.
+
+use crate::ticker::Doorbell;
+use crate::vcpu::kick::Kicker;
+
+/// Frames in and out of the host.
+pub trait HostNet: Send {
+    /// The next frame from outside, if one is waiting. Never blocks.
+    fn receive(&mut self) -> Option<Vec<u8>>;
+    /// Gives back the frame [`HostNet::receive`] just returned, because the guest had no
+    /// buffer for it: `receive` returns it first next time (a NIC's FIFO keeps it too).
+    fn put_back(&mut self, frame: Vec<u8>);
+    /// Whether a frame is waiting.
+    fn pending(&self) -> bool;
+    /// A frame the guest transmitted: it leaves the host at once, or once the output rule
+    /// lets it (the primary's implementation holds it).
+    fn transmit(&mut self, frame: Vec<u8>);
+    /// From now on, when a frame arrives: ring `doorbell` (a halted guest's thread waits on
+    /// it) and kick the vCPU with `kicker` (a running guest is stopped to take it).
+    fn wake_with(&mut self, doorbell: Doorbell, kicker: Kicker);
+}
+
+/// A host network made of queues, for tests: frames to deliver are pushed in by hand, frames
+/// the guest sent pile up in `sent`.
+#[derive(Debug, Default)]
+pub struct QueueNet {
+    /// Frames waiting to be received, first first.
+    pub inbound: std::collections::VecDeque<Vec<u8>>,
+    /// Frames the guest transmitted, in order.
+    pub sent: Vec<Vec<u8>>,
+}
+
+impl HostNet for QueueNet {
+    fn receive(&mut self) -> Option<Vec<u8>> {
+        self.inbound.pop_front()
+    }
+    fn put_back(&mut self, frame: Vec<u8>) {
+        self.inbound.push_front(frame);
+    }
+    fn pending(&self) -> bool {
+        !self.inbound.is_empty()
+    }
+    fn transmit(&mut self, frame: Vec<u8>) {
+        self.sent.push(frame);
+    }
+    fn wake_with(&mut self, _doorbell: Doorbell, _kicker: Kicker) {}
+}
