@@ -14,6 +14,7 @@ pub mod exit;
 pub mod guest_image;
 pub mod live;
 pub mod machine;
+pub mod net;
 pub mod outcome;
 pub mod precise;
 pub mod replay;
