@@ -15,6 +15,7 @@ pub mod guest_image;
 pub mod host_net;
 pub mod live;
 pub mod machine;
+pub mod net;
 pub mod outcome;
 pub mod precise;
 pub mod replay;
