@@ -74,6 +74,7 @@ fn machine(cmdline: &str) -> Machine {
         mem_mib: MEM_MIB,
         image: BUILTIN_GUEST,
         cmdline: cmdline.to_string(),
+        nic: None,
     })
     .expect("machine")
 }

@@ -102,6 +102,7 @@ pub fn run(args: &ReplayArgs) -> CmdResult {
         mem_mib: header.mem_mib,
         image: &guest.image,
         cmdline: guest.cmdline.clone(),
+        nic: None,
     })?;
     if machine.counter.kind() != header.position.counter
         && frames.iter().any(|f| f.entry.pos().is_precise())
@@ -150,6 +151,7 @@ pub fn run(args: &ReplayArgs) -> CmdResult {
                     mem_mib: header.mem_mib,
                     image: &guest.image,
                     cmdline: guest.cmdline.clone(),
+                    nic: None,
                 })?;
             }
             other => break other,
@@ -188,6 +190,7 @@ fn run_streamed(args: &ReplayArgs, addr: &str) -> CmdResult {
         mem_mib: args.mem_mib,
         image: &guest.image,
         cmdline: guest.cmdline.clone(),
+        nic: None,
     })?;
     let mut source = NetSource::new(rx);
     let stdout = std::io::stdout();

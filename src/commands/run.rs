@@ -70,6 +70,7 @@ pub fn run(args: &RunArgs) -> CmdResult {
         mem_mib: args.vm.mem_mib,
         image: &guest.image,
         cmdline: guest.cmdline.clone(),
+        nic: None,
     })?;
     let policy = if args.no_precise {
         PrecisePolicy::NONE

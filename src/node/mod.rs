@@ -256,6 +256,7 @@ fn build(ctx: &NodeCtx) -> Result<Machine, vmm::machine::MachineError> {
         mem_mib: ctx.mem_mib,
         image: &ctx.image,
         cmdline: ctx.cmdline.clone(),
+        nic: None,
     })
 }
 

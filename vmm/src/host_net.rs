@@ -6,8 +6,9 @@
 //! mid-execution stop where an interrupt may land) and copies them into the guest there;
 //! replay takes them from the log instead and never asks a `HostNet`.
 
-use crate::ticker::Doorbell;
-use crate::vcpu::kick::Kicker;
+/// What a `HostNet` calls when a frame arrives: the recorder's wakes a halted guest's thread
+/// (a doorbell) and stops a running one (a kick) so it can take the frame.
+pub type Wake = Box<dyn Fn() + Send + Sync>;
 
 /// Frames in and out of the host.
 pub trait HostNet: Send {
@@ -21,9 +22,8 @@ pub trait HostNet: Send {
     /// A frame the guest transmitted: it leaves the host at once, or once the output rule
     /// lets it (the primary's implementation holds it).
     fn transmit(&mut self, frame: Vec<u8>);
-    /// From now on, when a frame arrives: ring `doorbell` (a halted guest's thread waits on
-    /// it) and kick the vCPU with `kicker` (a running guest is stopped to take it).
-    fn wake_with(&mut self, doorbell: Doorbell, kicker: Kicker);
+    /// From now on, call `wake` when frames arrive.
+    fn wake_with(&mut self, wake: Wake);
 }
 
 /// A host network made of queues, for tests: frames to deliver are pushed in by hand, frames
@@ -49,5 +49,5 @@ impl HostNet for QueueNet {
     fn transmit(&mut self, frame: Vec<u8>) {
         self.sent.push(frame);
     }
-    fn wake_with(&mut self, _doorbell: Doorbell, _kicker: Kicker) {}
+    fn wake_with(&mut self, _wake: Wake) {}
 }

@@ -6,6 +6,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::boot::{self, BootError, BootInfo};
 use crate::bus::Bus;
+use crate::devices::nic::Nic;
 use crate::vcpu::counter::{self, InsnCounter};
 use crate::vcpu::{Vcpu, VcpuError};
 
@@ -66,6 +67,9 @@ pub struct MachineConfig<'a> {
     pub image: &'a [u8],
     /// The guest's command line.
     pub cmdline: String,
+    /// A network card with this MAC address, if the guest gets one. Its location is appended
+    /// to the command line (`virtio_mmio.device=...`).
+    pub nic: Option<[u8; 6]>,
 }
 
 /// One guest: a KVM VM with one vCPU, memory in one slot at guest-physical 0, the PC devices,
@@ -119,7 +123,13 @@ impl Machine {
         // (field order in `Machine` drops the VM first) and is never remapped.
         unsafe { vm.set_user_memory_region(region) }.map_err(MachineError::SetMemory)?;
 
-        let boot = boot::load_guest(&mem, cfg.image, &cfg.cmdline)?;
+        let cmdline = match cfg.nic {
+            Some(_) => format!("{} {}", cfg.cmdline, Nic::cmdline_arg())
+                .trim_start()
+                .to_owned(),
+            None => cfg.cmdline.clone(),
+        };
+        let boot = boot::load_guest(&mem, cfg.image, &cmdline)?;
 
         let vcpu_fd = vm.create_vcpu(0).map_err(MachineError::CreateVcpu)?;
         let cpuid = deterministic_cpuid(&kvm)?;
@@ -129,12 +139,16 @@ impl Machine {
         let (regs, sregs) = boot::entry_state(&boot, vcpu.get_sregs()?);
         vcpu.set_sregs(&sregs)?;
         vcpu.set_regs(&regs)?;
+        let mut bus = Bus::new();
+        if let Some(mac) = cfg.nic {
+            bus.attach_nic(mac, mem.clone());
+        }
         Ok(Self {
             vcpu,
             vm,
             kvm,
             mem,
-            bus: Bus::new(),
+            bus,
             counter,
             boot,
         })

@@ -4,3 +4,4 @@
 //! device logic (rings, logging, the output rule) lives elsewhere.
 
 pub mod tap;
+pub mod tap_net;

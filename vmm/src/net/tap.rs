@@ -791,7 +791,7 @@ fn c_string(field: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Every test that touches a real TAP runs on a thread of its own that first enters a new
     //! network namespace and a new mount namespace (with its own `/sys`, since sysfs shows the
     //! namespace of whoever mounted it). `unshare` changes only the calling thread, which
@@ -809,7 +809,7 @@ mod tests {
     /// An IEEE "local experimental" ethertype: no stack on the host answers or sends it.
     const ETHERTYPE: u16 = 0x88b5;
     /// Generous bound for anything the kernel does asynchronously.
-    const PATIENCE: Duration = Duration::from_secs(10);
+    pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
 
     fn cannot_run() -> Option<String> {
         // SAFETY: geteuid has no preconditions.
@@ -829,7 +829,7 @@ mod tests {
 
     /// Runs `body` on a new thread in private network and mount namespaces; prints why and
     /// returns if that cannot be done here.
-    fn in_private_netns(test: &str, body: impl FnOnce() + Send + 'static) {
+    pub(crate) fn in_private_netns(test: &str, body: impl FnOnce() + Send + 'static) {
         if let Some(why) = cannot_run() {
             eprintln!("skipped: {test}: {why}");
             return;
@@ -916,7 +916,7 @@ mod tests {
     }
 
     /// Polls `done` until it holds, failing after [`PATIENCE`].
-    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         let start = Instant::now();
         while !done() {
             assert!(start.elapsed() < PATIENCE, "gave up waiting until {what}");
@@ -924,7 +924,7 @@ mod tests {
         }
     }
 
-    fn frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
         let mut f = Vec::with_capacity(ETH_HLEN + payload.len());
         f.extend_from_slice(&dst);
         f.extend_from_slice(&src);
@@ -933,7 +933,7 @@ mod tests {
         f
     }
 
-    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
             .collect()
@@ -941,7 +941,7 @@ mod tests {
 
     /// The host side of the TAP: an `AF_PACKET` socket bound to it, for our ethertype only (so
     /// it sees frames arriving from the TAP, not the ones it sends itself).
-    struct PacketSocket(OwnedFd);
+    pub(crate) struct PacketSocket(OwnedFd);
 
     impl PacketSocket {
         fn bind(name: &str) -> PacketSocket {
@@ -970,7 +970,7 @@ mod tests {
             PacketSocket(fd)
         }
 
-        fn send(&self, frame: &[u8]) {
+        pub(crate) fn send(&self, frame: &[u8]) {
             self.try_send(frame).unwrap();
         }
 
@@ -985,7 +985,7 @@ mod tests {
             Ok(())
         }
 
-        fn recv(&self, timeout: Duration) -> Option<Vec<u8>> {
+        pub(crate) fn recv(&self, timeout: Duration) -> Option<Vec<u8>> {
             let mut pfd = libc::pollfd {
                 fd: self.0.as_raw_fd(),
                 events: libc::POLLIN,
@@ -1015,7 +1015,7 @@ mod tests {
     /// A TAP that is up and passes frames, on the `noqueue` qdisc so a host-side `send` returns
     /// only once the frame is on the TAP's queue (counts are then exact), with a packet socket
     /// on its host side and nothing queued.
-    fn ready_tap(name: &str) -> (Tap, PacketSocket) {
+    pub(crate) fn ready_tap(name: &str) -> (Tap, PacketSocket) {
         let tap = Tap::open(name).unwrap();
         tap.set_up().unwrap();
         run(&["tc", "qdisc", "replace", "dev", name, "root", "noqueue"]);
