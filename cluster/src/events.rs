@@ -131,7 +131,7 @@ impl EventsFile {
         pause: impl FnMut(Duration),
         pred: impl Fn(&Value) -> bool,
     ) -> Result<Option<Value>, EventsError> {
-        wait::poll_with(timeout, wait::POLL, pause, || self.find(from, &pred))
+        wait::try_poll_with(timeout, wait::POLL, pause, || self.find(from, &pred))
     }
 
     /// Waits (up to `timeout`) for an event called `name` after the first `from`.

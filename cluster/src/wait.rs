@@ -8,8 +8,9 @@ pub const POLL: Duration = Duration::from_millis(20);
 
 /// Calls `check` until it finds something (returned) or `timeout` has passed (`None`), spending
 /// up to `every` between calls in `pause` (which may sleep, or do useful work meanwhile, such as
-/// showing a child's lines). `check` runs at least once, and once more at the deadline.
-pub fn poll_with<T, E>(
+/// showing a child's lines). `check` runs at least once, and once more at the deadline; an error
+/// from it ends the wait.
+pub fn try_poll_with<T, E>(
     timeout: Duration,
     every: Duration,
     mut pause: impl FnMut(Duration),
@@ -28,26 +29,32 @@ pub fn poll_with<T, E>(
     }
 }
 
-/// [`poll_with`], sleeping between calls.
+/// [`try_poll_with`], sleeping between calls.
 pub fn try_poll<T, E>(
     timeout: Duration,
     every: Duration,
     check: impl FnMut() -> Result<Option<T>, E>,
 ) -> Result<Option<T>, E> {
-    poll_with(timeout, every, std::thread::sleep, check)
+    try_poll_with(timeout, every, std::thread::sleep, check)
 }
 
-/// [`try_poll`] of a check that cannot fail.
-pub fn poll<T>(
+/// [`try_poll_with`] of a check that cannot fail.
+pub fn poll_with<T>(
     timeout: Duration,
     every: Duration,
+    pause: impl FnMut(Duration),
     mut check: impl FnMut() -> Option<T>,
 ) -> Option<T> {
-    let found: Result<Option<T>, Infallible> = try_poll(timeout, every, || Ok(check()));
+    let found: Result<Option<T>, Infallible> = try_poll_with(timeout, every, pause, || Ok(check()));
     match found {
         Ok(found) => found,
         Err(never) => match never {},
     }
+}
+
+/// [`poll_with`], sleeping between calls.
+pub fn poll<T>(timeout: Duration, every: Duration, check: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_with(timeout, every, std::thread::sleep, check)
 }
 
 #[cfg(test)]
@@ -89,14 +96,14 @@ mod tests {
     #[test]
     fn pause_gets_at_most_every() {
         let mut pauses = Vec::new();
-        let _: Result<Option<()>, Infallible> = poll_with(
+        let _: Option<()> = poll_with(
             Duration::from_millis(30),
             Duration::from_millis(20),
             |d| {
                 pauses.push(d);
                 std::thread::sleep(d);
             },
-            || Ok(None),
+            || None,
         );
         assert!(pauses.iter().all(|d| *d <= Duration::from_millis(20)));
     }
