@@ -23,5 +23,6 @@ pub use events::{EventsError, EventsFile};
 pub use netns::{Net, NetError};
 pub use process::{Process, ProcessError, Signal};
 pub use spawn::{
-    Node, NodeSpec, Place, SpawnError, Spawned, Store, Understudy, Viewserver, ViewserverSpec,
+    Node, NodeRole, NodeSpec, Place, SpawnError, Spawned, Store, Understudy, Viewserver,
+    ViewserverRole, ViewserverSpec,
 };

@@ -4,7 +4,6 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -129,6 +128,14 @@ impl Understudy {
         }
     }
 
+    /// [`Self::command`], its error told as `what`'s.
+    fn command_for(&self, what: &str, place: &Place) -> Result<Command, SpawnError> {
+        self.command(place).map_err(|source| SpawnError::Place {
+            what: what.to_string(),
+            source,
+        })
+    }
+
     /// Starts `label`'s process from `cmd` (its arguments given) with stdin closed, stderr
     /// kept and stdout kept if `stdout`; `first` gets its first stderr line.
     fn spawn(
@@ -138,7 +145,7 @@ impl Understudy {
         mut cmd: Command,
         stdout: bool,
         first: Option<std::sync::mpsc::SyncSender<String>>,
-    ) -> Result<Spawned, SpawnError> {
+    ) -> Result<Spawned<()>, SpawnError> {
         cmd.stdin(Stdio::null())
             .stdout(if stdout {
                 Stdio::piped()
@@ -173,18 +180,14 @@ impl Understudy {
             process,
             out,
             log,
+            role: (),
         })
     }
 
     /// Starts `understudy viewserver` as `spec` says; returns once it said where it listens.
     pub fn viewserver(&self, spec: ViewserverSpec) -> Result<Viewserver, SpawnError> {
         let what = format!("viewserver {}", spec.label);
-        let mut cmd = self
-            .command(&spec.place)
-            .map_err(|source| SpawnError::Place {
-                what: what.clone(),
-                source,
-            })?;
+        let mut cmd = self.command_for(&what, &spec.place)?;
         cmd.args(["viewserver", "--listen", &spec.listen])
             .args(["--ping-interval-ms", &spec.ping_ms.to_string()]);
         match &spec.store {
@@ -222,20 +225,13 @@ impl Understudy {
                 .and_then(|l| l.strip_prefix(LISTENING_ON).map(str::to_string)),
         };
         let Some(addr) = addr else {
-            let _ = spawned.kill();
-            return Err(SpawnError::NotStarted {
-                what,
-                expected: "where it listens".to_string(),
-                timeout: spec.start_timeout,
-                log: spawned.log(),
-            });
+            return Err(spawned.not_started(what, "where it listens", spec.start_timeout));
         };
         spawned.addr = addr;
-        Ok(Viewserver {
+        Ok(spawned.with_role(ViewserverRole {
             understudy: self.clone(),
             spec,
-            spawned,
-        })
+        }))
     }
 
     /// Starts `understudy node` as `spec` says; returns once it said it started (and its name).
@@ -243,12 +239,7 @@ impl Understudy {
         let what = format!("node {}", spec.label);
         let transcript = spec.dir.join(format!("{}.transcript", spec.label));
         let events = EventsFile::new(spec.dir.join(format!("{}.events", spec.label)));
-        let mut cmd = self
-            .command(&spec.place)
-            .map_err(|source| SpawnError::Place {
-                what: what.clone(),
-                source,
-            })?;
+        let mut cmd = self.command_for(&what, &spec.place)?;
         cmd.args([
             "node",
             "--viewserver",
@@ -286,35 +277,50 @@ impl Understudy {
             .map_err(events_error)?
             .and_then(|e| e["name"].as_str().map(str::to_string));
         let Some(name) = name else {
-            let _ = spawned.kill();
-            return Err(SpawnError::NotStarted {
-                what,
-                expected: "that it started, and its name".to_string(),
-                timeout: NODE_START_TIMEOUT,
-                log: spawned.log(),
-            });
+            let expected = "that it started, and its name";
+            return Err(spawned.not_started(what, expected, NODE_START_TIMEOUT));
         };
         spawned.addr = name;
-        Ok(Node {
-            spawned,
-            transcript,
-            events,
-        })
+        Ok(spawned.with_role(NodeRole { transcript, events }))
     }
 }
 
 /// A process of the binary that we started: its address, what it wrote, its PID (ours to
-/// signal until it is reaped). Dropping it kills it.
+/// signal until it is reaped), and what its role adds (`R`: [`Viewserver`], [`Node`]).
+/// Dropping it kills it.
 #[derive(Debug)]
-pub struct Spawned {
+pub struct Spawned<R> {
     label: String,
     addr: String,
     process: Process,
     out: Captured,
     log: Captured,
+    role: R,
 }
 
-impl Spawned {
+impl<R> Spawned<R> {
+    /// Kills it, for not having said `expected` within `timeout`: the error saying so.
+    fn not_started(mut self, what: String, expected: &str, timeout: Duration) -> SpawnError {
+        let _ = self.kill();
+        SpawnError::NotStarted {
+            what,
+            expected: expected.to_string(),
+            timeout,
+            log: self.log(),
+        }
+    }
+
+    fn with_role<S>(self, role: S) -> Spawned<S> {
+        Spawned {
+            label: self.label,
+            addr: self.addr,
+            process: self.process,
+            out: self.out,
+            log: self.log,
+            role,
+        }
+    }
+
     /// The label it was started with (files and [`Line::who`]).
     pub fn label(&self) -> &str {
         &self.label
@@ -440,46 +446,34 @@ impl ViewserverSpec {
     }
 }
 
-/// A viewserver we started (a [`Spawned`] process, and how it was started).
+/// What a viewserver adds to its process: how it was started, to start it again.
 #[derive(Debug)]
-pub struct Viewserver {
+pub struct ViewserverRole {
     understudy: Understudy,
     spec: ViewserverSpec,
-    spawned: Spawned,
 }
+
+/// A viewserver we started.
+pub type Viewserver = Spawned<ViewserverRole>;
 
 impl Viewserver {
     /// How it was started.
     pub fn spec(&self) -> &ViewserverSpec {
-        &self.spec
+        &self.role.spec
     }
 
     /// SIGKILLs it (if it still runs) and starts it again as it was started, on the address it
     /// had: same place, same state, same events file.
     pub fn restart(&mut self) -> Result<(), SpawnError> {
-        let what = format!("viewserver {}", self.spec.label);
-        self.spawned
-            .kill()
+        let what = format!("viewserver {}", self.label);
+        self.kill()
             .map_err(|source| SpawnError::Process { what, source })?;
         let spec = ViewserverSpec {
-            listen: self.spawned.addr.clone(),
-            ..self.spec.clone()
+            listen: self.addr.clone(),
+            ..self.role.spec.clone()
         };
-        *self = self.understudy.viewserver(spec)?;
+        *self = self.role.understudy.viewserver(spec)?;
         Ok(())
-    }
-}
-
-impl Deref for Viewserver {
-    type Target = Spawned;
-    fn deref(&self) -> &Spawned {
-        &self.spawned
-    }
-}
-
-impl DerefMut for Viewserver {
-    fn deref_mut(&mut self) -> &mut Spawned {
-        &mut self.spawned
     }
 }
 
@@ -538,44 +532,33 @@ impl NodeSpec {
     }
 }
 
-/// A node we started (a [`Spawned`] process, with its transcript and events).
+/// What a node adds to its process: its transcript and events files.
 #[derive(Debug)]
-pub struct Node {
-    spawned: Spawned,
+pub struct NodeRole {
     transcript: PathBuf,
     events: EventsFile,
 }
 
+/// A node we started.
+pub type Node = Spawned<NodeRole>;
+
 impl Node {
     /// Its events file (`--events`).
     pub fn events_file(&self) -> &EventsFile {
-        &self.events
+        &self.role.events
     }
 
     /// Its transcript file (`--transcript`): the guest's console from its boot, as this node
     /// ran or replayed it.
     pub fn transcript_path(&self) -> &Path {
-        &self.transcript
+        &self.role.transcript
     }
 
     /// Its transcript so far (empty before it is created).
     pub fn read_transcript(&self) -> io::Result<Vec<u8>> {
-        match std::fs::read(&self.transcript) {
+        match std::fs::read(&self.role.transcript) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
             read => read,
         }
-    }
-}
-
-impl Deref for Node {
-    type Target = Spawned;
-    fn deref(&self) -> &Spawned {
-        &self.spawned
-    }
-}
-
-impl DerefMut for Node {
-    fn deref_mut(&mut self) -> &mut Spawned {
-        &mut self.spawned
     }
 }
