@@ -2,7 +2,8 @@
 //! shared LAN bridge (`br0`, in a namespace of its own), addresses 10.77.0.0/24 (hosts from .10
 //! in the order they are added). Every namespace is created here and removed when the [`Net`]
 //! is dropped, even if building it failed half-way; nothing is added to the machine's own
-//! namespace, and traffic between the hosts never leaves these namespaces.
+//! namespace, and traffic between the hosts never leaves these namespaces. Namespace names carry
+//! the process id and a count, so that networks of different runs, or of one, never meet.
 //!
 //! Programs run on a host through [`Net::command`] (a child) or [`Net::exec`] (run to the end);
 //! the caller's own connections through [`Net::within`]. Faults: [`Net::cut`] (both ways or one
@@ -19,6 +20,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// The LAN's first three octets.
@@ -157,9 +159,12 @@ pub struct Net {
 impl Net {
     /// A LAN with one host per name, addressed in order.
     pub fn new(hosts: &[&str]) -> Result<Self, NetError> {
-        // Namespace names are global: the pid keeps two runs apart.
+        // Namespace names are global: the pid keeps two runs apart, the count two networks of
+        // one run.
+        static NETS: AtomicU32 = AtomicU32::new(0);
+        let n = NETS.fetch_add(1, Ordering::Relaxed);
         let mut net = Net {
-            prefix: format!("us{}-", std::process::id() % 100_000),
+            prefix: format!("us{}-{n}-", std::process::id() % 100_000),
             hosts: BTreeMap::new(),
             lan: false,
             rules: Mutex::new(BTreeMap::new()),

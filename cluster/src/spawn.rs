@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc::{Sender, sync_channel};
+use std::sync::mpsc::{Sender, SyncSender, sync_channel};
 use std::time::Duration;
 
 use crate::capture::{Captured, Line, Stream, Taps, capture};
@@ -144,7 +144,7 @@ impl Understudy {
         what: &str,
         mut cmd: Command,
         stdout: bool,
-        first: Option<std::sync::mpsc::SyncSender<String>>,
+        first: Option<SyncSender<String>>,
     ) -> Result<Spawned<()>, SpawnError> {
         cmd.stdin(Stdio::null())
             .stdout(if stdout {
