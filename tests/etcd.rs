@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
-use common::cluster::libc_signal::Signal;
+use common::cluster::Signal;
 use common::etcd::{self, EtcdCluster};
 use viewserver::client::Client;
 use viewserver::{
@@ -346,10 +346,10 @@ impl Driver {
     /// `GET /view` of each live viewserver alone; a 200 is recorded.
     fn sample(&mut self, c: &Cluster) -> Vec<Result<Status, ClientError>> {
         let mut out = Vec::new();
-        for v in c.vs.iter().filter(|v| !v.killed) {
+        for v in c.vs.iter().filter(|v| !v.reaped()) {
             let r = v.status();
             if let Ok(s) = &r {
-                self.record(s, &v.addr);
+                self.record(s, v.addr());
             }
             out.push(r);
         }
@@ -390,7 +390,7 @@ fn three_viewservers_on_etcd_fail_over_and_survive_etcd_outages() {
     let mut etcd = EtcdCluster::start(3);
     let mut c = Cluster::start_on_etcd("ticker", &[], 100, &etcd.urls_arg(), 3);
     let first = c.wait_leading_viewserver(LONG);
-    let first_addr = c.vs[first].addr.clone();
+    let first_addr = c.vs[first].addr().to_string();
     let deadline = Instant::now() + LONG;
     for (i, v) in c.vs.iter().enumerate().filter(|(i, _)| *i != first) {
         loop {
@@ -408,14 +408,14 @@ fn three_viewservers_on_etcd_fail_over_and_survive_etcd_outages() {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(
-            v.wait_log(&format!("viewserver: following {first_addr}"), LONG),
+            v.wait_log(&format!("viewserver: following {first_addr}"), 0, LONG),
             "{}",
             v.log()
         );
     }
 
     // Through a client that starts at a follower more often than not.
-    let mut addrs: Vec<String> = c.vs.iter().map(|v| v.addr.clone()).collect();
+    let mut addrs: Vec<String> = c.vs.iter().map(|v| v.addr().to_string()).collect();
     addrs.rotate_left(first + 1);
     let mut d = Driver::new(addrs);
     d.add("a");
@@ -526,9 +526,8 @@ fn three_viewservers_on_etcd_fail_over_and_survive_etcd_outages() {
     // SIGTERM: the leader revokes its lease on the way out, so the other one leads well
     // before the lease's TTL would have run out.
     let leader = c.wait_leading_viewserver(LONG);
-    common::cluster::libc_signal::send(c.vs[leader].child.id(), Signal::Term);
-    let status = c.vs[leader].child.wait().unwrap();
-    c.vs[leader].killed = true;
+    c.vs[leader].signal(Signal::Term);
+    let status = c.vs[leader].wait().unwrap();
     let stopped = Instant::now();
     assert!(status.success(), "{status:?}\n{}", c.logs());
     let after = d.pump_until(&c, "an answer after the leader resigned", |_| true);
@@ -538,7 +537,7 @@ fn three_viewservers_on_etcd_fail_over_and_survive_etcd_outages() {
     );
     assert_eq!(after.view, s.view);
     assert!(
-        c.vs[leader].wait_log("resigned the leadership", LONG),
+        c.vs[leader].wait_log("resigned the leadership", 0, LONG),
         "{}",
         c.logs()
     );
@@ -567,7 +566,7 @@ fn nodes_fail_over_with_viewservers_on_etcd() {
     );
     let leader = c.wait_leading_viewserver(LONG);
     let (a, b) = c.primary_and_backup(None, LONG);
-    let b_addr = c.nodes[b].addr.clone();
+    let b_addr = c.nodes[b].addr().to_string();
     std::thread::sleep(Duration::from_millis(500));
     let view = c.view().unwrap();
 

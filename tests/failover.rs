@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::libc_signal::Signal;
+use common::cluster::Signal;
 use common::cluster::{Cluster, Failover, Proxy, released_from};
 
 /// These tests run one after the other: each runs three VMs on a two-core machine.
@@ -53,7 +53,7 @@ fn failover_chain(guest: &str, guest_args: &[&str], kills: usize, seed: u64) {
         let view = c.wait_ready(LONG).view;
         let p = c.index_of(&view.primary);
         let q = c.index_of(&view.backup);
-        let q_addr = c.nodes[q].addr.clone();
+        let q_addr = c.nodes[q].addr().to_string();
         let q_events_before = c.nodes[q].event_count();
         c.nodes[p].sigkill();
         let p_out = c.nodes[p].out();
@@ -185,7 +185,7 @@ fn a_stopped_backup_holds_output_until_the_viewserver_drops_it() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Cluster::start("ticker", &["hz=50", "ticks=1000000"], PING_MS);
     let (a, b) = c.primary_and_backup(None, LONG);
-    let b_addr = c.nodes[b].addr.clone();
+    let b_addr = c.nodes[b].addr().to_string();
     std::thread::sleep(Duration::from_millis(500));
     c.nodes[b].signal(Signal::Stop);
     // Acks already on their way may still land, and the primary's throttle waits up to 100 ms
@@ -239,7 +239,7 @@ fn a_cut_logging_channel_holds_output_until_it_heals() {
     drop(backend);
     let proxy = Proxy::start(backend_addr.clone());
     let a = c.add_node("127.0.0.1:0", None);
-    let a_addr = c.nodes[a].addr.clone();
+    let a_addr = c.nodes[a].addr().to_string();
     c.wait_view(LONG, |v| v.primary == a_addr);
     let b = c.add_node(&backend_addr, Some(&proxy.addr));
     c.wait_view(LONG, |v| v.backup == proxy.addr);
@@ -289,7 +289,7 @@ fn a_primary_cut_off_from_the_viewserver_is_replaced_and_fenced() {
     let mut c = Cluster::start("ticker", &["hz=50", "ticks=1000000"], PING_MS);
     let vs_link = Proxy::start(c.vs_addr.clone());
     let (a, b) = c.primary_and_backup(Some(&vs_link.addr), LONG);
-    let b_addr = c.nodes[b].addr.clone();
+    let b_addr = c.nodes[b].addr().to_string();
     std::thread::sleep(Duration::from_millis(500));
 
     vs_link

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::Ordering;
 
 use common::cluster::Cluster;
-use common::cluster::libc_signal::Signal;
+use common::cluster::Signal;
 
 /// These tests run one after the other: each runs up to four VMs on a two-core machine.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -36,10 +36,10 @@ fn fixed_addr() -> String {
 /// Starts a primary and a backup and waits until the backup holds the state.
 fn pair(c: &mut Cluster) -> (usize, usize) {
     let a = c.add_node("127.0.0.1:0", None);
-    let a_addr = c.nodes[a].addr.clone();
+    let a_addr = c.nodes[a].addr().to_string();
     c.wait_view(LONG, |v| v.primary == a_addr);
     let b = c.add_node("127.0.0.1:0", None);
-    let b_addr = c.nodes[b].addr.clone();
+    let b_addr = c.nodes[b].addr().to_string();
     wait_ready(c, &a_addr, &b_addr);
     (a, b)
 }
@@ -92,10 +92,10 @@ fn a_restarted_viewserver_continues_its_views_and_a_later_failover_works() {
         after.view.viewnum
     );
     assert_eq!(c.boots(), 1, "the guest was booted again\n{}", c.logs());
-    assert_eq!(after.view.primary, c.nodes[a].addr, "{after:?}");
+    assert_eq!(after.view.primary, c.nodes[a].addr(), "{after:?}");
 
-    let b_addr = c.nodes[b].addr.clone();
-    wait_ready(&c, &c.nodes[a].addr.clone(), &b_addr);
+    let b_addr = c.nodes[b].addr().to_string();
+    wait_ready(&c, c.nodes[a].addr(), &b_addr);
     let a_released = c.nodes[a].out_len();
     c.nodes[a].sigkill();
     c.wait_view(LONG, |v| v.primary == b_addr);
@@ -330,11 +330,11 @@ fn a_backup_killed_during_its_state_transfer_is_replaced() {
         // A big guest, so the transfer prints progress and takes long enough to interrupt.
         c.mem_mib = Some(1024);
         let a = c.add_node("127.0.0.1:0", None);
-        let a_addr = c.nodes[a].addr.clone();
+        let a_addr = c.nodes[a].addr().to_string();
         c.wait_view(LONG, |v| v.primary == a_addr);
         wait_released(&c, a, 0, "the primary alone");
         let b = c.add_node("127.0.0.1:0", None);
-        let b_addr = c.nodes[b].addr.clone();
+        let b_addr = c.nodes[b].addr().to_string();
         assert!(
             c.nodes[a]
                 .wait_for(0, LONG, |e| e["event"] == "transfer_progress"
@@ -348,7 +348,7 @@ fn a_backup_killed_during_its_state_transfer_is_replaced() {
         let held_at = c.nodes[a].out_len();
         match idle {
             Some(i) => {
-                let i_addr = c.nodes[i].addr.clone();
+                let i_addr = c.nodes[i].addr().to_string();
                 wait_ready(&c, &a_addr, &i_addr);
             }
             None => {
@@ -368,7 +368,7 @@ fn a_primary_killed_right_after_its_backup_installed_is_replaced_by_it() {
     for round in 0..3 {
         let mut c = Cluster::start("ticker", &TICKER, PING_MS);
         let a = c.add_node("127.0.0.1:0", None);
-        let a_addr = c.nodes[a].addr.clone();
+        let a_addr = c.nodes[a].addr().to_string();
         c.wait_view(LONG, |v| v.primary == a_addr);
         wait_released(&c, a, 0, "the primary alone");
         let b = c.add_node("127.0.0.1:0", None);
@@ -378,7 +378,7 @@ fn a_primary_killed_right_after_its_backup_installed_is_replaced_by_it() {
             c.logs()
         );
         c.nodes[a].sigkill();
-        let b_addr = c.nodes[b].addr.clone();
+        let b_addr = c.nodes[b].addr().to_string();
         c.wait_view(LONG, |v| v.primary == b_addr);
         assert!(
             c.nodes[b].wait_event("going_live", 0, LONG).is_some(),

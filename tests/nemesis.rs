@@ -25,10 +25,10 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cluster::netns::{self, Net};
 use common::cluster::Cluster;
-use common::cluster::libc_signal::Signal;
+use common::cluster::Signal;
 use common::etcd::EtcdCluster;
-use common::netns::{self, Net};
 
 const PING_MS: u64 = 100;
 const SLOTS: [&str; 4] = ["n0", "n1", "n2", "n3"];
@@ -145,14 +145,14 @@ impl Nemesis {
         let now = Instant::now();
         if let Some((t0, kind, old)) = &self.watch {
             let grew = outs.iter().enumerate().any(|(i, o)| {
-                *o > self.last_out.get(i).copied().unwrap_or(0) && self.c.nodes[i].addr != *old
+                *o > self.last_out.get(i).copied().unwrap_or(0) && self.c.nodes[i].addr() != *old
             });
             if grew {
                 let who: Vec<&str> = outs
                     .iter()
                     .enumerate()
                     .filter(|(i, o)| **o > self.last_out.get(*i).copied().unwrap_or(0))
-                    .map(|(i, _)| self.c.nodes[i].addr.as_str())
+                    .map(|(i, _)| self.c.nodes[i].addr())
                     .collect();
                 eprintln!(
                     "nemesis: after \"{kind}\" of {old}: output from {who:?} {} ms later",
@@ -191,24 +191,23 @@ impl Nemesis {
         self.c
             .nodes
             .iter()
-            .rposition(|n| n.addr == addr && !n.killed)
+            .rposition(|n| n.addr() == addr && !n.reaped())
     }
 
     fn host_of(&self, addr: &str) -> Option<&'static str> {
-        SLOTS
-            .into_iter()
-            .find(|h| addr.split(':').next() == Some(self.net.ip(h).as_str()))
+        let host = self.net.host_of(addr)?;
+        SLOTS.into_iter().find(|h| *h == host)
     }
 
     /// Restarts every slot whose node was killed (a new incarnation under the same name).
     fn refill(&mut self) {
         for h in SLOTS {
-            let ip = self.net.ip(h);
+            let ip = self.net.ip(h).unwrap();
             let alive = self
                 .c
                 .nodes
                 .iter()
-                .any(|n| n.addr.starts_with(&format!("{ip}:")) && !n.killed);
+                .any(|n| n.addr().starts_with(&format!("{ip}:")) && !n.reaped());
             if !alive {
                 self.c.add_node_on(h);
             }
@@ -221,7 +220,7 @@ impl Nemesis {
             }
         }
         for i in 0..self.c.vs.len() {
-            if self.c.vs[i].killed {
+            if self.c.vs[i].reaped() {
                 self.c.restart_viewserver_at(i);
             }
         }
@@ -331,9 +330,9 @@ impl Nemesis {
         let b = self.live(&s.view.backup).filter(|_| s.backup_ready);
         let idle: Vec<usize> = (0..self.c.nodes.len())
             .filter(|i| {
-                !self.c.nodes[*i].killed
-                    && self.c.nodes[*i].addr != s.view.primary
-                    && self.c.nodes[*i].addr != s.view.backup
+                !self.c.nodes[*i].reaped()
+                    && self.c.nodes[*i].addr() != s.view.primary
+                    && self.c.nodes[*i].addr() != s.view.backup
             })
             .collect();
         let etcd = self.etcd.is_some();
@@ -402,10 +401,9 @@ impl Nemesis {
                 self.c.nodes[i].signal(Signal::Cont);
             }
             "stop viewserver" => {
-                let pid = self.c.vs[vs_index].child.id();
-                common::cluster::libc_signal::send(pid, Signal::Stop);
+                self.c.vs[vs_index].signal(Signal::Stop);
                 self.idle(dur);
-                common::cluster::libc_signal::send(pid, Signal::Cont);
+                self.c.vs[vs_index].signal(Signal::Cont);
             }
             "kill viewserver" => {
                 self.c.vs[vs_index].sigkill();
@@ -422,9 +420,9 @@ impl Nemesis {
                 if kind == "isolate primary" && b.is_none() && dur > Duration::from_millis(400) {
                     return;
                 }
-                self.net.isolate(h);
+                self.net.isolate(h).unwrap();
                 self.idle(dur);
-                self.net.heal();
+                self.net.heal().unwrap();
             }
             "cut pair" | "drop one way" => {
                 let mut hosts: Vec<&str> = SLOTS.to_vec();
@@ -434,27 +432,28 @@ impl Nemesis {
                 if a == z {
                     return;
                 }
-                self.net.cut(a, z, kind == "cut pair");
+                self.net.cut(a, z, kind == "cut pair").unwrap();
                 self.idle(dur);
-                self.net.heal();
+                self.net.heal().unwrap();
             }
             "loss" => {
                 let mut hosts: Vec<&str> = SLOTS.to_vec();
                 hosts.extend(vs_hosts(etcd));
                 let h = self.rng.pick(&hosts);
                 let pct = 5 + self.rng.below(26) as u32;
-                self.net.lose(h, pct);
+                self.net.lose(h, pct).unwrap();
                 self.idle(dur);
-                self.net.heal();
+                self.net.heal().unwrap();
             }
             "junk" => {
-                let mut targets: Vec<String> = self.c.vs.iter().map(|v| v.addr.clone()).collect();
+                let mut targets: Vec<String> =
+                    self.c.vs.iter().map(|v| v.addr().to_string()).collect();
                 targets.extend(
                     self.c
                         .nodes
                         .iter()
-                        .filter(|n| !n.killed)
-                        .map(|n| n.addr.clone()),
+                        .filter(|n| !n.reaped())
+                        .map(|n| n.addr().to_string()),
                 );
                 let held = self.net.within("ctl", move || {
                     use std::io::Write;
@@ -478,6 +477,7 @@ impl Nemesis {
                     }
                     held
                 });
+                let held = held.unwrap();
                 self.idle(dur);
                 drop(held);
             }
@@ -489,13 +489,12 @@ impl Nemesis {
                     self.idle(dur);
                     self.etcd.as_mut().unwrap().restart(i);
                 } else {
-                    let pid = e.pid(i);
-                    if pid == 0 {
+                    if !e.running(i) {
                         return;
                     }
-                    common::cluster::libc_signal::send(pid, Signal::Stop);
+                    e.signal(i, Signal::Stop);
                     self.idle(dur);
-                    common::cluster::libc_signal::send(pid, Signal::Cont);
+                    self.etcd.as_ref().unwrap().signal(i, Signal::Cont);
                 }
             }
             _ => unreachable!(),
@@ -531,7 +530,7 @@ fn nemesis() {
     let mut hosts: Vec<&str> = vec!["ctl"];
     hosts.extend(vs_hosts(etcd_mode));
     hosts.extend(SLOTS);
-    let net = Arc::new(Net::new(&hosts));
+    let net = Arc::new(Net::new(&hosts).unwrap());
     let etcd = etcd_mode.then(|| EtcdCluster::start_on(Arc::clone(&net), &vs_hosts(true)));
     let c = Nemesis::new_service(&net, etcd.as_ref());
     let dumps = std::env::var("NEMESIS_DUMPS")
@@ -582,7 +581,7 @@ fn nemesis() {
         let gap = n.rng.ms(300, 1500);
         n.idle(gap);
     }
-    n.net.heal();
+    n.net.heal().unwrap();
     let _ = n.wait_healthy();
     n.check();
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::Ordering;
 
+use cluster::netns::{self, Net};
 use common::cluster::{Cluster, Proxy};
-use common::netns::{self, Net};
 
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -26,7 +26,7 @@ fn cluster() -> Option<(Cluster, Arc<Net>)> {
         eprintln!("skipped: {why}");
         return None;
     }
-    let net = Arc::new(Net::new(&["vs", "ctl", "n0", "n1", "n2"]));
+    let net = Arc::new(Net::new(&["vs", "ctl", "n0", "n1", "n2"]).unwrap());
     let mut c = Cluster::start_on(
         Some(Arc::clone(&net)),
         "ticker",
@@ -34,10 +34,10 @@ fn cluster() -> Option<(Cluster, Arc<Net>)> {
         PING_MS,
     );
     let a = c.add_node_on("n0");
-    let a_addr = c.nodes[a].addr.clone();
+    let a_addr = c.nodes[a].addr().to_string();
     c.wait_view(LONG, |v| v.primary == a_addr);
     let b = c.add_node_on("n1");
-    let b_addr = c.nodes[b].addr.clone();
+    let b_addr = c.nodes[b].addr().to_string();
     c.wait_status(LONG, |s| {
         s.view.primary == a_addr && s.view.backup == b_addr && s.acked && s.backup_ready
     });
@@ -81,8 +81,8 @@ fn recovers(c: &Cluster, what: &str) {
 fn an_isolated_primary_is_replaced_and_never_speaks_again() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let Some((c, net)) = cluster() else { return };
-    let (b_addr, b) = (c.nodes[1].addr.clone(), 1);
-    net.isolate("n0");
+    let (b_addr, b) = (c.nodes[1].addr().to_string(), 1);
+    net.isolate("n0").unwrap();
     let cut_at = Instant::now();
     c.wait_status(LONG, |s| s.view.primary == b_addr);
     let before = c.nodes[b].out_len();
@@ -104,7 +104,7 @@ fn an_isolated_primary_is_replaced_and_never_speaks_again() {
         "the isolated primary released output while another was primary"
     );
     let events_before = c.nodes[0].event_count();
-    net.heal();
+    net.heal().unwrap();
     assert!(
         c.nodes[0]
             .wait_event("stepped_down", events_before, LONG)
@@ -127,7 +127,7 @@ fn one_way_drops_between_every_pair_heal_without_contradiction() {
     let host_of = |addr: &str| -> &'static str {
         ["n0", "n1", "n2"]
             .into_iter()
-            .find(|h| addr.starts_with(&net.ip(h)))
+            .find(|h| addr.starts_with(&net.ip(h).unwrap().to_string()))
             .unwrap()
     };
     for (from, to) in [
@@ -150,9 +150,9 @@ fn one_way_drops_between_every_pair_heal_without_contradiction() {
         };
         let (hf, ht) = (resolve(from), resolve(to));
         eprintln!("dropping {from} ({hf}) -> {to} ({ht}) for 3 s");
-        net.cut(hf, ht, false);
+        net.cut(hf, ht, false).unwrap();
         std::thread::sleep(Duration::from_secs(3));
-        net.heal();
+        net.heal().unwrap();
         recovers(&c, &format!("{from} -> {to} dropped"));
     }
 }
@@ -172,12 +172,12 @@ fn packet_loss_slows_the_pair_but_never_breaks_it() {
         };
         let host = ["n0", "n1", "n2"]
             .into_iter()
-            .find(|h| addr.starts_with(&net.ip(h)))
+            .find(|h| addr.starts_with(&net.ip(h).unwrap().to_string()))
             .unwrap();
         eprintln!("{pct}% loss on the {role}'s host {host} for 4 s");
-        net.lose(host, pct);
+        net.lose(host, pct).unwrap();
         std::thread::sleep(Duration::from_secs(4));
-        net.heal();
+        net.heal().unwrap();
         recovers(&c, &format!("{pct}% loss on the {role}"));
         c.wait_status(LONG, |s| {
             s.acked && s.backup_ready && !s.view.backup.is_empty()
@@ -202,7 +202,7 @@ fn latency_on_the_links_delays_output_but_keeps_the_history() {
         p.jitter_ms.store(20, Ordering::Relaxed);
     }
     let a = c.add_node_via("127.0.0.1:0", None, &vs_link.addr.clone());
-    let a_addr = c.nodes[a].addr.clone();
+    let a_addr = c.nodes[a].addr().to_string();
     c.wait_view(LONG, |v| v.primary == a_addr);
     let b = c.add_node(&backend_addr, Some(&channel.addr));
     c.wait_status(LONG, |s| {

@@ -4,76 +4,48 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use cluster::{Store, Understudy, ViewserverSpec};
 use viewserver::View;
 
 const BIN: &str = env!("CARGO_BIN_EXE_understudy");
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The child viewserver; killed (by the PID we started) when dropped, so a
-/// failing assertion does not leak it.
+/// The child viewserver (`cluster::Viewserver`: killed by the PID we started when dropped, so
+/// a failing assertion does not leak it) and its data directory.
 struct Viewserver {
-    child: Child,
-    addr: String,
-    stderr: mpsc::Receiver<String>,
+    vs: cluster::Viewserver,
     _dir: tempfile::TempDir,
 }
 
 impl Viewserver {
     /// A fast-ticking viewserver (20 ms pings, dead after 3 missed).
     fn start() -> Self {
-        Self::start_with(&["--ping-interval-ms", "20", "--dead-pings", "3"])
+        Self::start_with(20, 3)
     }
 
-    fn start_with(args: &[&str]) -> Self {
+    fn start_with(ping_ms: u64, dead_pings: u32) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(BIN)
-            .args(["viewserver", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .arg("--data-dir")
-            .arg(dir.path().join("vs"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let first = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        let addr = first
-            .strip_prefix("viewserver: listening on ")
-            .unwrap_or_else(|| panic!("unexpected first stderr line {first:?}"))
-            .to_string();
-        Viewserver {
-            child,
-            addr,
-            stderr: rx,
-            _dir: dir,
-        }
+        let store = Store::DataDir(dir.path().join("vs"));
+        let spec = ViewserverSpec {
+            args: vec!["--dead-pings".into(), dead_pings.to_string().into()],
+            ..ViewserverSpec::new("127.0.0.1:0", ping_ms, store)
+        };
+        let vs = Understudy::new(BIN).viewserver(spec).unwrap();
+        Viewserver { vs, _dir: dir }
+    }
+
+    fn addr(&self) -> &str {
+        self.vs.addr()
     }
 
     fn stderr_lines(&self) -> Vec<String> {
-        self.stderr.try_iter().collect()
-    }
-}
-
-impl Drop for Viewserver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.vs.log().lines().map(str::to_string).collect()
     }
 }
 
@@ -160,7 +132,7 @@ fn status_and_error(answer: &str) -> (u16, String) {
 #[test]
 fn primary_backup_failover_end_to_end() {
     let vs = Viewserver::start();
-    let addr = vs.addr.as_str();
+    let addr = vs.addr();
     assert_eq!(
         viewserver::get_view(addr, TIMEOUT).unwrap().view,
         View::default()
@@ -228,7 +200,7 @@ fn primary_backup_failover_end_to_end() {
 #[test]
 fn bad_requests_get_4xx_and_the_server_keeps_serving() {
     let vs = Viewserver::start();
-    let addr = vs.addr.as_str();
+    let addr = vs.addr();
     let big = format!(
         "POST /ping HTTP/1.1\r\nContent-Length: {}\r\n\r\n{}",
         64 * 1024 + 1,
@@ -333,8 +305,8 @@ fn viewserver_refuses_an_address_it_cannot_bind() {
 fn the_classic_lab_sequence_passes_through_the_http_api() {
     const DEAD: u32 = 5;
     let interval = Duration::from_millis(100);
-    let vs = Viewserver::start_with(&["--ping-interval-ms", "100", "--dead-pings", "5"]);
-    let addr = vs.addr.as_str();
+    let vs = Viewserver::start_with(100, 5);
+    let addr = vs.addr();
     let ping = |who: &str, n: u64| viewserver::ping(addr, &lab(who, n), TIMEOUT).unwrap().view;
     let get = || viewserver::get_view(addr, TIMEOUT).unwrap().view;
     let check = |primary: &str, backup: &str, n: u64| {
@@ -470,8 +442,8 @@ fn the_classic_lab_sequence_passes_through_the_http_api() {
 /// view must not churn, and it can still take over (the lab's clients behave so).
 #[test]
 fn a_backup_pinging_zero_while_learning_does_not_churn_views() {
-    let vs = Viewserver::start_with(&["--ping-interval-ms", "100", "--dead-pings", "5"]);
-    let addr = vs.addr.as_str();
+    let vs = Viewserver::start_with(100, 5);
+    let addr = vs.addr();
     let ping = |who: &str, n: u64| viewserver::ping(addr, &lab(who, n), TIMEOUT).unwrap().view;
     ping("p", 0);
     ping("p", 1);
@@ -660,8 +632,8 @@ fn idle_and_trickling_connections_do_not_starve_pings() {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     // The production timing: 100 ms pings, dead after 5 missed.
-    let vs = Viewserver::start_with(&["--ping-interval-ms", "100", "--dead-pings", "5"]);
-    let addr = vs.addr.clone();
+    let vs = Viewserver::start_with(100, 5);
+    let addr = vs.addr().to_string();
     let node_client =
         || viewserver::client::Client::new(vec![addr.clone()], Duration::from_secs(1));
     let (ca, cb) = (node_client(), node_client());

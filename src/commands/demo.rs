@@ -3,12 +3,16 @@
 //! shown to the user; what the demo decides and checks it reads from their events files
 //! (`--events`, docs/events.md).
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
+
+use cluster::events::is;
+use cluster::{
+    EventsFile, Line, Node, NodeSpec, Signal, Store, Stream, Understudy, Viewserver,
+    ViewserverSpec, wait,
+};
 
 use clap::Args;
 
@@ -42,26 +46,6 @@ pub struct DemoArgs {
     pub verbose: bool,
 }
 
-/// One line from a child, when it arrived.
-#[derive(Debug)]
-struct Event {
-    who: String,
-    line: String,
-    at: Instant,
-    /// From the child's stdout (released guest output) rather than its log.
-    output: bool,
-}
-
-#[derive(Debug)]
-struct Proc {
-    child: Child,
-    /// Released output (stdout), byte for byte.
-    released: Arc<Mutex<Vec<u8>>>,
-    transcript: PathBuf,
-    events: PathBuf,
-    addr: String,
-}
-
 /// What the demo itself did and found, in `WORKDIR/demo.events` (docs/events.md).
 #[derive(Debug, serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -80,95 +64,43 @@ pub(crate) enum DemoEvent<'a> {
     Check { passed: bool, what: &'a str },
 }
 
-/// The complete JSON lines of an events file so far.
-fn read_events(path: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    complete
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+/// The events called `name` so far (a demo error if the file cannot be read).
+fn events_named(events: &EventsFile, name: &str) -> Result<Vec<serde_json::Value>, String> {
+    events.named(name).map_err(|e| e.to_string())
 }
 
-/// The events called `name` in `path`.
-fn events_named(path: &Path, name: &str) -> Vec<serde_json::Value> {
-    read_events(path)
-        .into_iter()
-        .filter(|e| e["event"] == name)
-        .collect()
-}
-
-fn spawn_reader(
-    who: String,
-    stream: impl Read + Send + 'static,
-    output: bool,
-    tx: Sender<Event>,
-    keep: Option<Arc<Mutex<Vec<u8>>>>,
-) {
-    let _ = std::thread::Builder::new()
-        .name(format!("demo-{who}"))
-        .spawn(move || {
-            let mut r = BufReader::new(stream);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {
-                        if let Some(k) = &keep {
-                            k.lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .extend_from_slice(&buf);
-                        }
-                        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                        let _ = tx.send(Event {
-                            who: who.clone(),
-                            line,
-                            at: Instant::now(),
-                            output,
-                        });
-                    }
-                }
-            }
-        });
-}
-
-struct Demo {
-    exe: PathBuf,
-    dir: PathBuf,
-    tx: Sender<Event>,
-    rx: Receiver<Event>,
+/// The children's lines, shown as they arrive (the ones worth a person's attention, or all).
+struct Console {
+    rx: Receiver<Line>,
     verbose: bool,
     started: Instant,
-    viewserver: Option<Child>,
-    vs_addr: String,
-    nodes: Vec<Proc>,
 }
 
-impl Demo {
+impl Console {
     fn stamp(&self, at: Instant) -> String {
         format!("{:7.3}s", at.duration_since(self.started).as_secs_f64())
     }
 
-    fn show(&self, e: &Event) {
-        let interesting = e.output
-            || e.line.contains("view ")
-            || e.line.contains("installed")
-            || e.line.contains("going live")
-            || e.line.contains("stream")
-            || e.line.contains("failed")
-            || e.line.contains("error");
+    fn show(&self, e: &Line) {
+        let output = e.stream == Stream::Stdout;
+        let interesting = output
+            || e.text.contains("view ")
+            || e.text.contains("installed")
+            || e.text.contains("going live")
+            || e.text.contains("stream")
+            || e.text.contains("failed")
+            || e.text.contains("error");
         if self.verbose || interesting {
-            let tag = if e.output { "out" } else { "log" };
-            println!("{} [{} {tag}] {}", self.stamp(e.at), e.who, e.line);
+            let tag = if output { "out" } else { "log" };
+            println!("{} [{} {tag}] {}", self.stamp(e.at), e.who, e.text);
         }
     }
 
-    /// Takes events until `pred` matches one (returned) or `timeout` passes.
+    /// Shows lines until `pred` matches one (when it arrived is returned) or `timeout` passes.
     fn wait_for(
         &mut self,
         timeout: Duration,
-        mut pred: impl FnMut(&Event) -> bool,
+        mut pred: impl FnMut(&Line) -> bool,
     ) -> Option<Instant> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -188,62 +120,66 @@ impl Demo {
         }
     }
 
-    /// Waits until the events file at `path` has an event called `name`; returns it.
-    fn wait_event(
-        &mut self,
-        path: &Path,
-        name: &str,
-        timeout: Duration,
-    ) -> Option<serde_json::Value> {
-        self.wait_event_where(path, name, timeout, |_| true)
+    /// Shows lines for `d`.
+    fn pause(&mut self, d: Duration) {
+        self.wait_for(d, |_| false);
     }
 
-    /// Waits until the events file at `path` has an event called `name` that `pred` accepts.
+    /// Shows the lines that arrived so far (while a child was being started).
+    fn catch_up(&mut self) {
+        while let Ok(e) = self.rx.try_recv() {
+            self.show(&e);
+        }
+    }
+}
+
+struct Demo {
+    understudy: Understudy,
+    dir: PathBuf,
+    console: Console,
+    viewserver: Option<Viewserver>,
+    vs_addr: String,
+    nodes: Vec<Node>,
+}
+
+impl Demo {
+    /// Waits until `events` has an event called `name`; returns it.
+    fn wait_event(
+        &mut self,
+        events: &EventsFile,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<serde_json::Value>, String> {
+        self.wait_event_where(events, name, timeout, |_| true)
+    }
+
+    /// Waits until `events` has an event called `name` that `pred` accepts, showing the
+    /// children's lines meanwhile.
     fn wait_event_where(
         &mut self,
-        path: &Path,
+        events: &EventsFile,
         name: &str,
         timeout: Duration,
         pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> Option<serde_json::Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(e) = events_named(path, name).into_iter().find(|e| pred(e)) {
-                return Some(e);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            self.wait_for(Duration::from_millis(20), |_| false);
-        }
+    ) -> Result<Option<serde_json::Value>, String> {
+        let console = &mut self.console;
+        events
+            .wait_for_with(0, timeout, |d| console.pause(d), |e| is(e, name) && pred(e))
+            .map_err(|e| e.to_string())
     }
 
     fn start_viewserver(&mut self, ping_ms: u64) -> Result<(), String> {
-        let events = self.dir.join("viewserver.events");
-        let mut child = Command::new(&self.exe)
-            .args(["viewserver", "--listen", "127.0.0.1:0"])
-            .args(["--ping-interval-ms", &ping_ms.to_string()])
-            .arg("--data-dir")
-            .arg(self.dir.join("viewserver.data"))
-            .arg("--events")
-            .arg(&events)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("starting the viewserver: {e}"))?;
-        let out = child.stdout.take().ok_or("no viewserver stdout")?;
-        let err = child.stderr.take().ok_or("no viewserver stderr")?;
-        spawn_reader("vs".into(), out, false, self.tx.clone(), None);
-        spawn_reader("vs".into(), err, false, self.tx.clone(), None);
-        self.viewserver = Some(child);
-        let listening = self
-            .wait_event(&events, "listening", Duration::from_secs(10))
-            .ok_or("the viewserver did not say where it listens")?;
-        self.vs_addr = listening["addr"]
-            .as_str()
-            .ok_or("a listening event without an address")?
-            .to_string();
+        let store = Store::DataDir(self.dir.join("viewserver.data"));
+        let spec = ViewserverSpec {
+            events: Some(self.dir.join("viewserver.events")),
+            start_timeout: Duration::from_secs(10),
+            ..ViewserverSpec::new("127.0.0.1:0", ping_ms, store)
+        };
+        let vs = self.understudy.viewserver(spec);
+        self.console.catch_up();
+        let vs = vs.map_err(|e| format!("starting the viewserver: {e}"))?;
+        self.vs_addr = vs.addr().to_string();
+        self.viewserver = Some(vs);
         Ok(())
     }
 
@@ -254,107 +190,56 @@ impl Demo {
         args: &[String],
         ping_ms: u64,
     ) -> Result<(), String> {
-        let transcript = self.dir.join(format!("{name}.transcript"));
-        let events = self.dir.join(format!("{name}.events"));
-        let mut cmd = Command::new(&self.exe);
-        cmd.args([
-            "node",
-            "--viewserver",
-            &self.vs_addr,
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--guest", guest])
-        .args(["--ping-interval-ms", &ping_ms.to_string()])
-        .arg("--transcript")
-        .arg(&transcript)
-        .arg("--events")
-        .arg(&events);
-        for a in args {
-            cmd.args(["--guest-arg", a]);
-        }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("starting node {name}: {e}"))?;
-        let released = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().ok_or("no node stdout")?;
-        let err = child.stderr.take().ok_or("no node stderr")?;
-        spawn_reader(
-            name.into(),
-            out,
-            true,
-            self.tx.clone(),
-            Some(Arc::clone(&released)),
-        );
-        spawn_reader(name.into(), err, false, self.tx.clone(), None);
-        let started = self
-            .wait_event(&events, "started", Duration::from_secs(10))
-            .ok_or(format!("node {name} never started"))?;
-        let addr = started["name"]
-            .as_str()
-            .ok_or("a started event without a name")?
-            .to_string();
-        self.nodes.push(Proc {
-            child,
-            released,
-            transcript,
-            events,
-            addr,
-        });
+        let spec = NodeSpec {
+            guest_args: args.to_vec(),
+            ..NodeSpec::new(name, &self.dir, &self.vs_addr, guest, ping_ms)
+        };
+        let node = self.understudy.node(spec);
+        self.console.catch_up();
+        let node = node.map_err(|e| format!("starting node {name}: {e}"))?;
+        self.nodes.push(node);
         Ok(())
     }
 
-    fn node_by_addr(&self, addr: &str) -> Option<&Proc> {
-        self.nodes.iter().find(|n| n.addr == addr)
+    fn node_by_addr(&self, addr: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.addr() == addr)
     }
 
-    fn view(&self) -> Option<viewserver::View> {
-        viewserver::get_view(&self.vs_addr, Duration::from_secs(1))
-            .ok()
-            .map(|s| s.view)
-    }
-
-    /// Polls the view until `pred` holds.
+    /// Polls the view until `pred` holds, showing the children's lines meanwhile.
     fn wait_view(
         &mut self,
         timeout: Duration,
         pred: impl Fn(&viewserver::View) -> bool,
     ) -> Option<viewserver::View> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(v) = self.view()
-                && pred(&v)
-            {
-                return Some(v);
-            }
-            self.wait_for(Duration::from_millis(50), |_| false);
-        }
-        None
+        let (vs_addr, console) = (&self.vs_addr, &mut self.console);
+        wait::poll_with(
+            timeout,
+            Duration::from_millis(50),
+            |d| console.pause(d),
+            || view(vs_addr).filter(|v| pred(v)),
+        )
     }
 
     fn stop_all(&mut self) {
         for n in &mut self.nodes {
-            let _ = n.child.kill();
-            let _ = n.child.wait();
+            let _ = n.kill();
         }
         if let Some(vs) = self.viewserver.as_mut() {
             let _ = vs.kill();
-            let _ = vs.wait();
         }
     }
+}
+
+fn view(vs_addr: &str) -> Option<viewserver::View> {
+    viewserver::get_view(vs_addr, Duration::from_secs(1))
+        .ok()
+        .map(|s| s.view)
 }
 
 impl Drop for Demo {
     fn drop(&mut self) {
         self.stop_all();
     }
-}
-
-fn read(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_default()
 }
 
 pub fn run(args: &DemoArgs) -> CmdResult {
@@ -377,12 +262,13 @@ pub fn run(args: &DemoArgs) -> CmdResult {
     };
     let (tx, rx) = channel();
     let mut demo = Demo {
-        exe,
+        understudy: Understudy::new(exe).with_lines(tx),
         dir: dir.clone(),
-        tx,
-        rx,
-        verbose: args.verbose,
-        started: Instant::now(),
+        console: Console {
+            rx,
+            verbose: args.verbose,
+            started: Instant::now(),
+        },
         viewserver: None,
         vs_addr: String::new(),
         nodes: Vec::new(),
@@ -437,57 +323,51 @@ fn scenario(
     for name in ["A", "B", "C"] {
         demo.start_node(name, &args.guest, guest_args, ping)?;
         if name == "A" {
-            let a = demo.nodes[0].addr.clone();
+            let a = demo.nodes[0].addr().to_string();
             demo.wait_view(Duration::from_secs(10), |v| v.primary == a)
                 .ok_or("A never became primary")?;
         }
         if name == "B" {
-            let b = demo.nodes[1].addr.clone();
+            let b = demo.nodes[1].addr().to_string();
             demo.wait_view(Duration::from_secs(10), |v| v.backup == b)
                 .ok_or("B never became backup")?;
         }
     }
-    let a = demo.nodes[0].addr.clone();
-    let b = demo.nodes[1].addr.clone();
-    let c = demo.nodes[2].addr.clone();
+    let a = demo.nodes[0].addr().to_string();
+    let b = demo.nodes[1].addr().to_string();
+    let c = demo.nodes[2].addr().to_string();
     println!("== roles: A={a} primary, B={b} backup, C={c} idle ==");
     let (a_events, b_events, c_events) = (
-        demo.nodes[0].events.clone(),
-        demo.nodes[1].events.clone(),
-        demo.nodes[2].events.clone(),
+        demo.nodes[0].events_file().clone(),
+        demo.nodes[1].events_file().clone(),
+        demo.nodes[2].events_file().clone(),
     );
-    demo.wait_event(&b_events, "state_installed", Duration::from_secs(30))
+    demo.wait_event(&b_events, "state_installed", Duration::from_secs(30))?
         .ok_or("B never installed the primary's state")?;
-    demo.wait_for(Duration::from_secs_f64(args.kill_after_secs), |_| false);
+    demo.console
+        .pause(Duration::from_secs_f64(args.kill_after_secs));
     // A guest that already ended leaves nothing to fail over: say so, not "failover failed".
-    if let Some(off) = events_named(&a_events, "guest_powered_off").first() {
+    if let Some(off) = events_named(&a_events, "guest_powered_off")?.first() {
         return Err(format!(
             "the guest finished (exit code {}) before the kill, so there was nothing to fail over: give it more work (--guest-arg) or kill sooner (--kill-after-secs)",
             off["code"]
         ));
     }
 
-    println!(
-        "== SIGKILL to the primary A (pid {}) ==",
-        demo.nodes[0].child.id()
-    );
+    let a_pid = demo.nodes[0].pid();
+    println!("== SIGKILL to the primary A (pid {a_pid}) ==");
     let killed_at = Instant::now();
     demo.nodes[0]
-        .child
-        .kill()
+        .signal(Signal::Kill)
         .map_err(|e| format!("killing A: {e}"))?;
     emit(&DemoEvent::Killed {
         node: "A",
-        pid: demo.nodes[0].child.id(),
+        pid: a_pid,
     });
-    let _ = demo.nodes[0].child.wait();
-    // Everything A released is on its pipe: read it all before judging.
-    demo.wait_for(Duration::from_millis(200), |_| false);
-    let a_released = demo.nodes[0]
-        .released
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    // Reaped, and everything A released read from its pipe, before judging.
+    let _ = demo.nodes[0].kill();
+    demo.console.pause(Duration::from_millis(200));
+    let a_released = demo.nodes[0].out();
 
     let v = demo
         .wait_view(ping_d * 60 + Duration::from_secs(10), |v| v.primary != a)
@@ -505,8 +385,8 @@ fn scenario(
         v.backup,
         view_changed.as_secs_f64() * 1e3
     );
-    let first_output = demo.wait_for(Duration::from_secs(20), |e| {
-        e.who == "B" && e.output && e.at > killed_at
+    let first_output = demo.console.wait_for(Duration::from_secs(20), |e| {
+        e.who == "B" && e.stream == Stream::Stdout && e.at > killed_at
     });
     let failover = first_output.map(|t| t.duration_since(killed_at));
     if let Some(f) = failover {
@@ -523,37 +403,38 @@ fn scenario(
         .wait_view(Duration::from_secs(20), |v| v.primary == b && v.backup == c)
         .is_some();
     let c_installed = demo
-        .wait_event(&c_events, "state_installed", Duration::from_secs(30))
+        .wait_event(&c_events, "state_installed", Duration::from_secs(30))?
         .is_some();
-    demo.wait_for(Duration::from_secs_f64(args.run_after_secs), |_| false);
+    demo.console
+        .pause(Duration::from_secs_f64(args.run_after_secs));
     // B samples its backup's lag once a second: however short `--run-after-secs`, or slow the
     // machine, wait (bounded) for one sample of C before judging it.
     demo.wait_event_where(&b_events, "lag", Duration::from_secs(10), |e| {
         e["backup"] == c.as_str()
-    });
+    })?;
     // B's replication samples since C installed the state: lag of C's replay behind B.
-    let lags: Vec<f64> = events_named(&b_events, "lag")
+    let lags: Vec<f64> = events_named(&b_events, "lag")?
         .iter()
         .filter(|e| e["backup"] == c.as_str())
         .filter_map(|e| e["ms"].as_f64())
         .collect();
     demo.stop_all();
-    demo.wait_for(Duration::from_millis(200), |_| false);
+    demo.console.pause(Duration::from_millis(200));
 
+    let transcript = |n: &Node| {
+        n.read_transcript()
+            .map_err(|e| format!("reading {}: {e}", n.transcript_path().display()))
+    };
     let b_node = demo.node_by_addr(&b).ok_or("B vanished")?;
-    let b_transcript = read(&b_node.transcript);
-    let b_released = b_node
-        .released
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let c_transcript = read(&demo.nodes[2].transcript);
-    let from = events_named(&b_events, "going_live")
+    let b_transcript = transcript(b_node)?;
+    let b_released = b_node.out();
+    let c_transcript = transcript(&demo.nodes[2])?;
+    let from = events_named(&b_events, "going_live")?
         .first()
         .and_then(|e| e["released_from"].as_u64())
         .map(|f| f as usize);
-    let c_failed = !events_named(&c_events, "replay_failed").is_empty()
-        || !events_named(&c_events, "state_refused").is_empty();
+    let c_failed = !events_named(&c_events, "replay_failed")?.is_empty()
+        || !events_named(&c_events, "state_refused")?.is_empty();
 
     let mut checks = Vec::new();
     checks.push((

@@ -1,47 +1,58 @@
-//! A viewserver and `understudy node` processes on loopback, for failover tests. Every node's
-//! stdout (released output) and stderr (its log, for failure messages) are collected as they
-//! arrive; what the tests check about roles, transfers and going live they read from the node's
-//! machine-readable events (`--events`, docs/events.md).
+//! A viewserver and `understudy node` processes on loopback (or on the hosts of a network), for
+//! failover tests: the `cluster` crate's processes with the panicking conveniences tests want.
+//! Every node's stdout (released output) and stderr (its log, for failure messages) are kept as
+//! they arrive; what the tests check about roles, transfers and going live they read from the
+//! node's machine-readable events (`--events`, docs/events.md).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::bin;
-use super::netns::Net;
+pub use ::cluster::Signal;
+use ::cluster::events::is;
+use ::cluster::netns::Net;
+use ::cluster::wait::{self, POLL};
+use ::cluster::{NodeSpec, Place, Store, Understudy, ViewserverSpec};
 
-/// The `understudy` binary, run inside `host`'s namespace when there is a network.
-fn program(net: Option<&Net>, host: &str) -> Command {
-    match net {
-        Some(n) => n.command(host, bin()),
-        None => Command::new(bin()),
+use super::bin;
+
+fn understudy() -> Understudy {
+    Understudy::new(bin())
+}
+
+/// `host` of `net` if there is a network, else here.
+fn place(net: Option<&Arc<Net>>, host: &str) -> Place {
+    net.map_or(Place::Local, |n| Place::Host {
+        net: Arc::clone(n),
+        host: host.to_string(),
+    })
+}
+
+/// A node (`cluster::Node`: `addr()`, `out()`, `log()`, `wait_log()`, `reaped()`, ...) whose
+/// events, transcript and signals panic on errors.
+pub struct Proc(::cluster::Node);
+
+impl Deref for Proc {
+    type Target = ::cluster::Node;
+    fn deref(&self) -> &::cluster::Node {
+        &self.0
     }
 }
 
-pub struct Proc {
-    pub child: Child,
-    pub addr: String,
-    pub out: Arc<Mutex<Vec<u8>>>,
-    pub log: Arc<Mutex<String>>,
-    pub transcript: PathBuf,
-    pub events: PathBuf,
-    pub killed: bool,
+impl DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut ::cluster::Node {
+        &mut self.0
+    }
 }
 
 impl Proc {
     /// The node's events so far, in order (complete lines only: one may be being written).
     pub fn events(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(&self.events).unwrap_or_default();
-        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-        complete
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event {l:?}: {e}")))
-            .collect()
+        self.events_file().read().unwrap_or_else(|e| panic!("{e}"))
     }
     /// How many events the node has emitted: a mark for [`Proc::wait_event`].
     pub fn event_count(&self) -> usize {
@@ -49,10 +60,7 @@ impl Proc {
     }
     /// The events called `name`, in order.
     pub fn events_named(&self, name: &str) -> Vec<serde_json::Value> {
-        self.events()
-            .into_iter()
-            .filter(|e| e["event"] == name)
-            .collect()
+        self.events().into_iter().filter(|e| is(e, name)).collect()
     }
     /// Waits for an event called `name` after the first `from` events; returns it.
     pub fn wait_event(
@@ -61,7 +69,7 @@ impl Proc {
         from: usize,
         timeout: Duration,
     ) -> Option<serde_json::Value> {
-        self.wait_for(from, timeout, |e| e["event"] == name)
+        self.wait_for(from, timeout, |e| is(e, name))
     }
     /// Waits for an event that satisfies `pred` after the first `from` events; returns it.
     pub fn wait_for(
@@ -70,14 +78,9 @@ impl Proc {
         timeout: Duration,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> Option<serde_json::Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let found = self.events().into_iter().skip(from).find(|e| pred(e));
-            if found.is_some() || Instant::now() >= deadline {
-                return found;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.events_file()
+            .wait_for(from, timeout, pred)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     /// Where each of the node's primary roles began: (console byte it released from, byte of
     /// its stdout where that output starts), from its `booting` and `going_live` events.
@@ -95,206 +98,54 @@ impl Proc {
             })
             .collect()
     }
-    pub fn out(&self) -> Vec<u8> {
-        self.out.lock().unwrap().clone()
-    }
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
     pub fn transcript(&self) -> Vec<u8> {
-        std::fs::read(&self.transcript).unwrap_or_default()
+        self.read_transcript()
+            .unwrap_or_else(|e| panic!("transcript of {}: {e}", self.addr()))
     }
-    /// Waits until the node's log contains `needle` (counting from byte `from` of the log).
-    pub fn wait_log(&self, needle: &str, from: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.log().get(from..).is_some_and(|l| l.contains(needle)) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-    /// Bytes of released output so far.
-    pub fn out_len(&self) -> usize {
-        self.out.lock().unwrap().len()
-    }
+    /// SIGKILL, once its pipes delivered what it wrote before it died.
     pub fn sigkill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        self.killed = true;
-        // Let the pipe readers take what the process wrote before it died.
-        std::thread::sleep(Duration::from_millis(100));
+        self.0.kill().unwrap_or_else(|e| panic!("{e}"));
     }
-    pub fn signal(&self, sig: libc_signal::Signal) {
-        libc_signal::send(self.child.id(), sig);
+    pub fn signal(&self, sig: Signal) {
+        self.0.signal(sig).unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
-/// Signals by PID, for SIGSTOP/SIGCONT (std only offers SIGKILL).
-pub mod libc_signal {
-    #[derive(Clone, Copy)]
-    pub enum Signal {
-        Stop,
-        Cont,
-        Term,
-    }
-    pub fn send(pid: u32, sig: Signal) {
-        // `kill -STOP 0` would stop our own process group, the test included.
-        assert_ne!(pid, 0, "no process to signal");
-        let name = match sig {
-            Signal::Stop => "-STOP",
-            Signal::Cont => "-CONT",
-            Signal::Term => "-TERM",
-        };
-        let ok = std::process::Command::new("kill")
-            .args([name, &pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {name} {pid}");
+/// A viewserver (`cluster::Viewserver`: `addr()`, `log()`, `wait_log()`, `reaped()`, ...) with
+/// the view it serves and signals that panic on errors.
+pub struct Viewserver(::cluster::Viewserver);
+
+impl Deref for Viewserver {
+    type Target = ::cluster::Viewserver;
+    fn deref(&self) -> &::cluster::Viewserver {
+        &self.0
     }
 }
 
-fn collect(stream: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) {
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stream);
-        let mut buf = Vec::new();
-        while let Ok(n) = r.read_until(b'\n', &mut buf) {
-            if n == 0 {
-                return;
-            }
-            into.lock().unwrap().extend_from_slice(&buf);
-            buf.clear();
-        }
-    });
-}
-
-fn collect_text(stream: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stream);
-        let mut line = String::new();
-        while let Ok(n) = r.read_line(&mut line) {
-            if n == 0 {
-                return;
-            }
-            into.lock().unwrap().push_str(&line);
-            line.clear();
-        }
-    });
-}
-
-/// A viewserver process: where it listens and what it said on stderr after its first line.
-pub struct Viewserver {
-    pub child: Child,
-    pub addr: String,
-    pub log: Arc<Mutex<String>>,
-    pub killed: bool,
-    /// How it was started, to start it again: the arguments after the ping interval.
-    pub args: Vec<std::ffi::OsString>,
+impl DerefMut for Viewserver {
+    fn deref_mut(&mut self) -> &mut ::cluster::Viewserver {
+        &mut self.0
+    }
 }
 
 impl Viewserver {
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-    /// Waits until the log contains `needle`.
-    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.log().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+    fn start(spec: ViewserverSpec) -> Self {
+        Self(
+            understudy()
+                .viewserver(spec)
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
     }
     /// `GET /view` of this viewserver alone (a follower answers 503).
     pub fn status(&self) -> Result<viewserver::Status, viewserver::ClientError> {
-        viewserver::get_view(&self.addr, Duration::from_secs(1))
+        viewserver::get_view(self.addr(), Duration::from_secs(1))
     }
     pub fn sigkill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.killed = true;
+        let _ = self.0.kill();
     }
-}
-
-/// Starts `understudy viewserver --listen LISTEN --ping-interval-ms PING_MS ARGS...` (`cmd`:
-/// the binary, possibly inside a namespace); returns once it said where it listens.
-pub fn spawn_viewserver_with(
-    mut cmd: Command,
-    listen: &str,
-    ping_ms: u64,
-    args: &[&std::ffi::OsStr],
-) -> Viewserver {
-    let mut vs = cmd
-        .args(["viewserver", "--listen", listen])
-        .args(["--ping-interval-ms", &ping_ms.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // It says where it listens on stderr first.
-    let mut err = BufReader::new(vs.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("viewserver: listening on ")
-        .unwrap_or_else(|| {
-            let _ = vs.kill();
-            let _ = vs.wait();
-            panic!("viewserver said {line:?}")
-        })
-        .to_string();
-    let log = Arc::new(Mutex::new(String::new()));
-    collect_text(err, Arc::clone(&log));
-    Viewserver {
-        child: vs,
-        addr,
-        log,
-        killed: false,
-        args: args.iter().map(|a| a.to_os_string()).collect(),
+    pub fn signal(&self, sig: Signal) {
+        self.0.signal(sig).unwrap_or_else(|e| panic!("{e}"));
     }
-}
-
-/// Starts `understudy viewserver` (`cmd`) on `listen` with its data in `dir/viewserver.data`.
-pub fn spawn_viewserver(
-    cmd: Command,
-    dir: &std::path::Path,
-    listen: &str,
-    ping_ms: u64,
-) -> Viewserver {
-    let data = dir.join("viewserver.data");
-    spawn_viewserver_with(
-        cmd,
-        listen,
-        ping_ms,
-        &["--data-dir".as_ref(), data.as_os_str()],
-    )
-}
-
-/// Starts `understudy viewserver` with its state in etcd at `urls` under `prefix`.
-pub fn spawn_viewserver_on_etcd(
-    listen: &str,
-    ping_ms: u64,
-    urls: &str,
-    prefix: &str,
-) -> Viewserver {
-    spawn_viewserver_with(
-        Command::new(bin()),
-        listen,
-        ping_ms,
-        &[
-            "--etcd".as_ref(),
-            urls.as_ref(),
-            "--etcd-prefix".as_ref(),
-            prefix.as_ref(),
-        ],
-    )
 }
 
 /// How a primary's death ended.
@@ -309,7 +160,7 @@ pub enum Failover {
 pub struct Cluster {
     /// Hosts in network namespaces (viewserver on host "vs", the test's own queries from host
     /// "ctl"), or everything on loopback.
-    pub net: Option<std::sync::Arc<Net>>,
+    pub net: Option<Arc<Net>>,
     pub dir: tempfile::TempDir,
     /// One viewserver on a data directory, or several on one etcd.
     pub vs: Vec<Viewserver>,
@@ -325,18 +176,14 @@ pub struct Cluster {
 
 impl Cluster {
     fn with_viewservers(
-        net: Option<std::sync::Arc<Net>>,
+        net: Option<Arc<Net>>,
         dir: tempfile::TempDir,
         vs: Vec<Viewserver>,
         guest: &str,
         guest_args: &[&str],
         ping_ms: u64,
     ) -> Self {
-        let vs_addr = vs
-            .iter()
-            .map(|v| v.addr.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
+        let vs_addr = vs.iter().map(|v| v.addr()).collect::<Vec<_>>().join(",");
         Self {
             net,
             dir,
@@ -356,19 +203,30 @@ impl Cluster {
 
     /// [`Self::start`] on the hosts of `net` (which must have hosts "vs" and "ctl"), or on
     /// loopback.
-    pub fn start_on(
-        net: Option<std::sync::Arc<Net>>,
-        guest: &str,
-        guest_args: &[&str],
-        ping_ms: u64,
-    ) -> Self {
+    pub fn start_on(net: Option<Arc<Net>>, guest: &str, guest_args: &[&str], ping_ms: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let listen = net.as_ref().map_or_else(
             || "127.0.0.1:0".to_string(),
-            |n| format!("{}:7100", n.ip("vs")),
+            |n| format!("{}:7100", n.ip("vs").unwrap()),
         );
-        let vs = spawn_viewserver(program(net.as_deref(), "vs"), dir.path(), &listen, ping_ms);
+        let store = Store::DataDir(dir.path().join("viewserver.data"));
+        let vs = Viewserver::start(ViewserverSpec {
+            place: place(net.as_ref(), "vs"),
+            ..ViewserverSpec::new(listen, ping_ms, store)
+        });
         Self::with_viewservers(net, dir, vec![vs], guest, guest_args, ping_ms)
+    }
+
+    /// The etcd store of a new cluster's viewservers: its own prefix, named after `dir`.
+    fn etcd_store(dir: &tempfile::TempDir, etcd_urls: &str) -> Store {
+        let prefix = format!(
+            "/understudy-test/{}",
+            dir.path().file_name().unwrap().to_string_lossy()
+        );
+        Store::Etcd {
+            urls: etcd_urls.to_string(),
+            prefix,
+        }
     }
 
     /// `viewservers` viewservers sharing the view in etcd (`etcd_urls`, comma-separated)
@@ -381,12 +239,9 @@ impl Cluster {
         viewservers: usize,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let prefix = format!(
-            "/understudy-test/{}",
-            dir.path().file_name().unwrap().to_string_lossy()
-        );
+        let store = Self::etcd_store(&dir, etcd_urls);
         let vs = (0..viewservers)
-            .map(|_| spawn_viewserver_on_etcd("127.0.0.1:0", ping_ms, etcd_urls, &prefix))
+            .map(|_| Viewserver::start(ViewserverSpec::new("127.0.0.1:0", ping_ms, store.clone())))
             .collect();
         Self::with_viewservers(None, dir, vs, guest, guest_args, ping_ms)
     }
@@ -400,22 +255,14 @@ impl Cluster {
     /// SIGKILLs viewserver `i` (if it still runs) and starts it again as it was started: same
     /// address, same data directory or etcd, same host.
     pub fn restart_viewserver_at(&mut self, i: usize) {
-        let addr = self.vs[i].addr.clone();
-        self.vs[i].sigkill();
-        let host = self.net.as_ref().map(|n| {
-            n.host_of(&addr)
-                .unwrap_or_else(|| panic!("no host has {addr}"))
-        });
-        let cmd = program(self.net.as_deref(), host.as_deref().unwrap_or("vs"));
-        let args: Vec<std::ffi::OsString> = self.vs[i].args.clone();
-        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-        self.vs[i] = spawn_viewserver_with(cmd, &addr, self.ping_ms, &args);
-        assert_eq!(self.vs[i].addr, addr);
+        let addr = self.vs[i].addr().to_string();
+        self.vs[i].restart().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(self.vs[i].addr(), addr);
     }
 
     /// Viewservers on hosts `vs_hosts` of `net` (port 7100), sharing the view in etcd.
     pub fn start_on_etcd_net(
-        net: std::sync::Arc<Net>,
+        net: Arc<Net>,
         guest: &str,
         guest_args: &[&str],
         ping_ms: u64,
@@ -423,24 +270,15 @@ impl Cluster {
         vs_hosts: &[&str],
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let prefix = format!(
-            "/understudy-test/{}",
-            dir.path().file_name().unwrap().to_string_lossy()
-        );
+        let store = Self::etcd_store(&dir, etcd_urls);
         let vs = vs_hosts
             .iter()
             .map(|h| {
-                spawn_viewserver_with(
-                    net.command(h, bin()),
-                    &format!("{}:7100", net.ip(h)),
-                    ping_ms,
-                    &[
-                        "--etcd".as_ref(),
-                        etcd_urls.as_ref(),
-                        "--etcd-prefix".as_ref(),
-                        prefix.as_ref(),
-                    ],
-                )
+                let listen = format!("{}:7100", net.ip(h).unwrap());
+                Viewserver::start(ViewserverSpec {
+                    place: place(Some(&net), h),
+                    ..ViewserverSpec::new(listen, ping_ms, store.clone())
+                })
             })
             .collect();
         Self::with_viewservers(Some(net), dir, vs, guest, guest_args, ping_ms)
@@ -448,23 +286,15 @@ impl Cluster {
 
     /// The viewserver that answers `GET /view` (leads), if one does now.
     pub fn leading_viewserver(&self) -> Option<usize> {
-        self.vs.iter().position(|v| !v.killed && v.status().is_ok())
+        self.vs
+            .iter()
+            .position(|v| !v.reaped() && v.status().is_ok())
     }
 
     /// Waits until some viewserver leads; returns it.
     pub fn wait_leading_viewserver(&self, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(i) = self.leading_viewserver() {
-                return i;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no viewserver leads\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait::poll(timeout, POLL, || self.leading_viewserver())
+            .unwrap_or_else(|| panic!("no viewserver leads\n{}", self.logs()))
     }
 
     /// Starts a node; `name` overrides the name it gives the viewserver (a proxy's address).
@@ -478,65 +308,42 @@ impl Cluster {
     pub fn add_node_on(&mut self, host: &str) -> usize {
         let net = self.net.clone().expect("a cluster on a network");
         let vs = self.vs_addr.clone();
-        let listen = format!("{}:7000", net.ip(host));
-        self.spawn_node(program(Some(&net), host), &listen, None, &vs)
+        let listen = format!("{}:7000", net.ip(host).unwrap());
+        self.spawn_node(place(Some(&net), host), &listen, None, &vs)
     }
 
     /// [`Self::add_node`] with the viewserver reached at `viewserver` (e.g. through a proxy).
     pub fn add_node_via(&mut self, listen: &str, name: Option<&str>, viewserver: &str) -> usize {
-        self.spawn_node(Command::new(bin()), listen, name, viewserver)
+        self.spawn_node(Place::Local, listen, name, viewserver)
     }
 
     fn spawn_node(
         &mut self,
-        mut cmd: Command,
+        place: Place,
         listen: &str,
         name: Option<&str>,
         viewserver: &str,
     ) -> usize {
         let i = self.nodes.len();
-        let transcript = self.dir.path().join(format!("node{i}.transcript"));
-        let events = self.dir.path().join(format!("node{i}.events"));
-        cmd.args(["node", "--viewserver", viewserver, "--listen", listen])
-            .arg("--events")
-            .arg(&events)
-            .args(["--guest", &self.guest])
-            .args(["--ping-interval-ms", &self.ping_ms.to_string()])
-            .arg("--transcript")
-            .arg(&transcript)
-            .env_remove("UNDERSTUDY_LOG");
-        if let Some(n) = name {
-            cmd.args(["--name", n]);
-        }
-        if let Some(m) = self.mem_mib {
-            cmd.args(["--mem-mib", &m.to_string()]);
-        }
-        for a in &self.guest_args {
-            cmd.args(["--guest-arg", a]);
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::new(Mutex::new(String::new()));
-        collect(child.stdout.take().unwrap(), Arc::clone(&out));
-        collect_text(child.stderr.take().unwrap(), Arc::clone(&log));
-        let mut node = Proc {
-            child,
-            addr: String::new(),
-            out,
-            log,
-            transcript,
-            events,
-            killed: false,
+        let spec = NodeSpec {
+            place,
+            listen: listen.to_string(),
+            name: name.map(str::to_string),
+            guest_args: self.guest_args.clone(),
+            mem_mib: self.mem_mib,
+            clear_log_filter: true,
+            ..NodeSpec::new(
+                format!("node{i}"),
+                self.dir.path(),
+                viewserver,
+                &self.guest,
+                self.ping_ms,
+            )
         };
-        let started = node
-            .wait_event("started", 0, Duration::from_secs(10))
-            .unwrap_or_else(|| panic!("node {i} never started: {}", node.log()));
-        node.addr = started["name"].as_str().expect("name").to_string();
-        self.nodes.push(node);
+        let node = understudy()
+            .node(spec)
+            .unwrap_or_else(|e| panic!("node {i} never started: {e}"));
+        self.nodes.push(Proc(node));
         i
     }
 
@@ -546,14 +353,14 @@ impl Cluster {
 
     /// The status from whichever viewserver leads.
     pub fn status(&self) -> Option<viewserver::Status> {
-        let addrs: Vec<String> = self.vs.iter().map(|v| v.addr.clone()).collect();
+        let addrs: Vec<String> = self.vs.iter().map(|v| v.addr().to_string()).collect();
         let get = move || {
             viewserver::client::Client::new(addrs, Duration::from_secs(1))
                 .status()
                 .ok()
         };
         match &self.net {
-            Some(net) => net.within("ctl", get),
+            Some(net) => net.within("ctl", get).unwrap_or_else(|e| panic!("{e}")),
             None => get(),
         }
     }
@@ -563,21 +370,13 @@ impl Cluster {
         timeout: Duration,
         pred: impl Fn(&viewserver::View) -> bool,
     ) -> viewserver::View {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = self.view()
-                && pred(&v)
-            {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
+        wait::poll(timeout, POLL, || self.view().filter(|v| pred(v))).unwrap_or_else(|| {
+            panic!(
                 "view never got there; it is {:?}\n{}",
                 self.view(),
                 self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            )
+        })
     }
 
     /// Waits until the status satisfies `pred`; returns it.
@@ -586,21 +385,14 @@ impl Cluster {
         timeout: Duration,
         pred: impl Fn(&viewserver::Status) -> bool,
     ) -> viewserver::Status {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.status()
-                && pred(&s)
-            {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
+        let every = Duration::from_millis(10);
+        wait::poll(timeout, every, || self.status().filter(|s| pred(s))).unwrap_or_else(|| {
+            panic!(
                 "the view service never got there; it is {:?}\n{}",
                 self.status(),
                 self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            )
+        })
     }
 
     /// Waits until the view is acknowledged and has a backup that holds the state (a pair
@@ -623,42 +415,42 @@ impl Cluster {
         backup_events_before: usize,
         timeout: Duration,
     ) -> Failover {
-        let deadline = Instant::now() + timeout;
         let mut unready_since: Option<Instant> = None;
-        loop {
-            if let Some(s) = self.status() {
-                if s.view.primary != old.primary {
-                    return Failover::Promoted(s.view);
-                }
-                let overshoot = self.nodes[backup]
-                    .events()
-                    .into_iter()
-                    .skip(backup_events_before)
-                    .find(|e| e["event"] == "replay_failed" && e["overshoot"] == true);
-                match (s.backup_ready, overshoot) {
-                    (false, Some(e)) => {
-                        let t = *unready_since.get_or_insert_with(Instant::now);
-                        if t.elapsed() > Duration::from_secs(3) {
-                            return Failover::Lost(e["error"].to_string());
-                        }
-                    }
-                    _ => unready_since = None,
-                }
+        let outcome = wait::poll(timeout, POLL, || {
+            let s = self.status()?;
+            if s.view.primary != old.primary {
+                return Some(Failover::Promoted(s.view));
             }
-            assert!(
-                Instant::now() < deadline,
+            let overshoot = self.nodes[backup]
+                .events_file()
+                .find(backup_events_before, |e| {
+                    is(e, "replay_failed") && e["overshoot"] == true
+                })
+                .unwrap_or_else(|e| panic!("{e}"));
+            match (s.backup_ready, overshoot) {
+                (false, Some(e)) => {
+                    let t = *unready_since.get_or_insert_with(Instant::now);
+                    if t.elapsed() > Duration::from_secs(3) {
+                        return Some(Failover::Lost(e["error"].to_string()));
+                    }
+                }
+                _ => unready_since = None,
+            }
+            None
+        });
+        outcome.unwrap_or_else(|| {
+            panic!(
                 "no failover from {old:?}; status {:?}\n{}",
                 self.status(),
                 self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            )
+        })
     }
 
     pub fn index_of(&self, addr: &str) -> usize {
         self.nodes
             .iter()
-            .position(|n| n.addr == addr)
+            .position(|n| n.addr() == addr)
             .unwrap_or_else(|| panic!("no node {addr}"))
     }
 
@@ -712,13 +504,13 @@ impl Cluster {
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| format!("--- node {i} ({}) ---\n{}", n.addr, n.log()))
+            .map(|(i, n)| format!("--- node {i} ({}) ---\n{}", n.addr(), n.log()))
             .collect();
         let vs: String = self
             .vs
             .iter()
             .enumerate()
-            .map(|(i, v)| format!("--- viewserver {i} ({}) ---\n{}", v.addr, v.log()))
+            .map(|(i, v)| format!("--- viewserver {i} ({}) ---\n{}", v.addr(), v.log()))
             .collect();
         nodes + &vs
     }
@@ -732,10 +524,10 @@ impl Cluster {
     ) -> (usize, usize) {
         let vs = a_viewserver.map_or_else(|| self.vs_addr.clone(), str::to_string);
         let a = self.add_node_via("127.0.0.1:0", None, &vs);
-        let a_addr = self.nodes[a].addr.clone();
+        let a_addr = self.nodes[a].addr().to_string();
         self.wait_view(timeout, |v| v.primary == a_addr);
         let b = self.add_node("127.0.0.1:0", None);
-        let b_addr = self.nodes[b].addr.clone();
+        let b_addr = self.nodes[b].addr().to_string();
         self.wait_view(timeout, |v| v.backup == b_addr && v.primary == a_addr);
         assert!(
             self.nodes[a]
@@ -758,17 +550,9 @@ pub fn released_from(node: &Proc) -> Option<usize> {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if !n.killed {
-                let _ = n.child.kill();
-                let _ = n.child.wait();
-            }
-        }
-        for v in &mut self.vs {
-            if !v.killed {
-                v.sigkill();
-            }
-        }
+        // Nodes first, then viewservers, before the directory and the network go.
+        self.nodes.clear();
+        self.vs.clear();
     }
 }
 

@@ -7,12 +7,13 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::netns::Net;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use cluster::netns::Net;
+use cluster::{Process, Signal};
 
 const ETCD: &str = "etcd";
 
@@ -34,7 +35,7 @@ struct Member {
     name: String,
     client: String,
     peer: String,
-    child: Option<Child>,
+    child: Option<Process>,
 }
 
 pub struct EtcdCluster {
@@ -95,8 +96,8 @@ impl EtcdCluster {
             .enumerate()
             .map(|(i, h)| Member {
                 name: format!("m{i}"),
-                client: format!("{}:2379", net.ip(h)),
-                peer: format!("{}:2380", net.ip(h)),
+                client: format!("{}:2379", net.ip(h).unwrap()),
+                peer: format!("{}:2380", net.ip(h).unwrap()),
                 child: None,
             })
             .collect();
@@ -122,6 +123,7 @@ impl EtcdCluster {
             Some((net, _)) => {
                 let (addr, path, body) = (m.client.clone(), path.to_string(), body.to_string());
                 net.within("ctl", move || call(&addr, &path, &body))
+                    .unwrap_or_else(|e| panic!("{e}"))
             }
             None => call(&m.client, path, body),
         }
@@ -146,11 +148,10 @@ impl EtcdCluster {
             .unwrap();
         let m = &self.members[i];
         let mut cmd = match &self.net {
-            Some((net, hosts)) => net.command(&hosts[i], ETCD),
+            Some((net, hosts)) => net.command(&hosts[i], ETCD).unwrap(),
             None => Command::new(ETCD),
         };
-        let child = cmd
-            .args(["--name", &m.name])
+        cmd.args(["--name", &m.name])
             .arg("--data-dir")
             .arg(self.dir.path().join(&m.name))
             .args(["--listen-client-urls", &format!("http://{}", m.client)])
@@ -166,10 +167,8 @@ impl EtcdCluster {
             .args(["--election-timeout", "500", "--heartbeat-interval", "50"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.members[i].child = Some(child);
+            .stderr(log);
+        self.members[i].child = Some(Process::spawn(&mut cmd).unwrap());
     }
 
     /// The client URLs of all members, `http://HOST:PORT`.
@@ -194,16 +193,17 @@ impl EtcdCluster {
         self.members[i].child.is_some()
     }
 
-    /// The PID of member `i` (0 if it is not running), for SIGSTOP and SIGCONT.
-    pub fn pid(&self, i: usize) -> u32 {
-        self.members[i].child.as_ref().map_or(0, Child::id)
+    /// Sends member `i` `sig` (SIGSTOP, SIGCONT); nothing if it is not running.
+    pub fn signal(&self, i: usize, sig: Signal) {
+        if let Some(c) = &self.members[i].child {
+            c.signal(sig).unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 
     /// SIGKILLs member `i` (by the PID we started).
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
-            let _ = c.wait();
         }
     }
 

@@ -79,4 +79,3 @@ pub fn assert_ok(o: &Output, what: &str) {
 pub mod cluster;
 pub mod etcd;
 pub mod history;
-pub mod netns;
