@@ -13,6 +13,7 @@ mod fmt;
 mod gdt;
 mod idt;
 mod interrupts;
+mod loopback;
 mod mem;
 mod pic;
 mod pit;
@@ -89,6 +90,9 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
             workloads::compute::run(config.tasks, config.iters, config.report, config.user)
         }
         Workload::Exits => workloads::exits::run(config.n, config.port),
+        Workload::TcpLoop => {
+            workloads::tcploop::run(config.n, config.report, config.hz, config.user)
+        }
         Workload::TripleFault => idt::triple_fault(),
     }
 }
@@ -118,6 +122,14 @@ fn print_banner(c: &Config) {
                 .dec(c.n)
                 .str(" port=")
                 .hex(u64::from(c.port));
+        }
+        Workload::TcpLoop => {
+            line.str(" n=")
+                .dec(c.n)
+                .str(" report=")
+                .dec(c.report)
+                .str(" mode=")
+                .str(if c.user { "user" } else { "kernel" });
         }
         Workload::TripleFault => {}
     }

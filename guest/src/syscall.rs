@@ -18,6 +18,11 @@ pub const SYS_EXIT: u64 = 2;
 pub const SYS_CLOCK_NS: u64 = 3;
 /// Prints the task's panic line and powers off with the panic exit code.
 pub const SYS_PANIC: u64 = 4;
+/// Returns after the next timer tick. A task must not spin for a tick at
+/// CPL3: on the target host an interrupt pending at CPL3 waits for the next
+/// guest exit, so a spinning task would never see the tick; the kernel halts
+/// instead, which is an exit.
+pub const SYS_WAIT_TICK: u64 = 5;
 
 const ERR: u64 = u64::MAX;
 /// Only the identity-mapped first GiB is valid memory.
@@ -62,6 +67,24 @@ pub fn handle(frame: *mut Frame) -> *mut Frame {
         }
         SYS_CLOCK_NS => {
             f.rax = clock::now_ns();
+            frame
+        }
+        SYS_WAIT_TICK => {
+            let start = clock::ticks();
+            sched::preempt_disable();
+            while clock::ticks() == start {
+                // SAFETY: as in SYS_WRITE, a nested timer interrupt only
+                // counts the tick and records any switch request; `sti; hlt`
+                // halts with interrupts enabled (the STI shadow keeps the
+                // tick from slipping in before the halt), `cli` restores the
+                // dispatcher's interrupts-off invariant.
+                unsafe { core::arch::asm!("sti", "hlt", "cli", options(nostack)) };
+            }
+            sched::preempt_enable_no_resched();
+            f.rax = 0;
+            if sched::take_need_resched() {
+                return sched::schedule(frame);
+            }
             frame
         }
         _ => {
@@ -130,6 +153,17 @@ pub fn panic(bytes: &[u8]) -> ! {
             in("rdi") bytes.as_ptr(),
             in("rsi") bytes.len(),
             options(noreturn),
+        );
+    }
+}
+
+pub fn wait_tick() {
+    // SAFETY: no memory is touched; only rax changes.
+    unsafe {
+        core::arch::asm!(
+            "ud2",
+            inlateout("rax") SYS_WAIT_TICK => _,
+            options(nostack),
         );
     }
 }
