@@ -1,6 +1,8 @@
 //! Builds the freestanding guest kernel (`guest/`, its own workspace) and hands its ELF to the
 //! VMM, which embeds it. The guest needs its own target flags (no start files, static, linker
-//! script), so it is a nested cargo build rather than a workspace member.
+//! script), so it is a nested cargo build rather than a workspace member. That build is offline
+//! (a build script should not reach the network): `cargo fetch --locked` in guest/ brings its
+//! dependencies (smoltcp) into cargo's cache first, as `.ci/run` does.
 
 use std::env;
 use std::path::PathBuf;
@@ -55,7 +57,8 @@ fn main() {
     let status = cmd.status().expect("running cargo for the guest");
     assert!(
         status.success(),
-        "building the guest kernel (guest/) failed"
+        "building the guest kernel (guest/) failed; it builds offline, so its dependencies must \
+         already be in cargo's cache: run `cargo fetch --locked` in guest/ once"
     );
 
     let elf = guest_dir.join("target/x86_64-unknown-linux-gnu/release/understudy-guest");

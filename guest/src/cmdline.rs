@@ -1,14 +1,17 @@
 //! Kernel command line: whitespace-separated tokens.
 //!
-//! The first workload name wins (`ticker`, `compute`, `exits`, `triplefault`); the
+//! The first workload name wins (`ticker`, `compute`, `exits`, `tcploop`, `triplefault`); the
 //! rest are `key=value` options or the `user` flag. Anything else is an error
 //! so that typos in tests fail loudly instead of silently using defaults.
+
+use crate::workloads::tcploop;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
     Ticker,
     Compute,
     Exits,
+    TcpLoop,
     TripleFault,
 }
 
@@ -18,6 +21,7 @@ impl Workload {
             Workload::Ticker => "ticker",
             Workload::Compute => "compute",
             Workload::Exits => "exits",
+            Workload::TcpLoop => "tcploop",
             Workload::TripleFault => "triplefault",
         }
     }
@@ -48,7 +52,7 @@ pub struct Config {
     pub report: u64,
     pub user: bool,
     pub exit: Option<u8>,
-    /// exits: number of port writes.
+    /// exits: number of port writes; tcploop: number of round trips.
     pub n: u64,
     /// exits: the port written.
     pub port: u16,
@@ -69,7 +73,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
     let mut report = None;
     let mut user = false;
     let mut exit = None;
-    let mut n = crate::workloads::exits::DEFAULT_N;
+    let mut n = None;
     let mut port = crate::workloads::exits::DEFAULT_PORT;
 
     for tok in cmdline
@@ -80,6 +84,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
             b"ticker" => Some(Workload::Ticker),
             b"compute" => Some(Workload::Compute),
             b"exits" => Some(Workload::Exits),
+            b"tcploop" => Some(Workload::TcpLoop),
             b"triplefault" => Some(Workload::TripleFault),
             _ => None,
         };
@@ -117,7 +122,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
                 }
             }
             b"report" => report = Some(num()?),
-            b"n" => n = num()?,
+            b"n" => n = Some(num()?),
             b"port" => port = u16::try_from(num()?).map_err(|_| Error::Invalid(tok))?,
             b"exit" => {
                 exit = match u8::try_from(num()?) {
@@ -129,18 +134,30 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
         }
     }
 
+    let workload = workload.unwrap_or(Workload::Compute);
     let iters = iters.unwrap_or(if user {
         DEFAULT_USER_ITERS
     } else {
         DEFAULT_KERNEL_ITERS
     });
+    let n = n.unwrap_or(match (workload, user) {
+        (Workload::TcpLoop, false) => tcploop::DEFAULT_KERNEL_N,
+        (Workload::TcpLoop, true) => tcploop::DEFAULT_USER_N,
+        _ => crate::workloads::exits::DEFAULT_N,
+    });
+    // `report` counts iterations for compute and round trips for tcploop.
+    let reported = if workload == Workload::TcpLoop {
+        n
+    } else {
+        iters
+    };
     Ok(Config {
-        workload: workload.unwrap_or(Workload::Compute),
+        workload,
         hz,
         ticks,
         tasks,
         iters,
-        report: report.unwrap_or((iters / DEFAULT_REPORTS).max(1)),
+        report: report.unwrap_or((reported / DEFAULT_REPORTS).max(1)),
         user,
         exit,
         n,

@@ -99,6 +99,16 @@ pub fn init(boot_stack_top: u64) {
     }
 }
 
+/// Privilege level of the code calling this (the low bits of CS).
+pub fn current_cpl() -> u8 {
+    let cs: u16;
+    // SAFETY: reading CS has no side effects and works at any CPL.
+    unsafe {
+        core::arch::asm!("mov {:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags))
+    };
+    (cs & 3) as u8
+}
+
 /// Kernel stack used when the next interrupt arrives from CPL3.
 pub fn set_rsp0(top: u64) {
     // SAFETY: called with interrupts disabled (boot or inside an ISR); the

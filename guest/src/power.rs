@@ -8,6 +8,8 @@ const DEBUG_EXIT_PORT: u16 = 0xf4;
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_BAD_ARGS: u8 = 2;
 pub const EXIT_EXCEPTION: u8 = 3;
+/// The workload ran but its own check failed (e.g. tcploop saw a bad reply).
+pub const EXIT_FAILED: u8 = 4;
 pub const EXIT_PANIC: u8 = 101;
 
 pub fn exit(code: u8) -> ! {

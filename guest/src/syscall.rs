@@ -11,11 +11,18 @@
 //! VMX/SVM hosts.
 
 use crate::idt::Frame;
-use crate::{clock, console, sched};
+use crate::{clock, console, power, sched};
 
 pub const SYS_WRITE: u64 = 1;
 pub const SYS_EXIT: u64 = 2;
 pub const SYS_CLOCK_NS: u64 = 3;
+/// Prints the task's panic line and powers off with the panic exit code.
+pub const SYS_PANIC: u64 = 4;
+/// Returns after the next timer tick. A task must not spin for a tick at
+/// CPL3: on the target host an interrupt pending at CPL3 waits for the next
+/// guest exit, so a spinning task would never see the tick; the kernel halts
+/// instead, which is an exit.
+pub const SYS_WAIT_TICK: u64 = 5;
 
 const ERR: u64 = u64::MAX;
 /// Only the identity-mapped first GiB is valid memory.
@@ -28,14 +35,11 @@ pub fn handle(frame: *mut Frame) -> *mut Frame {
     let f = unsafe { &mut *frame };
     match f.rax {
         SYS_WRITE => {
-            let (ptr, len) = (f.rdi, f.rsi);
-            if len > MAX_WRITE || ptr >= USER_LIMIT || len > USER_LIMIT - ptr {
+            let Some(bytes) = user_bytes(f.rdi, f.rsi) else {
                 f.rax = ERR;
                 return frame;
-            }
-            // SAFETY: range checked against the identity map above; all of
-            // it is readable kernel-image or stack memory.
-            let bytes = unsafe { core::slice::from_raw_parts(ptr as *const u8, len as usize) };
+            };
+            let len = bytes.len() as u64;
             sched::preempt_disable();
             // SAFETY: the timer must be able to fire during the (slow) port
             // I/O; preemption is disabled, so a nested timer interrupt only
@@ -55,8 +59,32 @@ pub fn handle(frame: *mut Frame) -> *mut Frame {
             sched::mark_current_done();
             sched::schedule(frame)
         }
+        SYS_PANIC => {
+            if let Some(bytes) = user_bytes(f.rdi, f.rsi) {
+                console::write_raw(bytes);
+            }
+            power::exit(power::EXIT_PANIC)
+        }
         SYS_CLOCK_NS => {
             f.rax = clock::now_ns();
+            frame
+        }
+        SYS_WAIT_TICK => {
+            let start = clock::ticks();
+            sched::preempt_disable();
+            while clock::ticks() == start {
+                // SAFETY: as in SYS_WRITE, a nested timer interrupt only
+                // counts the tick and records any switch request; `sti; hlt`
+                // halts with interrupts enabled (the STI shadow keeps the
+                // tick from slipping in before the halt), `cli` restores the
+                // dispatcher's interrupts-off invariant.
+                unsafe { core::arch::asm!("sti", "hlt", "cli", options(nostack)) };
+            }
+            sched::preempt_enable_no_resched();
+            f.rax = 0;
+            if sched::take_need_resched() {
+                return sched::schedule(frame);
+            }
             frame
         }
         _ => {
@@ -64,6 +92,17 @@ pub fn handle(frame: *mut Frame) -> *mut Frame {
             frame
         }
     }
+}
+
+/// A task's buffer, if it lies inside the identity-mapped first GiB and is
+/// no longer than one write.
+fn user_bytes(ptr: u64, len: u64) -> Option<&'static [u8]> {
+    if len > MAX_WRITE || ptr >= USER_LIMIT || len > USER_LIMIT - ptr {
+        return None;
+    }
+    // SAFETY: range checked against the identity map above; all of it is
+    // readable kernel-image or stack memory.
+    Some(unsafe { core::slice::from_raw_parts(ptr as *const u8, len as usize) })
 }
 
 /// `ud2`, the opcode a CPL3 task uses to call the kernel.
@@ -102,6 +141,30 @@ pub fn exit() -> ! {
     // SAFETY: the kernel never returns to an exited task.
     unsafe {
         core::arch::asm!("ud2", in("rax") SYS_EXIT, options(noreturn));
+    }
+}
+
+pub fn panic(bytes: &[u8]) -> ! {
+    // SAFETY: the kernel only reads the buffer and never returns.
+    unsafe {
+        core::arch::asm!(
+            "ud2",
+            in("rax") SYS_PANIC,
+            in("rdi") bytes.as_ptr(),
+            in("rsi") bytes.len(),
+            options(noreturn),
+        );
+    }
+}
+
+pub fn wait_tick() {
+    // SAFETY: no memory is touched; only rax changes.
+    unsafe {
+        core::arch::asm!(
+            "ud2",
+            inlateout("rax") SYS_WAIT_TICK => _,
+            options(nostack),
+        );
     }
 }
 

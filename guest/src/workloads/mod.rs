@@ -1,3 +1,4 @@
 pub mod compute;
 pub mod exits;
+pub mod tcploop;
 pub mod ticker;

@@ -24,7 +24,8 @@ pub fn run(ticks: u64) -> ! {
     power::exit(power::EXIT_OK)
 }
 
-fn wait_for_tick() {
+/// Halts until the next timer tick (CPL0 only).
+pub fn wait_for_tick() {
     let start = clock::ticks();
     loop {
         // SAFETY: IF is cleared so the check and the halt are atomic with
