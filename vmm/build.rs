@@ -1,8 +1,9 @@
 //! Builds the freestanding guest kernel (`guest/`, its own workspace) and hands its ELF to the
 //! VMM, which embeds it. The guest needs its own target flags (no start files, static, linker
-//! script), so it is a nested cargo build rather than a workspace member. That build is offline
-//! (a build script should not reach the network): `cargo fetch --locked` in guest/ brings its
-//! dependencies (smoltcp) into cargo's cache first, as `.ci/run` does.
+//! script), so it is a nested cargo build rather than a workspace member. It is tried offline
+//! first; only if the guest's locked dependencies (smoltcp) are not in cargo's cache yet, as on
+//! a fresh machine, does it fetch them (`cargo fetch --locked` in guest/) and try again, so
+//! `cargo build` works on a fresh clone without a separate step.
 
 use std::env;
 use std::path::PathBuf;
@@ -41,25 +42,34 @@ fn main() {
     }
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--locked", "--offline"])
-        .current_dir(&guest_dir);
-    // The outer build's settings must not leak into the guest's: its flags come from
-    // guest/.cargo/config.toml, and host RUSTFLAGS would break the freestanding link.
-    for (key, _) in env::vars() {
-        if (key.starts_with("CARGO_") && key != "CARGO_HOME")
-            || key == "RUSTFLAGS"
-            || key == "RUSTDOCFLAGS"
-        {
-            cmd.env_remove(&key);
+    let guest_cargo = |args: &[&str]| {
+        let mut cmd = Command::new(&cargo);
+        cmd.args(args).current_dir(&guest_dir);
+        // The outer build's settings must not leak into the guest's: its flags come from
+        // guest/.cargo/config.toml, and host RUSTFLAGS would break the freestanding link.
+        for (key, _) in env::vars() {
+            if (key.starts_with("CARGO_") && key != "CARGO_HOME")
+                || key == "RUSTFLAGS"
+                || key == "RUSTDOCFLAGS"
+            {
+                cmd.env_remove(&key);
+            }
         }
+        cmd.status().expect("running cargo for the guest").success()
+    };
+    let build = ["build", "--release", "--locked", "--offline"];
+    if !guest_cargo(&build) {
+        println!("cargo:warning=fetching the guest's dependencies (guest/Cargo.lock) and retrying");
+        assert!(
+            guest_cargo(&["fetch", "--locked"]),
+            "fetching the guest kernel's dependencies (guest/Cargo.lock) failed: is the crates.io \
+             registry reachable?"
+        );
+        assert!(
+            guest_cargo(&build),
+            "building the guest kernel (guest/) failed"
+        );
     }
-    let status = cmd.status().expect("running cargo for the guest");
-    assert!(
-        status.success(),
-        "building the guest kernel (guest/) failed; it builds offline, so its dependencies must \
-         already be in cargo's cache: run `cargo fetch --locked` in guest/ once"
-    );
 
     let elf = guest_dir.join("target/x86_64-unknown-linux-gnu/release/understudy-guest");
     let dest = out_dir.join("understudy-guest.elf");
