@@ -277,6 +277,7 @@ fn hello(c: &mut wire::Cursor<'_>) -> Result<Hello, CodecError> {
         return Err(CodecError::UnsupportedVersion {
             offset: version_at,
             found: protocol_version,
+            oldest: PROTOCOL_VERSION,
             supported: PROTOCOL_VERSION,
         });
     }
