@@ -9,6 +9,7 @@ pub mod codec;
 pub mod file;
 pub mod format;
 pub mod net;
+pub mod netframe;
 
 #[cfg(test)]
 mod strategies;

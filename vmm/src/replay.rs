@@ -6,6 +6,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use logging_channel::format::{EndReason, Entry, Frame, InputSource, Position, Regs};
+use logging_channel::netframe;
 
 use crate::clock::{HostClock, SystemClock};
 use crate::console::ConsoleStream;
@@ -94,13 +95,12 @@ pub fn describe(entry: &Entry) -> String {
         Entry::Output { console_bytes, .. } => {
             format!("output up to console byte {console_bytes} at {pos}")
         }
-        Entry::NetRx { frame, .. } | Entry::NetTx { frame, .. } => {
-            format!(
-                "{} frame of {} bytes at {pos}",
-                entry.kind().name(),
-                frame.len()
-            )
-        }
+        Entry::NetRx { frame, .. } | Entry::NetTx { frame, .. } => format!(
+            "{} frame of {} bytes at {pos}: {}",
+            entry.kind().name(),
+            frame.len(),
+            netframe::summary(frame)
+        ),
     }
 }
 
