@@ -285,3 +285,55 @@ fn a_missing_dev_kvm_is_a_clear_error() {
         stderr(&o)
     );
 }
+
+/// This build's VMM has no network device: a log with network frames is refused at its first
+/// frame with a clear error (not a divergence, not a panic), after replaying what came before.
+#[test]
+fn a_log_with_network_frames_is_refused_by_a_vmm_without_a_nic() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = small_compute_log(dir.path());
+    let (header, state, mut frames) = load(&log);
+    // A received frame at the position of an entry in the middle, just before it.
+    let at = frames.len() / 2;
+    let pos = frames[at].1.entry.pos().clone();
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&[0x52, 0x54, 0, 0, 0, 2, 0x08, 0x06]);
+    frame.resize(60, 0);
+    frames.insert(
+        at,
+        (
+            0,
+            Frame {
+                seq: 0,
+                t_ns: frames[at].1.t_ns,
+                state_check: 0,
+                entry: Entry::NetRx { pos, frame },
+            },
+        ),
+    );
+    for (i, (_, f)) in frames.iter_mut().enumerate() {
+        f.seq = i as u64;
+    }
+    let net = dir.path().join("net.ulog");
+    write_log(&net, &header, state, &frames);
+
+    let rep = replay(&net);
+    let msg = stderr(&rep);
+    assert_eq!(rep.status.code(), Some(1), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "cannot replay entry #{at} (net-rx frame of 60 bytes at "
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(
+            "this log has network frames; this build's VMM has no network device attached"
+        ),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("DIVERGED") && !msg.contains("panicked"),
+        "{msg}"
+    );
+}

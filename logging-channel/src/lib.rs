@@ -9,6 +9,7 @@ pub mod codec;
 pub mod file;
 pub mod format;
 pub mod net;
+pub mod netframe;
 
 #[cfg(test)]
 mod strategies;
@@ -17,5 +18,6 @@ pub use codec::CodecError;
 pub use file::{Completeness, Frames, IncompleteReason, LogError, LogReader, LogWriter, Tail};
 pub use format::{
     CounterKind, Digest, EndReason, Entry, EntryKind, FORMAT_VERSION, Frame, Header, InputSource,
-    LogState, MAGIC, MAX_FRAME_LEN, Position, PositionSemantics, Regs,
+    LogState, MAGIC, MAX_FRAME_LEN, MAX_NET_FRAME, MIN_NET_FRAME, OLDEST_FORMAT_VERSION, Position,
+    PositionSemantics, Regs,
 };

@@ -4,8 +4,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use crate::format::{
-    CounterKind, Digest, EndReason, Entry, FORMAT_VERSION, Frame, Header, InputSource, Position,
-    PositionSemantics, Regs,
+    CounterKind, Digest, EndReason, Entry, FORMAT_VERSION, Frame, Header, InputSource,
+    MIN_NET_FRAME, Position, PositionSemantics, Regs,
 };
 
 pub(crate) fn regs() -> impl Strategy<Value = Regs> {
@@ -51,6 +51,18 @@ fn end_reason() -> impl Strategy<Value = EndReason> {
     ]
 }
 
+/// A network frame of a valid size: mostly short random ones, sometimes exactly the shortest
+/// or a full-MTU one (a constant byte, so it costs no random bytes). The longest allowed,
+/// `MAX_NET_FRAME`, has unit tests of its own: tests that cut every frame at every byte would
+/// take minutes on it.
+pub(crate) fn net_frame() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        8 => vec(any::<u8>(), MIN_NET_FRAME..128),
+        1 => vec(any::<u8>(), MIN_NET_FRAME..=MIN_NET_FRAME),
+        1 => any::<u8>().prop_map(|b| vec![b; 1514]),
+    ]
+}
+
 pub(crate) fn entry() -> impl Strategy<Value = Entry> {
     prop_oneof![
         (position(), input_source(), any::<u64>()).prop_map(|(pos, source, value)| Entry::Input {
@@ -71,6 +83,8 @@ pub(crate) fn entry() -> impl Strategy<Value = Entry> {
                 released,
             }
         }),
+        (position(), net_frame()).prop_map(|(pos, frame)| Entry::NetRx { pos, frame }),
+        (position(), net_frame()).prop_map(|(pos, frame)| Entry::NetTx { pos, frame }),
     ]
 }
 

@@ -5,9 +5,11 @@
 mod common;
 
 use common::{TempFile, temp_path};
+use logging_channel::codec::{encode_frame, encode_prefix};
 use logging_channel::{
-    CodecError, Completeness, IncompleteReason, LogError, LogReader, LogState, LogWriter,
-    MAX_FRAME_LEN, Position, Tail,
+    CodecError, Completeness, Entry, FORMAT_VERSION, Frame, IncompleteReason, LogError, LogReader,
+    LogState, LogWriter, MAX_FRAME_LEN, MAX_NET_FRAME, MIN_NET_FRAME, OLDEST_FORMAT_VERSION,
+    Position, Tail,
 };
 
 fn write_all(writer: &mut LogWriter) {
@@ -133,18 +135,136 @@ fn writer_refuses_oversized_frames() {
 }
 
 #[test]
+fn writer_refuses_net_frames_no_reader_accepts() {
+    let file = TempFile(temp_path("net-size"));
+    let mut writer = LogWriter::create(&file.0, &common::header()).unwrap();
+    let before = writer.bytes_written();
+    for (entry, what) in [
+        (
+            Entry::NetTx {
+                pos: Position::AtExit { exits: 1 },
+                frame: vec![0; MAX_NET_FRAME + 1],
+            },
+            "net-tx frame of 65536 bytes is longer than the maximum of 65535",
+        ),
+        (
+            Entry::NetRx {
+                pos: Position::AtExit { exits: 1 },
+                frame: vec![0; MIN_NET_FRAME - 1],
+            },
+            "net-rx frame of 13 bytes is shorter than an Ethernet header (14 bytes)",
+        ),
+    ] {
+        let err = writer.append(0, 0, &entry).unwrap_err();
+        assert!(
+            matches!(
+                err.without_path(),
+                LogError::InvalidEntry { offset, seq: 0, what: w } if *offset == before && w == what
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with(&format!("cannot write entry #0 at byte {before}: {what}")),
+            "{err}"
+        );
+    }
+    assert_eq!(writer.entries_written(), 0);
+    assert_eq!(writer.bytes_written(), before);
+    // The largest allowed frame is written and reads back.
+    let largest = Entry::NetRx {
+        pos: Position::AtExit { exits: 1 },
+        frame: vec![0x5a; MAX_NET_FRAME],
+    };
+    assert_eq!(writer.append(0, 0, &largest).unwrap(), 0);
+    writer.flush().unwrap();
+    let reader = LogReader::open(&file.0).unwrap();
+    let frames: Vec<_> = reader.frames().map(|f| f.unwrap().1.entry).collect();
+    assert_eq!(frames, [largest]);
+}
+
+#[test]
 fn writer_refuses_a_header_of_another_version() {
     let file = TempFile(temp_path("version"));
+    for version in [OLDEST_FORMAT_VERSION, FORMAT_VERSION + 1] {
+        let mut header = common::header();
+        header.format_version = version;
+        let err = LogWriter::create(&file.0, &header).unwrap_err();
+        assert!(
+            matches!(
+                err.without_path(),
+                LogError::Codec(CodecError::UnsupportedVersion { found, .. }) if *found == version
+            ),
+            "{err}"
+        );
+    }
+}
+
+/// A log written before network entries existed (format version 1) reads as before; a
+/// version-2 kind in it is refused, since no version-1 writer wrote one.
+#[test]
+fn version_1_logs_read_and_may_not_hold_newer_kinds() {
     let mut header = common::header();
-    header.format_version = 2;
-    let err = LogWriter::create(&file.0, &header).unwrap_err();
+    header.format_version = 1;
+    let old_entries: Vec<_> = common::entries()
+        .into_iter()
+        .filter(|e| e.kind().since_version() == 1)
+        .collect();
+    let mut image = encode_prefix(&header, LogState::Complete);
+    for (i, entry) in old_entries.iter().enumerate() {
+        encode_frame(
+            &Frame {
+                seq: i as u64,
+                t_ns: 0,
+                state_check: 0,
+                entry: entry.clone(),
+            },
+            &mut image,
+        );
+    }
+    let reader = LogReader::from_bytes(image.clone()).unwrap();
+    assert_eq!(reader.header().format_version, 1);
+    let read: Vec<_> = reader.frames().map(|f| f.unwrap().1.entry).collect();
+    assert_eq!(read, old_entries);
+    assert_eq!(reader.completeness().unwrap(), Completeness::Complete);
+
+    // The same log with a net-rx entry where the End was.
+    let mut image = encode_prefix(&header, LogState::Complete);
+    let mut offset = 0;
+    for (i, entry) in old_entries.iter().take(2).enumerate() {
+        offset = image.len() as u64;
+        let entry = if i == 1 {
+            Entry::NetRx {
+                pos: Position::AtExit { exits: 5 },
+                frame: common::net_frame(0x0800, 46),
+            }
+        } else {
+            entry.clone()
+        };
+        encode_frame(
+            &Frame {
+                seq: i as u64,
+                t_ns: 0,
+                state_check: 0,
+                entry,
+            },
+            &mut image,
+        );
+    }
+    let reader = LogReader::from_bytes(image).unwrap();
+    let err = reader.frames().find_map(Result::err).unwrap();
     assert!(
-        matches!(
-            err.without_path(),
-            LogError::Codec(CodecError::UnsupportedVersion { found: 2, .. })
-        ),
+        matches!(err, LogError::KindNotInVersion { offset: o, kind: 8, name: "net-rx", version: 1 } if o == offset + 8),
         "{err}"
     );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "log corrupt at byte {}: entry kind 8 (net-rx) does not exist in log format version 1, which this log's header states",
+            offset + 8
+        )
+    );
+    assert!(reader.completeness().is_err());
 }
 
 #[test]

@@ -690,6 +690,46 @@ fn sends_must_be_consecutive() {
 }
 
 #[test]
+fn net_frames_stream_and_an_invalid_one_is_refused_at_send() {
+    let (sender, receiver) = pair(cfg());
+    let net = |seq: u64, frame: Vec<u8>| Frame {
+        seq,
+        t_ns: seq,
+        state_check: 0,
+        entry: if seq.is_multiple_of(2) {
+            Entry::NetRx {
+                pos: Position::AtExit { exits: seq },
+                frame,
+            }
+        } else {
+            Entry::NetTx {
+                pos: Position::AtExit { exits: seq },
+                frame,
+            }
+        },
+    };
+    let sent = [net(0, vec![0xff; 60]), net(1, vec![0x11; 1514])];
+    for f in &sent {
+        sender.send(f).unwrap();
+    }
+    let e = sender
+        .send(&net(2, vec![0; logging_channel::MAX_NET_FRAME + 1]))
+        .unwrap_err();
+    assert!(
+        matches!(e, ChannelError::InvalidEntry { seq: 2, ref what, .. }
+            if what == "net-rx frame of 65536 bytes is longer than the maximum of 65535"),
+        "{e:?}"
+    );
+    // A caller bug, not a broken link: the seq is still free.
+    assert!(sender.is_alive());
+    sender.send(&net(2, vec![0x22; 14])).unwrap();
+    assert!(sender.wait_acked(2, WAIT).unwrap());
+    for want in sent.iter().chain([&net(2, vec![0x22; 14])]) {
+        assert_eq!(&receiver.recv(WAIT).unwrap().unwrap(), want);
+    }
+}
+
+#[test]
 fn entry_payload_is_the_log_entry_body() {
     for i in 0..12 {
         let f = frame(i);

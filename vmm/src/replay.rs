@@ -6,6 +6,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use logging_channel::format::{EndReason, Entry, Frame, InputSource, Position, Regs};
+use logging_channel::netframe;
 
 use crate::clock::{HostClock, SystemClock};
 use crate::console::ConsoleStream;
@@ -60,6 +61,17 @@ pub enum ReplayError {
         /// Console bytes this attempt printed: the next attempt skips them (replay is deterministic).
         console_bytes: u64,
     },
+    /// The log holds an entry this build's replay cannot apply (e.g. network frames when no
+    /// network device is attached): not a divergence, the replay never got to compare.
+    #[error("cannot replay entry #{seq} ({entry}): {what}")]
+    Unsupported {
+        /// The entry.
+        seq: u64,
+        /// That entry, described.
+        entry: String,
+        /// Why it cannot be applied.
+        what: String,
+    },
     /// The run failed as a live run can (KVM, vCPU, console).
     #[error(transparent)]
     Run(#[from] RunError),
@@ -83,6 +95,12 @@ pub fn describe(entry: &Entry) -> String {
         Entry::Output { console_bytes, .. } => {
             format!("output up to console byte {console_bytes} at {pos}")
         }
+        Entry::NetRx { frame, .. } | Entry::NetTx { frame, .. } => format!(
+            "{} frame of {} bytes at {pos}: {}",
+            entry.kind().name(),
+            frame.len(),
+            netframe::summary(frame)
+        ),
     }
 }
 
@@ -347,6 +365,16 @@ impl Replayer<'_> {
                     ));
                 }
                 self.released = self.released.max(*released);
+            }
+            // No network device yet: a log with frames cannot be replayed faithfully, so it is
+            // refused at its first frame rather than skipped (a skipped receive is a divergence
+            // later; a skipped transmit would go unchecked).
+            Entry::NetRx { .. } | Entry::NetTx { .. } => {
+                return Err(ReplayError::Unsupported {
+                    seq: frame.seq,
+                    entry: describe(&frame.entry),
+                    what: "this log has network frames; this build's VMM has no network device attached".into(),
+                });
             }
             Entry::Digest {
                 digest: recorded, ..

@@ -2,7 +2,9 @@
 
 use super::CodecError;
 use super::wire::{Cursor, put_bytes, put_regs, put_u8, put_u32, put_u64};
-use crate::format::{Digest, EndReason, Entry, EntryKind, Frame, InputSource, Position};
+use crate::format::{
+    Digest, EndReason, Entry, EntryKind, Frame, InputSource, Position, net_frame_len_problem,
+};
 
 /// kind + seq + t_ns: no entry body is shorter.
 pub(crate) const MIN_ENTRY_BODY: usize = 1 + 8 + 8;
@@ -56,6 +58,9 @@ pub(crate) fn put_entry_body(
             put_u64(out, *console_bytes);
             put_u64(out, *released);
         }
+        // Sizes are not checked here (encoding cannot fail): writers refuse what
+        // `Entry::check` refuses, as every decoder does.
+        Entry::NetRx { frame, .. } | Entry::NetTx { frame, .. } => put_bytes(out, frame),
     }
 }
 
@@ -136,6 +141,14 @@ pub(crate) fn decode_entry_body(body: &[u8], base: u64) -> Result<Frame, CodecEr
             console_bytes: c.u64("output console_bytes")?,
             released: c.u64("output released")?,
         },
+        EntryKind::NetRx => Entry::NetRx {
+            pos,
+            frame: net_frame(&mut c, kind, seq)?,
+        },
+        EntryKind::NetTx => Entry::NetTx {
+            pos,
+            frame: net_frame(&mut c, kind, seq)?,
+        },
         // `from_u8` never yields it; kept an error rather than a panic.
         EntryKind::Invalid => {
             return Err(CodecError::UnknownKind {
@@ -151,6 +164,22 @@ pub(crate) fn decode_entry_body(body: &[u8], base: u64) -> Result<Frame, CodecEr
         state_check,
         entry,
     })
+}
+
+/// A `bytes` field holding a network frame, its length checked before the bytes are read: a
+/// frame outside `MIN_NET_FRAME..=MAX_NET_FRAME` is refused at its length field, naming the entry.
+fn net_frame(c: &mut Cursor<'_>, kind: EntryKind, seq: u64) -> Result<Vec<u8>, CodecError> {
+    let at = c.offset();
+    let what = format!("{} frame", kind.name());
+    let len = c.u32(&what)?;
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if let Some(problem) = net_frame_len_problem(kind, len) {
+        return Err(CodecError::Malformed {
+            offset: at,
+            what: format!("entry #{seq}: {problem}"),
+        });
+    }
+    c.raw(len, &what)
 }
 
 fn position(c: &mut Cursor<'_>) -> Result<Position, CodecError> {

@@ -1,5 +1,16 @@
 use thiserror::Error;
 
+use crate::format::EntryKind;
+
+/// "1", or "1 and 2", or "1 to 3".
+fn versions(oldest: u16, newest: u16) -> String {
+    match newest.saturating_sub(oldest) {
+        0 => format!("{newest}"),
+        1 => format!("{oldest} and {newest}"),
+        _ => format!("{oldest} to {newest}"),
+    }
+}
+
 /// A reason the bytes are not a valid log. Every variant names the absolute
 /// byte offset (in the file or stream) where the problem is.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -11,17 +22,21 @@ pub enum CodecError {
         offset: u64,
     },
 
-    /// The header's `format_version` is not the one this build reads (a newer or older log);
-    /// refused before its envelope is trusted, since another version may frame it differently.
+    /// The header's `format_version` is not one this build reads (a newer or older log), or a
+    /// channel peer's protocol version is not this build's; refused before the envelope is
+    /// trusted, since another version may frame it differently.
     #[error(
-        "unsupported log format version {found} (this build reads {supported}); version field at byte {offset}"
+        "unsupported log format version {found} (this build reads {}); version field at byte {offset}",
+        versions(*oldest, *supported)
     )]
     UnsupportedVersion {
-        /// Where the version field is: always `VERSION_OFFSET`.
+        /// Where the version field is: `VERSION_OFFSET` in a log file.
         offset: u64,
         /// The version the log says it has.
         found: u16,
-        /// `FORMAT_VERSION`.
+        /// The oldest version this build reads (`OLDEST_FORMAT_VERSION` for a log file).
+        oldest: u16,
+        /// The newest version this build reads (`FORMAT_VERSION` for a log file).
         supported: u16,
     },
 
@@ -65,8 +80,13 @@ pub enum CodecError {
     },
 
     /// A CRC-valid entry body whose kind byte is no `EntryKind` (0, or beyond the last kind):
-    /// a writer bug or a newer format.
-    #[error("log corrupt at byte {offset}: unknown entry kind {kind}")]
+    /// a writer bug or a newer format. (A newer log format is normally refused at its version
+    /// field before any entry is read; this is what a stream without one, or a writer that
+    /// forgot to bump the version, meets.)
+    #[error(
+        "log corrupt at byte {offset}: unknown entry kind {kind} (this build knows kinds 1 to {})",
+        EntryKind::ALL.len()
+    )]
     UnknownKind {
         /// Where the kind byte is.
         offset: u64,

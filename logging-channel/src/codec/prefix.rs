@@ -3,7 +3,7 @@
 use super::envelope::{ENVELOPE_LEN, open_frame, put_frame};
 use super::header_body::{decode_header_body, put_header_body};
 use super::{CodecError, HEADER_FRAME_OFFSET, STATE_OFFSET, VERSION_OFFSET};
-use crate::format::{FORMAT_VERSION, Header, LogState, MAGIC};
+use crate::format::{FORMAT_VERSION, Header, LogState, MAGIC, OLDEST_FORMAT_VERSION};
 
 const RESERVED: std::ops::Range<usize> = 9..12;
 
@@ -54,10 +54,11 @@ pub fn decode_prefix(buf: &[u8]) -> Result<Option<(Header, LogState, usize)>, Co
         return Ok(None);
     };
     let version = u16::from_le_bytes([version[0], version[1]]);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(CodecError::UnsupportedVersion {
             offset: VERSION_OFFSET,
             found: version,
+            oldest: OLDEST_FORMAT_VERSION,
             supported: FORMAT_VERSION,
         });
     }

@@ -3,7 +3,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::format::{
     CounterKind, Digest, EndReason, Entry, EntryKind, FORMAT_VERSION, Frame, Header, InputSource,
-    LogState, MAX_FRAME_LEN, Position, PositionSemantics, Regs,
+    LogState, MAX_FRAME_LEN, MAX_NET_FRAME, MIN_NET_FRAME, OLDEST_FORMAT_VERSION, Position,
+    PositionSemantics, Regs,
 };
 use crate::strategies;
 
@@ -100,13 +101,40 @@ fn every_entry() -> Vec<Entry> {
                 reason: EndReason::Stopped,
             },
             Entry::Output {
-                pos,
+                pos: pos.clone(),
                 console_bytes: 4096,
                 released: 1000,
+            },
+            Entry::NetRx {
+                pos: pos.clone(),
+                frame: arp_request(),
+            },
+            Entry::NetRx {
+                pos: pos.clone(),
+                frame: vec![0x5a; MIN_NET_FRAME],
+            },
+            Entry::NetTx {
+                pos: pos.clone(),
+                frame: arp_request(),
+            },
+            Entry::NetTx {
+                pos,
+                frame: vec![0xa5; MAX_NET_FRAME],
             },
         ]);
     }
     out
+}
+
+/// A broadcast ARP request padded to the Ethernet minimum, as a NIC delivers it.
+fn arp_request() -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56, 0x08, 0x06]);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56, 10, 0, 0, 10]);
+    f.extend_from_slice(&[0, 0, 0, 0, 0, 0, 10, 0, 0, 1]);
+    f.resize(60, 0);
+    f
 }
 
 fn encoded(frame: &Frame) -> Vec<u8> {
@@ -309,25 +337,48 @@ fn reserved_bytes_must_be_zero() {
 
 #[test]
 fn other_versions_are_refused_with_a_clear_message() {
-    let mut h = header();
-    h.format_version = 2;
-    let bytes = encode_prefix(&h, LogState::Complete);
-    let err = decode_prefix(&bytes).unwrap_err();
-    assert_eq!(
-        err,
-        CodecError::UnsupportedVersion {
-            offset: VERSION_OFFSET,
-            found: 2,
-            supported: 1
-        }
-    );
-    assert!(
-        err.to_string()
-            .starts_with("unsupported log format version 2 (this build reads 1)"),
-        "{err}"
-    );
-    // Decided before the rest of the header arrives or is trusted.
-    assert_eq!(decode_prefix(&bytes[..22]), Err(err));
+    for (found, message) in [
+        (
+            FORMAT_VERSION + 1,
+            "unsupported log format version 3 (this build reads 1 and 2)",
+        ),
+        (
+            0,
+            "unsupported log format version 0 (this build reads 1 and 2)",
+        ),
+    ] {
+        let mut h = header();
+        h.format_version = found;
+        let bytes = encode_prefix(&h, LogState::Complete);
+        let err = decode_prefix(&bytes).unwrap_err();
+        assert_eq!(
+            err,
+            CodecError::UnsupportedVersion {
+                offset: VERSION_OFFSET,
+                found,
+                oldest: OLDEST_FORMAT_VERSION,
+                supported: FORMAT_VERSION,
+            }
+        );
+        assert!(err.to_string().starts_with(message), "{err}");
+        // Decided before the rest of the header arrives or is trusted.
+        assert_eq!(decode_prefix(&bytes[..22]), Err(err));
+    }
+}
+
+/// Version 2 only added entry kinds, so a version-1 header still reads (the file reader refuses
+/// a version-2 kind in it; see `tests/file_io.rs`).
+#[test]
+fn every_readable_version_decodes() {
+    for version in OLDEST_FORMAT_VERSION..=FORMAT_VERSION {
+        let mut h = header();
+        h.format_version = version;
+        let bytes = encode_prefix(&h, LogState::Complete);
+        assert_eq!(
+            decode_prefix(&bytes),
+            Ok(Some((h, LogState::Complete, bytes.len())))
+        );
+    }
 }
 
 #[test]
@@ -369,7 +420,7 @@ fn crc_mismatch_names_the_frame() {
 
 #[test]
 fn unknown_kind_is_rejected_including_the_reserved_zero() {
-    for kind in [0u8, 8, 255] {
+    for kind in [0u8, 10, 255] {
         let mut body = body_of(&Frame {
             seq: 0,
             t_ns: 0,
@@ -384,6 +435,200 @@ fn unknown_kind_is_rejected_including_the_reserved_zero() {
             decode_frame(&framed(&body), 40),
             Err(CodecError::UnknownKind { offset: 48, kind })
         );
+    }
+}
+
+#[test]
+fn unknown_kind_message_says_which_kinds_this_build_knows() {
+    let err = CodecError::UnknownKind {
+        offset: 48,
+        kind: 10,
+    };
+    assert_eq!(
+        err.to_string(),
+        "log corrupt at byte 48: unknown entry kind 10 (this build knows kinds 1 to 9)"
+    );
+}
+
+fn net_frame_body(entry: Entry) -> Vec<u8> {
+    body_of(&Frame {
+        seq: 17,
+        t_ns: 0,
+        state_check: 0,
+        entry,
+    })
+}
+
+/// Where a net entry's frame length field is, at an `AtExit` position.
+const NET_LEN_AT: usize = 25 + 9;
+
+#[test]
+fn net_frame_layout_is_pinned() {
+    let frame = vec![0x11; 20];
+    let body = net_frame_body(Entry::NetTx {
+        pos: Position::AtExit { exits: 5 },
+        frame: frame.clone(),
+    });
+    let mut expected = vec![9u8]; // kind net-tx
+    for v in [17u64, 0, 0] {
+        expected.extend_from_slice(&v.to_le_bytes());
+    }
+    expected.push(1);
+    expected.extend_from_slice(&5u64.to_le_bytes());
+    assert_eq!(expected.len(), NET_LEN_AT);
+    expected.extend_from_slice(&20u32.to_le_bytes());
+    expected.extend_from_slice(&frame);
+    assert_eq!(body, expected);
+    // net-rx differs in the kind byte only.
+    let rx = net_frame_body(Entry::NetRx {
+        pos: Position::AtExit { exits: 5 },
+        frame,
+    });
+    assert_eq!(rx[0], 8);
+    assert_eq!(rx[1..], body[1..]);
+}
+
+/// A body with the frame length field set to `len` and `len` bytes after it (a valid CRC), so
+/// only the size rule can refuse it.
+fn net_body_with_len(kind: u8, len: usize) -> Vec<u8> {
+    let mut body = net_frame_body(Entry::NetRx {
+        pos: Position::AtExit { exits: 5 },
+        frame: vec![0; MIN_NET_FRAME],
+    });
+    body[0] = kind;
+    body.truncate(NET_LEN_AT);
+    body.extend_from_slice(&u32::try_from(len).unwrap().to_le_bytes());
+    body.resize(NET_LEN_AT + 4 + len, 0x42);
+    body
+}
+
+#[test]
+fn oversized_net_frame_is_refused_naming_the_entry() {
+    for (kind, name) in [(8u8, "net-rx"), (9, "net-tx")] {
+        // The largest allowed decodes ...
+        let body = net_body_with_len(kind, MAX_NET_FRAME);
+        assert!(decode_frame(&framed(&body), 0).unwrap().is_some());
+        // ... one more byte does not, and the error is at the length field.
+        let body = net_body_with_len(kind, MAX_NET_FRAME + 1);
+        let (offset, what) = malformed_offset(&body, 100);
+        assert_eq!(offset, 100 + 8 + NET_LEN_AT as u64);
+        assert_eq!(
+            what,
+            format!("entry #17: {name} frame of 65536 bytes is longer than the maximum of 65535")
+        );
+        let err = decode_frame(&framed(&body), 100).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "log corrupt at byte 142: entry #17: {name} frame of 65536 bytes is longer than the maximum of 65535"
+            )
+        );
+    }
+}
+
+#[test]
+fn runt_net_frame_is_refused_naming_the_entry() {
+    for len in [0, 1, MIN_NET_FRAME - 1] {
+        let body = net_body_with_len(9, len);
+        let (offset, what) = malformed_offset(&body, 0);
+        assert_eq!(offset, 8 + NET_LEN_AT as u64);
+        assert_eq!(
+            what,
+            format!(
+                "entry #17: net-tx frame of {len} bytes is shorter than an Ethernet header (14 bytes)"
+            )
+        );
+    }
+}
+
+/// A length field claiming more than the body holds (within the size rule) is a short body,
+/// and a huge one is refused by the size rule before anything is read or allocated.
+#[test]
+fn net_frame_length_past_the_body_is_refused() {
+    let mut body = net_body_with_len(8, 100);
+    body.truncate(NET_LEN_AT + 4 + 60);
+    let (offset, what) = malformed_offset(&body, 0);
+    assert_eq!(offset, 8 + NET_LEN_AT as u64 + 4);
+    assert!(
+        what.contains("ends inside net-rx frame (needs 100 bytes, 60 left)"),
+        "{what}"
+    );
+
+    let mut body = net_body_with_len(8, 100);
+    body[NET_LEN_AT..NET_LEN_AT + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let (offset, what) = malformed_offset(&body, 0);
+    assert_eq!(offset, 8 + NET_LEN_AT as u64);
+    assert!(what.contains("4294967295 bytes is longer"), "{what}");
+}
+
+#[test]
+fn truncated_and_padded_net_bodies_are_malformed() {
+    let body = net_frame_body(Entry::NetRx {
+        pos: precise(),
+        frame: arp_request(),
+    });
+    // Every cut inside the body (behind a valid CRC) is refused, never a panic or a short frame.
+    for cut in 0..body.len() {
+        assert!(
+            matches!(
+                decode_frame(&framed(&body[..cut]), 0),
+                Err(CodecError::Malformed { .. })
+            ),
+            "cut at {cut}"
+        );
+    }
+    let mut long = body.clone();
+    long.push(0);
+    let (_, what) = malformed_offset(&long, 0);
+    assert!(what.contains("1 trailing bytes"), "{what}");
+}
+
+#[test]
+fn net_entries_check_their_frame_size() {
+    let pos = Position::AtExit { exits: 1 };
+    assert_eq!(
+        Entry::NetRx {
+            pos: pos.clone(),
+            frame: vec![0; MAX_NET_FRAME]
+        }
+        .check(),
+        Ok(())
+    );
+    assert_eq!(
+        Entry::NetTx {
+            pos: pos.clone(),
+            frame: vec![0; MAX_NET_FRAME + 1]
+        }
+        .check(),
+        Err("net-tx frame of 65536 bytes is longer than the maximum of 65535".to_string())
+    );
+    assert_eq!(
+        Entry::NetRx {
+            pos: pos.clone(),
+            frame: vec![0; 13]
+        }
+        .check(),
+        Err("net-rx frame of 13 bytes is shorter than an Ethernet header (14 bytes)".to_string())
+    );
+    assert_eq!(
+        Entry::ConsoleInput {
+            pos,
+            bytes: Vec::new()
+        }
+        .check(),
+        Ok(())
+    );
+}
+
+#[test]
+fn kinds_know_the_version_that_added_them() {
+    for kind in EntryKind::ALL {
+        let expected = match kind {
+            EntryKind::NetRx | EntryKind::NetTx => 2,
+            _ => 1,
+        };
+        assert_eq!(kind.since_version(), expected, "{kind:?}");
+        assert!(kind.since_version() <= FORMAT_VERSION);
     }
 }
 
@@ -561,6 +806,10 @@ fn kind_names_round_trip() {
     assert_eq!(EntryKind::from_name("invalid"), None);
     assert_eq!(EntryKind::from_u8(0), None);
     assert_eq!(EntryKind::ConsoleInput.name(), "console-input");
+    assert_eq!(EntryKind::NetRx.name(), "net-rx");
+    assert_eq!(EntryKind::NetTx.name(), "net-tx");
+    assert_eq!(EntryKind::NetRx as u8, 8);
+    assert_eq!(EntryKind::NetTx as u8, 9);
 }
 
 #[test]
@@ -619,7 +868,7 @@ proptest! {
     }
 
     #[test]
-    fn body_decoder_never_panics(body in proptest::collection::vec(any::<u8>(), 0..256), kind in 0u8..8) {
+    fn body_decoder_never_panics(body in proptest::collection::vec(any::<u8>(), 0..256), kind in 0u8..11) {
         // Behind a valid CRC, so the body parser itself is exercised.
         let mut body = body;
         if let Some(b) = body.first_mut() {

@@ -136,6 +136,11 @@ impl<'a> Cursor<'a> {
         Ok(self.take(len, what)?.to_vec())
     }
 
+    /// `n` bytes without a length field (the caller read and checked it).
+    pub(crate) fn raw(&mut self, n: usize, what: &str) -> Result<Vec<u8>, CodecError> {
+        Ok(self.take(n, what)?.to_vec())
+    }
+
     pub(crate) fn string(&mut self, what: &str) -> Result<String, CodecError> {
         let at = self.offset();
         let bytes = self.bytes(what)?;

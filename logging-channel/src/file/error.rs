@@ -48,6 +48,35 @@ pub enum LogError {
         offset: u64,
     },
 
+    /// `LogWriter::append` was given an entry no reader would accept (`Entry::check`), e.g. a
+    /// network frame longer than `MAX_NET_FRAME`; nothing was written.
+    #[error("cannot write entry #{seq} at byte {offset}: {what}")]
+    InvalidEntry {
+        /// Where the entry would have started.
+        offset: u64,
+        /// The seq it would have had.
+        seq: u64,
+        /// What is wrong with it.
+        what: String,
+    },
+
+    /// A frame's entry kind is newer than the log's format version (e.g. a `net-rx` entry in a
+    /// version-1 log): no writer of that version writes it, so the bytes are damaged or the
+    /// writer is broken.
+    #[error(
+        "log corrupt at byte {offset}: entry kind {kind} ({name}) does not exist in log format version {version}, which this log's header states"
+    )]
+    KindNotInVersion {
+        /// Where the kind byte is.
+        offset: u64,
+        /// The kind byte.
+        kind: u8,
+        /// The kind's name.
+        name: &'static str,
+        /// The log's format version.
+        version: u16,
+    },
+
     /// `LogWriter::finish` was called without an `End` entry; the log stays
     /// Incomplete because only a log that says how the run ended is complete.
     #[error(
@@ -78,6 +107,8 @@ impl LogError {
             Self::TruncatedHeader { offset }
             | Self::SeqGap { offset, .. }
             | Self::AfterEnd { offset }
+            | Self::InvalidEntry { offset, .. }
+            | Self::KindNotInVersion { offset, .. }
             | Self::MissingEnd { offset } => Some(*offset),
             Self::InFile { source, .. } => source.offset(),
         }
@@ -99,6 +130,8 @@ impl LogError {
                 | Self::TruncatedHeader { .. }
                 | Self::SeqGap { .. }
                 | Self::AfterEnd { .. }
+                | Self::InvalidEntry { .. }
+                | Self::KindNotInVersion { .. }
                 | Self::MissingEnd { .. }),
             ) => Self::InFile {
                 path: path.to_path_buf(),

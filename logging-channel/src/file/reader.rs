@@ -231,6 +231,16 @@ impl Frames<'_> {
         if self.after_end {
             return Err(LogError::AfterEnd { offset });
         }
+        let kind = frame.entry.kind();
+        let version = self.reader.header.format_version;
+        if kind.since_version() > version {
+            return Err(LogError::KindNotInVersion {
+                offset: offset + codec::ENVELOPE_LEN as u64,
+                kind: kind as u8,
+                name: kind.name(),
+                version,
+            });
+        }
         if frame.seq != self.next_seq {
             return Err(LogError::SeqGap {
                 offset,

@@ -35,6 +35,7 @@ impl LogWriter {
                 CodecError::UnsupportedVersion {
                     offset: VERSION_OFFSET,
                     found: header.format_version,
+                    oldest: FORMAT_VERSION,
                     supported: FORMAT_VERSION,
                 }
                 .into(),
@@ -76,14 +77,17 @@ impl LogWriter {
     }
 
     /// Appends `entry` with the next sequence number and returns that number.
-    /// Refuses (writing nothing) an entry after `End` and a frame larger than
-    /// `MAX_FRAME_LEN`, since no reader would accept either.
+    /// Refuses (writing nothing) an entry after `End`, an entry `Entry::check` refuses and a
+    /// frame larger than `MAX_FRAME_LEN`, since no reader would accept any of them.
     pub fn append(&mut self, t_ns: u64, state_check: u64, entry: &Entry) -> Result<u64, LogError> {
         let offset = self.bytes_written;
         if self.ended {
             return Err(LogError::AfterEnd { offset }.in_file(Some(&self.path)));
         }
         let seq = self.next_seq;
+        if let Err(what) = entry.check() {
+            return Err(LogError::InvalidEntry { offset, seq, what }.in_file(Some(&self.path)));
+        }
         self.scratch.clear();
         codec::encode_entry(seq, t_ns, state_check, entry, &mut self.scratch);
         let body_len = (self.scratch.len() - ENVELOPE_LEN) as u64;

@@ -98,6 +98,52 @@ pub enum Entry {
         /// Console bytes the primary had released to the world.
         released: u64,
     },
+    /// A network frame the VMM copied into the guest's receive buffer here: a received frame is
+    /// an input from outside, so replay copies these bytes at the same position instead of
+    /// reading a TAP device. Since format version 2.
+    NetRx {
+        /// Where the VMM copied the frame into the guest's memory.
+        pos: Position,
+        /// The Ethernet frame (destination MAC first), without the virtio-net header;
+        /// [`MIN_NET_FRAME`]..=[`MAX_NET_FRAME`] bytes.
+        frame: Vec<u8>,
+    },
+    /// A network frame the guest transmitted, at the exit where it queued it (its `QueueNotify`).
+    /// Transmitted frames are output: the primary releases one to the world only once the backup
+    /// acknowledged an entry at or after this one, and replay checks that the replayed guest
+    /// transmits exactly these bytes here. Since format version 2.
+    NetTx {
+        /// The exit at which the guest queued the frame.
+        pos: Position,
+        /// The Ethernet frame (destination MAC first), without the virtio-net header;
+        /// [`MIN_NET_FRAME`]..=[`MAX_NET_FRAME`] bytes.
+        frame: Vec<u8>,
+    },
+}
+
+/// Shortest frame a `NetRx`/`NetTx` entry may hold: an Ethernet header (destination and source
+/// MAC, ethertype). A NIC never hands over anything shorter, so a shorter one is damage.
+pub const MIN_NET_FRAME: usize = 14;
+
+/// Longest frame a `NetRx`/`NetTx` entry may hold: 64 KiB − 1, the largest frame a virtio-net
+/// device hands over (a GSO packet with its headers stays below it). Bounding it keeps a bit
+/// flip in a length from passing as a frame.
+pub const MAX_NET_FRAME: usize = 65_535;
+
+/// Why a network frame of `len` bytes cannot stand in an entry of `kind`, if it cannot.
+pub(crate) fn net_frame_len_problem(kind: EntryKind, len: usize) -> Option<String> {
+    let kind = kind.name();
+    if len > MAX_NET_FRAME {
+        Some(format!(
+            "{kind} frame of {len} bytes is longer than the maximum of {MAX_NET_FRAME}"
+        ))
+    } else if len < MIN_NET_FRAME {
+        Some(format!(
+            "{kind} frame of {len} bytes is shorter than an Ethernet header ({MIN_NET_FRAME} bytes)"
+        ))
+    } else {
+        None
+    }
 }
 
 impl Entry {
@@ -111,6 +157,8 @@ impl Entry {
             Self::Digest { .. } => EntryKind::Digest,
             Self::End { .. } => EntryKind::End,
             Self::Output { .. } => EntryKind::Output,
+            Self::NetRx { .. } => EntryKind::NetRx,
+            Self::NetTx { .. } => EntryKind::NetTx,
         }
     }
 
@@ -123,7 +171,23 @@ impl Entry {
             | Self::ConsoleInput { pos, .. }
             | Self::Digest { pos, .. }
             | Self::End { pos, .. }
-            | Self::Output { pos, .. } => pos,
+            | Self::Output { pos, .. }
+            | Self::NetRx { pos, .. }
+            | Self::NetTx { pos, .. } => pos,
+        }
+    }
+
+    /// Why this entry cannot be written, for rules beyond what its type expresses (a network
+    /// frame's size); every reader refuses such an entry, so writers check this first.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Self::NetRx { frame, .. } | Self::NetTx { frame, .. } => {
+                match net_frame_len_problem(self.kind(), frame.len()) {
+                    Some(problem) => Err(problem),
+                    None => Ok(()),
+                }
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -149,11 +213,15 @@ pub enum EntryKind {
     End = 6,
     /// `Entry::Output` (logged by a replicating primary only).
     Output = 7,
+    /// `Entry::NetRx` (format version 2 on).
+    NetRx = 8,
+    /// `Entry::NetTx` (format version 2 on).
+    NetTx = 9,
 }
 
 impl EntryKind {
     /// Every kind an entry can have (without `Invalid`).
-    pub const ALL: [EntryKind; 7] = [
+    pub const ALL: [EntryKind; 9] = [
         Self::Input,
         Self::Irq,
         Self::Inject,
@@ -161,6 +229,8 @@ impl EntryKind {
         Self::Digest,
         Self::End,
         Self::Output,
+        Self::NetRx,
+        Self::NetTx,
     ];
 
     /// Stable name for command lines and JSON output.
@@ -174,6 +244,24 @@ impl EntryKind {
             Self::Digest => "digest",
             Self::End => "end",
             Self::Output => "output",
+            Self::NetRx => "net-rx",
+            Self::NetTx => "net-tx",
+        }
+    }
+
+    /// The first log format version that has this kind: a log of an older version that holds
+    /// it is refused, since no writer of that version could have written it.
+    pub fn since_version(&self) -> u16 {
+        match self {
+            Self::NetRx | Self::NetTx => 2,
+            Self::Invalid
+            | Self::Input
+            | Self::Irq
+            | Self::Inject
+            | Self::ConsoleInput
+            | Self::Digest
+            | Self::End
+            | Self::Output => 1,
         }
     }
 

@@ -8,7 +8,8 @@ mod position;
 mod regs;
 
 pub use digest::Digest;
-pub use entry::{EndReason, Entry, EntryKind, Frame, InputSource};
+pub(crate) use entry::net_frame_len_problem;
+pub use entry::{EndReason, Entry, EntryKind, Frame, InputSource, MAX_NET_FRAME, MIN_NET_FRAME};
 pub use header::{CounterKind, Header, LogState, PositionSemantics};
 pub use position::Position;
 pub use regs::Regs;
@@ -17,8 +18,14 @@ pub use regs::Regs;
 /// confused `--log` argument are caught before anything else is parsed.
 pub const MAGIC: [u8; 8] = *b"USTUDYLG";
 
-/// The only header version this build reads and writes.
-pub const FORMAT_VERSION: u16 = 1;
+/// The header version this build writes, and the newest it reads. Version 2 added the
+/// `net-rx` and `net-tx` entry kinds; nothing else changed, so a version-1 log reads the same.
+pub const FORMAT_VERSION: u16 = 2;
+
+/// The oldest header version this build reads. Every version from it to [`FORMAT_VERSION`] is
+/// read exactly (each only added entry kinds); an entry kind newer than the log's version is
+/// refused, since no writer of that version could have written it.
+pub const OLDEST_FORMAT_VERSION: u16 = 1;
 
 /// Upper bound on a frame body. Checked before allocating or hashing, so a
 /// corrupt length field cannot make a reader allocate gigabytes.

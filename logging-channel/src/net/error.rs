@@ -278,6 +278,18 @@ pub enum ChannelError {
         max: u32,
     },
 
+    /// Caller bug: an entry no receiver would accept (`Entry::check`, e.g. a network frame
+    /// longer than `MAX_NET_FRAME`); only this call fails, nothing was sent.
+    #[error("entry seq {seq} for {peer} cannot be sent: {what}")]
+    InvalidEntry {
+        /// The backup.
+        peer: SocketAddr,
+        /// The entry's seq.
+        seq: u64,
+        /// What is wrong with it.
+        what: String,
+    },
+
     /// This side closed the channel (or failed to start its threads); every later call gets this.
     #[error("channel to {peer} was closed locally")]
     Closed {

@@ -10,8 +10,10 @@ use crate::format::{Frame, MAX_FRAME_LEN};
 /// the port) is refused as "not an understudy primary" before anything else.
 pub const CHANNEL_MAGIC: [u8; 8] = *b"USTUDYCH";
 
-/// The only channel protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// The only channel protocol version this build speaks. 4: `Entry` messages may carry the
+/// `net-rx` / `net-tx` entry kinds (log format version 2); an older backup refuses the
+/// `Hello` instead of failing on the first frame it does not know.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 const T_HELLO: u8 = 1;
 const T_WELCOME: u8 = 2;
@@ -277,6 +279,7 @@ fn hello(c: &mut wire::Cursor<'_>) -> Result<Hello, CodecError> {
         return Err(CodecError::UnsupportedVersion {
             offset: version_at,
             found: protocol_version,
+            oldest: PROTOCOL_VERSION,
             supported: PROTOCOL_VERSION,
         });
     }

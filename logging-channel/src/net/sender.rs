@@ -195,6 +195,13 @@ impl LogSender {
     /// fails with `WindowFull` (the entry is not sent; retrying is fine).
     pub fn send(&self, frame: &Frame) -> Result<(), ChannelError> {
         let peer = self.shared.peer;
+        if let Err(what) = frame.entry.check() {
+            return Err(ChannelError::InvalidEntry {
+                peer,
+                seq: frame.seq,
+                what,
+            });
+        }
         let mut bytes = Vec::new();
         let len = encode_entry_message(frame, &mut bytes);
         let bytes = check_len(bytes, len, peer)?;

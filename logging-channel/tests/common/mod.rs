@@ -71,11 +71,28 @@ pub fn entries() -> Vec<Entry> {
                 devices_hash: 6,
             },
         },
+        Entry::NetRx {
+            pos: Position::AtExit { exits: 6 },
+            frame: net_frame(0x0806, 46),
+        },
+        Entry::NetTx {
+            pos: Position::AtExit { exits: 7 },
+            frame: net_frame(0x0800, 60),
+        },
         Entry::End {
             pos: Position::AtExit { exits: 9 },
             reason: EndReason::PowerOff { code: 0 },
         },
     ]
+}
+
+/// An Ethernet frame with this ethertype and `payload` bytes after the header.
+pub fn net_frame(ethertype: u16, payload: usize) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend((0..payload).map(|i| i as u8));
+    f
 }
 
 pub fn frames() -> Vec<Frame> {
