@@ -4,6 +4,7 @@
 mod commands;
 mod events;
 mod guest_choice;
+mod net_choice;
 mod node;
 mod signals;
 

@@ -185,6 +185,7 @@ fn network_frames_are_dumped_decoded_and_counted_per_direction() {
         digest_interval_ms: 0,
         recorded_at_unix_ms: 0,
         host: "test".into(),
+        nic_mac: None,
     };
     let guest = [0x52u8, 0x54, 0, 0x12, 0x34, 0x56];
     let peer = [0x52u8, 0x54, 0, 0, 0, 2];

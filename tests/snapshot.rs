@@ -95,6 +95,7 @@ fn every_saved_state_replays_the_rest(cmdline: &str, every: usize) {
         &SystemClock::new(),
         &mut sink,
         &mut console,
+        None,
         &LiveOptions::default(),
     )
     .expect("live run");

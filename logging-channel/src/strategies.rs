@@ -118,7 +118,7 @@ pub(crate) fn header() -> impl Strategy<Value = Header> {
         ),
         any::<u32>(),
         any::<u64>(),
-        text(),
+        (text(), proptest::option::of(any::<[u8; 6]>())),
     )
         .prop_map(
             |(
@@ -129,7 +129,7 @@ pub(crate) fn header() -> impl Strategy<Value = Header> {
                 (counter, precise_cpl0, precise_cpl3, description),
                 digest_interval_ms,
                 recorded_at_unix_ms,
-                host,
+                (host, nic_mac),
             )| Header {
                 format_version: FORMAT_VERSION,
                 guest_image_sha256,
@@ -145,6 +145,7 @@ pub(crate) fn header() -> impl Strategy<Value = Header> {
                 digest_interval_ms,
                 recorded_at_unix_ms,
                 host,
+                nic_mac,
             },
         )
 }

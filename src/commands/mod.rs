@@ -66,8 +66,11 @@ pub fn host_description() -> String {
 }
 
 pub fn header_summary(h: &Header) -> String {
+    let nic = h.nic_mac.map_or_else(String::new, |mac| {
+        format!(", network card {}", crate::net_choice::format_mac(mac))
+    });
     format!(
-        "guest {} [{}], {} MiB, image sha256 {}",
+        "guest {} [{}], {} MiB{nic}, image sha256 {}",
         h.guest_name,
         h.guest_args.join(" "),
         h.mem_mib,

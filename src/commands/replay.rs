@@ -102,7 +102,7 @@ pub fn run(args: &ReplayArgs) -> CmdResult {
         mem_mib: header.mem_mib,
         image: &guest.image,
         cmdline: guest.cmdline.clone(),
-        nic: None,
+        nic: header.nic_mac,
     })?;
     if machine.counter.kind() != header.position.counter
         && frames.iter().any(|f| f.entry.pos().is_precise())
@@ -151,7 +151,7 @@ pub fn run(args: &ReplayArgs) -> CmdResult {
                     mem_mib: header.mem_mib,
                     image: &guest.image,
                     cmdline: guest.cmdline.clone(),
-                    nic: None,
+                    nic: header.nic_mac,
                 })?;
             }
             other => break other,

@@ -11,8 +11,10 @@ use clap::Args;
 use logging_channel::format::{FORMAT_VERSION, Header};
 use logging_channel::net::{ChannelConfig, Hello, LogSender};
 use vmm::clock::SystemClock;
+use vmm::host_net::HostNet;
 use vmm::live::{LiveOptions, run_live};
 use vmm::machine::{Machine, MachineConfig};
+use vmm::net::tap_net::TapNet;
 use vmm::outcome::Outcome;
 use vmm::precise::PrecisePolicy;
 use vmm::sink::{FileSink, NetSink, NullSink};
@@ -20,6 +22,7 @@ use vmm::stop::StopRequest;
 
 use super::{CmdResult, host_description, position_semantics};
 use crate::guest_choice::GuestArgs;
+use crate::net_choice::NetArgs;
 use crate::signals::ExitSignals;
 
 /// How a `run --stream-to` primary names itself to the backup (no view service involved).
@@ -29,6 +32,8 @@ const STREAM_PRIMARY_NAME: &str = "understudy-run";
 pub struct RunArgs {
     #[command(flatten)]
     pub vm: GuestArgs,
+    #[command(flatten)]
+    pub net: NetArgs,
     /// Record a replay log to this file.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
@@ -66,11 +71,13 @@ pub fn run(args: &RunArgs) -> CmdResult {
         })?;
     }
     let guest = args.vm.resolve()?;
+    let nic_mac = args.net.mac()?;
+    let mut host_net = args.net.open()?.map(TapNet::new);
     let mut machine = Machine::new(&MachineConfig {
         mem_mib: args.vm.mem_mib,
         image: &guest.image,
         cmdline: guest.cmdline.clone(),
-        nic: None,
+        nic: nic_mac,
     })?;
     let policy = if args.no_precise {
         PrecisePolicy::NONE
@@ -102,9 +109,17 @@ pub fn run(args: &RunArgs) -> CmdResult {
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0),
                 host: host_description(),
+                nic_mac,
             };
             let mut sink = FileSink::create(path, &header)?;
-            let result = run_live(&mut machine, &clock, &mut sink, &mut console, &opts);
+            let result = run_live(
+                &mut machine,
+                &clock,
+                &mut sink,
+                &mut console,
+                net_port(&mut host_net),
+                &opts,
+            );
             let info = (sink.entries(), sink.bytes());
             // Only a run that reached its end is marked complete; a failed one stays incomplete
             // but keeps every entry written so far.
@@ -118,7 +133,14 @@ pub fn run(args: &RunArgs) -> CmdResult {
                 let hello = Hello::new(guest.sha256(), 0, STREAM_PRIMARY_NAME, 0);
                 let sender = LogSender::connect(addr.as_str(), hello, ChannelConfig::default())?;
                 let mut sink = NetSink::new(sender);
-                let result = run_live(&mut machine, &clock, &mut sink, &mut console, &opts);
+                let result = run_live(
+                    &mut machine,
+                    &clock,
+                    &mut sink,
+                    &mut console,
+                    net_port(&mut host_net),
+                    &opts,
+                );
                 let lag = sink.lag();
                 if args.stats {
                     eprintln!(
@@ -133,7 +155,14 @@ pub fn run(args: &RunArgs) -> CmdResult {
                 (result, None)
             }
             None => (
-                run_live(&mut machine, &clock, &mut NullSink, &mut console, &opts),
+                run_live(
+                    &mut machine,
+                    &clock,
+                    &mut NullSink,
+                    &mut console,
+                    net_port(&mut host_net),
+                    &opts,
+                ),
                 None,
             ),
         },
@@ -164,4 +193,9 @@ pub fn run(args: &RunArgs) -> CmdResult {
             ExitCode::from(u8::try_from(128 + sig).unwrap_or(u8::MAX))
         }
     })
+}
+
+/// The guest's network as the recorder takes it.
+fn net_port(net: &mut Option<TapNet>) -> Option<&mut (dyn HostNet + 'static)> {
+    net.as_mut().map(|n| n as &mut (dyn HostNet + 'static))
 }

@@ -122,6 +122,7 @@ pub fn serve(
         &start.clock,
         &mut sink,
         &mut console,
+        None,
         &opts,
         start.live,
     );

@@ -10,8 +10,10 @@ use logging_channel::format::{EndReason, Entry, InputSource, Position};
 use crate::clock::HostClock;
 use crate::console::ConsoleStream;
 use crate::devices::DeviceEnv;
+use crate::devices::virtio::net::Received;
 use crate::digest::{self, state_check};
 use crate::exit::{ExitError, Stop};
+use crate::host_net::HostNet;
 use crate::machine::Machine;
 use crate::outcome::{Outcome, RunError, RunStats};
 use crate::precise::PrecisePolicy;
@@ -103,6 +105,8 @@ struct Recorder<'a> {
     /// Console bytes written since the last logged entry.
     uncovered: u64,
     start_halted: bool,
+    /// Where the guest's network card meets the host, if it has one.
+    net: Option<&'a mut (dyn HostNet + 'static)>,
 }
 
 impl Recorder<'_> {
@@ -142,6 +146,7 @@ impl Recorder<'_> {
             self.stats.deferred_stops += 1;
             return Ok(false);
         }
+        self.receive_frames(&pos)?;
         if self.pending_ticks > 0 {
             self.pending_ticks = 0;
             vcpu_core::tick(&mut self.m.bus, TIMER_IRQ);
@@ -161,6 +166,60 @@ impl Recorder<'_> {
         }
         self.log(Entry::Inject { pos, vector })?;
         Ok(true)
+    }
+
+    /// Copies the frames waiting on the host into the guest's receive buffers, here, and logs
+    /// each (the card's interrupt then reaches the PIC like any other line). A frame the guest
+    /// has no buffer for stays first in the host's queue until it has one.
+    fn receive_frames(&mut self, pos: &Position) -> Result<(), RunError> {
+        let Some(net) = self.net.as_deref_mut() else {
+            return Ok(());
+        };
+        let mut taken = Vec::new();
+        while let Some(frame) = net.receive() {
+            match self.m.bus.net_receive(&frame) {
+                Some(Received::Delivered { .. } | Received::BadBuffer { .. }) => taken.push(frame),
+                Some(Received::NoBuffer) => {
+                    net.put_back(frame);
+                    break;
+                }
+                // No driver running: nothing in the guest would have seen it.
+                None => {}
+            }
+        }
+        for frame in taken {
+            self.log(Entry::NetRx {
+                pos: pos.clone(),
+                frame,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Hands the frames the guest transmitted during this exit to the host, each after its
+    /// `NetTx` entry is logged (the primary's host side holds it until that entry is
+    /// acknowledged).
+    fn forward_frames(&mut self, at_exit: &Position) -> Result<(), RunError> {
+        let Some(frames) = self
+            .m
+            .bus
+            .devices
+            .nic
+            .as_mut()
+            .map(|n| n.take_transmitted())
+        else {
+            return Ok(());
+        };
+        for frame in frames {
+            self.log(Entry::NetTx {
+                pos: at_exit.clone(),
+                frame: frame.clone(),
+            })?;
+            if let Some(net) = self.net.as_deref_mut() {
+                net.transmit(frame);
+            }
+        }
+        Ok(())
     }
 
     fn digest(&mut self) -> Result<(), RunError> {
@@ -271,6 +330,7 @@ impl Recorder<'_> {
                 })?;
             }
             self.forward_console(&at_exit)?;
+            self.forward_frames(&at_exit)?;
             if let Stop::Io {
                 port: 0x40..=0x43,
                 write: true,
@@ -365,14 +425,19 @@ impl Recorder<'_> {
             if !self.m.vcpu.ready_for_interrupt() {
                 return Err(RunError::halted(&self.m.vcpu, "interrupts disabled"));
             }
-            if !ticker.is_running() && self.m.bus.devices.pic.pending_vector().is_none() {
+            if !ticker.is_running()
+                && self.m.bus.devices.pic.pending_vector().is_none()
+                && self.net.is_none()
+            {
                 return Err(RunError::halted(
                     &self.m.vcpu,
-                    "no timer programmed and no interrupt pending",
+                    "no timer programmed, no interrupt pending and no network card",
                 ));
             }
             self.pending_ticks += ticker.wait(Duration::from_millis(100));
-            if self.pending_ticks > 0 || self.m.bus.devices.pic.pending_vector().is_some() {
+            let frames = self.net.as_deref().is_some_and(|n| n.pending());
+            if self.pending_ticks > 0 || frames || self.m.bus.devices.pic.pending_vector().is_some()
+            {
                 injected = self.deliver(at_exit.clone())?;
             }
         }
@@ -387,9 +452,10 @@ pub fn run_live<C: HostClock + Clone + 'static>(
     clock: &C,
     sink: &mut dyn LogSink,
     console: &mut dyn Write,
+    net: Option<&mut (dyn HostNet + 'static)>,
     opts: &LiveOptions,
 ) -> Result<(Outcome, RunStats), RunError> {
-    run_live_from(m, clock, sink, console, opts, LiveStart::default())
+    run_live_from(m, clock, sink, console, net, opts, LiveStart::default())
 }
 
 /// [`run_live`] from where `start` says the guest stands. Call it on the thread that is to
@@ -399,6 +465,7 @@ pub fn run_live_from<C: HostClock + Clone + 'static>(
     clock: &C,
     sink: &mut dyn LogSink,
     console: &mut dyn Write,
+    mut net: Option<&mut (dyn HostNet + 'static)>,
     opts: &LiveOptions,
     start: LiveStart,
 ) -> Result<(Outcome, RunStats), RunError> {
@@ -411,6 +478,13 @@ pub fn run_live_from<C: HostClock + Clone + 'static>(
     let _stop_kicks = opts.stop.as_deref().map(|s| s.attach(kicker));
     let mut ticker =
         Ticker::spawn(clock.clone(), kicker, opts.interrupt_bound).map_err(RunError::Thread)?;
+    if let Some(n) = net.as_deref_mut() {
+        let doorbell = ticker.doorbell();
+        n.wake_with(Box::new(move || {
+            doorbell.ring();
+            kicker.kick();
+        }));
+    }
     let mut rec = Recorder {
         m,
         clock,
@@ -423,6 +497,7 @@ pub fn run_live_from<C: HostClock + Clone + 'static>(
         console_stream: start.console,
         uncovered: 0,
         start_halted: start.halted,
+        net,
     };
     let outcome = rec.run(&mut ticker);
     let _ = rec.console.flush();

@@ -2,6 +2,7 @@
 //! at the recorded positions, and every digest is checked. The first mismatch stops replay and
 //! says where and what.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use logging_channel::netframe;
 use crate::clock::{HostClock, SystemClock};
 use crate::console::ConsoleStream;
 use crate::devices::DeviceEnv;
+use crate::devices::virtio::net::Received;
 use crate::digest::{self, format_regs, state_check};
 use crate::exit::Stop;
 use crate::machine::Machine;
@@ -290,6 +292,8 @@ struct Replayer<'a> {
     after_end: AfterEnd,
     /// Whether the log may end because its primary died (a live backup).
     live_source: bool,
+    /// Frames the replayed guest transmitted that no `NetTx` entry has matched yet.
+    transmitted: VecDeque<Vec<u8>>,
 }
 
 impl Replayer<'_> {
@@ -366,16 +370,51 @@ impl Replayer<'_> {
                 }
                 self.released = self.released.max(*released);
             }
-            // No network device yet: a log with frames cannot be replayed faithfully, so it is
-            // refused at its first frame rather than skipped (a skipped receive is a divergence
-            // later; a skipped transmit would go unchecked).
-            Entry::NetRx { .. } | Entry::NetTx { .. } => {
+            // A log with frames for a machine without a card (a hand-made or damaged header)
+            // cannot be replayed faithfully: refused at its first frame, never skipped (a
+            // skipped receive is a divergence later; a skipped transmit would go unchecked).
+            Entry::NetRx { .. } | Entry::NetTx { .. } if self.m.bus.devices.nic.is_none() => {
                 return Err(ReplayError::Unsupported {
                     seq: frame.seq,
                     entry: describe(&frame.entry),
-                    what: "this log has network frames; this build's VMM has no network device attached".into(),
+                    what:
+                        "this log has network frames but its header gives the guest no network card"
+                            .into(),
                 });
             }
+            Entry::NetRx { frame: bytes, .. } => match self.m.bus.net_receive(bytes) {
+                Some(Received::Delivered { .. } | Received::BadBuffer { .. }) => {}
+                Some(Received::NoBuffer) => {
+                    return Err(self.diverged(
+                        frame,
+                        "the recorded guest had a receive buffer for this frame; the replayed guest has none",
+                    ));
+                }
+                None => {
+                    return Err(self.diverged(
+                        frame,
+                        "the recorded guest's network driver took this frame; the replayed guest's is not running",
+                    ));
+                }
+            },
+            Entry::NetTx { frame: bytes, .. } => match self.transmitted.pop_front() {
+                Some(sent) if sent == *bytes => {}
+                Some(sent) => {
+                    return Err(self.diverged(
+                        frame,
+                        format!(
+                            "the replayed guest transmitted another frame here ({})",
+                            netframe::summary(&sent)
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(self.diverged(
+                        frame,
+                        "the recorded guest transmitted this frame here; the replayed guest did not",
+                    ));
+                }
+            },
             Entry::Digest {
                 digest: recorded, ..
             } => {
@@ -427,6 +466,16 @@ impl Replayer<'_> {
                 });
             };
             let next = next.clone();
+            if let Some(sent) = self.transmitted.front() {
+                return Err(self.diverged(
+                    &next,
+                    format!(
+                        "the replayed guest transmitted a frame by exit {} that the recording did not log ({})",
+                        self.core.exits(),
+                        netframe::summary(sent)
+                    ),
+                ));
+            }
             if let Some(code) = self.power_off {
                 return Err(self.diverged(
                     &next,
@@ -541,6 +590,9 @@ impl Replayer<'_> {
                 self.console_stream
                     .forward(&mut self.m.bus, self.console)
                     .map_err(RunError::Console)?;
+                if let Some(nic) = self.m.bus.devices.nic.as_mut() {
+                    self.transmitted.extend(nic.take_transmitted());
+                }
             }
             match stop {
                 Stop::Halt => self.halted = true,
@@ -832,6 +884,7 @@ pub fn replay_from(
             clock: None,
         },
         live_source: from.is_some(),
+        transmitted: VecDeque::new(),
     };
     let result = r.run();
     let _ = r.console.flush();

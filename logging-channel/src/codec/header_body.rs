@@ -20,6 +20,15 @@ pub(crate) fn put_header_body(out: &mut Vec<u8>, h: &Header) {
     put_u32(out, h.digest_interval_ms);
     put_u64(out, h.recorded_at_unix_ms);
     put_str(out, &h.host);
+    if h.format_version >= 2 {
+        match h.nic_mac {
+            Some(mac) => {
+                put_bool(out, true);
+                out.extend_from_slice(&mac);
+            }
+            None => put_bool(out, false),
+        }
+    }
 }
 
 /// Decodes a CRC-verified header body at absolute offset `base`. The caller
@@ -53,6 +62,15 @@ pub(crate) fn decode_header_body(body: &[u8], base: u64) -> Result<Header, Codec
         digest_interval_ms: c.u32("digest_interval_ms")?,
         recorded_at_unix_ms: c.u64("recorded_at_unix_ms")?,
         host: c.string("host")?,
+        nic_mac: None,
+    };
+    let header = if format_version >= 2 && c.bool("has a network card")? {
+        Header {
+            nic_mac: Some(c.array::<6>("network card MAC")?),
+            ..header
+        }
+    } else {
+        header
     };
     c.finish()?;
     Ok(header)

@@ -24,6 +24,7 @@ fn header() -> Header {
         digest_interval_ms: 250,
         recorded_at_unix_ms: 1_700_000_000_000,
         host: "linux 6.8, kvm-pvm".into(),
+        nic_mac: None,
     }
 }
 

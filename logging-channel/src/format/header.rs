@@ -58,6 +58,10 @@ pub struct Header {
     pub recorded_at_unix_ms: u64,
     /// Informative only (e.g. kernel + kvm backend).
     pub host: String,
+    /// The MAC address of the guest's network card, if it had one (version 2 on; `None` in a
+    /// version-1 log). Replay builds the same machine: a card changes the guest's command
+    /// line and its devices.
+    pub nic_mac: Option<[u8; 6]>,
 }
 
 /// The state byte at `codec::STATE_OFFSET`.

@@ -27,6 +27,7 @@ pub fn header() -> Header {
         digest_interval_ms: 100,
         recorded_at_unix_ms: 1_700_000_000_000,
         host: "test host".into(),
+        nic_mac: None,
     }
 }
 
