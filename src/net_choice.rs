@@ -45,10 +45,24 @@ impl NetArgs {
     /// Opens the TAP (`--tap`) with its carrier on, bringing a device understudy created up.
     /// A device the user made and left down gets a warning: frames cannot pass until it is up.
     pub fn open(&self) -> Result<Option<Arc<Tap>>, NetError> {
+        self.open_with(true)
+    }
+
+    /// [`NetArgs::open`] with the carrier off: a node's TAP stays silent (nothing queues on it,
+    /// a bridge floods nothing to it) until the node becomes primary and turns it on.
+    pub fn open_silent(&self) -> Result<Option<Arc<Tap>>, NetError> {
+        self.open_with(false)
+    }
+
+    fn open_with(&self, carrier: bool) -> Result<Option<Arc<Tap>>, NetError> {
         let Some(name) = &self.tap else {
             return Ok(None);
         };
-        let tap = Tap::open(name)?;
+        let tap = if carrier {
+            Tap::open(name)?
+        } else {
+            Tap::open_without_carrier(name)?
+        };
         if tap.created() {
             tap.set_up()?;
         } else if !tap.is_up()? {

@@ -33,6 +33,9 @@ pub struct NodeArgs {
     // refuses a state from a primary whose image hash or memory size differs.
     #[command(flatten)]
     pub vm: GuestArgs,
+    // Every node of one guest must give the same --mac; each its own --tap.
+    #[command(flatten)]
+    pub net: crate::net_choice::NetArgs,
     /// Write the guest's whole console as executed on this node (replayed or live, released
     /// or not) to this file.
     #[arg(long, value_name = "FILE")]
@@ -80,6 +83,8 @@ pub fn run(args: &NodeArgs) -> CmdResult {
         image: guest.image,
         cmdline: guest.cmdline,
         mem_mib: args.vm.mem_mib,
+        nic_mac: args.net.mac()?,
+        tap: args.net.open_silent()?,
         transcript: args.transcript.clone(),
         channel,
         stats: args.stats,

@@ -33,6 +33,11 @@ pub struct NodeCtx {
     pub image_sha256: [u8; 32],
     pub cmdline: String,
     pub mem_mib: u32,
+    /// The guest's network card (`--mac`), if it has one (`--tap`).
+    pub nic_mac: Option<[u8; 6]>,
+    /// The TAP the card is plugged into on this node: silent (carrier off, unread) except
+    /// while this node is primary.
+    pub tap: Option<Arc<vmm::net::tap::Tap>>,
     pub transcript: Option<PathBuf>,
     pub channel: ChannelConfig,
     pub stats: bool,
@@ -155,6 +160,7 @@ fn roles(
                         next_seq: 0,
                         history: Vec::new(),
                         released: 0,
+                        resend_frames: Vec::new(),
                     },
                 )?
             }
@@ -256,7 +262,7 @@ fn build(ctx: &NodeCtx) -> Result<Machine, vmm::machine::MachineError> {
         mem_mib: ctx.mem_mib,
         image: &ctx.image,
         cmdline: ctx.cmdline.clone(),
-        nic: None,
+        nic: ctx.nic_mac,
     })
 }
 
@@ -300,8 +306,43 @@ fn go_live(
         next_seq: s.last_seq.map_or(0, |q| q + 1),
         history: r.history,
         released: from,
+        resend_frames: s.recent_frames.clone(),
     };
+    if let (Some(tap), Some(mac)) = (&ctx.tap, ctx.nic_mac) {
+        // Whatever reached the TAP while it was a backup's is from before this node had the
+        // guest; then tell the network the guest's MAC lives here now.
+        if let Err(e) = tap.drain() {
+            eprintln!("node {}: draining TAP {}: {e}", views.me, tap.name());
+        }
+        if let Err(e) = tap.set_carrier(true) {
+            eprintln!("node {}: TAP {}: {e}", views.me, tap.name());
+        }
+        announce(Arc::clone(tap), mac);
+    }
     // Running the guest now: the next ping acknowledges the view.
     views.set_holding(Holding::Guest { view: view.viewnum });
     primary::serve(ctx, views, r.machine, start)
+}
+
+/// Sends the guest's MAC from this node's TAP a few times (0, 50, 150 ms after going live, as
+/// QEMU's `announce_self` spaces them), on a thread of its own so going live does not wait.
+/// The carrier is on by then: the primary role turns it on before it runs the guest.
+fn announce(tap: Arc<vmm::net::tap::Tap>, mac: [u8; 6]) {
+    let frame = vmm::net::announce::rarp_announce(mac);
+    let spawned = std::thread::Builder::new()
+        .name("announce".into())
+        .spawn(move || {
+            for wait_ms in [0, 50, 100] {
+                std::thread::sleep(Duration::from_millis(wait_ms));
+                if let Err(e) = tap.write_frame(&frame) {
+                    eprintln!(
+                        "node: announcing the guest's MAC on TAP {}: {e}",
+                        tap.name()
+                    );
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("node: no thread to announce the guest's MAC: {e}");
+    }
 }

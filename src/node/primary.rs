@@ -11,8 +11,11 @@ use logging_channel::net::{ChannelConfig, Hello};
 use viewserver::View;
 use viewserver::node::{self, Step};
 use vmm::clock::SystemClock;
+use vmm::host_net::HostNet;
 use vmm::live::{LiveOptions, LiveStart, run_live_from};
 use vmm::machine::Machine;
+use vmm::net::held::HeldNet;
+use vmm::net::tap_net::TapNet;
 use vmm::outcome::{Outcome, RunError};
 use vmm::replication::release::{Gate, HeldConsole, ReleaseQueue};
 use vmm::replication::transfer::transfer;
@@ -52,6 +55,9 @@ pub struct Start {
     pub history: Vec<u8>,
     /// How much of it was released (by this node's predecessor, as far as it is known).
     pub released: u64,
+    /// Frames the guest transmitted that its predecessor may not have released: sent again
+    /// (under the output rule) before anything new. TCP and ARP take a duplicate in their stride.
+    pub resend_frames: Vec<Vec<u8>>,
 }
 
 /// Lag samples in recorded nanoseconds, every 10 ms while streaming: how far the backup's
@@ -95,16 +101,36 @@ pub fn serve(
         start.released,
         Some(gate),
     ));
+    for frame in start.resend_frames {
+        queue.push_frame(frame);
+    }
     let replication = Replication::new(Arc::clone(&queue), MemoryTracker::new(&machine)?);
+    // The TAP speaks only while this node is primary.
+    let tap = ctx.tap.clone();
+    if let Some(t) = &tap
+        && let Err(e) = t.set_carrier(true)
+    {
+        eprintln!("node {}: TAP {}: {e}", views.me, t.name());
+    }
+    let mut net = tap
+        .clone()
+        .map(|t| HeldNet::new(TapNet::new(t), Arc::clone(&queue)));
     let release = {
         let q = Arc::clone(&queue);
+        let frames_to = tap.clone();
         let released_before = start.released;
         std::thread::Builder::new()
             .name("release".into())
             .spawn(move || {
                 let stdout = std::io::stdout();
                 let mut out = stdout.lock();
-                q.run(&mut out);
+                q.run(&mut out, &mut |frame| {
+                    if let Some(t) = &frames_to
+                        && let Err(e) = t.write_frame(frame)
+                    {
+                        tracing::warn!("TAP {}: a released frame could not be sent: {e}", t.name());
+                    }
+                });
                 q.released() - released_before
             })?
     };
@@ -122,7 +148,7 @@ pub fn serve(
         &start.clock,
         &mut sink,
         &mut console,
-        None,
+        net.as_mut().map(|n| n as &mut (dyn HostNet + 'static)),
         &opts,
         start.live,
     );
@@ -153,6 +179,13 @@ pub fn serve(
     if let Ok(written) = release.join() {
         ctx.stdout_written
             .fetch_add(written, std::sync::atomic::Ordering::AcqRel);
+    }
+    // No longer primary: stop reading the TAP and make it silent again.
+    drop(net);
+    if let Some(t) = &tap
+        && let Err(e) = t.set_carrier(false)
+    {
+        eprintln!("node {}: TAP {}: {e}", views.me, t.name());
     }
     let pauses = replication.pauses();
     if ctx.stats && !pauses.is_empty() {

@@ -25,29 +25,3 @@ pub trait HostNet: Send {
     /// From now on, call `wake` when frames arrive.
     fn wake_with(&mut self, wake: Wake);
 }
-
-/// A host network made of queues, for tests: frames to deliver are pushed in by hand, frames
-/// the guest sent pile up in `sent`.
-#[derive(Debug, Default)]
-pub struct QueueNet {
-    /// Frames waiting to be received, first first.
-    pub inbound: std::collections::VecDeque<Vec<u8>>,
-    /// Frames the guest transmitted, in order.
-    pub sent: Vec<Vec<u8>>,
-}
-
-impl HostNet for QueueNet {
-    fn receive(&mut self) -> Option<Vec<u8>> {
-        self.inbound.pop_front()
-    }
-    fn put_back(&mut self, frame: Vec<u8>) {
-        self.inbound.push_front(frame);
-    }
-    fn pending(&self) -> bool {
-        !self.inbound.is_empty()
-    }
-    fn transmit(&mut self, frame: Vec<u8>) {
-        self.sent.push(frame);
-    }
-    fn wake_with(&mut self, _wake: Wake) {}
-}

@@ -196,9 +196,9 @@ impl Recorder<'_> {
         Ok(())
     }
 
-    /// Hands the frames the guest transmitted during this exit to the host, each after its
-    /// `NetTx` entry is logged (the primary's host side holds it until that entry is
-    /// acknowledged).
+    /// Hands the frames the guest transmitted during this exit to the host and logs each as a
+    /// `NetTx` entry. The primary's host side holds a frame until the backup acknowledged the
+    /// first entry logged after it was handed over: its own `NetTx`.
     fn forward_frames(&mut self, at_exit: &Position) -> Result<(), RunError> {
         let Some(frames) = self
             .m
@@ -211,13 +211,13 @@ impl Recorder<'_> {
             return Ok(());
         };
         for frame in frames {
+            if let Some(net) = self.net.as_deref_mut() {
+                net.transmit(frame.clone());
+            }
             self.log(Entry::NetTx {
                 pos: at_exit.clone(),
-                frame: frame.clone(),
+                frame,
             })?;
-            if let Some(net) = self.net.as_deref_mut() {
-                net.transmit(frame);
-            }
         }
         Ok(())
     }

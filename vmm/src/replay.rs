@@ -294,7 +294,13 @@ struct Replayer<'a> {
     live_source: bool,
     /// Frames the replayed guest transmitted that no `NetTx` entry has matched yet.
     transmitted: VecDeque<Vec<u8>>,
+    /// The last frames the replayed guest transmitted (matched), newest last: what a backup
+    /// going live sends again, since it cannot know which of them the old primary released.
+    recent_frames: VecDeque<Vec<u8>>,
 }
+
+/// How many transmitted frames a replay keeps for going live.
+pub const RECENT_FRAMES: usize = 32;
 
 impl Replayer<'_> {
     fn diverged(&self, frame: &Frame, what: impl Into<String>) -> ReplayError {
@@ -398,7 +404,12 @@ impl Replayer<'_> {
                 }
             },
             Entry::NetTx { frame: bytes, .. } => match self.transmitted.pop_front() {
-                Some(sent) if sent == *bytes => {}
+                Some(sent) if sent == *bytes => {
+                    if self.recent_frames.len() == RECENT_FRAMES {
+                        self.recent_frames.pop_front();
+                    }
+                    self.recent_frames.push_back(sent);
+                }
                 Some(sent) => {
                     return Err(self.diverged(
                         frame,
@@ -827,6 +838,10 @@ pub struct Stopped {
     pub released: u64,
     /// A clock continuing the primary's time base.
     pub clock: SystemClock,
+    /// The last frames the guest transmitted, newest last (up to [`RECENT_FRAMES`] that the
+    /// log confirmed, then any it had no entry for yet): the old primary may not have
+    /// released them.
+    pub recent_frames: Vec<Vec<u8>>,
 }
 
 /// Replays `source` on `m`, from the start or (for a backup that received the primary's
@@ -885,6 +900,7 @@ pub fn replay_from(
         },
         live_source: from.is_some(),
         transmitted: VecDeque::new(),
+        recent_frames: VecDeque::new(),
     };
     let result = r.run();
     let _ = r.console.flush();
@@ -907,6 +923,14 @@ pub fn replay_from(
                     .after_end
                     .clock
                     .unwrap_or_else(|| SystemClock::continuing(last)),
+                // Then what the guest transmitted after the last entry that arrived: no
+                // entry covered it, so the old primary cannot have released it.
+                recent_frames: r
+                    .recent_frames
+                    .iter()
+                    .chain(r.transmitted.iter())
+                    .cloned()
+                    .collect(),
             })
         }
         _ => None,

@@ -389,7 +389,18 @@ impl LogSink for ReplicaSink {
         }
         // The last pre-copy round, with the guest stopped: what it wrote since the previous one.
         let tracker = &self.shared.tracker;
-        let dirty = tracker.take_dirty().map_err(SnapshotError::from)?;
+        let mut dirty = tracker.take_dirty().map_err(SnapshotError::from)?;
+        // KVM's dirty log sees only the guest's writes; the network card's (received frames,
+        // used rings) since the last transfer are added here, with the guest stopped.
+        if let Some(nic) = m.bus.devices.nic.as_mut() {
+            dirty.extend(
+                nic.take_dirty()
+                    .into_iter()
+                    .filter_map(|page| u32::try_from(page).ok()),
+            );
+            dirty.sort_unstable();
+            dirty.dedup();
+        }
         let mut records = Vec::new();
         tracker
             .encode(dirty, |r| {

@@ -1,4 +1,5 @@
-//! The output rule: console output leaves the primary only once the backup could reproduce it,
+//! The output rule: console output and network frames leave the primary only once the backup
+//! could reproduce them,
 //! i.e. once it acknowledged a log entry at or after the output (or installed a state that
 //! contains it). With no backup in the view, output flows at once. And nothing leaves while the
 //! release *gate* is shut: the node keeps it open only while the view service's lease says this
@@ -12,10 +13,12 @@ use std::time::{Duration, Instant};
 
 use logging_channel::net::LogSender;
 
-/// A chunk of console output and what must happen before it may leave.
+/// A chunk of console output, or one network frame, and what must happen before it may leave.
 #[derive(Debug)]
 struct Chunk {
     bytes: Vec<u8>,
+    /// A transmitted network frame (leaves on the TAP, whole), not console bytes.
+    frame: bool,
     /// Entries (count, i.e. seq + 1) the backup must hold first; `None` until an entry is
     /// logged after the output.
     needs: Option<u64>,
@@ -50,6 +53,7 @@ pub struct ReleaseQueue {
     state: Mutex<State>,
     changed: Condvar,
     released: AtomicU64,
+    frames_released: AtomicU64,
     delays: Mutex<Vec<u32>>,
     gate: Option<Gate>,
     /// Time chunks spent ready but held at the shut gate.
@@ -85,6 +89,7 @@ impl ReleaseQueue {
             if let Some(rest) = history.get(from..).filter(|r| !r.is_empty()) {
                 g.chunks.push_back(Chunk {
                     bytes: rest.to_vec(),
+                    frame: false,
                     needs: None,
                     produced: Instant::now(),
                 });
@@ -106,9 +111,10 @@ impl ReleaseQueue {
         let mut g = self.lock();
         g.history.extend_from_slice(bytes);
         match g.chunks.back_mut() {
-            Some(c) if c.needs.is_none() => c.bytes.extend_from_slice(bytes),
+            Some(c) if c.needs.is_none() && !c.frame => c.bytes.extend_from_slice(bytes),
             _ => g.chunks.push_back(Chunk {
                 bytes: bytes.to_vec(),
+                frame: false,
                 needs: None,
                 produced: Instant::now(),
             }),
@@ -116,12 +122,31 @@ impl ReleaseQueue {
         self.changed.notify_all();
     }
 
+    /// A network frame the guest just transmitted (not yet covered by any entry): it leaves
+    /// after the console output queued before it, and before what follows.
+    pub fn push_frame(&self, frame: Vec<u8>) {
+        let mut g = self.lock();
+        g.chunks.push_back(Chunk {
+            bytes: frame,
+            frame: true,
+            needs: None,
+            produced: Instant::now(),
+        });
+        self.changed.notify_all();
+    }
+
+    /// Network frames released so far.
+    pub fn frames_released(&self) -> u64 {
+        self.frames_released.load(Ordering::Acquire)
+    }
+
     /// Entry `seq` was logged: output queued so far is covered once the backup holds it.
     pub fn cover(&self, seq: u64) {
         let mut g = self.lock();
-        if let Some(c) = g.chunks.back_mut()
-            && c.needs.is_none()
-        {
+        for c in g.chunks.iter_mut().rev() {
+            if c.needs.is_some() {
+                break;
+            }
             c.needs = Some(seq + 1);
         }
     }
@@ -220,8 +245,9 @@ impl ReleaseQueue {
         true
     }
 
-    /// The release thread's loop: writes each chunk to `out` once it is covered.
-    pub fn run(&self, out: &mut dyn Write) {
+    /// The release thread's loop: writes each chunk once it is covered, console output to
+    /// `out` and frames to `frames`.
+    pub fn run(&self, out: &mut dyn Write, frames: &mut dyn FnMut(&[u8])) {
         let mut write_failed = false;
         loop {
             let (chunk, wait_for, reporter) = {
@@ -276,6 +302,12 @@ impl ReleaseQueue {
                 // What remains is the instant between this check and the write itself.
                 if !self.gate_open() {
                     self.lock().chunks.push_front(c);
+                    continue;
+                }
+                if c.frame {
+                    frames(&c.bytes);
+                    self.frames_released.fetch_add(1, Ordering::AcqRel);
+                    self.changed.notify_all();
                     continue;
                 }
                 // The world's end of stdout is gone (a closed pipe, a full disk): say so once.
@@ -352,7 +384,7 @@ mod tests {
         q.set_free_flow(true);
         q.push(b"held");
         let q2 = Arc::clone(&q);
-        let t = std::thread::spawn(move || q2.run(&mut std::io::sink()));
+        let t = std::thread::spawn(move || q2.run(&mut std::io::sink(), &mut |_| {}));
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(q.released(), 0, "released through a shut gate");
         open.store(true, Ordering::Release);
@@ -374,7 +406,7 @@ mod tests {
         let o2 = Arc::clone(&out);
         let t = std::thread::spawn(move || {
             let mut buf = Vec::new();
-            q2.run(&mut buf);
+            q2.run(&mut buf, &mut |_| {});
             *o2.lock().unwrap() = buf;
         });
         std::thread::sleep(Duration::from_millis(60));
@@ -405,11 +437,60 @@ mod tests {
         q.push(b"one\n");
         q.push(b"two\n");
         let q2 = Arc::clone(&q);
-        let t = std::thread::spawn(move || q2.run(&mut BrokenPipe));
+        let t = std::thread::spawn(move || q2.run(&mut BrokenPipe, &mut |_| {}));
         assert!(q.drain(Duration::from_secs(2)), "the queue keeps moving");
         q.close();
         t.join().unwrap();
         assert_eq!(q.released(), 8);
         assert_eq!(q.history(), b"one\ntwo\n");
+    }
+
+    #[test]
+    fn an_entry_covers_every_frame_and_line_queued_before_it_and_they_leave_in_order() {
+        let q = Arc::new(ReleaseQueue::default());
+        q.push(b"line 1\n");
+        q.push_frame(b"frame A".to_vec());
+        q.cover(0);
+        q.push(b"line 2\n");
+        q.push_frame(b"frame B".to_vec());
+        q.push(b"line 3\n");
+        q.cover(1);
+        q.push_frame(b"frame C".to_vec());
+        let needs: Vec<_> = q.lock().chunks.iter().map(|c| c.needs).collect();
+        assert_eq!(
+            needs,
+            [Some(1), Some(1), Some(2), Some(2), Some(2), None],
+            "each waits for the first entry logged after it"
+        );
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (q2, s2) = (Arc::clone(&q), Arc::clone(&seen));
+        let t = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            q2.run(&mut out, &mut |f| {
+                s2.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(f).into_owned());
+            });
+            out
+        });
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(
+            q.frames_released(),
+            0,
+            "nothing acknowledged, nothing leaves"
+        );
+        q.set_free_flow(true);
+        assert!(q.drain(Duration::from_secs(5)));
+        q.close();
+        let out = t.join().unwrap();
+        assert_eq!(out, b"line 1\nline 2\nline 3\n");
+        assert_eq!(*seen.lock().unwrap(), ["frame A", "frame B", "frame C"]);
+        assert_eq!(q.frames_released(), 3);
+        assert_eq!(q.released(), 21, "console bytes only");
+        assert_eq!(
+            q.history(),
+            b"line 1\nline 2\nline 3\n",
+            "frames are not console"
+        );
     }
 }
