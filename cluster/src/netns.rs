@@ -227,6 +227,29 @@ impl Net {
         Ipv4Addr::new(a, b, c, last_octet)
     }
 
+    /// Gives `host` a TAP device `tap` on the LAN, as a hypervisor host plugs a VM's card into
+    /// its network: a local bridge holds the uplink and the TAP, and the host's address moves
+    /// to the bridge. The TAP is persistent (made with `ip tuntap add`), so a VMM attaches to
+    /// it and a restarted one finds it again. Once a host has a TAP its traffic leaves through
+    /// the bridge: `cut`, `lose` and `isolate`, which filter on `eth0`, do not apply to it.
+    pub fn add_tap(&self, host: &str, tap: &str) -> Result<(), NetError> {
+        let ns = self.namespace(host)?;
+        let cidr = format!("{}/24", self.ip(host)?);
+        for args in [
+            vec!["-n", &ns, "link", "add", BRIDGE, "type", "bridge"],
+            vec!["-n", &ns, "link", "set", BRIDGE, "up"],
+            vec!["-n", &ns, "addr", "del", &cidr, "dev", "eth0"],
+            vec!["-n", &ns, "link", "set", "eth0", "master", BRIDGE],
+            vec!["-n", &ns, "addr", "add", &cidr, "dev", BRIDGE],
+            vec!["-n", &ns, "tuntap", "add", tap, "mode", "tap"],
+            vec!["-n", &ns, "link", "set", tap, "master", BRIDGE],
+            vec!["-n", &ns, "link", "set", tap, "up"],
+        ] {
+            run("ip", &args)?;
+        }
+        Ok(())
+    }
+
     /// The hosts, by name.
     pub fn hosts(&self) -> impl Iterator<Item = &str> {
         self.hosts.keys().map(String::as_str)

@@ -259,6 +259,9 @@ impl Understudy {
         if let Some(m) = spec.mem_mib {
             cmd.args(["--mem-mib", &m.to_string()]);
         }
+        if let Some(t) = &spec.tap {
+            cmd.args(["--tap", t]);
+        }
         for a in &spec.guest_args {
             cmd.args(["--guest-arg", a]);
         }
@@ -501,6 +504,9 @@ pub struct NodeSpec {
     pub ping_ms: u64,
     /// `--mem-mib`, if not the node's default.
     pub mem_mib: Option<u32>,
+    /// `--tap`: the TAP device of the guest's network card, if it has one (with the default
+    /// `--mac`, the same on every node).
+    pub tap: Option<String>,
     /// Remove `UNDERSTUDY_LOG` from its environment, so that its log is the default one
     /// whatever the caller's is set to.
     pub clear_log_filter: bool,
@@ -527,6 +533,7 @@ impl NodeSpec {
             guest_args: Vec::new(),
             ping_ms,
             mem_mib: None,
+            tap: None,
             clear_log_filter: false,
         }
     }

@@ -309,12 +309,21 @@ impl Cluster {
         let net = self.net.clone().expect("a cluster on a network");
         let vs = self.vs_addr.clone();
         let listen = format!("{}:7000", net.ip(host).unwrap());
-        self.spawn_node(place(Some(&net), host), &listen, None, &vs)
+        self.spawn_node(place(Some(&net), host), &listen, None, &vs, None)
     }
 
     /// [`Self::add_node`] with the viewserver reached at `viewserver` (e.g. through a proxy).
     pub fn add_node_via(&mut self, listen: &str, name: Option<&str>, viewserver: &str) -> usize {
-        self.spawn_node(Place::Local, listen, name, viewserver)
+        self.spawn_node(Place::Local, listen, name, viewserver, None)
+    }
+
+    /// [`Self::add_node_on`] with the guest's network card on TAP `tap` of that host (made
+    /// with `Net::add_tap`).
+    pub fn add_node_on_tap(&mut self, host: &str, tap: &str) -> usize {
+        let net = self.net.clone().expect("a cluster on a network");
+        let vs = self.vs_addr.clone();
+        let listen = format!("{}:7000", net.ip(host).unwrap());
+        self.spawn_node(place(Some(&net), host), &listen, None, &vs, Some(tap))
     }
 
     fn spawn_node(
@@ -323,6 +332,7 @@ impl Cluster {
         listen: &str,
         name: Option<&str>,
         viewserver: &str,
+        tap: Option<&str>,
     ) -> usize {
         let i = self.nodes.len();
         let spec = NodeSpec {
@@ -331,6 +341,7 @@ impl Cluster {
             name: name.map(str::to_string),
             guest_args: self.guest_args.clone(),
             mem_mib: self.mem_mib,
+            tap: tap.map(str::to_string),
             clear_log_filter: true,
             ..NodeSpec::new(
                 format!("node{i}"),

@@ -1,0 +1,139 @@
+//! The network service under failover: a replicated `kv` guest on real TAP devices, each node in
+//! its own network namespace (a host), the hosts on one LAN bridge, a client on another host.
+//! Real SIGKILLs of the primary; the client's one TCP connection must carry on with no gap, no
+//! repeat and no reset.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, Failover};
+
+const GUEST_IP: &str = "10.77.0.100";
+const PING_MS: u64 = 100;
+const LONG: Duration = Duration::from_secs(60);
+
+/// What the client saw: every reply, in order, and how the connection ended.
+#[derive(Debug, Default)]
+struct Seen {
+    replies: Vec<i64>,
+    error: Option<String>,
+}
+
+/// Issues `INCR counter` on one connection until told to stop; records every reply.
+fn incr_loop(stop: &AtomicBool, seen: &Mutex<Seen>) {
+    let fail = |why: String| seen.lock().unwrap().error = Some(why);
+    let stream = match TcpStream::connect((GUEST_IP, 6379)) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("connect: {e}")),
+    };
+    // A failover stalls the connection for a while; never that long.
+    let _ = stream.set_read_timeout(Some(LONG));
+    let mut w = match stream.try_clone() {
+        Ok(s) => s,
+        Err(e) => return fail(format!("clone: {e}")),
+    };
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    while !stop.load(Ordering::Acquire) {
+        if let Err(e) = w.write_all(b"*2\r\n$4\r\nINCR\r\n$7\r\ncounter\r\n") {
+            return fail(format!("write: {e}"));
+        }
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) => return fail("the server closed the connection".into()),
+            Ok(_) => {}
+            Err(e) => return fail(format!("read: {e}")),
+        }
+        match line.trim_end().strip_prefix(':').map(str::parse::<i64>) {
+            Some(Ok(n)) => seen.lock().unwrap().replies.push(n),
+            _ => return fail(format!("unexpected reply {line:?}")),
+        }
+    }
+}
+
+#[test]
+fn one_connection_counts_on_across_five_primary_kills() {
+    if !vmm::guest_image::BUILTIN_WORKLOADS.contains(&"kv") {
+        eprintln!("skipped: this build's guest has no kv workload");
+        return;
+    }
+    if let Some(why) = ::cluster::netns::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let hosts = [
+        "vs", "client", "h0", "h1", "h2", "h3", "h4", "h5", "h6", "h7",
+    ];
+    let net = Arc::new(::cluster::netns::Net::new(&hosts).expect("a network"));
+    for h in &hosts[2..] {
+        net.add_tap(h, "us0").expect("a TAP on the host's bridge");
+    }
+    let ip_arg = format!("ip={GUEST_IP}/24");
+    let mut c = Cluster::start_on(Some(Arc::clone(&net)), "kv", &[&ip_arg], PING_MS);
+    let mut next_host = 2;
+    let mut add = |c: &mut Cluster| {
+        let i = c.add_node_on_tap(hosts[next_host], "us0");
+        next_host += 1;
+        i
+    };
+    let a = add(&mut c);
+    let a_addr = c.nodes[a].addr().to_string();
+    c.wait_view(LONG, |v| v.primary == a_addr);
+    add(&mut c);
+    c.wait_ready(LONG);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let client = {
+        let (net, stop, seen) = (Arc::clone(&net), Arc::clone(&stop), Arc::clone(&seen));
+        std::thread::spawn(move || {
+            net.within("client", move || incr_loop(&stop, &seen))
+                .expect("the client's namespace");
+        })
+    };
+    let count = || seen.lock().unwrap().replies.len();
+    let wait_for_more = |than: usize, what: &str| {
+        let deadline = Instant::now() + LONG;
+        while count() < than + 20 {
+            let s = seen.lock().unwrap();
+            assert!(s.error.is_none(), "{what}: {:?}", s.error);
+            drop(s);
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the counter stopped at {}",
+                count()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for_more(0, "before any kill");
+    for round in 0..5 {
+        let view = c.view().expect("a view");
+        let p = c.index_of(&view.primary);
+        let q = c.index_of(&view.backup);
+        let q_events = c.nodes[q].event_count();
+        let before = count();
+        c.nodes[p].sigkill();
+        match c.await_failover(&view, q, q_events, LONG) {
+            Failover::Promoted(v) => assert_eq!(v.primary, c.nodes[q].addr()),
+            Failover::Lost(why) => panic!("round {round}: the guest was lost: {why}"),
+        }
+        add(&mut c);
+        wait_for_more(before, &format!("round {round}"));
+    }
+    stop.store(true, Ordering::Release);
+    client.join().expect("the client thread");
+    let s = seen.lock().unwrap();
+    assert!(s.error.is_none(), "the connection broke: {:?}", s.error);
+    let expected: Vec<i64> = (1..=s.replies.len() as i64).collect();
+    assert_eq!(
+        s.replies, expected,
+        "INCR replies must be 1, 2, 3, ... with no gap and no repeat"
+    );
+}
