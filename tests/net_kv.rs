@@ -243,7 +243,7 @@ fn tool(net: &Net, program: &str, args: &[&str]) -> Option<(ExitStatus, String)>
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
-        eprintln!("skipped: {program} is not installed (Debian package redis-tools)");
+        eprintln!("skipped: {program} is not installed");
         return None;
     }
     let mut child = net
@@ -350,6 +350,9 @@ fn kv_answers_redis_clients_over_a_tap() {
     let dir = tempfile::tempdir().unwrap();
     let mut vmm = Vmm::start(&net, dir.path(), "run", &[]);
     net.within(HOST, talk_to_the_guest).unwrap();
+    if let Some((status, out)) = tool(&net, "ping", &["-c", "2", "-W", "10", "10.0.0.10"]) {
+        assert!(status.success(), "the guest does not answer ping:\n{out}");
+    }
     redis_tools(&net, "2000");
     let (_, err) = shut_down(&net, &mut vmm);
     eprintln!("{}", err.trim());
