@@ -151,6 +151,23 @@ fn errors_read_like_redis() {
 }
 
 #[test]
+fn the_longest_error_reply_fits_the_room_reserved_for_it() {
+    let mut s = store();
+    let long = "a".repeat(100);
+    let req = cmd(&["X".repeat(100).as_str(), &long, &long, &long, &long, &long]);
+    // The smallest output buffer that still takes a command at all.
+    let mut out = [0u8; 320];
+    let o = process(&mut s, &req, &mut out);
+    assert_eq!(o.consumed, req.len());
+    let reply = std::str::from_utf8(&out[..o.written]).unwrap();
+    assert!(reply.starts_with("-ERR unknown command 'XXXX"), "{reply}");
+    assert!(
+        reply.ends_with(" \r\n") && reply.matches("\r\n").count() == 1,
+        "{reply}"
+    );
+}
+
+#[test]
 fn protocol_errors_reply_and_close() {
     let mut s = store();
     for bad in [&b"*x\r\n"[..], b"*1\r\n+PING\r\n", b"*1\r\n$4\r\nPINGxx"] {
@@ -205,7 +222,8 @@ fn partial_requests_wait_for_the_rest_and_pipelines_run_in_order() {
 fn replies_stop_when_the_output_is_full_and_resume() {
     let mut s = store();
     let input: Vec<u8> = (0..20).flat_map(|_| cmd(&["INCR", "c"])).collect();
-    let mut out = [0u8; 200];
+    // Room for a few replies only (each command needs room for its longest possible reply).
+    let mut out = [0u8; 330];
     let o = process(&mut s, &input, &mut out);
     assert!(o.commands > 0 && o.commands < 20, "{o:?}");
     let o2 = process(&mut s, &input[o.consumed..], &mut [0u8; 4096]);

@@ -19,8 +19,9 @@ pub const SLOTS: usize = 4096;
 pub const MAX_KEYS: usize = SLOTS / 4 * 3;
 /// Arguments of one command, the command name included.
 pub const MAX_ARGS: usize = 64;
-/// Room a reply other than a bulk string or an array of them needs at most.
-const SMALL_REPLY: usize = 96;
+/// Room a reply other than a bulk string or an array of them needs at most: the longest is
+/// the unknown-command error, which quotes the name and four arguments, 32 bytes each.
+const SMALL_REPLY: usize = 320;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -476,8 +477,7 @@ fn reply_bound(store: &Store, args: &[&[u8]]) -> usize {
     } else if eq_ci(name, b"PING") {
         args.get(1).map_or(SMALL_REPLY, |m| bulk_len(m.len()))
     } else {
-        // Error replies quote the command name (truncated to fit).
-        SMALL_REPLY + 64
+        SMALL_REPLY
     }
 }
 
