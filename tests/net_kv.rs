@@ -20,7 +20,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use ::cluster::netns::Net;
-use common::{assert_ok, bin, inspect_json, replay, stderr, stdout};
+use common::{assert_ok, bin, inspect_json, replay, stderr, stdout, understudy};
 
 const HOST: &str = "client";
 const TAP: &str = "kvtap0";
@@ -390,4 +390,53 @@ fn a_recorded_kv_run_replays_every_frame() {
         err.contains("replay: OK: reached the recorded end (guest exit code 0)"),
         "{err}"
     );
+}
+
+#[test]
+fn kv_refuses_to_start_without_an_address_or_a_card() {
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "--guest"];
+        all.extend_from_slice(args);
+        understudy(&all)
+    };
+    let o = run(&["kv"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("kv: needs ip=A.B.C.D/N"),
+        "{}",
+        stdout(&o)
+    );
+    for bad in [
+        "ip=10.0.0.300/24",
+        "ip=10.0.0.3/33",
+        "ip=10.0.0.3",
+        "ip=10.0.3/24",
+        "gw=10.0.0",
+    ] {
+        let o = run(&["kv", "--guest-arg", "ip=10.0.0.10/24", "--guest-arg", bad]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stdout(&o));
+        assert!(
+            stdout(&o).contains(&format!("guest: invalid argument '{bad}'")),
+            "{}",
+            stdout(&o)
+        );
+    }
+    let o = run(&["kv", "--guest-arg", "ip=10.0.0.10/24"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("kv: needs a network card"),
+        "{}",
+        stdout(&o)
+    );
+    // The VMM adds virtio_mmio.device= whenever it attaches a card, whatever the workload.
+    let o = run(&[
+        "ticker",
+        "--guest-arg",
+        "ticks=1",
+        "--guest-arg",
+        "virtio_mmio.device=512@0xd0000000:5",
+    ]);
+    assert_ok(&o, "ticker with a virtio_mmio.device argument");
+    let o = run(&["ticker", "--guest-arg", "virtio_mmio.device=512@0xd0000000"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
 }
