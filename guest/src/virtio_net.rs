@@ -149,8 +149,7 @@ static BUFFERS: Global<[Buffers; 2]> = Global::new([[[0; BUF_SIZE]; QUEUE_SIZE];
 
 /// Base of the register window, for the interrupt handler.
 static BASE: AtomicU64 = AtomicU64::new(0);
-/// Interrupts taken, and the configuration-change ones among them (a broken queue): for a
-/// debugger's eyes.
+/// Interrupts taken, and the configuration-change ones among them (a broken queue).
 static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 static CONFIG_CHANGES: AtomicU64 = AtomicU64::new(0);
 
@@ -404,6 +403,11 @@ impl VirtioNet {
         set_avail_flags(self.rx.ring, if on { 0 } else { AVAIL_F_NO_INTERRUPT });
     }
 
+    /// Frames received, frames transmitted, transmit notifications (exits).
+    pub fn counters(&self) -> (u64, u64, u64) {
+        (self.rx_frames, self.tx.frames, self.tx.notifies)
+    }
+
     /// Notifies the card of the frames queued since the last call: one exit.
     pub fn flush(&mut self) {
         self.tx.flush();
@@ -466,6 +470,15 @@ pub fn on_interrupt() {
     if status & 2 != 0 {
         CONFIG_CHANGES.fetch_add(1, Ordering::SeqCst);
     }
+}
+
+/// Interrupts the card raised, and how many of them flagged a configuration change (a queue
+/// the card found broken). Plain memory reads: callable at CPL3.
+pub fn interrupts() -> (u64, u64) {
+    (
+        INTERRUPTS.load(Ordering::SeqCst),
+        CONFIG_CHANGES.load(Ordering::SeqCst),
+    )
 }
 
 pub struct RxToken<'a> {

@@ -304,6 +304,7 @@ fn serve() -> Result<(), &'static str> {
     // Once a client asked for SHUTDOWN: the tick by which the server stops even if
     // connections are still closing.
     let mut stopping: Option<u64> = None;
+    let mut commands: u64 = 0;
 
     loop {
         let t = now(p.hz);
@@ -328,7 +329,7 @@ fn serve() -> Result<(), &'static str> {
         {
             let Some(h) = *h else { continue };
             let s = sockets.get_mut::<tcp::Socket>(h);
-            let (busy, shutdown) = serve_connection(s, input, len, store, out);
+            let (busy, shutdown) = serve_connection(s, input, len, store, out, &mut commands);
             progress |= busy;
             if shutdown && stopping.is_none() {
                 stopping = Some(clock::ticks() + STOP_SECS * p.hz);
@@ -354,6 +355,25 @@ fn serve() -> Result<(), &'static str> {
                     {
                     }
                     nic.flush();
+                    let (rx, tx, notifies) = nic.counters();
+                    let (irqs, config_changes) = virtio_net::interrupts();
+                    let mut line = LineBuf::new();
+                    line.str("kv: commands=")
+                        .dec(commands)
+                        .str(" keys=")
+                        .dec(store.len() as u64)
+                        .str(" frames_in=")
+                        .dec(rx)
+                        .str(" frames_out=")
+                        .dec(tx)
+                        .str(" notifies=")
+                        .dec(notifies)
+                        .str(" nic_interrupts=")
+                        .dec(irqs);
+                    if config_changes > 0 {
+                        line.str(" config_changes=").dec(config_changes);
+                    }
+                    print(&mut line);
                     return Ok(());
                 }
             }
@@ -432,6 +452,7 @@ fn serve_connection(
     len: &mut usize,
     store: &mut Store,
     out: &mut [u8; SOCKET_BUF],
+    commands: &mut u64,
 ) -> (bool, bool) {
     if !s.may_send() {
         return (false, false);
@@ -446,6 +467,7 @@ fn serve_connection(
         let free = s.send_capacity() - s.send_queue();
         let room = &mut out[..free.min(SOCKET_BUF)];
         let o = resp::process(store, &input[..*len], room);
+        *commands += o.commands as u64;
         if o.written > 0 {
             let _ = s.send_slice(&room[..o.written]);
         }
