@@ -24,7 +24,7 @@ pub enum GuestError {
 /// `--guest`, `--guest-arg` and `--mem-mib`: the guest a live run boots (`run`, `node`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct GuestArgs {
-    /// Built-in workload (`ticker`, `compute`, `tcploop`) or the path of a PVH ELF guest image.
+    /// Built-in workload (`ticker`, `compute`, `tcploop`, `kv`) or the path of a PVH ELF guest image.
     #[arg(long)]
     pub guest: String,
     /// Argument passed to the guest on its command line (repeatable), e.g. `ticks=10`, `user`.
@@ -43,7 +43,7 @@ impl GuestArgs {
 
 #[derive(Debug, Clone)]
 pub struct Guest {
-    /// "ticker", "compute", "tcploop", or the image path as given.
+    /// "ticker", "compute", "tcploop", "kv", or the image path as given.
     pub name: String,
     pub image: Vec<u8>,
     pub cmdline: String,

@@ -1,7 +1,9 @@
 //! Kernel command line: whitespace-separated tokens.
 //!
-//! The first workload name wins (`ticker`, `compute`, `exits`, `tcploop`, `triplefault`); the
-//! rest are `key=value` options or the `user` flag. Anything else is an error
+//! The first workload name wins (`ticker`, `compute`, `exits`, `tcploop`, `kv`, `triplefault`);
+//! the rest are `key=value` options or the `user` flag. `virtio_mmio.device=<size>@<addr>:<irq>`
+//! (the form Linux parses) is accepted with every workload: the VMM appends it whenever it
+//! attaches a network card. Anything else is an error
 //! so that typos in tests fail loudly instead of silently using defaults.
 
 use crate::workloads::tcploop;
@@ -12,6 +14,7 @@ pub enum Workload {
     Compute,
     Exits,
     TcpLoop,
+    Kv,
     TripleFault,
 }
 
@@ -22,6 +25,7 @@ impl Workload {
             Workload::Compute => "compute",
             Workload::Exits => "exits",
             Workload::TcpLoop => "tcploop",
+            Workload::Kv => "kv",
             Workload::TripleFault => "triplefault",
         }
     }
@@ -56,6 +60,20 @@ pub struct Config {
     pub n: u64,
     /// exits: the port written.
     pub port: u16,
+    /// The virtio-mmio network card, if the VMM attached one.
+    pub nic: Option<MmioDevice>,
+    /// kv: the interface's address and prefix length.
+    pub ip: Option<([u8; 4], u8)>,
+    /// kv: the default gateway.
+    pub gw: Option<[u8; 4]>,
+}
+
+/// `virtio_mmio.device=<size>@<addr>:<irq>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioDevice {
+    pub size: u64,
+    pub addr: u64,
+    pub irq: u8,
 }
 
 #[derive(Debug)]
@@ -75,6 +93,9 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
     let mut exit = None;
     let mut n = None;
     let mut port = crate::workloads::exits::DEFAULT_PORT;
+    let mut nic = None;
+    let mut ip = None;
+    let mut gw = None;
 
     for tok in cmdline
         .split(|b| b.is_ascii_whitespace())
@@ -85,6 +106,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
             b"compute" => Some(Workload::Compute),
             b"exits" => Some(Workload::Exits),
             b"tcploop" => Some(Workload::TcpLoop),
+            b"kv" => Some(Workload::Kv),
             b"triplefault" => Some(Workload::TripleFault),
             _ => None,
         };
@@ -124,6 +146,25 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
             b"report" => report = Some(num()?),
             b"n" => n = Some(num()?),
             b"port" => port = u16::try_from(num()?).map_err(|_| Error::Invalid(tok))?,
+            b"virtio_mmio.device" => {
+                nic = Some(parse_mmio_device(value).ok_or(Error::Invalid(tok))?)
+            }
+            b"ip" => {
+                let (addr, prefix) = match value.iter().position(|&b| b == b'/') {
+                    Some(slash) => (&value[..slash], &value[slash + 1..]),
+                    None => return Err(Error::Invalid(tok)),
+                };
+                let addr = parse_ipv4(addr).ok_or(Error::Invalid(tok))?;
+                let prefix = match parse_u64(prefix) {
+                    Some(p @ 1..=32) if !prefix.starts_with(b"0x") => p as u8,
+                    _ => return Err(Error::Invalid(tok)),
+                };
+                if addr == [0; 4] || addr[0] >= 224 {
+                    return Err(Error::Invalid(tok));
+                }
+                ip = Some((addr, prefix));
+            }
+            b"gw" => gw = Some(parse_ipv4(value).ok_or(Error::Invalid(tok))?),
             b"exit" => {
                 exit = match u8::try_from(num()?) {
                     Ok(v) => Some(v),
@@ -162,7 +203,45 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
         exit,
         n,
         port,
+        nic,
+        ip,
+        gw,
     })
+}
+
+/// `A.B.C.D`, each part decimal 0..=255.
+pub fn parse_ipv4(s: &[u8]) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = s.split(|&b| b == b'.');
+    for o in out.iter_mut() {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        *o = u8::try_from(parse_u64(part)?).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// `<size>@<addr>:<irq>`: size decimal or hex with an optional K/M suffix, as Linux takes it.
+fn parse_mmio_device(s: &[u8]) -> Option<MmioDevice> {
+    let at = s.iter().position(|&b| b == b'@')?;
+    let colon = s.iter().rposition(|&b| b == b':')?;
+    if colon < at {
+        return None;
+    }
+    let (size, scale) = match s[..at].split_last()? {
+        (b'k' | b'K', rest) => (rest, 1 << 10),
+        (b'm' | b'M', rest) => (rest, 1 << 20),
+        _ => (&s[..at], 1),
+    };
+    let size = parse_u64(size)?.checked_mul(scale)?;
+    let addr = parse_u64(&s[at + 1..colon])?;
+    let irq = u8::try_from(parse_u64(&s[colon + 1..])?).ok()?;
+    if size == 0 || irq > 15 {
+        return None;
+    }
+    Some(MmioDevice { size, addr, irq })
 }
 
 /// Decimal, or hexadecimal with `0x` (port numbers are written in hex).

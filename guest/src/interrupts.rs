@@ -3,7 +3,26 @@
 
 use crate::fmt::LineBuf;
 use crate::idt::{Frame, VECTOR_YIELD};
-use crate::{clock, console, pic, power, sched, syscall};
+use crate::{clock, console, pic, power, sched, syscall, virtio_net};
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+/// Timer ticks and network-card interrupts taken so far. A CPL3 task reads it from memory
+/// before its last look for work and passes it to `SYS_WAIT_IRQ`, which returns as soon as
+/// it differs: no interrupt between the look and the sleep is lost.
+pub static EVENTS: AtomicU64 = AtomicU64::new(0);
+
+/// The PIC line of the network card, if one is driven (0xff: none).
+static NIC_IRQ: AtomicU8 = AtomicU8::new(0xff);
+
+pub fn events() -> u64 {
+    EVENTS.load(Ordering::SeqCst)
+}
+
+/// Routes PIC line `irq` to the network card's handler and unmasks it. CPL0, interrupts off.
+pub fn route_nic(irq: u8) {
+    NIC_IRQ.store(irq, Ordering::SeqCst);
+    pic::unmask(irq);
+}
 
 const EXCEPTION_NAMES: [&str; 32] = [
     "divide error",
@@ -60,13 +79,20 @@ extern "C" fn isr_dispatch(frame: *mut Frame) -> *mut Frame {
         0..=31 => exception(frame),
         IRQ_TIMER => {
             clock::tick();
+            EVENTS.fetch_add(1, Ordering::SeqCst);
             // Acknowledge before possibly switching away: the next task must
             // get its own ticks.
             pic::ack(0);
             sched::on_timer(frame)
         }
         v @ 0x21..=IRQ_LAST => {
-            pic::ack((v - IRQ_BASE) as u8);
+            let irq = (v - IRQ_BASE) as u8;
+            if irq == NIC_IRQ.load(Ordering::SeqCst) {
+                // Acknowledge at the card first (its line falls), then at the PIC.
+                virtio_net::on_interrupt();
+                EVENTS.fetch_add(1, Ordering::SeqCst);
+            }
+            pic::ack(irq);
             frame
         }
         v if v == u64::from(VECTOR_YIELD) => sched::schedule(frame),

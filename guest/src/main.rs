@@ -19,11 +19,13 @@ mod pic;
 mod pit;
 mod port;
 mod power;
+mod resp;
 mod rtc;
 mod sched;
 mod start_info;
 mod sync;
 mod syscall;
+mod virtio_net;
 mod workloads;
 
 use cmdline::{Config, Workload};
@@ -93,6 +95,7 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
         Workload::TcpLoop => {
             workloads::tcploop::run(config.n, config.report, config.hz, config.user)
         }
+        Workload::Kv => workloads::kv::run(&config),
         Workload::TripleFault => idt::triple_fault(),
     }
 }
@@ -131,7 +134,7 @@ fn print_banner(c: &Config) {
                 .str(" mode=")
                 .str(if c.user { "user" } else { "kernel" });
         }
-        Workload::TripleFault => {}
+        Workload::Kv | Workload::TripleFault => {}
     }
     if let Some(code) = c.exit {
         line.str(" exit=").dec(u64::from(code));

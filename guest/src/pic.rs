@@ -1,5 +1,6 @@
-//! 8259A pair. Remapped away from the exception vectors; only the timer
-//! (IRQ0) and the cascade line (IRQ2) are unmasked.
+//! 8259A pair. Remapped away from the exception vectors; the timer (IRQ0) and
+//! the cascade line (IRQ2) are unmasked at init, a network card's line by
+//! [`unmask`].
 
 use crate::port::{inb, outb};
 
@@ -30,6 +31,18 @@ pub fn init() {
         outb(MASTER_DATA, !((1 << 0) | (1 << 2)));
         outb(SLAVE_DATA, 0xff);
     }
+}
+
+/// Lets `irq` (1..=15) through, e.g. the network card's line. CPL0, interrupts off.
+pub fn unmask(irq: u8) {
+    let (port, bit) = if irq < 8 {
+        (MASTER_DATA, irq)
+    } else {
+        (SLAVE_DATA, irq - 8)
+    };
+    // SAFETY: the PICs are ours alone; the caller has interrupts disabled, so the
+    // read-modify-write of the mask cannot interleave with an ISR.
+    unsafe { outb(port, inb(port) & !(1 << bit)) };
 }
 
 /// Acknowledges `irq` (0..=15). Spurious IRQ7/IRQ15 (raised when a request

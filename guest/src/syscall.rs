@@ -11,7 +11,7 @@
 //! VMX/SVM hosts.
 
 use crate::idt::Frame;
-use crate::{clock, console, power, sched};
+use crate::{clock, console, interrupts, power, sched};
 
 pub const SYS_WRITE: u64 = 1;
 pub const SYS_EXIT: u64 = 2;
@@ -23,6 +23,10 @@ pub const SYS_PANIC: u64 = 4;
 /// guest exit, so a spinning task would never see the tick; the kernel halts
 /// instead, which is an exit.
 pub const SYS_WAIT_TICK: u64 = 5;
+/// Returns once `interrupts::EVENTS` (timer ticks + network-card interrupts) differs from
+/// rdi, the value the task read before it last looked for work: it sleeps until the next
+/// interrupt of either kind, halting (an exit) rather than spinning.
+pub const SYS_WAIT_IRQ: u64 = 6;
 
 const ERR: u64 = u64::MAX;
 /// Only the identity-mapped first GiB is valid memory.
@@ -78,6 +82,20 @@ pub fn handle(frame: *mut Frame) -> *mut Frame {
                 // halts with interrupts enabled (the STI shadow keeps the
                 // tick from slipping in before the halt), `cli` restores the
                 // dispatcher's interrupts-off invariant.
+                unsafe { core::arch::asm!("sti", "hlt", "cli", options(nostack)) };
+            }
+            sched::preempt_enable_no_resched();
+            f.rax = 0;
+            if sched::take_need_resched() {
+                return sched::schedule(frame);
+            }
+            frame
+        }
+        SYS_WAIT_IRQ => {
+            let seen = f.rdi;
+            sched::preempt_disable();
+            while interrupts::events() == seen {
+                // SAFETY: as in SYS_WAIT_TICK.
                 unsafe { core::arch::asm!("sti", "hlt", "cli", options(nostack)) };
             }
             sched::preempt_enable_no_resched();
@@ -163,6 +181,19 @@ pub fn wait_tick() {
         core::arch::asm!(
             "ud2",
             inlateout("rax") SYS_WAIT_TICK => _,
+            options(nostack),
+        );
+    }
+}
+
+/// Sleeps until an interrupt arrives after the task read `seen` from `interrupts::EVENTS`.
+pub fn wait_irq(seen: u64) {
+    // SAFETY: no memory is touched; only rax changes.
+    unsafe {
+        core::arch::asm!(
+            "ud2",
+            inlateout("rax") SYS_WAIT_IRQ => _,
+            in("rdi") seen,
             options(nostack),
         );
     }

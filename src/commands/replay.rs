@@ -56,7 +56,7 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "ADDR", conflicts_with = "file", requires = "guest")]
     pub listen: Option<String>,
     /// With a file: use this guest image instead of the one named in the log (its hash must
-    /// match). With --listen: the guest the primary runs (`ticker`, `compute`, `tcploop` or a path).
+    /// match). With --listen: the guest the primary runs (`ticker`, `compute`, `tcploop`, `kv` or a path).
     #[arg(long, value_name = "GUEST")]
     pub guest: Option<String>,
     /// With --listen: guest arguments, as given to the primary.

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 pub static BUILTIN_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/understudy-guest.elf"));
 
 /// Workloads of the built-in guest.
-pub const BUILTIN_WORKLOADS: [&str; 3] = ["ticker", "compute", "tcploop"];
+pub const BUILTIN_WORKLOADS: [&str; 4] = ["ticker", "compute", "tcploop", "kv"];
 
 /// SHA-256 of `image`, as logs and the channel handshake name guest images.
 pub fn sha256(image: &[u8]) -> [u8; 32] {

@@ -1,4 +1,5 @@
 pub mod compute;
 pub mod exits;
+pub mod kv;
 pub mod tcploop;
 pub mod ticker;
