@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ::cluster::Signal;
 use common::cluster::{Cluster, Failover};
 
 const GUEST_IP: &str = "10.77.0.100";
@@ -67,9 +68,7 @@ fn one_connection_counts_on_across_five_primary_kills() {
         eprintln!("skipped: {why}");
         return;
     }
-    let hosts = [
-        "vs", "ctl", "h0", "h1", "h2", "h3", "h4", "h5", "h6", "h7",
-    ];
+    let hosts = ["vs", "ctl", "h0", "h1", "h2", "h3", "h4", "h5", "h6", "h7"];
     let net = Arc::new(::cluster::netns::Net::new(&hosts).expect("a network"));
     for h in &hosts[2..] {
         net.add_tap(h, "us0").expect("a TAP on the host's bridge");
@@ -141,4 +140,91 @@ fn one_connection_counts_on_across_five_primary_kills() {
         s.replies, expected,
         "INCR replies must be 1, 2, 3, ... with no gap and no repeat"
     );
+}
+
+/// Sends one INCR and waits up to `wait` for its reply line.
+fn incr(w: &mut TcpStream, r: &mut BufReader<TcpStream>, wait: Duration) -> Option<String> {
+    w.write_all(b"*2\r\n$4\r\nINCR\r\n$7\r\ncounter\r\n")
+        .expect("write");
+    read_reply(r, wait)
+}
+
+/// The next reply line, if one comes within `wait`.
+fn read_reply(r: &mut BufReader<TcpStream>, wait: Duration) -> Option<String> {
+    r.get_ref().set_read_timeout(Some(wait)).expect("timeout");
+    let mut line = String::new();
+    match r.read_line(&mut line) {
+        Ok(n) if n > 0 => Some(line.trim_end().to_string()),
+        Ok(_) => panic!("the server closed the connection"),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("read: {e}"),
+    }
+}
+
+/// The output rule on the wire: with the backup stopped, a reply (a frame the guest sent) does
+/// not reach the client while the view still names that backup; once the viewserver drops it,
+/// the primary continues alone and the reply arrives, exactly once.
+#[test]
+fn a_stopped_backup_holds_every_reply_until_the_viewserver_drops_it() {
+    if !vmm::guest_image::BUILTIN_WORKLOADS.contains(&"kv") {
+        eprintln!("skipped: this build's guest has no kv workload");
+        return;
+    }
+    if let Some(why) = ::cluster::netns::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let hosts = ["vs", "ctl", "h0", "h1"];
+    let net = Arc::new(::cluster::netns::Net::new(&hosts).expect("a network"));
+    for h in &hosts[2..] {
+        net.add_tap(h, "us0").expect("a TAP on the host's bridge");
+    }
+    let ip_arg = format!("ip={GUEST_IP}/24");
+    let mut c = Cluster::start_on(Some(Arc::clone(&net)), "kv", &[&ip_arg], PING_MS);
+    let a = c.add_node_on_tap("h0", "us0");
+    let a_addr = c.nodes[a].addr().to_string();
+    c.wait_view(LONG, |v| v.primary == a_addr);
+    let b = c.add_node_on_tap("h1", "us0");
+    let b_addr = c.nodes[b].addr().to_string();
+    c.wait_ready(LONG);
+    // A connection made in the client's namespace stays there.
+    let stream = net
+        .within("ctl", || TcpStream::connect((GUEST_IP, 6379)))
+        .expect("the client's namespace")
+        .expect("connect to the guest");
+    let mut w = stream.try_clone().expect("clone");
+    let mut r = BufReader::new(stream);
+    assert_eq!(incr(&mut w, &mut r, LONG).as_deref(), Some(":1"));
+
+    c.nodes[b].signal(Signal::Stop);
+    // Acks already on their way may still land.
+    std::thread::sleep(Duration::from_millis(150));
+    let mut held_while_named = 0;
+    let mut reply = incr(&mut w, &mut r, Duration::from_millis(100));
+    while reply.is_none() {
+        if c.view().expect("a view").backup == b_addr {
+            held_while_named += 1;
+        }
+        assert!(held_while_named < 10_000, "no reply ever came");
+        reply = read_reply(&mut r, Duration::from_millis(100));
+    }
+    assert_ne!(
+        c.view().expect("a view").backup,
+        b_addr,
+        "a reply reached the client while the view still named the stopped backup"
+    );
+    assert!(
+        held_while_named > 0,
+        "the view dropped the backup before anything could be observed"
+    );
+    assert_eq!(reply.as_deref(), Some(":2"), "the held reply, exactly once");
+    assert_eq!(incr(&mut w, &mut r, LONG).as_deref(), Some(":3"));
+    c.nodes[b].signal(Signal::Cont);
 }
