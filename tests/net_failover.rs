@@ -58,24 +58,36 @@ fn incr_loop(stop: &AtomicBool, seen: &Mutex<Seen>) {
     }
 }
 
-#[test]
-fn one_connection_counts_on_across_five_primary_kills() {
+/// A LAN with a viewserver host "vs", a client host "ctl" and `node_hosts`, each with a TAP
+/// `us0` on its bridge, and a cluster for the `kv` guest on it (no nodes yet); `None` (and a
+/// "skipped" line) where that cannot run.
+fn kv_network(node_hosts: &[&str]) -> Option<(Arc<::cluster::Net>, Cluster)> {
     if !vmm::guest_image::BUILTIN_WORKLOADS.contains(&"kv") {
         eprintln!("skipped: this build's guest has no kv workload");
-        return;
+        return None;
     }
     if let Some(why) = ::cluster::netns::unavailable() {
         eprintln!("skipped: {why}");
-        return;
+        return None;
     }
-    let hosts = ["vs", "ctl", "h0", "h1", "h2", "h3", "h4", "h5", "h6", "h7"];
-    let net = Arc::new(::cluster::netns::Net::new(&hosts).expect("a network"));
-    for h in &hosts[2..] {
+    let mut hosts = vec!["vs", "ctl"];
+    hosts.extend_from_slice(node_hosts);
+    let net = Arc::new(::cluster::Net::new(&hosts).expect("a network"));
+    for h in node_hosts {
         net.add_tap(h, "us0").expect("a TAP on the host's bridge");
     }
     let ip_arg = format!("ip={GUEST_IP}/24");
-    let mut c = Cluster::start_on(Some(Arc::clone(&net)), "kv", &[&ip_arg], PING_MS);
-    let mut next_host = 2;
+    let c = Cluster::start_on(Some(Arc::clone(&net)), "kv", &[&ip_arg], PING_MS);
+    Some((net, c))
+}
+
+#[test]
+fn one_connection_counts_on_across_five_primary_kills() {
+    let hosts = ["h0", "h1", "h2", "h3", "h4", "h5", "h6", "h7"];
+    let Some((net, mut c)) = kv_network(&hosts) else {
+        return;
+    };
+    let mut next_host = 0;
     let mut add = |c: &mut Cluster| {
         let i = c.add_node_on_tap(hosts[next_host], "us0");
         next_host += 1;
@@ -173,21 +185,9 @@ fn read_reply(r: &mut BufReader<TcpStream>, wait: Duration) -> Option<String> {
 /// the primary continues alone and the reply arrives, exactly once.
 #[test]
 fn a_stopped_backup_holds_every_reply_until_the_viewserver_drops_it() {
-    if !vmm::guest_image::BUILTIN_WORKLOADS.contains(&"kv") {
-        eprintln!("skipped: this build's guest has no kv workload");
+    let Some((net, mut c)) = kv_network(&["h0", "h1"]) else {
         return;
-    }
-    if let Some(why) = ::cluster::netns::unavailable() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let hosts = ["vs", "ctl", "h0", "h1"];
-    let net = Arc::new(::cluster::netns::Net::new(&hosts).expect("a network"));
-    for h in &hosts[2..] {
-        net.add_tap(h, "us0").expect("a TAP on the host's bridge");
-    }
-    let ip_arg = format!("ip={GUEST_IP}/24");
-    let mut c = Cluster::start_on(Some(Arc::clone(&net)), "kv", &[&ip_arg], PING_MS);
+    };
     let a = c.add_node_on_tap("h0", "us0");
     let a_addr = c.nodes[a].addr().to_string();
     c.wait_view(LONG, |v| v.primary == a_addr);
