@@ -118,7 +118,14 @@ pub fn unavailable() -> Option<String> {
             return Some(format!("{tool} is not installed"));
         }
     }
-    let probe = format!("ustprobe{}", std::process::id());
+    // One name per call: tests in one process probe at the same time, and a name taken by
+    // another probe would read as "cannot create namespaces".
+    static PROBES: AtomicU32 = AtomicU32::new(0);
+    let probe = format!(
+        "ustprobe{}-{}",
+        std::process::id(),
+        PROBES.fetch_add(1, Ordering::Relaxed)
+    );
     if run("ip", &["netns", "add", &probe]).is_err() {
         return Some("cannot create network namespaces (not root?)".to_string());
     }
