@@ -229,3 +229,76 @@ fn a_stopped_backup_holds_every_reply_until_the_viewserver_drops_it() {
     assert_eq!(incr(&mut w, &mut r, LONG).as_deref(), Some(":3"));
     c.nodes[b].signal(Signal::Cont);
 }
+
+/// An unchanged off-the-shelf client through a failover: `redis-benchmark` (50 connections,
+/// pipelining off) exits 0 only if no connection was closed under it; the primary is killed
+/// once its first test has finished, while the rest are still to run.
+#[test]
+fn redis_benchmark_runs_through_a_primary_kill() {
+    let found = std::process::Command::new("sh")
+        .args(["-c", "command -v redis-benchmark"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("skipped: no redis-benchmark (Debian: redis-tools)");
+        return;
+    }
+    let Some((net, mut c)) = kv_network(&["h0", "h1", "h2"]) else {
+        return;
+    };
+    let a = c.add_node_on_tap("h0", "us0");
+    let a_addr = c.nodes[a].addr().to_string();
+    c.wait_view(LONG, |v| v.primary == a_addr);
+    c.add_node_on_tap("h1", "us0");
+    let view = c.wait_ready(LONG).view;
+    let mut bench = net
+        .command("ctl", "redis-benchmark")
+        .expect("the client's namespace")
+        .args([
+            "-h",
+            GUEST_IP,
+            "-t",
+            "ping,set,get,incr",
+            "-n",
+            "50000",
+            "-q",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-benchmark");
+    let mut out = BufReader::new(bench.stdout.take().expect("its stdout"));
+    // With -q it prints one line per test as it finishes (after `\r` progress in between).
+    let mut first = Vec::new();
+    out.read_until(b'\n', &mut first)
+        .expect("redis-benchmark's output");
+    let q = c.index_of(&view.backup);
+    let q_events = c.nodes[q].event_count();
+    let p = c.index_of(&view.primary);
+    c.nodes[p].sigkill();
+    match c.await_failover(&view, q, q_events, LONG) {
+        Failover::Promoted(v) => assert_eq!(v.primary, c.nodes[q].addr()),
+        Failover::Lost(why) => panic!("the guest was lost: {why}"),
+    }
+    c.add_node_on_tap("h2", "us0");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("redis-benchmark's output");
+    let status = bench.wait().expect("redis-benchmark's end");
+    let mut err = String::new();
+    if let Some(mut e) = bench.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    let all = format!("{}{rest}", String::from_utf8_lossy(&first));
+    eprintln!("redis-benchmark through a failover:\n{all}");
+    assert!(
+        status.success(),
+        "redis-benchmark failed ({status}):\n{all}\n{err}"
+    );
+    for test in ["SET", "GET", "INCR"] {
+        assert!(
+            all.lines()
+                .any(|l| l.contains(&format!("{test}:")) && l.contains("requests per second")),
+            "no result for {test} after the kill:\n{all}"
+        );
+    }
+}
