@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The network service side by side: redis-benchmark against the kv guest running alone
+# (`understudy run --tap`) and replicated (a primary and a backup `understudy node --tap`, the
+# output rule holding every reply until the backup acknowledged the log up to it), alternating,
+# REPS times each, in one run so both saw the same machine.
+#
+#   bench/net.sh            # REPS=3, N=20000 requests per test, 50 clients
+#
+# Topology (all made here, removed at the end, also on Ctrl-C): a "server" network namespace
+# holding a bridge with two TAPs (one per node; only the primary's carries frames) and a veth to
+# a "client" namespace (10.0.0.1) where redis-benchmark runs; the guest is 10.0.0.10. The
+# viewserver and both nodes run in the server namespace on loopback: one host, so the backup's
+# acknowledgements cost a loopback round trip, not a wire's. Needs root, iproute2 and
+# redis-tools. Prints a markdown table on stdout; progress on stderr.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=${REPS:-3}
+N=${N:-20000}
+TESTS=ping,set,get,incr
+command -v redis-benchmark >/dev/null || { echo "bench/net.sh: needs redis-benchmark (Debian: redis-tools)" >&2; exit 2; }
+cargo build --release -q
+BIN=$PWD/target/release/understudy
+NS=usbench$$
+CL=usbcl$$
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    ip netns del "$NS" 2>/dev/null || true
+    ip netns del "$CL" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+ip netns add "$NS"
+ip netns add "$CL"
+ip -n "$NS" link set lo up
+ip -n "$NS" link add br0 type bridge
+ip -n "$NS" link set br0 up
+ip link add vcl netns "$CL" type veth peer name vsrv netns "$NS"
+ip -n "$NS" link set vsrv master br0
+ip -n "$NS" link set vsrv up
+ip -n "$CL" addr add 10.0.0.1/24 dev vcl
+ip -n "$CL" link set vcl up
+for t in tap0 tap1 tap2; do
+    ip -n "$NS" tuntap add "$t" mode tap
+    ip -n "$NS" link set "$t" master br0
+    ip -n "$NS" link set "$t" up
+done
+
+in_client() { ip netns exec "$CL" "$@"; }
+# For `&`: the background job becomes the process itself (ip netns exec execs it), so its PID
+# is the one to kill.
+bg_server() { exec ip netns exec "$NS" "$@"; }
+
+wait_for() { # what, command...: up to 60 s
+    local what=$1; shift
+    for _ in $(seq 600); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "bench/net.sh: gave up waiting for $what; the processes said:" >&2
+    tail -n 5 "$WORK"/*.err >&2 || true
+    exit 1
+}
+answers() { in_client redis-cli -h 10.0.0.10 PING | grep -q PONG; }
+
+# One redis-benchmark run: "TEST rps p50" lines.
+bench() {
+    in_client redis-benchmark -h 10.0.0.10 -t "$TESTS" -n "$N" -q 2>/dev/null | tr '\r' '\n' |
+        sed -n 's/^\([A-Z_]*\): \([0-9.]*\) requests per second, p50=\([0-9.]*\) msec.*/\1 \2 \3/p'
+}
+
+stop_all() {
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    PIDS=()
+}
+
+alone() {
+    bg_server "$BIN" run --guest kv --guest-arg ip=10.0.0.10/24 --tap tap2 >/dev/null 2>"$WORK/run.err" &
+    PIDS+=($!)
+    wait_for "the guest alone to answer" answers
+    bench
+    stop_all
+}
+
+replicated() {
+    local vs=127.0.0.1:7300
+    rm -rf "$WORK/vs.data" "$WORK"/*.events
+    bg_server "$BIN" viewserver --listen "$vs" --data-dir "$WORK/vs.data" >/dev/null 2>"$WORK/vs.err" &
+    PIDS+=($!)
+    sleep 0.3
+    bg_server "$BIN" node --viewserver "$vs" --listen 127.0.0.1:7301 --guest kv \
+        --guest-arg ip=10.0.0.10/24 --tap tap0 --events "$WORK/a.events" >/dev/null 2>"$WORK/a.err" &
+    PIDS+=($!)
+    wait_for "the primary to answer" answers
+    bg_server "$BIN" node --viewserver "$vs" --listen 127.0.0.1:7302 --guest kv \
+        --guest-arg ip=10.0.0.10/24 --tap tap1 --events "$WORK/b.events" >/dev/null 2>"$WORK/b.err" &
+    PIDS+=($!)
+    wait_for "the backup to hold the state" grep -q '"event":"state_installed"' "$WORK/b.events"
+    bench
+    stop_all
+}
+
+for rep in $(seq "$REPS"); do
+    echo "bench/net.sh: repetition $rep of $REPS: alone" >&2
+    alone >"$WORK/one"
+    sed "s/^/alone /" "$WORK/one" >>"$WORK/results"
+    echo "bench/net.sh: repetition $rep of $REPS: replicated" >&2
+    replicated >"$WORK/one"
+    sed "s/^/replicated /" "$WORK/one" >>"$WORK/results"
+done
+
+python3 - "$WORK/results" "$REPS" "$N" <<'EOF'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+reps, n = sys.argv[2], sys.argv[3]
+tests = []
+for mode, test, rps, p50 in rows:
+    if test not in tests:
+        tests.append(test)
+def med(mode, test, col):
+    vals = [float(r[col]) for r in rows if r[0] == mode and r[1] == test]
+    return statistics.median(vals) if vals else float("nan")
+print(f"redis-benchmark -t ping,set,get,incr -n {n} -q (50 clients), medians of {reps} alternating runs")
+print()
+print("| test | alone req/s | replicated req/s | replicated / alone | alone p50 ms | replicated p50 ms |")
+print("|------|------------:|-----------------:|-------------------:|-------------:|------------------:|")
+for t in tests:
+    a, r = med("alone", t, 2), med("replicated", t, 2)
+    print(f"| {t} | {a:,.0f} | {r:,.0f} | {r / a:.2f} | {med('alone', t, 3):.3f} | {med('replicated', t, 3):.3f} |")
+EOF
