@@ -26,13 +26,9 @@ struct Seen {
     error: Option<String>,
 }
 
-/// Issues `INCR counter` on one connection until told to stop; records every reply.
-fn incr_loop(stop: &AtomicBool, seen: &Mutex<Seen>) {
+/// Issues `INCR counter` on `stream` until told to stop; records every reply.
+fn incr_loop(stream: TcpStream, stop: &AtomicBool, seen: &Mutex<Seen>) {
     let fail = |why: String| seen.lock().unwrap().error = Some(why);
-    let stream = match TcpStream::connect((GUEST_IP, 6379)) {
-        Ok(s) => s,
-        Err(e) => return fail(format!("connect: {e}")),
-    };
     // A failover stalls the connection for a while; never that long.
     let _ = stream.set_read_timeout(Some(LONG));
     let mut w = match stream.try_clone() {
@@ -101,12 +97,15 @@ fn one_connection_counts_on_across_five_primary_kills() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Seen::default()));
+    // Made in the client's namespace, the connection stays there; the client thread holds no
+    // reference to the network, so a failing test still removes it as it unwinds.
+    let stream = net
+        .within("ctl", || TcpStream::connect((GUEST_IP, 6379)))
+        .expect("the client's namespace")
+        .expect("connect to the guest");
     let client = {
-        let (net, stop, seen) = (Arc::clone(&net), Arc::clone(&stop), Arc::clone(&seen));
-        std::thread::spawn(move || {
-            net.within("ctl", move || incr_loop(&stop, &seen))
-                .expect("the client's namespace");
-        })
+        let (stop, seen) = (Arc::clone(&stop), Arc::clone(&seen));
+        std::thread::spawn(move || incr_loop(stream, &stop, &seen))
     };
     let count = || seen.lock().unwrap().replies.len();
     let wait_for_more = |than: usize, what: &str| {

@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
@@ -44,6 +46,11 @@ pub struct DemoArgs {
     /// Print every line the nodes log, not just role changes.
     #[arg(long)]
     pub verbose: bool,
+    /// The network service instead: three `kv` nodes on TAP devices in network namespaces it
+    /// builds (root), a client holding one TCP connection that counts with INCR through the
+    /// kill. Everything it made is removed at the end, also after Ctrl-C.
+    #[arg(long)]
+    pub net: bool,
 }
 
 /// What the demo itself did and found, in `WORKDIR/demo.events` (docs/events.md).
@@ -70,14 +77,22 @@ fn events_named(events: &EventsFile, name: &str) -> Result<Vec<serde_json::Value
 }
 
 /// The children's lines, shown as they arrive (the ones worth a person's attention, or all).
-struct Console {
+pub(super) struct Console {
     rx: Receiver<Line>,
     verbose: bool,
     started: Instant,
 }
 
 impl Console {
-    fn stamp(&self, at: Instant) -> String {
+    pub(super) fn new(rx: Receiver<Line>, verbose: bool) -> Self {
+        Self {
+            rx,
+            verbose,
+            started: Instant::now(),
+        }
+    }
+
+    pub(super) fn stamp(&self, at: Instant) -> String {
         format!("{:7.3}s", at.duration_since(self.started).as_secs_f64())
     }
 
@@ -121,12 +136,12 @@ impl Console {
     }
 
     /// Shows lines for `d`.
-    fn pause(&mut self, d: Duration) {
+    pub(super) fn pause(&mut self, d: Duration) {
         self.wait_for(d, |_| false);
     }
 
     /// Shows the lines that arrived so far (while a child was being started).
-    fn catch_up(&mut self) {
+    pub(super) fn catch_up(&mut self) {
         while let Ok(e) = self.rx.try_recv() {
             self.show(&e);
         }
@@ -264,17 +279,25 @@ pub fn run(args: &DemoArgs) -> CmdResult {
     let mut demo = Demo {
         understudy: Understudy::new(exe).with_lines(tx),
         dir: dir.clone(),
-        console: Console {
-            rx,
-            verbose: args.verbose,
-            started: Instant::now(),
-        },
+        console: Console::new(rx, args.verbose),
         viewserver: None,
         vs_addr: String::new(),
         nodes: Vec::new(),
     };
     crate::events::open(&dir.join("demo.events"), "demo")?;
-    let result = scenario(&mut demo, args, &guest_args);
+    let result = if args.net {
+        // Ctrl-C must not leave namespaces and processes behind: the signal only asks the
+        // scenario to stop, and everything it made is dropped (killed, removed) on the way out.
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        crate::signals::ExitSignals::block()?.watch(move |_| {
+            println!("demo: stopping (Ctrl-C): removing what it made");
+            s.store(true, Ordering::Release);
+        })?;
+        super::demo_net::run(args, &dir, &stop)
+    } else {
+        scenario(&mut demo, args, &guest_args)
+    };
     demo.stop_all();
     let ok = match result {
         Ok(checks) => {

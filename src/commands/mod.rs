@@ -1,4 +1,5 @@
 pub mod demo;
+pub mod demo_net;
 pub mod export_guest;
 pub mod log;
 pub mod node;
