@@ -440,3 +440,64 @@ fn kv_refuses_to_start_without_an_address_or_a_card() {
     let o = run(&["ticker", "--guest-arg", "virtio_mmio.device=512@0xd0000000"]);
     assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
 }
+
+/// Clients that misbehave, from inside the namespace: garbage RESP, a request past the size
+/// limit, 100 connections at once (more than the guest's sockets), one that pipelines without
+/// ever reading. Each gets an error or is dropped; a well-behaved client is answered throughout.
+fn misbehave_at_the_guest() {
+    let mut good = Conn::open();
+    assert_eq!(good.call(&["PING"]), "+PONG\r\n");
+    // A bulk length that is not a number: an error reply, or the connection closed.
+    let mut g = Conn::open();
+    g.w.write_all(b"*1\r\n$abc\r\nPING\r\n").unwrap();
+    let mut line = String::new();
+    let n = g.r.read_line(&mut line).unwrap_or(0);
+    assert!(n == 0 || line.starts_with("-ERR"), "garbage got {line:?}");
+    // A value past the limit: an error reply, or the connection closed; never stored.
+    let mut big = Conn::open();
+    let huge = "x".repeat(64 * 1024);
+    big.w
+        .write_all(&encode(&["SET", "big", &huge]))
+        .unwrap_or(());
+    let mut line = String::new();
+    let n = big.r.read_line(&mut line).unwrap_or(0);
+    assert!(
+        n == 0 || line.starts_with("-ERR"),
+        "an oversized SET got {line:?}"
+    );
+    assert_eq!(good.call(&["EXISTS", "big"]), ":0\r\n");
+    // 100 connections at once: some are refused (the guest has 64 sockets), none hurts `good`.
+    let many: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect_timeout(&guest_addr(), Duration::from_secs(2)).ok())
+        .collect();
+    assert_eq!(good.call(&["PING"]), "+PONG\r\n");
+    drop(many);
+    // A client that pipelines and never reads: its replies back up in its own connection only.
+    let lazy = TcpStream::connect_timeout(&guest_addr(), Duration::from_secs(10)).unwrap();
+    lazy.set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let batch: Vec<u8> = (0..1000).flat_map(|_| encode(&["INCR", "lazy"])).collect();
+    let mut w = &lazy;
+    let mut batches = 0;
+    while w.write_all(&batch).is_ok() {
+        assert_eq!(good.call(&["PING"]), "+PONG\r\n");
+        batches += 1;
+        assert!(
+            batches < 1000,
+            "the guest took 32 MB of requests whose replies nobody read"
+        );
+    }
+    assert_eq!(good.call(&["PING"]), "+PONG\r\n");
+    drop(lazy);
+    // And a new client still gets in and is answered.
+    assert_eq!(Conn::open().call(&["PING"]), "+PONG\r\n");
+}
+
+#[test]
+fn misbehaving_clients_never_stop_the_guest_serving_others() {
+    let Some(net) = network() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut vmm = Vmm::start(&net, dir.path(), "run", &[]);
+    net.within(HOST, misbehave_at_the_guest).unwrap();
+    shut_down(&net, &mut vmm);
+}
