@@ -13,46 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ::cluster::Signal;
+use ::cluster::counter::{Counted, count_on};
 use common::cluster::{Cluster, Failover};
 
 const GUEST_IP: &str = "10.77.0.100";
 const PING_MS: u64 = 100;
 const LONG: Duration = Duration::from_secs(60);
-
-/// What the client saw: every reply, in order, and how the connection ended.
-#[derive(Debug, Default)]
-struct Seen {
-    replies: Vec<i64>,
-    error: Option<String>,
-}
-
-/// Issues `INCR counter` on `stream` until told to stop; records every reply.
-fn incr_loop(stream: TcpStream, stop: &AtomicBool, seen: &Mutex<Seen>) {
-    let fail = |why: String| seen.lock().unwrap().error = Some(why);
-    // A failover stalls the connection for a while; never that long.
-    let _ = stream.set_read_timeout(Some(LONG));
-    let mut w = match stream.try_clone() {
-        Ok(s) => s,
-        Err(e) => return fail(format!("clone: {e}")),
-    };
-    let mut r = BufReader::new(stream);
-    let mut line = String::new();
-    while !stop.load(Ordering::Acquire) {
-        if let Err(e) = w.write_all(b"*2\r\n$4\r\nINCR\r\n$7\r\ncounter\r\n") {
-            return fail(format!("write: {e}"));
-        }
-        line.clear();
-        match r.read_line(&mut line) {
-            Ok(0) => return fail("the server closed the connection".into()),
-            Ok(_) => {}
-            Err(e) => return fail(format!("read: {e}")),
-        }
-        match line.trim_end().strip_prefix(':').map(str::parse::<i64>) {
-            Some(Ok(n)) => seen.lock().unwrap().replies.push(n),
-            _ => return fail(format!("unexpected reply {line:?}")),
-        }
-    }
-}
 
 /// A LAN with a viewserver host "vs", a client host "ctl" and `node_hosts`, each with a TAP
 /// `us0` on its bridge, and a cluster for the `kv` guest on it (no nodes yet); `None` (and a
@@ -96,7 +62,7 @@ fn one_connection_counts_on_across_five_primary_kills() {
     c.wait_ready(LONG);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    let seen = Arc::new(Mutex::new(Counted::default()));
     // Made in the client's namespace, the connection stays there; the client thread holds no
     // reference to the network, so a failing test still removes it as it unwinds.
     let stream = net
@@ -105,14 +71,14 @@ fn one_connection_counts_on_across_five_primary_kills() {
         .expect("connect to the guest");
     let client = {
         let (stop, seen) = (Arc::clone(&stop), Arc::clone(&seen));
-        std::thread::spawn(move || incr_loop(stream, &stop, &seen))
+        std::thread::spawn(move || count_on(stream, &stop, &seen, Duration::ZERO, LONG))
     };
     let count = || seen.lock().unwrap().replies.len();
     let wait_for_more = |than: usize, what: &str| {
         let deadline = Instant::now() + LONG;
         while count() < than + 100 {
             let s = seen.lock().unwrap();
-            assert!(s.error.is_none(), "{what}: {:?}", s.error);
+            assert!(s.broke.is_none(), "{what}: {:?}", s.broke);
             drop(s);
             assert!(
                 Instant::now() < deadline,
@@ -146,11 +112,11 @@ fn one_connection_counts_on_across_five_primary_kills() {
     stop.store(true, Ordering::Release);
     client.join().expect("the client thread");
     let s = seen.lock().unwrap();
-    assert!(s.error.is_none(), "the connection broke: {:?}", s.error);
-    let expected: Vec<i64> = (1..=s.replies.len() as i64).collect();
-    assert_eq!(
-        s.replies, expected,
-        "INCR replies must be 1, 2, 3, ... with no gap and no repeat"
+    assert!(s.broke.is_none(), "the connection broke: {:?}", s.broke);
+    assert!(
+        s.counts_from_one(),
+        "INCR replies must be 1, 2, 3, ... with no gap and no repeat: {:?}",
+        s.values()
     );
 }
 

@@ -12,6 +12,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod capture;
+pub mod counter;
 pub mod events;
 pub mod netns;
 pub mod process;

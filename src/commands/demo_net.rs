@@ -4,13 +4,13 @@
 //! INCR, kills the primary with SIGKILL, and checks the same connection carried on with no gap
 //! and no repeat. Everything it made is removed at the end, also after Ctrl-C.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cluster::counter::{Counted, count_on};
 use cluster::spawn::Place;
 use cluster::{Net, NodeSpec, Signal, Store, Understudy, ViewserverSpec, wait};
 
@@ -20,44 +20,6 @@ use crate::events::emit;
 /// The guest's address on the demo's LAN (the hosts are 10.77.0.1 and up).
 const GUEST_IP: &str = "10.77.0.100";
 const TAP: &str = "us0";
-
-/// What the client saw.
-#[derive(Debug, Default)]
-struct Seen {
-    /// Every reply, with when it arrived.
-    replies: Vec<(i64, Instant)>,
-    /// How the connection ended, if it did before the demo stopped it.
-    broke: Option<String>,
-}
-
-/// INCR on `stream` until `stop`; every reply recorded.
-fn client(stream: TcpStream, stop: &AtomicBool, seen: &Mutex<Seen>) {
-    let lock = || seen.lock().unwrap_or_else(|p| p.into_inner());
-    let fail = |why: String| lock().broke = Some(why);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut w) = stream.try_clone() else {
-        return fail("cannot clone the connection".into());
-    };
-    let mut r = BufReader::new(stream);
-    let mut line = String::new();
-    while !stop.load(Ordering::Acquire) {
-        if let Err(e) = w.write_all(b"*2\r\n$4\r\nINCR\r\n$7\r\ncounter\r\n") {
-            return fail(format!("write: {e}"));
-        }
-        line.clear();
-        match r.read_line(&mut line) {
-            Ok(0) => return fail("the server closed the connection".into()),
-            Ok(_) => {}
-            Err(e) => return fail(format!("read: {e}")),
-        }
-        match line.trim_end().strip_prefix(':').map(str::parse::<i64>) {
-            Some(Ok(n)) => lock().replies.push((n, Instant::now())),
-            _ => return fail(format!("unexpected reply {:?}", line.trim_end())),
-        }
-        // A person watches: a few hundred requests a second are plenty.
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// The scenario; its files go to `dir`. `stop` turns true on Ctrl-C.
 pub fn run(
@@ -148,7 +110,7 @@ pub fn run(
     println!(
         "== a client on host client holds one connection to {GUEST_IP}:6379 and sends INCR counter =="
     );
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    let seen = Arc::new(Mutex::new(Counted::default()));
     let client_stop = Arc::new(AtomicBool::new(false));
     // Made in the client host's namespace, the connection stays there; the client thread
     // holds no reference to the network, so whatever ends the demo removes it.
@@ -158,7 +120,16 @@ pub fn run(
         .map_err(|e| format!("cannot connect to {GUEST_IP}:6379: {e}"))?;
     let client_thread = {
         let (s, c) = (Arc::clone(&seen), Arc::clone(&client_stop));
-        std::thread::spawn(move || client(stream, &c, &s))
+        // A person watches: a few hundred requests a second are plenty.
+        std::thread::spawn(move || {
+            count_on(
+                stream,
+                &c,
+                &s,
+                Duration::from_millis(5),
+                Duration::from_secs(30),
+            )
+        })
     };
     // Whatever way the demo ends from here, the client stops.
     struct StopOnDrop(Arc<AtomicBool>);
@@ -232,8 +203,8 @@ pub fn run(
     drop(vs);
 
     let s = lock();
-    let values: Vec<i64> = s.replies.iter().map(|(n, _)| *n).collect();
-    let in_order = values.iter().zip(1..).all(|(v, want)| *v == want);
+    let values = s.values();
+    let in_order = s.counts_from_one();
     let after = s.replies.len().saturating_sub(before);
     let mut checks = vec![
         (
