@@ -48,8 +48,9 @@ pub struct DemoArgs {
     pub verbose: bool,
     /// The network service instead: three `kv` nodes on TAP devices in network namespaces it
     /// builds (root), a client holding one TCP connection that counts with INCR through the
-    /// kill. Everything it made is removed at the end, also after Ctrl-C.
-    #[arg(long)]
+    /// kill. Everything it made is removed at the end, also after Ctrl-C. Its guest is always
+    /// `kv`.
+    #[arg(long, conflicts_with_all = ["guest", "guest_args"])]
     pub net: bool,
 }
 
