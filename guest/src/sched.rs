@@ -222,8 +222,18 @@ pub fn yield_now() {
     };
 }
 
+/// Runs the spawned workers to their end: the boot task yields to them, and is scheduled again
+/// only when none is runnable; it halts until then in case a tick brings it back early.
+pub fn wait_all_done() {
+    yield_now();
+    while !all_done() {
+        // SAFETY: wait for the next interrupt with interrupts enabled.
+        unsafe { core::arch::asm!("sti", "hlt", options(nostack)) };
+    }
+}
+
 /// True once every spawned worker has finished.
-pub fn all_done() -> bool {
+fn all_done() -> bool {
     crate::sync::without_interrupts(|| {
         // SAFETY: interrupts disabled: exclusive access.
         let s = unsafe { &*SCHED.get() };

@@ -75,41 +75,37 @@ pub fn handle(frame: *mut Frame) -> *mut Frame {
         }
         SYS_WAIT_TICK => {
             let start = clock::ticks();
-            sched::preempt_disable();
-            while clock::ticks() == start {
-                // SAFETY: as in SYS_WRITE, a nested timer interrupt only
-                // counts the tick and records any switch request; `sti; hlt`
-                // halts with interrupts enabled (the STI shadow keeps the
-                // tick from slipping in before the halt), `cli` restores the
-                // dispatcher's interrupts-off invariant.
-                unsafe { core::arch::asm!("sti", "hlt", "cli", options(nostack)) };
-            }
-            sched::preempt_enable_no_resched();
             f.rax = 0;
-            if sched::take_need_resched() {
-                return sched::schedule(frame);
-            }
-            frame
+            halt_while(frame, || clock::ticks() == start)
         }
         SYS_WAIT_IRQ => {
             let seen = f.rdi;
-            sched::preempt_disable();
-            while interrupts::events() == seen {
-                // SAFETY: as in SYS_WAIT_TICK.
-                unsafe { core::arch::asm!("sti", "hlt", "cli", options(nostack)) };
-            }
-            sched::preempt_enable_no_resched();
             f.rax = 0;
-            if sched::take_need_resched() {
-                return sched::schedule(frame);
-            }
-            frame
+            halt_while(frame, || interrupts::events() == seen)
         }
         _ => {
             f.rax = ERR;
             frame
         }
     }
+}
+
+/// Halts the calling task in the kernel while `waiting` holds (a system call that sleeps),
+/// then returns to it, or to another task if a switch was requested meanwhile.
+fn halt_while(frame: *mut Frame, waiting: impl Fn() -> bool) -> *mut Frame {
+    sched::preempt_disable();
+    while waiting() {
+        // SAFETY: as in SYS_WRITE, a nested timer interrupt only counts the tick and records
+        // any switch request; `sti; hlt` halts with interrupts enabled (the STI shadow keeps
+        // the interrupt from slipping in before the halt), `cli` restores the dispatcher's
+        // interrupts-off invariant.
+        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nostack)) };
+    }
+    sched::preempt_enable_no_resched();
+    if sched::take_need_resched() {
+        return sched::schedule(frame);
+    }
+    frame
 }
 
 /// A task's buffer, if it lies inside the identity-mapped first GiB and is

@@ -38,13 +38,7 @@ pub fn run(tasks: usize, iters: u64, report: u64, user: bool) -> ! {
             sched::spawn(slot, entry, (slot - 1) as u64, user);
         }
     });
-    sched::yield_now();
-    // Scheduled again only when no worker is runnable; halt until then in
-    // case a tick brings us here early.
-    while !sched::all_done() {
-        // SAFETY: wait for the next interrupt with interrupts enabled.
-        unsafe { core::arch::asm!("sti", "hlt", options(nostack)) };
-    }
+    sched::wait_all_done();
     let mut line = LineBuf::new();
     line.str("compute: done checksum=")
         // SAFETY: all workers are done; nothing else writes SHARED.

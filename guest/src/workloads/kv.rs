@@ -190,11 +190,7 @@ pub fn run(c: &Config) -> ! {
     console::print(&mut line);
 
     crate::sync::without_interrupts(|| sched::spawn(1, server_task, 0, true));
-    sched::yield_now();
-    while !sched::all_done() {
-        // SAFETY: wait for the next interrupt with interrupts enabled.
-        unsafe { core::arch::asm!("sti", "hlt", options(nostack)) };
-    }
+    sched::wait_all_done();
     // SAFETY: the worker is done; nothing else writes FAILED.
     let failed = unsafe { core::ptr::read_volatile(FAILED.get()) };
     power::exit(if failed {

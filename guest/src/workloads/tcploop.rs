@@ -94,11 +94,7 @@ pub fn run(n: u64, report: u64, hz: u32, user: bool) -> ! {
     };
     let entry: extern "C" fn(u64) -> ! = if user { user_task } else { kernel_task };
     crate::sync::without_interrupts(|| sched::spawn(1, entry, 0, user));
-    sched::yield_now();
-    while !sched::all_done() {
-        // SAFETY: wait for the next interrupt with interrupts enabled.
-        unsafe { core::arch::asm!("sti", "hlt", options(nostack)) };
-    }
+    sched::wait_all_done();
     // SAFETY: the worker is done; nothing else writes FAILED.
     let failed = unsafe { core::ptr::read_volatile(FAILED.get()) };
     power::exit(if failed {
