@@ -43,26 +43,7 @@ fn record_and_replay_tcploop(mode_args: &[&str], n: u64) {
     );
     assert_eq!(out.lines().last(), Some("tcploop: done"), "{out}");
 
-    let rep = replay(&log);
-    assert_ok(&rep, &format!("replay of tcploop {args:?}"));
-    assert_eq!(
-        stdout(&rep),
-        out,
-        "the replay of tcploop {args:?} printed something else"
-    );
-    let err = stderr(&rep);
-    assert!(
-        err.contains("replay: OK: reached the recorded end"),
-        "{err}"
-    );
-    let info = inspect_json(&log);
-    assert_eq!(info["complete"], true);
-    let digests = info["digests"].as_u64().expect("digests");
-    assert!(digests >= 1, "the recording has no digest");
-    assert!(
-        err.contains(&format!("{digests} digests verified")),
-        "{err}"
-    );
+    assert_replays(&log, &out, &format!("tcploop {args:?}"));
 }
 
 #[test]

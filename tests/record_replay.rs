@@ -22,25 +22,10 @@ fn record_and_replay_many(guest: &str, args: &[&str]) -> (usize, Vec<(u64, u64)>
         let log = dir.path().join(format!("{guest}-{i}.ulog"));
         let rec = record(&log, guest, args);
         assert_ok(&rec, &format!("recording {i} of {guest} {args:?}"));
-        let rep = replay(&log);
-        assert_ok(&rep, &format!("replay {i} of {guest} {args:?}"));
-        assert_eq!(
-            stdout(&rep),
-            stdout(&rec),
-            "replay {i} of {guest} {args:?} printed something else"
-        );
-        let err = stderr(&rep);
-        assert!(
-            err.contains("replay: OK: reached the recorded end"),
-            "{err}"
-        );
-        let info = inspect_json(&log);
-        assert_eq!(info["complete"], true);
-        let digests = info["digests"].as_u64().expect("digests");
-        assert!(digests >= 1, "recording {i} has no digest");
-        assert!(
-            err.contains(&format!("{digests} digests verified")),
-            "{err}"
+        let info = assert_replays(
+            &log,
+            &stdout(&rec),
+            &format!("recording {i} of {guest} {args:?}"),
         );
         precise.push((
             info["interrupts"]["precise"]

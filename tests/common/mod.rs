@@ -59,6 +59,33 @@ pub fn inspect_json(log: &Path) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).expect("inspect --json prints JSON")
 }
 
+/// Replays `log` and checks it reproduced the recording: it reached the recorded end, printed
+/// exactly `recorded_stdout`, and verified every digest in the (complete) log. Returns the
+/// log's `inspect --json`.
+pub fn assert_replays(log: &Path, recorded_stdout: &str, what: &str) -> serde_json::Value {
+    let rep = replay(log);
+    assert_ok(&rep, &format!("replay of {what}"));
+    assert_eq!(
+        stdout(&rep),
+        recorded_stdout,
+        "the replay of {what} printed something else"
+    );
+    let err = stderr(&rep);
+    assert!(
+        err.contains("replay: OK: reached the recorded end"),
+        "{err}"
+    );
+    let info = inspect_json(log);
+    assert_eq!(info["complete"], true);
+    let digests = info["digests"].as_u64().expect("digests");
+    assert!(digests >= 1, "the recording of {what} has no digest");
+    assert!(
+        err.contains(&format!("{digests} digests verified")),
+        "{err}"
+    );
+    info
+}
+
 /// The built-in guest image, exported from the binary into `dir`.
 pub fn guest_elf(dir: &Path) -> PathBuf {
     let path = dir.join("guest.elf");
