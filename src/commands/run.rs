@@ -17,7 +17,7 @@ use vmm::machine::{Machine, MachineConfig};
 use vmm::net::tap_net::TapNet;
 use vmm::outcome::Outcome;
 use vmm::precise::PrecisePolicy;
-use vmm::sink::{FileSink, NetSink, NullSink};
+use vmm::sink::{FileSink, LogSink, NetSink, NullSink};
 use vmm::stop::StopRequest;
 
 use super::{CmdResult, host_description, position_semantics};
@@ -94,6 +94,12 @@ pub fn run(args: &RunArgs) -> CmdResult {
     let clock = SystemClock::new();
     let stdout = std::io::stdout();
     let mut console = std::io::LineWriter::new(stdout.lock());
+    let position = position_semantics(machine.counter.kind(), policy);
+    // The same run whatever the sink: only what is done with the sink afterwards differs.
+    let mut live = |sink: &mut dyn LogSink| {
+        let net = host_net.as_mut().map(|n| n as &mut (dyn HostNet + 'static));
+        run_live(&mut machine, &clock, sink, &mut console, net, &opts)
+    };
     let (result, log_info) = match &args.record {
         Some(path) => {
             let header = Header {
@@ -102,7 +108,7 @@ pub fn run(args: &RunArgs) -> CmdResult {
                 guest_name: guest.name.clone(),
                 guest_args: args.vm.guest_args.clone(),
                 mem_mib: args.vm.mem_mib,
-                position: position_semantics(machine.counter.kind(), policy),
+                position,
                 digest_interval_ms: args.digest_interval_ms as u32,
                 recorded_at_unix_ms: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -112,14 +118,7 @@ pub fn run(args: &RunArgs) -> CmdResult {
                 nic_mac,
             };
             let mut sink = FileSink::create(path, &header)?;
-            let result = run_live(
-                &mut machine,
-                &clock,
-                &mut sink,
-                &mut console,
-                net_port(&mut host_net),
-                &opts,
-            );
+            let result = live(&mut sink);
             let info = (sink.entries(), sink.bytes());
             // Only a run that reached its end is marked complete; a failed one stays incomplete
             // but keeps every entry written so far.
@@ -133,14 +132,7 @@ pub fn run(args: &RunArgs) -> CmdResult {
                 let hello = Hello::new(guest.sha256(), 0, STREAM_PRIMARY_NAME, 0);
                 let sender = LogSender::connect(addr.as_str(), hello, ChannelConfig::default())?;
                 let mut sink = NetSink::new(sender);
-                let result = run_live(
-                    &mut machine,
-                    &clock,
-                    &mut sink,
-                    &mut console,
-                    net_port(&mut host_net),
-                    &opts,
-                );
+                let result = live(&mut sink);
                 let lag = sink.lag();
                 if args.stats {
                     eprintln!(
@@ -154,17 +146,7 @@ pub fn run(args: &RunArgs) -> CmdResult {
                 }
                 (result, None)
             }
-            None => (
-                run_live(
-                    &mut machine,
-                    &clock,
-                    &mut NullSink,
-                    &mut console,
-                    net_port(&mut host_net),
-                    &opts,
-                ),
-                None,
-            ),
+            None => (live(&mut NullSink), None),
         },
     };
     console.flush()?;
@@ -193,9 +175,4 @@ pub fn run(args: &RunArgs) -> CmdResult {
             ExitCode::from(u8::try_from(128 + sig).unwrap_or(u8::MAX))
         }
     })
-}
-
-/// The guest's network as the recorder takes it.
-fn net_port(net: &mut Option<TapNet>) -> Option<&mut (dyn HostNet + 'static)> {
-    net.as_mut().map(|n| n as &mut (dyn HostNet + 'static))
 }
