@@ -101,7 +101,8 @@ pub enum NodeEvent<'a> {
     /// A primary's totals when its role ends: time the guest was held back for the backup's
     /// replay, time covered output waited for a lease, each state transfer's pause; the
     /// backup's lag (sampled every 10 ms while streaming: replayed, and received) and each
-    /// output chunk's delay from write to release (null: no samples).
+    /// output chunk's delay from write to release, and each network frame's from transmit to
+    /// the TAP (null: no samples).
     PrimarySummary {
         throttled_ms: f64,
         lease_wait_ms: f64,
@@ -109,6 +110,7 @@ pub enum NodeEvent<'a> {
         replay_lag: Option<Spread>,
         receive_lag: Option<Spread>,
         release_delay: Option<Spread>,
+        frame_release_delay: Option<Spread>,
     },
 }
 
@@ -226,6 +228,7 @@ mod tests {
                 replay_lag: None,
                 receive_lag: None,
                 release_delay: None,
+                frame_release_delay: None,
             },
         ];
         // Exhaustive on purpose: a new variant fails to compile here until it is listed above.

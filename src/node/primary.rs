@@ -203,13 +203,9 @@ pub fn serve(
         spread_ms(ns_to_ms(l.replay)),
         spread_ms(ns_to_ms(l.receive)),
     );
-    let release_delay = spread_ms(
-        queue
-            .delays_us()
-            .into_iter()
-            .map(|us| f64::from(us) / 1e3)
-            .collect(),
-    );
+    let us_to_ms = |us: Vec<u32>| us.into_iter().map(|us| f64::from(us) / 1e3).collect();
+    let release_delay = spread_ms(us_to_ms(queue.delays_us()));
+    let frame_release_delay = spread_ms(us_to_ms(queue.frame_delays_us()));
     if ctx.stats {
         for (what, lag) in [("replay", &replay_lag), ("receive", &receive_lag)] {
             if let Some(spread) = lag {
@@ -232,6 +228,12 @@ pub fn serve(
         if let Some(spread) = &release_delay {
             eprintln!("node {}: output release delay {spread} chunks", views.me);
         }
+        if let Some(spread) = &frame_release_delay {
+            eprintln!(
+                "node {}: frame release delay (transmit to TAP) {spread} frames",
+                views.me
+            );
+        }
     }
     emit(&NodeEvent::PrimarySummary {
         throttled_ms: replication.throttled().as_secs_f64() * 1e3,
@@ -240,6 +242,7 @@ pub fn serve(
         replay_lag,
         receive_lag,
         release_delay,
+        frame_release_delay,
     });
     Ok(end)
 }

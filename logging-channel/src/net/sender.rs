@@ -42,8 +42,13 @@ struct TxState {
 
 struct Shared {
     state: Mutex<TxState>,
-    /// One condvar for every state change: few waiters, rare wake-ups.
-    cond: Condvar,
+    /// The writer thread's: something to write, closing, failure, and the writer's own end.
+    to_writer: Condvar,
+    /// Acks and replay reports (the release thread, the throttle and a full window wait on
+    /// them), closing and failure. Apart from `to_writer` so that each entry sent does not wake
+    /// the ack waiters and each ack does not wake the writer: on a busy primary every needless
+    /// wake-up is a context switch on the way of a reply.
+    progress: Condvar,
     peer: SocketAddr,
     cfg: ChannelConfig,
 }
@@ -53,16 +58,30 @@ impl Shared {
         super::stream::lock(&self.state)
     }
 
-    fn wait_until<'a>(
+    fn wait_for_writer_work<'a>(
         &self,
         g: MutexGuard<'a, TxState>,
         deadline: Instant,
     ) -> MutexGuard<'a, TxState> {
-        super::stream::wait_until(&self.cond, g, deadline)
+        super::stream::wait_until(&self.to_writer, g, deadline)
+    }
+
+    fn wait_for_progress<'a>(
+        &self,
+        g: MutexGuard<'a, TxState>,
+        deadline: Instant,
+    ) -> MutexGuard<'a, TxState> {
+        super::stream::wait_until(&self.progress, g, deadline)
+    }
+
+    fn notify_all(&self) {
+        self.to_writer.notify_all();
+        self.progress.notify_all();
     }
 
     fn fail(&self, e: ChannelError) {
-        super::stream::fail_first(&self.state, &self.cond, |s| &mut s.error, e);
+        super::stream::fail_first(&self.state, &self.to_writer, |s| &mut s.error, e);
+        self.progress.notify_all();
     }
 }
 
@@ -146,7 +165,8 @@ impl LogSender {
                 writer_done: false,
                 last_rx: Instant::now(),
             }),
-            cond: Condvar::new(),
+            to_writer: Condvar::new(),
+            progress: Condvar::new(),
             peer,
             cfg,
         });
@@ -237,8 +257,10 @@ impl LogSender {
                     unacked_bytes: g.unacked_bytes as u64,
                 });
             }
-            g = self.shared.wait_until(g, deadline);
+            g = self.shared.wait_for_progress(g, deadline);
         }
+        // The writer was woken when the queue last became non-empty and has not taken it yet.
+        let wake_writer = g.queue.is_empty();
         g.queue.extend_from_slice(&bytes);
         g.inflight.push_back(InFlight {
             seq: frame.seq,
@@ -249,7 +271,9 @@ impl LogSender {
         g.next_seq += 1;
         g.newest = Some((frame.seq, frame.t_ns));
         drop(g);
-        self.shared.cond.notify_all();
+        if wake_writer {
+            self.shared.to_writer.notify_all();
+        }
         Ok(())
     }
 
@@ -265,9 +289,12 @@ impl LogSender {
         if g.error.is_some() || g.closing {
             return;
         }
+        let wake_writer = g.queue.is_empty();
         g.queue.extend_from_slice(&msg);
         drop(g);
-        self.shared.cond.notify_all();
+        if wake_writer {
+            self.shared.to_writer.notify_all();
+        }
     }
 
     /// The newest seq the backup acknowledged; `None` before its first ack.
@@ -291,7 +318,7 @@ impl LogSender {
             if Instant::now() >= deadline {
                 return Ok(false);
             }
-            g = self.shared.wait_until(g, deadline);
+            g = self.shared.wait_for_progress(g, deadline);
         }
     }
 
@@ -368,7 +395,7 @@ impl LogSender {
             }
             // Wake when the backup would count as quiet, too: nothing signals that.
             let wake = deadline.min(goes_quiet + Duration::from_millis(1));
-            g = self.shared.wait_until(g, wake);
+            g = self.shared.wait_for_progress(g, wake);
         }
     }
 
@@ -397,15 +424,15 @@ impl LogSender {
         let mut g = self.shared.lock();
         let earlier = g.error.clone();
         g.closing = true;
-        self.shared.cond.notify_all();
+        self.shared.notify_all();
         while !g.writer_done && Instant::now() < deadline {
-            g = self.shared.wait_until(g, deadline);
+            g = self.shared.wait_for_writer_work(g, deadline);
         }
         if g.error.is_none() {
             g.error = Some(ChannelError::Closed { peer });
         }
         drop(g);
-        self.shared.cond.notify_all();
+        self.shared.notify_all();
         // Unblocks a writer stuck on a peer that does not read, and the reader.
         shutdown(&self.stream);
         if let Some(h) = self.writer.take() {
@@ -528,7 +555,7 @@ fn read_loop(shared: &Shared, mut reader: MsgReader) {
                     g.acked = Some((f.seq, f.t_ns));
                 }
                 drop(g);
-                shared.cond.notify_all();
+                shared.progress.notify_all();
             }
             Ok(Polled::Msg(Message::Heartbeat { .. }, _)) => g.last_rx = Instant::now(),
             Ok(Polled::Msg(Message::Replayed { seq, t_ns }, offset)) => {
@@ -547,7 +574,7 @@ fn read_loop(shared: &Shared, mut reader: MsgReader) {
                 g.replayed = Some((seq, t_ns));
                 g.replayed_at = Instant::now();
                 drop(g);
-                shared.cond.notify_all();
+                shared.progress.notify_all();
             }
             Ok(Polled::Msg(Message::Bye { reason }, _)) => {
                 break ChannelError::Bye { peer, reason };
@@ -589,7 +616,7 @@ fn write_loop(shared: &Shared, mut stream: TcpStream) {
             if g.error.is_some() {
                 g.writer_done = true;
                 drop(g);
-                shared.cond.notify_all();
+                shared.to_writer.notify_all();
                 return;
             }
             if !g.queue.is_empty() {
@@ -608,7 +635,7 @@ fn write_loop(shared: &Shared, mut stream: TcpStream) {
                 };
                 break (encode_checked(&hb, peer).unwrap_or_default(), false);
             }
-            g = shared.wait_until(g, last_tx + interval);
+            g = shared.wait_for_writer_work(g, last_tx + interval);
         };
         drop(g);
         if let Err(e) = write_all_while(&mut stream, peer, &bytes, alive) {
@@ -621,7 +648,7 @@ fn write_loop(shared: &Shared, mut stream: TcpStream) {
             let mut g = shared.lock();
             g.writer_done = true;
             drop(g);
-            shared.cond.notify_all();
+            shared.to_writer.notify_all();
             return;
         }
     }

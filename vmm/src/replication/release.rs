@@ -46,6 +46,11 @@ pub type Gate = Arc<dyn Fn() -> bool + Send + Sync>;
 /// How often a release thread held at a shut gate looks again.
 const GATE_POLL: Duration = Duration::from_millis(2);
 
+/// How long a release thread with nothing it could wait for sleeps before it looks again. Every
+/// change that could give it work (output, a cover, a backup, free flow, closing) wakes it, so
+/// this is only a safety net.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
 /// Shared between the vCPU thread (which queues output), the replication manager (which
 /// changes what covers it) and the release thread (which writes it out).
 #[derive(Default)]
@@ -55,6 +60,7 @@ pub struct ReleaseQueue {
     released: AtomicU64,
     frames_released: AtomicU64,
     delays: Mutex<Vec<u32>>,
+    frame_delays: Mutex<Vec<u32>>,
     gate: Option<Gate>,
     /// Time chunks spent ready but held at the shut gate.
     gated_ns: AtomicU64,
@@ -143,11 +149,20 @@ impl ReleaseQueue {
     /// Entry `seq` was logged: output queued so far is covered once the backup holds it.
     pub fn cover(&self, seq: u64) {
         let mut g = self.lock();
+        let mut covered_any = false;
         for c in g.chunks.iter_mut().rev() {
             if c.needs.is_some() {
                 break;
             }
             c.needs = Some(seq + 1);
+            covered_any = true;
+        }
+        drop(g);
+        // The release thread may have looked between the push and this cover, found nothing it
+        // could wait for, and gone to sleep: a reply would then sit until the next output or its
+        // poll ran out.
+        if covered_any {
+            self.changed.notify_all();
         }
     }
 
@@ -193,9 +208,18 @@ impl ReleaseQueue {
         self.lock().history.clone()
     }
 
-    /// Release delays in microseconds (time from output to release), in release order.
+    /// Release delays of console chunks in microseconds (time from output to release), in
+    /// release order.
     pub fn delays_us(&self) -> Vec<u32> {
         self.delays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The same for network frames: from the guest's transmit to the write on the TAP.
+    pub fn frame_delays_us(&self) -> Vec<u32> {
+        self.frame_delays
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -281,7 +305,7 @@ impl ReleaseQueue {
                     if want.is_none() {
                         let _ = self
                             .changed
-                            .wait_timeout(g, Duration::from_millis(20))
+                            .wait_timeout(g, IDLE_POLL)
                             .unwrap_or_else(|p| p.into_inner());
                     }
                     (None, want, None)
@@ -307,6 +331,7 @@ impl ReleaseQueue {
                 if c.frame {
                     frames(&c.bytes);
                     self.frames_released.fetch_add(1, Ordering::AcqRel);
+                    note_delay(&self.frame_delays, c.produced);
                     self.changed.notify_all();
                     continue;
                 }
@@ -330,14 +355,19 @@ impl ReleaseQueue {
                 if let Some(channel) = reporter {
                     channel.released(released);
                 }
-                let us = u32::try_from(c.produced.elapsed().as_micros()).unwrap_or(u32::MAX);
-                let mut d = self.delays.lock().unwrap_or_else(|p| p.into_inner());
-                if d.len() < 1_000_000 {
-                    d.push(us);
-                }
+                note_delay(&self.delays, c.produced);
                 self.changed.notify_all();
             }
         }
+    }
+}
+
+/// Keeps how long an output waited, up to a million samples (a few MB).
+fn note_delay(delays: &Mutex<Vec<u32>>, produced: Instant) {
+    let us = u32::try_from(produced.elapsed().as_micros()).unwrap_or(u32::MAX);
+    let mut d = delays.lock().unwrap_or_else(|p| p.into_inner());
+    if d.len() < 1_000_000 {
+        d.push(us);
     }
 }
 
@@ -417,6 +447,38 @@ mod tests {
         t.join().unwrap();
         assert_eq!(*out.lock().unwrap(), b"ab");
         assert_eq!(q.released(), 2);
+    }
+
+    #[test]
+    fn a_cover_wakes_a_release_thread_that_found_nothing_to_wait_for() {
+        let q = Arc::new(ReleaseQueue::default());
+        // As if the backup had acknowledged far ahead: the only thing missing is the cover.
+        q.lock().covered = 10;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let q2 = Arc::clone(&q);
+        let t = std::thread::spawn(move || {
+            q2.run(&mut std::io::sink(), &mut |f| {
+                let _ = tx.send(f.to_vec());
+            });
+        });
+        q.push_frame(b"reply".to_vec());
+        // Let the release thread see the uncovered frame and go to sleep.
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(
+            rx.try_recv().is_err(),
+            "released before any entry covered it"
+        );
+        let covered_at = Instant::now();
+        q.cover(0);
+        let frame = rx.recv_timeout(IDLE_POLL * 3).expect("the frame leaves");
+        assert_eq!(frame, b"reply");
+        assert!(
+            covered_at.elapsed() < IDLE_POLL / 2,
+            "the frame waited {:?} after its cover: the release thread slept through it",
+            covered_at.elapsed()
+        );
+        q.close();
+        t.join().unwrap();
     }
 
     /// Stdout that fails every write, like a closed pipe.
