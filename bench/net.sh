@@ -4,7 +4,12 @@
 # output rule holding every reply until the backup acknowledged the log up to it), alternating,
 # REPS times each, in one run so both saw the same machine.
 #
-#   bench/net.sh            # REPS=3, N=20000 requests per test, 50 clients
+#   bench/net.sh            # REPS=3, N=20000 requests per test with 50 clients, N1=5000 with 1
+#
+# Besides requests/s and p50 it reports where the time goes: the primary's frame release delay
+# (guest transmit to TAP write, i.e. the wait for the backup's acknowledgement; from its
+# `primary_summary` event, so each replicated run ends with a clean SHUTDOWN of the guest), and
+# the CPU time each VMM process used per 1,000 requests of the 50-client test.
 #
 # Topology (all made here, removed at the end, also on Ctrl-C): a "server" network namespace
 # holding a bridge with two TAPs (one per node; only the primary's carries frames) and a veth to
@@ -16,6 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${REPS:-3}
 N=${N:-20000}
+N1=${N1:-5000}
 TESTS=ping,set,get,incr
 command -v redis-benchmark >/dev/null || { echo "bench/net.sh: needs redis-benchmark (Debian: redis-tools)" >&2; exit 2; }
 cargo build --release -q
@@ -66,10 +72,24 @@ wait_for() { # what, command...: up to 60 s
 }
 answers() { in_client redis-cli -h 10.0.0.10 PING | grep -q PONG; }
 
-# One redis-benchmark run: "TEST rps p50" lines.
-bench() {
-    in_client redis-benchmark -h 10.0.0.10 -t "$TESTS" -n "$N" -q 2>/dev/null | tr '\r' '\n' |
+rb() { # redis-benchmark ARGS...: "TEST rps p50" lines
+    in_client redis-benchmark -h 10.0.0.10 -q "$@" 2>/dev/null | tr '\r' '\n' |
         sed -n 's/^\([A-Z_]*\): \([0-9.]*\) requests per second, p50=\([0-9.]*\) msec.*/\1 \2 \3/p'
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system, 1/100 s
+
+# The benchmark against whatever answers at 10.0.0.10: "TEST rps p50" lines, then one
+# "cpu NAME ticks" line per VMM process (pid=name arguments) for the 50-client tests.
+bench() {
+    local before=() p
+    for p in "$@"; do before+=("$(cpu_ticks "${p%%=*}")"); done
+    rb -t "$TESTS" -n "$N"
+    local i=0
+    for p in "$@"; do
+        echo "cpu ${p#*=} $(($(cpu_ticks "${p%%=*}") - before[i]))"
+        i=$((i + 1))
+    done
+    rb -t get -c 1 -n "$N1" | sed 's/^GET/GET_1_CLIENT/'
 }
 
 stop_all() {
@@ -82,7 +102,7 @@ alone() {
     bg_server "$BIN" run --guest kv --guest-arg ip=10.0.0.10/24 --tap tap2 >/dev/null 2>"$WORK/run.err" &
     PIDS+=($!)
     wait_for "the guest alone to answer" answers
-    bench
+    bench "$!=vmm"
     stop_all
 }
 
@@ -94,13 +114,26 @@ replicated() {
     sleep 0.3
     bg_server "$BIN" node --viewserver "$vs" --listen 127.0.0.1:7301 --guest kv \
         --guest-arg ip=10.0.0.10/24 --tap tap0 --events "$WORK/a.events" >/dev/null 2>"$WORK/a.err" &
+    local primary=$!
     PIDS+=($!)
     wait_for "the primary to answer" answers
     bg_server "$BIN" node --viewserver "$vs" --listen 127.0.0.1:7302 --guest kv \
         --guest-arg ip=10.0.0.10/24 --tap tap1 --events "$WORK/b.events" >/dev/null 2>"$WORK/b.err" &
+    local backup=$!
     PIDS+=($!)
     wait_for "the backup to hold the state" grep -q '"event":"state_installed"' "$WORK/b.events"
-    bench
+    bench "$primary=primary" "$backup=backup"
+    # A clean end, so the primary reports its frame release delays.
+    in_client redis-cli -h 10.0.0.10 SHUTDOWN >/dev/null 2>&1 || true
+    wait_for "the primary's summary" grep -q '"event":"primary_summary"' "$WORK/a.events"
+    python3 - "$WORK/a.events" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    if e.get("event") == "primary_summary" and e.get("frame_release_delay"):
+        d = e["frame_release_delay"]
+        print(f"release {d['p50_ms']} {d['p99_ms']}")
+PY
     stop_all
 }
 
@@ -113,22 +146,36 @@ for rep in $(seq "$REPS"); do
     sed "s/^/replicated /" "$WORK/one" >>"$WORK/results"
 done
 
-python3 - "$WORK/results" "$REPS" "$N" <<'EOF'
+python3 - "$WORK/results" "$REPS" "$N" "$N1" "$TESTS" <<'EOF'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-reps, n = sys.argv[2], sys.argv[3]
+reps, n, n1, tests_arg = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+bench = [r for r in rows if r[1] not in ("cpu", "release")]
 tests = []
-for mode, test, rps, p50 in rows:
+for mode, test, rps, p50 in bench:
     if test not in tests:
         tests.append(test)
-def med(mode, test, col):
-    vals = [float(r[col]) for r in rows if r[0] == mode and r[1] == test]
+def med(vals):
     return statistics.median(vals) if vals else float("nan")
-print(f"redis-benchmark -t ping,set,get,incr -n {n} -q (50 clients), medians of {reps} alternating runs")
+def col(mode, test, c):
+    return med([float(r[c]) for r in bench if r[0] == mode and r[1] == test])
+print(f"redis-benchmark -t {tests_arg} -n {n} -q (50 clients), then -t get -c 1 -n {n1}; medians of {reps} alternating runs")
 print()
 print("| test | alone req/s | replicated req/s | replicated / alone | alone p50 ms | replicated p50 ms |")
 print("|------|------------:|-----------------:|-------------------:|-------------:|------------------:|")
 for t in tests:
-    a, r = med("alone", t, 2), med("replicated", t, 2)
-    print(f"| {t} | {a:,.0f} | {r:,.0f} | {r / a:.2f} | {med('alone', t, 3):.3f} | {med('replicated', t, 3):.3f} |")
+    a, r = col("alone", t, 2), col("replicated", t, 2)
+    print(f"| {t} | {a:,.0f} | {r:,.0f} | {r / a:.2f} | {col('alone', t, 3):.3f} | {col('replicated', t, 3):.3f} |")
+# CPU per 1,000 requests of the 50-client tests (each run answered len(tests) * n of them).
+answered = (len(tests) - 1) * int(n) / 1000
+def cpu(mode, who):
+    return med([int(r[3]) * 10 / answered for r in rows if r[0] == mode and r[1] == "cpu" and r[2] == who])
+rel = [r for r in rows if r[1] == "release"]
+print()
+print("| where the time goes (medians) | value |")
+print("|---|---:|")
+print(f"| frame release delay, transmit to TAP (replicated), p50 / p99 ms | {med([float(r[2]) for r in rel]):.3f} / {med([float(r[3]) for r in rel]):.3f} |")
+print(f"| CPU ms per 1,000 requests (50-client tests): VMM alone | {cpu('alone', 'vmm'):.1f} |")
+print(f"| ... primary | {cpu('replicated', 'primary'):.1f} |")
+print(f"| ... backup | {cpu('replicated', 'backup'):.1f} |")
 EOF
