@@ -37,6 +37,11 @@ struct TxState {
     error: Option<ChannelError>,
     closing: bool,
     writer_done: bool,
+    /// Someone (the writer thread, or `send` writing directly) owns the socket's write side
+    /// right now: messages must not interleave on the wire.
+    writing: bool,
+    /// When anything last went out, for the writer's heartbeats.
+    last_tx: Instant,
     last_rx: Instant,
 }
 
@@ -163,6 +168,8 @@ impl LogSender {
                 error: None,
                 closing: false,
                 writer_done: false,
+                writing: false,
+                last_tx: Instant::now(),
                 last_rx: Instant::now(),
             }),
             to_writer: Condvar::new(),
@@ -259,9 +266,6 @@ impl LogSender {
             }
             g = self.shared.wait_for_progress(g, deadline);
         }
-        // The writer was woken when the queue last became non-empty and has not taken it yet.
-        let wake_writer = g.queue.is_empty();
-        g.queue.extend_from_slice(&bytes);
         g.inflight.push_back(InFlight {
             seq: frame.seq,
             t_ns: frame.t_ns,
@@ -270,6 +274,35 @@ impl LogSender {
         g.unacked_bytes += bytes.len();
         g.next_seq += 1;
         g.newest = Some((frame.seq, frame.t_ns));
+        if g.queue.is_empty() && !g.writing {
+            // Nothing waits to go out and no one is writing: put the entry on the wire from
+            // here, sparing the hand-off to the writer thread (a wake-up and a context switch on
+            // the way of every output the backup must acknowledge).
+            g.writing = true;
+            drop(g);
+            let written = write_now(&self.stream, &bytes);
+            let mut g = self.shared.lock();
+            g.writing = false;
+            if written > 0 {
+                g.last_tx = Instant::now();
+            }
+            if written < bytes.len() {
+                // The socket is full or failed: the writer finishes it (and reports a failure).
+                let mut rest = bytes[written..].to_vec();
+                rest.extend_from_slice(&g.queue);
+                g.queue = rest;
+            }
+            let wake_writer = !g.queue.is_empty();
+            drop(g);
+            if wake_writer {
+                self.shared.to_writer.notify_all();
+            }
+            return Ok(());
+        }
+        // The writer was woken when the queue last became non-empty and has not taken it yet;
+        // or it is writing, and takes the queue when it is done.
+        let wake_writer = g.queue.is_empty();
+        g.queue.extend_from_slice(&bytes);
         drop(g);
         if wake_writer {
             self.shared.to_writer.notify_all();
@@ -499,6 +532,24 @@ pub(crate) fn dial(
     })
 }
 
+/// Writes what the socket takes at once, without blocking: the bytes written (0 if it would block
+/// or failed; the writer thread then writes the rest, and meets any failure itself).
+fn write_now(stream: &TcpStream, bytes: &[u8]) -> usize {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `bytes` is a live slice for the whole call and the length passed is its own; the
+    // descriptor belongs to `stream`, which outlives the call. MSG_DONTWAIT makes this one call
+    // non-blocking without touching the descriptor's flags, which the writer thread shares.
+    let n = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(n).unwrap_or(0)
+}
+
 /// A backup's report on entry `seq` (ack or replay progress) must name an entry that was sent
 /// and must not go back from its previous report.
 fn implausible(seq: u64, sent: Option<u64>, previous: Option<u64>) -> bool {
@@ -605,7 +656,6 @@ fn read_loop(shared: &Shared, mut reader: MsgReader) {
 fn write_loop(shared: &Shared, mut stream: TcpStream) {
     let peer = shared.peer;
     let interval = shared.cfg.heartbeat_interval;
-    let mut last_tx = Instant::now();
     let alive = || match &shared.lock().error {
         Some(e) => Err(e.clone()),
         None => Ok(()),
@@ -619,7 +669,13 @@ fn write_loop(shared: &Shared, mut stream: TcpStream) {
                 shared.to_writer.notify_all();
                 return;
             }
+            if g.writing {
+                // `send` is writing directly; it wakes this thread if it leaves anything.
+                g = shared.wait_for_writer_work(g, Instant::now() + interval);
+                continue;
+            }
             if !g.queue.is_empty() {
+                g.writing = true;
                 break (std::mem::take(&mut g.queue), false);
             }
             if g.closing {
@@ -628,21 +684,27 @@ fn write_loop(shared: &Shared, mut stream: TcpStream) {
                 };
                 break (encode_checked(&bye, peer).unwrap_or_default(), true);
             }
-            if last_tx.elapsed() >= interval {
+            if g.last_tx.elapsed() >= interval {
                 let hb = Message::Heartbeat {
                     t_ns: g.newest.map_or(0, |(_, t)| t),
                     last_seq: g.newest.map(|(s, _)| s),
                 };
+                g.writing = true;
                 break (encode_checked(&hb, peer).unwrap_or_default(), false);
             }
-            g = shared.wait_for_writer_work(g, last_tx + interval);
+            let next_heartbeat = g.last_tx + interval;
+            g = shared.wait_for_writer_work(g, next_heartbeat);
         };
         drop(g);
-        if let Err(e) = write_all_while(&mut stream, peer, &bytes, alive) {
+        let result = write_all_while(&mut stream, peer, &bytes, alive);
+        let mut g = shared.lock();
+        g.writing = false;
+        g.last_tx = Instant::now();
+        drop(g);
+        if let Err(e) = result {
             shared.fail(e);
             continue;
         }
-        last_tx = Instant::now();
         // `send` refuses new entries once closing, so nothing follows the Bye.
         if bye {
             let mut g = shared.lock();
