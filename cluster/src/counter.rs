@@ -32,6 +32,46 @@ impl Counted {
     }
 }
 
+/// What the kernel's TCP says about a client's connection (`TCP_INFO`): how a failover looked
+/// from the client's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpState {
+    /// Segments retransmitted over the connection's life.
+    pub total_retrans: u32,
+    /// The retransmission timeout now, in milliseconds.
+    pub rto_ms: u32,
+    /// The smoothed round-trip time, in microseconds.
+    pub rtt_us: u32,
+}
+
+/// Reads `TCP_INFO` of `stream`.
+pub fn tcp_state(stream: &TcpStream) -> std::io::Result<TcpState> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero `tcp_info` is a valid value of this plain C struct.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>())
+        .map_err(|_| std::io::Error::other("tcp_info does not fit a socklen_t"))?;
+    // SAFETY: `info` is a writable `tcp_info` of `len` bytes for the whole call, and the
+    // descriptor belongs to `stream`, alive for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(TcpState {
+        total_retrans: info.tcpi_total_retrans,
+        rto_ms: info.tcpi_rto / 1000,
+        rtt_us: info.tcpi_rtt,
+    })
+}
+
 /// Sends `INCR counter` on `stream` and records each reply in `seen`, pausing `pace` between
 /// requests, until `stop` is set or the connection fails (then `seen.broke` says how). Each
 /// reply may take up to `patience` (a failover stalls the connection for a while).
@@ -90,5 +130,19 @@ mod tests {
         assert!(!of(&[1, 2, 2, 3]).counts_from_one(), "a repeat");
         assert!(!of(&[2, 3]).counts_from_one(), "not from one");
         assert_eq!(of(&[1, 2]).values(), vec![1, 2]);
+    }
+
+    #[test]
+    fn tcp_state_reads_a_live_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        (&client).write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        std::io::Read::read_exact(&mut server, &mut b).unwrap();
+        let s = tcp_state(&client).unwrap();
+        assert_eq!(s.total_retrans, 0, "nothing was lost on loopback");
+        // Linux never goes below its 200 ms minimum RTO.
+        assert!(s.rto_ms >= 200, "{s:?}");
     }
 }

@@ -68,6 +68,14 @@ pub(crate) enum DemoEvent<'a> {
     },
     /// The new primary's first released output reached the demo `after_ms` after the kill.
     FirstOutput { node: &'a str, after_ms: f64 },
+    /// `demo --net`: the client's connection answered again `after_ms` after the kill; its TCP
+    /// retransmitted `client_retransmits` segments meanwhile, with a retransmission timer of
+    /// `client_rto_ms` before the kill (null: not readable).
+    AnsweredAgain {
+        after_ms: f64,
+        client_retransmits: Option<u32>,
+        client_rto_ms: Option<u32>,
+    },
     /// One of the final checks.
     Check { passed: bool, what: &'a str },
 }

@@ -10,7 +10,7 @@ use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster::counter::{Counted, count_on};
+use cluster::counter::{Counted, count_on, tcp_state};
 use cluster::spawn::Place;
 use cluster::{Net, NodeSpec, Signal, Store, Understudy, ViewserverSpec, wait};
 
@@ -118,6 +118,8 @@ pub fn run(
         .within("client", || TcpStream::connect((GUEST_IP, 6379)))
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot connect to {GUEST_IP}:6379: {e}"))?;
+    // To read the connection's TCP state (retransmissions, timer) around the failover.
+    let probe = stream.try_clone().map_err(|e| e.to_string())?;
     let client_thread = {
         let (s, c) = (Arc::clone(&seen), Arc::clone(&client_stop));
         // A person watches: a few hundred requests a second are plenty.
@@ -159,6 +161,7 @@ pub fn run(
         return Err("the primary is not one of the demo's nodes".into());
     };
     let before = lock().replies.len();
+    let tcp_before = tcp_state(&probe).ok();
     println!(
         "== SIGKILL of the primary {} (pid {}) ==",
         a.label(),
@@ -177,6 +180,12 @@ pub fn run(
         || get_view().filter(|v| v.primary != view.primary && !v.primary.is_empty()),
     )
     .ok_or("the viewserver never changed the primary")?;
+    let view_after_ms = killed_at.elapsed().as_secs_f64() * 1e3;
+    emit(&DemoEvent::ViewSeen {
+        view: new_view.viewnum,
+        primary: &new_view.primary,
+        after_ms: view_after_ms,
+    });
     let first_after = wait::poll_with(
         Duration::from_secs(30),
         Duration::from_millis(10),
@@ -184,11 +193,31 @@ pub fn run(
         || lock().replies.get(before).map(|(_, at)| *at),
     );
     if let Some(at) = first_after {
+        let after_ms = at.duration_since(killed_at).as_secs_f64() * 1e3;
+        // How the client's TCP lived through it: each retransmission of the pending request
+        // waited a doubled timer, and the first that reached the new primary got the answer
+        // (unless the new primary resent the reply first).
+        let tcp_after = tcp_state(&probe).ok();
+        let retransmits = match (tcp_before, tcp_after) {
+            (Some(b), Some(a)) => Some(a.total_retrans.saturating_sub(b.total_retrans)),
+            _ => None,
+        };
+        let tcp_note = match (retransmits, tcp_before) {
+            (Some(n), Some(b)) => format!(
+                "; meanwhile the client's TCP retransmitted {n} time(s) (its timer was {} ms before the kill)",
+                b.rto_ms
+            ),
+            _ => String::new(),
+        };
         println!(
-            "{} [client] the same connection answered again {:.0} ms after the kill",
+            "{} [client] the same connection answered again {after_ms:.0} ms after the kill (the view named the new primary after {view_after_ms:.0} ms){tcp_note}",
             console.stamp(at),
-            at.duration_since(killed_at).as_secs_f64() * 1e3
         );
+        emit(&DemoEvent::AnsweredAgain {
+            after_ms,
+            client_retransmits: retransmits,
+            client_rto_ms: tcp_before.map(|b| b.rto_ms),
+        });
     }
     show_progress(&mut console, Duration::from_secs_f64(args.run_after_secs));
     client_stop.store(true, Ordering::Release);
