@@ -2,7 +2,8 @@
 //! card backed by a real TAP device, answering real TCP clients: our own (replies checked
 //! byte for byte), then `redis-cli` and `redis-benchmark` if installed (Debian `redis-tools`).
 //! Then the same under `--record`, and `understudy replay` of that log, which reproduces
-//! every transmitted frame byte for byte.
+//! every transmitted frame byte for byte. Misbehaving clients; and junk on the wire (bad
+//! frames and a flood written straight at the TAP, see the section at the end).
 //!
 //! Everything happens in network namespaces the test creates and always removes
 //! (`cluster::netns::Net`, also on panic); the guest's TAP lives in the client host's
@@ -500,4 +501,492 @@ fn misbehaving_clients_never_stop_the_guest_serving_others() {
     let mut vmm = Vmm::start(&net, dir.path(), "run", &[]);
     net.within(HOST, misbehave_at_the_guest).unwrap();
     shut_down(&net, &mut vmm);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Junk on the wire: bad frames and a flood on the TAP.
+//
+// What reaches the VMM, and how: an `AF_PACKET` socket bound to the TAP's host end (in the
+// client namespace, no bridge in between) sends raw frames, which the kernel hands to the
+// VMM's TAP reader unchanged whatever their destination MAC, up to the interface's MTU + 14
+// bytes (raised to the TAP's maximum, 65521, for the oversized ones). Frames shorter than an
+// Ethernet header cannot reach a TAP's reader from the host at all: the kernel refuses them
+// (`EINVAL`), which the test checks; a second opener of the TAP is refused too (single-queue
+// TAP: `EBUSY`). So the card's handling of those is covered by unit tests
+// (`devices::virtio::net`), not here.
+
+/// The guest card's MAC (`--mac` default).
+const GUEST_MAC: [u8; 6] = [0x02, 0x75, 0x73, 0x00, 0x00, 0x01];
+/// A made-up, locally administered sender for junk: the guest learns MACs only from ARP, and
+/// no junk ARP claims the host's address, so none of it can redirect the guest's replies.
+const JUNK_MAC: [u8; 6] = [0x02, 0x6a, 0x75, 0x6e, 0x6b, 0x01];
+const HOST_IP: [u8; 4] = [10, 0, 0, 1];
+/// The longest frame the card takes (`virtio::net::MAX_FRAME`): 1500 + header + a VLAN tag.
+const CARD_MAX_FRAME: usize = 1518;
+/// The largest MTU a TAP takes (65535 less the Ethernet header).
+const TAP_MAX_MTU: &str = "65521";
+
+/// An `AF_PACKET` socket on the TAP's host end, for sending raw frames to the VMM.
+struct Wire(std::os::fd::OwnedFd);
+
+impl Wire {
+    /// Binds to `ifname` in the calling thread's network namespace.
+    fn open(ifname: &str) -> Wire {
+        use std::os::fd::FromRawFd;
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: a NUL-terminated string alive across the call.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert_ne!(index, 0, "no interface {ifname} here");
+        // Protocol 0: this socket receives nothing, it only sends.
+        // SAFETY: socket() takes no pointers.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = index as i32;
+        // SAFETY: `sll` is a whole sockaddr_ll of the length passed.
+        let r = unsafe {
+            libc::bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                std::ptr::from_ref(&sll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+        Wire(fd)
+    }
+
+    /// Sends one frame: `Ok(false)` when the kernel dropped it for lack of room (`ENOBUFS`).
+    fn send(&self, frame: &[u8]) -> std::io::Result<bool> {
+        // SAFETY: `frame` is valid for reads of its length across the call.
+        let n = unsafe {
+            libc::send(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOBUFS) => Ok(false),
+                _ => Err(e),
+            };
+        }
+        assert_eq!(n as usize, frame.len(), "a partial frame");
+        Ok(true)
+    }
+
+    /// Sends every frame, panicking on anything but a full queue; how many the kernel took.
+    fn send_all(&self, frames: &[Vec<u8>]) -> u64 {
+        let mut taken = 0;
+        for f in frames {
+            if self
+                .send(f)
+                .unwrap_or_else(|e| panic!("{}-byte frame: {e}", f.len()))
+            {
+                taken += 1;
+            }
+        }
+        taken
+    }
+}
+
+/// xorshift64*: junk that is the same on every run, so a failure can be repeated.
+struct Junk(u64);
+
+impl Junk {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+
+    fn ethernet(dst: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::with_capacity(14 + payload.len());
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&JUNK_MAC);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// An IPv4 packet from the host to the guest with a correct header checksum around
+    /// `payload`; `l4_checksum_at` is where a TCP/UDP/ICMP checksum goes, if any.
+    fn ipv4(&mut self, proto: u8, payload: &[u8], l4_checksum_at: Option<usize>) -> Vec<u8> {
+        let mut p = vec![0u8; 20];
+        p[0] = 0x45;
+        let total = (20 + payload.len()) as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p[4..6].copy_from_slice(&(self.next() as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = proto;
+        p[12..16].copy_from_slice(&HOST_IP);
+        p[16..20].copy_from_slice(&GUEST);
+        let c = checksum(&p, 0);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut body = payload.to_vec();
+        if let Some(at) = l4_checksum_at {
+            body[at..at + 2].fill(0);
+            let pseudo = if proto == 1 {
+                0
+            } else {
+                let mut s = 0u32;
+                for w in [HOST_IP, GUEST] {
+                    s += u32::from(u16::from_be_bytes([w[0], w[1]]));
+                    s += u32::from(u16::from_be_bytes([w[2], w[3]]));
+                }
+                s + u32::from(proto) + body.len() as u32
+            };
+            let c = checksum(&body, pseudo);
+            body[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        p.extend_from_slice(&body);
+        p
+    }
+
+    /// One frame of junk of kind `kind % 10`.
+    fn frame(&mut self, kind: u64) -> Vec<u8> {
+        match kind % 10 {
+            // A runt of the wire: a header and up to 45 bytes, any ethertype.
+            0 => {
+                let ethertype =
+                    [0x0800, 0x0806, 0x86dd, self.next() as u16][self.below(4) as usize];
+                let n = self.below(46) as usize;
+                let body = self.bytes(n);
+                Self::ethernet(GUEST_MAC, ethertype, &body)
+            }
+            // 60 bytes of pure garbage, destination MAC included.
+            1 => self.bytes(60),
+            // Broadcast garbage as ARP, and ARP-shaped junk: an unknown operation, or a
+            // request from an address off the subnet or a multicast sender.
+            2 => {
+                let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
+                match self.below(3) {
+                    0 => arp = self.bytes(28),
+                    1 => arp[7] = 99,
+                    _ => {}
+                }
+                arp.resize(8, 0);
+                arp.extend_from_slice(&[0x01, 0x00, 0x5e, 0, 0, 1]);
+                arp.extend_from_slice(&[192, 168, self.next() as u8, 7]);
+                arp.extend_from_slice(&[0; 6]);
+                arp.extend_from_slice(&GUEST);
+                Self::ethernet([0xff; 6], 0x0806, &arp)
+            }
+            // Broadcast garbage of any ethertype and length.
+            3 => {
+                let n = 46 + self.below(1400) as usize;
+                let body = self.bytes(n);
+                Self::ethernet([0xff; 6], self.next() as u16, &body)
+            }
+            // "IPv4" to the guest that is noise after the ethertype.
+            4 => {
+                let n = 20 + self.below(200) as usize;
+                let body = self.bytes(n);
+                Self::ethernet(GUEST_MAC, 0x0800, &body)
+            }
+            // A well-formed IPv4 header around nonsense: unknown protocols, lengths that
+            // disagree with the frame, fragments, options, TTL 0.
+            5 => {
+                let n = self.below(100) as usize;
+                let body = self.bytes(n);
+                let proto = self.next() as u8;
+                let mut ip = self.ipv4(proto, &body, None);
+                match self.below(5) {
+                    0 => ip[2..4].copy_from_slice(&(self.next() as u16).to_be_bytes()),
+                    1 => ip[6] = 0x20 | (self.next() as u8 & 0x1f),
+                    2 => ip[0] = 0x40 | (6 + self.below(10) as u8),
+                    3 => ip[8] = 0,
+                    _ => ip[9] = 6,
+                }
+                // Keep the header checksum right so the guest looks further.
+                ip[10..12].fill(0);
+                let ihl = (usize::from(ip[0] & 0xf) * 4).min(ip.len());
+                let c = checksum(&ip[..ihl], 0);
+                ip[10..12].copy_from_slice(&c.to_be_bytes());
+                Self::ethernet(GUEST_MAC, 0x0800, &ip)
+            }
+            // TCP to the server's port with correct checksums and random everything else:
+            // flags, sequence numbers, window, data offset, options, payload. The ports are
+            // below the host's ephemeral range, so no segment belongs to a real connection.
+            6 | 7 => {
+                let n = self.below(120) as usize;
+                let mut tcp = self.bytes(20 + n);
+                let sport = 1024 + self.below(31_000) as u16;
+                tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+                tcp[2..4].copy_from_slice(&PORT.to_be_bytes());
+                tcp[12] = ((5 + self.below(11) as u8) << 4) | (tcp[12] & 1);
+                let bad_checksum = self.below(8) == 0;
+                let mut ip = self.ipv4(6, &tcp, Some(16));
+                if bad_checksum {
+                    let last = ip.len() - 1;
+                    ip[last] ^= 0x5a;
+                }
+                Self::ethernet(GUEST_MAC, 0x0800, &ip)
+            }
+            // ICMP: echo requests (answered) and any other type and code.
+            8 => {
+                let n = 8 + self.below(300) as usize;
+                let mut icmp = self.bytes(n);
+                if self.below(2) == 0 {
+                    icmp[0] = 8;
+                    icmp[1] = 0;
+                }
+                let ip = self.ipv4(1, &icmp, Some(2));
+                Self::ethernet(GUEST_MAC, 0x0800, &ip)
+            }
+            // UDP to any port (the guest has no UDP socket).
+            _ => {
+                let n = self.below(200) as usize;
+                let mut udp = self.bytes(8 + n);
+                udp[4..6].copy_from_slice(&((8 + n) as u16).to_be_bytes());
+                let ip = self.ipv4(17, &udp, Some(6));
+                Self::ethernet(GUEST_MAC, 0x0800, &ip)
+            }
+        }
+    }
+}
+
+/// The Internet checksum of `data`, starting from `sum`.
+fn checksum(data: &[u8], mut sum: u32) -> u16 {
+    for pair in data.chunks(2) {
+        let hi = u32::from(pair[0]) << 8;
+        sum += hi | pair.get(1).map_or(0, |b| u32::from(*b));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The `key=value` words of `run --stats`'s `run: net:` line.
+fn net_counters(stderr: &str) -> std::collections::BTreeMap<String, u64> {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("run: net: "))
+        .unwrap_or_else(|| panic!("no `run: net:` line in:\n{stderr}"));
+    line.split_whitespace()
+        .map(|w| {
+            let (k, v) = w.split_once('=').unwrap();
+            (k.to_owned(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Sets the TAP's MTU from inside the namespace.
+fn set_mtu(net: &Net, mtu: &str) {
+    net.exec(HOST, "ip", &["link", "set", TAP, "mtu", mtu])
+        .unwrap();
+}
+
+/// A counter read from the TAP's kernel statistics.
+fn kernel_counter(net: &Net, name: &str) -> u64 {
+    let path = format!("/sys/class/net/{TAP}/statistics/{name}");
+    let o = net
+        .command(HOST, "cat")
+        .unwrap()
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn junk_frames_and_a_flood_on_the_tap_leave_the_guest_serving_and_replay_exactly() {
+    let Some(net) = network() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("junk.ulog");
+    let mut vmm = Vmm::start(
+        &net,
+        dir.path(),
+        "junk",
+        &["--record", log.to_str().unwrap()],
+    );
+    let mut good = net.within(HOST, Conn::open).unwrap();
+    assert_eq!(good.call(&["SET", "before", "junk"]), "+OK\r\n");
+
+    // Every kind of junk, a few hundred frames at a calm pace, each batch followed by a
+    // request: its answer means the card has taken everything sent before it.
+    let (mut good, calm) = net
+        .within(HOST, move || {
+            let wire = Wire::open(TAP);
+            for len in [0, 1, 13] {
+                let err = wire.send(&vec![0xff; len]).unwrap_err();
+                assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{len}-byte frame");
+            }
+            let mut junk = Junk(0x6a75_6e6b);
+            let mut calm = 0;
+            for kind in 0..10 {
+                let batch: Vec<_> = (0..30).map(|_| junk.frame(kind)).collect();
+                calm += wire.send_all(&batch);
+                assert_eq!(good.call(&["INCR", "calm"]), format!(":{}\r\n", kind + 1));
+            }
+            (good, calm)
+        })
+        .unwrap();
+
+    // Frames over the card's limit, up to the largest a TAP carries; and the longest frames it
+    // does take. The request after them waits for them all: none can be lost to a full queue
+    // (a handful, after a quiet moment), so exactly the oversized ones must be counted.
+    set_mtu(&net, TAP_MAX_MTU);
+    let (mut good, oversized) = net
+        .within(HOST, move || {
+            let wire = Wire::open(TAP);
+            let mut junk = Junk(0x0b16);
+            let mut oversized = 0;
+            for len in [1515, 1518, 1519, 1600, 4096, 9014, 16_384, 65_535] {
+                for _ in 0..3 {
+                    let mut f = junk.frame(6);
+                    f.resize(len, 0xa5);
+                    assert!(
+                        wire.send(&f).unwrap(),
+                        "the kernel dropped a {len}-byte frame"
+                    );
+                    if len > CARD_MAX_FRAME {
+                        oversized += 1;
+                    }
+                }
+            }
+            assert_eq!(good.call(&["GET", "before"]), "$4\r\njunk\r\n");
+            (good, oversized)
+        })
+        .unwrap();
+    set_mtu(&net, "1500");
+
+    // A flood: 30000 frames as fast as the kernel takes them, while another client keeps
+    // counting on its own connection; its every reply must be right. (How many of its
+    // requests get through while the flood lasts depends on the host: the flood takes the
+    // same queues, so its segments are dropped and retransmitted like everyone's.)
+    const FLOOD: usize = 30_000;
+    let (flood_sent, counted, while_flooding) = net
+        .within(HOST, move || {
+            use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+            let (started, flooding, done, during) = (
+                AtomicBool::new(false),
+                AtomicBool::new(false),
+                AtomicBool::new(false),
+                AtomicU64::new(0),
+            );
+            let mut junk = Junk(0xf100d);
+            let frames: Vec<_> = (0..FLOOD).map(|i| junk.frame(i as u64)).collect();
+            std::thread::scope(|s| {
+                let counter = s.spawn(|| {
+                    let mut c = Conn::open();
+                    let mut n = 0u64;
+                    while !done.load(SeqCst) || n < 20 {
+                        // Sent and answered entirely within the flood.
+                        let within = flooding.load(SeqCst);
+                        n += 1;
+                        assert_eq!(c.call(&["INCR", "during"]), format!(":{n}\r\n"));
+                        started.store(true, SeqCst);
+                        if within && !done.load(SeqCst) {
+                            during.fetch_add(1, SeqCst);
+                        }
+                    }
+                    n
+                });
+                let wire = Wire::open(TAP);
+                // The client is connected and counting before the first junk frame.
+                while !started.load(SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                flooding.store(true, SeqCst);
+                let sent = wire.send_all(&frames);
+                done.store(true, SeqCst);
+                let counted = counter.join().unwrap();
+                (sent, counted, during.load(SeqCst))
+            })
+        })
+        .unwrap();
+    eprintln!(
+        "junk: {calm} calm frames, {oversized} oversized, flood {flood_sent} of {FLOOD} taken by \
+         the kernel; {counted} INCRs, {while_flooding} answered while it lasted"
+    );
+
+    // After it all: the old connection, a new one, and everything written before.
+    net.within(HOST, move || {
+        assert_eq!(good.call(&["GET", "before"]), "$4\r\njunk\r\n");
+        assert_eq!(
+            good.call(&["GET", "during"]),
+            format!("${}\r\n{counted}\r\n", counted.to_string().len())
+        );
+        let mut fresh = Conn::open();
+        assert_eq!(fresh.call(&["INCR", "calm"]), ":11\r\n");
+    })
+    .unwrap();
+    let (out, err) = shut_down(&net, &mut vmm);
+    eprintln!("{}", err.trim());
+
+    // The counts add up: every frame read from the TAP was handed to the guest, dropped by
+    // the card (oversized, runt, no driver yet), dropped with the queue full, or left queued.
+    let c = net_counters(&err);
+    let read = c["tap_read"];
+    let accounted = c["card_delivered"]
+        + c["card_bad_buffer"]
+        + c["card_oversized"]
+        + c["card_runts"]
+        + c["card_no_driver"]
+        + c["tap_queue_full"]
+        + c["tap_queued"];
+    assert_eq!(read, accounted, "frames read but not accounted for: {c:?}");
+    assert_eq!(c["card_oversized"], oversized, "{c:?}");
+    assert_eq!(
+        c["card_runts"], 0,
+        "the kernel never hands over a runt: {c:?}"
+    );
+    assert_eq!(
+        c["tap_read_errors"], 0,
+        "no frame was too long to read: {c:?}"
+    );
+    assert_eq!(
+        c["card_bad_buffer"], 0,
+        "the guest's buffers hold any frame taken: {c:?}"
+    );
+    assert_eq!(
+        c["card_sent"],
+        c["tap_written"] + c["tap_write_errors"],
+        "{c:?}"
+    );
+    // The kernel counts a frame as transmitted on the TAP when the VMM reads it.
+    assert_eq!(kernel_counter(&net, "tx_packets"), read, "{c:?}");
+    eprintln!(
+        "junk: kernel dropped {} frames for the TAP's full queue",
+        kernel_counter(&net, "tx_dropped")
+    );
+
+    // The log holds exactly what reached the guest, each frame one the card takes whole.
+    let reader = logging_channel::file::LogReader::open(&log).unwrap();
+    let (mut rx, mut tx) = (0u64, 0u64);
+    for item in reader.frames() {
+        match item.unwrap().1.entry {
+            logging_channel::format::Entry::NetRx { frame, .. } => {
+                assert!(
+                    (14..=CARD_MAX_FRAME).contains(&frame.len()),
+                    "a {}-byte frame reached the guest",
+                    frame.len()
+                );
+                rx += 1;
+            }
+            logging_channel::format::Entry::NetTx { .. } => tx += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(rx, c["card_delivered"] + c["card_bad_buffer"], "{c:?}");
+    assert_eq!(tx, c["card_sent"], "{c:?}");
+
+    // And the recording replays to its end, every transmitted frame as recorded.
+    common::assert_replays(&log, &out, "the run with junk on the wire");
 }

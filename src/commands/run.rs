@@ -11,6 +11,7 @@ use clap::Args;
 use logging_channel::format::{FORMAT_VERSION, Header};
 use logging_channel::net::{ChannelConfig, Hello, LogSender};
 use vmm::clock::SystemClock;
+use vmm::devices::virtio::net::NetStats;
 use vmm::host_net::HostNet;
 use vmm::live::{LiveOptions, run_live};
 use vmm::machine::{Machine, MachineConfig};
@@ -52,6 +53,33 @@ pub struct RunArgs {
     /// Print run statistics to stderr at the end.
     #[arg(long)]
     pub stats: bool,
+}
+
+/// The network counters of `--stats`, as `key=value` words (tests read them): what the TAP
+/// side read, dropped and still held, and what the card did with what it was handed.
+fn net_stats(host: &TapNet, card: &NetStats) -> String {
+    let tap = host.stats();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    format!(
+        "run: net: tap_read={} tap_queue_full={} tap_queued={} tap_read_errors={} \
+         tap_written={} tap_write_errors={} card_delivered={} card_bad_buffer={} \
+         card_oversized={} card_runts={} card_no_driver={} card_no_buffer_waits={} \
+         card_sent={} card_tx_malformed={}",
+        get(&tap.rx_frames),
+        get(&tap.rx_dropped),
+        host.queued(),
+        get(&tap.rx_errors),
+        get(&tap.tx_frames),
+        get(&tap.tx_errors),
+        card.rx_frames,
+        card.rx_bad_buffer,
+        card.rx_oversized,
+        card.rx_runts,
+        card.rx_no_driver,
+        card.rx_no_buffer,
+        card.tx_frames,
+        card.tx_malformed,
+    )
 }
 
 pub fn run(args: &RunArgs) -> CmdResult {
@@ -165,6 +193,12 @@ pub fn run(args: &RunArgs) -> CmdResult {
         );
         if let Some((entries, bytes)) = log_info {
             eprintln!("run: log {entries} entries, {bytes} bytes");
+        }
+        if let (Some(host), Some(card)) = (host_net.as_mut(), machine.bus.devices.nic.as_ref()) {
+            // Stopped first, so the counts add up: every frame read was taken by the card or
+            // dropped with the queue full, or is still queued.
+            host.stop_reading();
+            eprintln!("{}", net_stats(host, &card.stats()));
         }
     }
     Ok(match outcome {

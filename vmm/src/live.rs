@@ -178,13 +178,14 @@ impl Recorder<'_> {
         let mut taken = Vec::new();
         while let Some(frame) = net.receive() {
             match self.m.bus.net_receive(&frame) {
-                Some(Received::Delivered { .. } | Received::BadBuffer { .. }) => taken.push(frame),
                 Some(Received::NoBuffer) => {
                     net.put_back(frame);
                     break;
                 }
-                // No driver running: nothing in the guest would have seen it.
-                None => {}
+                Some(r) if r.reached_the_guest() => taken.push(frame),
+                // Dropped unseen (a runt, an oversized frame) or no driver running: nothing
+                // in the guest changed, so there is nothing to log or replay.
+                Some(_) | None => {}
             }
         }
         for frame in taken {

@@ -389,7 +389,20 @@ impl Replayer<'_> {
                 });
             }
             Entry::NetRx { frame: bytes, .. } => match self.m.bus.net_receive(bytes) {
-                Some(Received::Delivered { .. } | Received::BadBuffer { .. }) => {}
+                Some(
+                    Received::Delivered { .. }
+                    | Received::BadBuffer { .. }
+                    | Received::BrokeTheQueue,
+                ) => {}
+                Some(r @ (Received::Runt | Received::Oversized)) => {
+                    return Err(self.diverged(
+                        frame,
+                        format!(
+                            "the recorded card took this {}-byte frame; the replayed card drops it unseen ({r:?})",
+                            bytes.len()
+                        ),
+                    ));
+                }
                 Some(Received::NoBuffer) => {
                     return Err(self.diverged(
                         frame,

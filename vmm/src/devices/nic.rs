@@ -40,6 +40,8 @@ pub struct Nic {
     mem: GuestMemoryMmap,
     dirty: DirtyPages,
     irq_level: bool,
+    /// Frames that arrived while the driver had no card set up (see [`NetStats::rx_no_driver`]).
+    rx_no_driver: u64,
 }
 
 impl Nic {
@@ -50,6 +52,7 @@ impl Nic {
             mem,
             dirty: DirtyPages::new(),
             irq_level: false,
+            rx_no_driver: 0,
         }
     }
 
@@ -86,11 +89,11 @@ impl Nic {
     }
 
     /// Copies `frame` into the guest's next receive buffer. `None` if the driver is not ready
-    /// (the frame is dropped: no guest would have seen it).
+    /// (the frame is dropped and counted: no guest would have seen it).
     pub fn receive(&mut self, frame: &[u8]) -> Option<Received> {
         let mut w = GuestWrites::new(&self.mem, &mut self.dirty);
         let mut got = None;
-        self.transport.with_device(&mut w, |dev, queues, w| {
+        let ran = self.transport.with_device(&mut w, |dev, queues, w| {
             let r = dev.receive(queues, w, frame)?;
             got = Some(r);
             Ok(matches!(
@@ -98,7 +101,13 @@ impl Nic {
                 Received::Delivered { notify: true } | Received::BadBuffer { notify: true }
             ))
         });
-        got
+        if ran.is_none() {
+            self.rx_no_driver += 1;
+            return None;
+        }
+        // The device ran but failed: the transport broke the queue, which the guest sees (a
+        // status bit, an interrupt), so the frame has to be logged like a delivered one.
+        Some(got.unwrap_or(Received::BrokeTheQueue))
     }
 
     /// Frames the guest transmitted since the last call, in order.
@@ -113,7 +122,10 @@ impl Nic {
 
     /// What the card did so far.
     pub fn stats(&self) -> NetStats {
-        self.transport.device.stats()
+        NetStats {
+            rx_no_driver: self.rx_no_driver,
+            ..self.transport.device.stats()
+        }
     }
 
     /// Whether the driver has the card running.
@@ -148,6 +160,7 @@ impl Nic {
             mem,
             dirty: DirtyPages::new(),
             irq_level: state.irq_level,
+            rx_no_driver: 0,
         })
     }
 
@@ -162,7 +175,7 @@ impl Nic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestAddress;
+    use vm_memory::{Bytes, GuestAddress};
 
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
@@ -200,6 +213,45 @@ mod tests {
         assert_eq!(nic.irq_change(), None);
         write32(&mut nic, 0x64, 3);
         assert_eq!(nic.irq_change(), Some(false));
+    }
+
+    #[test]
+    fn frames_without_a_driver_are_counted_and_a_queue_a_frame_breaks_is_reported() {
+        let mut nic = Nic::new(DEFAULT_MAC, mem());
+        let frame = [0x42u8; 60];
+        assert_eq!(nic.receive(&frame), None, "no driver yet");
+        assert_eq!(nic.stats().rx_no_driver, 1);
+        // A driver whose one receive buffer lies outside guest memory.
+        let m = nic.memory().clone();
+        m.write_obj(0xfff_0000u64, GuestAddress(0x1000)).unwrap();
+        m.write_obj(2048u32, GuestAddress(0x1008)).unwrap();
+        m.write_obj(2u16, GuestAddress(0x100c)).unwrap();
+        m.write_obj(0u16, GuestAddress(0x2004)).unwrap();
+        m.write_obj(1u16, GuestAddress(0x2002)).unwrap();
+        for (off, v) in [(0x70, 1), (0x70, 3), (0x24, 1), (0x20, 1), (0x70, 11)] {
+            write32(&mut nic, off, v);
+        }
+        for (q, base) in [(0, 0x1000), (1, 0x4000)] {
+            for (off, v) in [
+                (0x30, q),
+                (0x38, 16),
+                (0x80, base),
+                (0x90, base + 0x1000),
+                (0xa0, base + 0x2000),
+                (0x44, 1),
+            ] {
+                write32(&mut nic, off, v);
+            }
+        }
+        write32(&mut nic, 0x70, 15);
+        assert!(nic.driver_ok());
+        // The guest sees the break (a status bit, an interrupt): the frame must be logged.
+        let got = nic.receive(&frame);
+        assert_eq!(got, Some(Received::BrokeTheQueue));
+        assert!(got.is_some_and(Received::reached_the_guest));
+        assert_eq!(nic.irq_change(), Some(true));
+        assert_eq!(nic.receive(&frame), None, "nothing until the driver resets");
+        assert_eq!(nic.stats().rx_no_driver, 2);
     }
 
     #[test]

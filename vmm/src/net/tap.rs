@@ -884,7 +884,7 @@ pub(crate) mod tests {
         assert_eq!(r, 0, "mount {target:?}: {}", io::Error::last_os_error());
     }
 
-    fn run(args: &[&str]) {
+    pub(crate) fn run(args: &[&str]) {
         let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
         assert!(
             out.status.success(),
@@ -974,7 +974,7 @@ pub(crate) mod tests {
             self.try_send(frame).unwrap();
         }
 
-        fn try_send(&self, frame: &[u8]) -> io::Result<()> {
+        pub(crate) fn try_send(&self, frame: &[u8]) -> io::Result<()> {
             // SAFETY: `frame` is valid for reads of its length across the call.
             let n =
                 unsafe { libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };

@@ -73,6 +73,23 @@ impl TapNet {
     pub fn stats(&self) -> &TapNetStats {
         &self.stats
     }
+
+    /// Stops the reader (within [`READER_POLL`]): what arrives from now on stays with the
+    /// kernel, so the counts hold still and can be checked against each other. Frames already
+    /// queued stay queued.
+    pub fn stop_reading(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+
+    /// Frames read from the TAP that the guest has not taken. Once the reader has stopped,
+    /// every frame read was taken by the guest's card, dropped with the queue full, or is one
+    /// of these.
+    pub fn queued(&self) -> usize {
+        self.frames.len() + usize::from(self.put_back.is_some())
+    }
 }
 
 impl HostNet for TapNet {
@@ -120,10 +137,7 @@ impl HostNet for TapNet {
 
 impl Drop for TapNet {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
+        self.stop_reading();
     }
 }
 
@@ -178,7 +192,7 @@ fn read_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::tap::tests::{frame, in_private_netns, pattern, ready_tap, wait_until};
+    use crate::net::tap::tests::{frame, in_private_netns, pattern, ready_tap, run, wait_until};
     use std::sync::atomic::AtomicUsize;
 
     fn counting_wake() -> (Wake, Arc<AtomicUsize>) {
@@ -239,6 +253,41 @@ mod tests {
     }
 
     #[test]
+    fn frames_up_to_64_kib_arrive_whole_and_nothing_shorter_than_a_header_can_be_sent() {
+        in_private_netns("tap_net_sizes", || {
+            let (tap, host) = ready_tap("usnet3");
+            // The most a TAP takes: MAX_MTU (65535) less the Ethernet header.
+            run(&["ip", "link", "set", "usnet3", "mtu", "65521"]);
+            let mut net = TapNet::new(Arc::new(tap));
+            let (wake, _) = counting_wake();
+            net.wake_with(wake);
+            // Runts of the wire (under 60 bytes), the edges of the card's limit, jumbo and
+            // the largest: the reader passes each on whole; the card decides what it takes.
+            let sent: Vec<_> = [14, 15, 59, 60, 1514, 1518, 1519, 9014, 65_535]
+                .into_iter()
+                .map(|len: usize| frame([0x02; 6], [0x04; 6], &pattern(len - 14, len as u8)))
+                .collect();
+            for f in &sent {
+                host.send(f);
+            }
+            // The kernel refuses anything shorter than an Ethernet header before it gets to
+            // the TAP, so no runt of that kind ever reaches the reader from this side.
+            for len in [0, 1, 13] {
+                let err = host.try_send(&vec![0xff; len]).unwrap_err();
+                assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{len} bytes: {err}");
+            }
+            let mut got = Vec::new();
+            wait_until("all frames arrive", || {
+                got.extend(std::iter::from_fn(|| net.receive()));
+                got.len() >= sent.len()
+            });
+            assert_eq!(got, sent);
+            assert_eq!(net.stats().rx_errors.load(Ordering::SeqCst), 0);
+            assert_eq!(net.stats().rx_frames.load(Ordering::SeqCst), 9);
+        });
+    }
+
+    #[test]
     fn a_guest_that_takes_nothing_costs_a_bounded_queue_and_counted_drops() {
         in_private_netns("tap_net_full", || {
             let (tap, host) = ready_tap("usnet2");
@@ -252,8 +301,22 @@ mod tests {
             wait_until("the reader has read every frame", || {
                 net.stats().rx_frames.load(Ordering::SeqCst) == n as u64
             });
+            net.stop_reading();
+            assert_eq!(net.queued(), RX_QUEUE_FRAMES);
+            // Nothing more is read once stopped, so the counts add up.
+            host.send(&frame([0x02; 6], [0x04; 6], &pattern(64, 0)));
+            std::thread::sleep(READER_POLL * 2);
+            assert_eq!(net.stats().rx_frames.load(Ordering::SeqCst), n as u64);
+            let f = net.receive().unwrap();
+            net.put_back(f);
+            assert_eq!(
+                net.queued(),
+                RX_QUEUE_FRAMES,
+                "a frame put back is still queued"
+            );
             let kept = std::iter::from_fn(|| net.receive()).count();
             assert_eq!(kept, RX_QUEUE_FRAMES);
+            assert_eq!(net.queued(), 0);
             assert_eq!(
                 net.stats().rx_dropped.load(Ordering::SeqCst),
                 (n - RX_QUEUE_FRAMES) as u64

@@ -4,9 +4,13 @@
 //! out and kept in the device's outbox until the VMM takes it after the exit — as the UART's
 //! output is — to hold it under the output rule. Receive happens where the VMM delivers a
 //! frame (a logged position): the frame is copied into the next receive buffer the driver
-//! offered. With no buffer (the guest is slow), the frame is dropped, as a NIC drops it, and
-//! counted. Frames are plain Ethernet frames; the 12-byte `virtio_net_hdr_v1` in front of each
-//! is zero on receive (no checksum offload, no GSO) and ignored on transmit.
+//! offered. With no buffer (the guest is slow), the card says so and the caller keeps the
+//! frame for later (its bounded queue is the card's FIFO). A frame no Ethernet NIC with a
+//! 1500-byte MTU would take — shorter than an Ethernet header, or longer than [`MAX_FRAME`] —
+//! is dropped before it reaches the guest's queue and counted, never truncated into a buffer:
+//! the host side may hand over up to 64 KiB (a TAP's MTU can be raised). Frames are plain
+//! Ethernet frames; the 12-byte `virtio_net_hdr_v1` in front of each is zero on receive (no
+//! checksum offload, no GSO) and ignored on transmit.
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
@@ -40,10 +44,18 @@ pub struct NetStats {
     pub tx_malformed: u64,
     /// Frames copied into the guest's receive buffers.
     pub rx_frames: u64,
-    /// Frames dropped because the guest offered no receive buffer.
+    /// Times a frame found no receive buffer offered (the caller keeps it and tries again, so
+    /// one frame may count several times).
     pub rx_no_buffer: u64,
     /// Frames dropped because the offered buffer was too small or unwritable (a driver bug).
     pub rx_bad_buffer: u64,
+    /// Frames dropped unseen because they were shorter than an Ethernet header.
+    pub rx_runts: u64,
+    /// Frames dropped unseen because they were longer than [`MAX_FRAME`].
+    pub rx_oversized: u64,
+    /// Frames dropped unseen because the driver had not set the card up (or had to reset it).
+    /// Counted by [`crate::devices::nic::Nic`]: the device itself never sees them.
+    pub rx_no_driver: u64,
 }
 
 /// What became of a frame handed to [`VirtioNet::receive`].
@@ -62,6 +74,26 @@ pub enum Received {
         /// Whether the driver wants an interrupt for the returned buffer.
         notify: bool,
     },
+    /// Shorter than an Ethernet header ([`MIN_FRAME`]): dropped without touching the guest.
+    Runt,
+    /// Longer than [`MAX_FRAME`]: dropped without touching the guest.
+    Oversized,
+    /// The driver's receive queue was malformed (a buffer outside guest memory, say): the card
+    /// now needs a reset and has raised its configuration interrupt, and may have written part
+    /// of the frame. Set by [`crate::devices::nic::Nic`].
+    BrokeTheQueue,
+}
+
+impl Received {
+    /// Whether the guest's memory or the card's queues changed: the frame must be logged (and
+    /// replayed) at this position. A frame dropped unseen changed nothing; a frame that found
+    /// no buffer is still the caller's.
+    pub fn reached_the_guest(self) -> bool {
+        matches!(
+            self,
+            Received::Delivered { .. } | Received::BadBuffer { .. } | Received::BrokeTheQueue
+        )
+    }
 }
 
 /// A virtio network card.
@@ -104,6 +136,16 @@ impl VirtioNet {
         mem: &mut GuestWrites<'_>,
         frame: &[u8],
     ) -> Result<Received, QueueError> {
+        // Before the ring is looked at: a NIC drops runts and giants in its MAC, and a frame
+        // that does not fit must not use up (or be cut into) a buffer the driver offered.
+        if frame.len() < MIN_FRAME {
+            self.stats.rx_runts += 1;
+            return Ok(Received::Runt);
+        }
+        if frame.len() > MAX_FRAME {
+            self.stats.rx_oversized += 1;
+            return Ok(Received::Oversized);
+        }
         let malformed = |what: String| QueueError::Malformed { queue: RX, what };
         let q = queues
             .get_mut(usize::from(RX))
@@ -497,6 +539,55 @@ mod tests {
         assert!(!n.t.irq_level());
         assert_eq!(n.t.device.stats().rx_no_buffer, 1);
         assert!(n.dirty.is_empty(), "nothing written");
+    }
+
+    #[test]
+    fn runts_and_oversized_frames_are_dropped_and_counted_without_using_a_buffer() {
+        let mut n = nic();
+        n.rx.post(&n.m, &[(0x31000, 2048, true)]);
+        n.rx.post(&n.m, &[(0x32000, 2048, true)]);
+        // 0 to 13 bytes: no Ethernet header (a TAP never hands these over, but a card must not
+        // pass them on, and a log cannot hold them). 1519 bytes up: a TAP with its MTU raised
+        // hands over up to 64 KiB; none of it may be cut to fit the guest's buffer.
+        for len in [0, 1, 13] {
+            assert_eq!(n.receive(&frame(len)), Some(Received::Runt), "{len} bytes");
+        }
+        for len in [MAX_FRAME + 1, 9014, 65_535] {
+            assert_eq!(
+                n.receive(&frame(len)),
+                Some(Received::Oversized),
+                "{len} bytes"
+            );
+        }
+        assert_eq!(n.rx.used_idx(&n.m), 0, "no buffer was used");
+        assert!(n.dirty.is_empty(), "nothing written");
+        assert!(!n.t.irq_level());
+        let stats = n.t.device.stats();
+        assert_eq!((stats.rx_runts, stats.rx_oversized), (3, 3));
+        assert_eq!((stats.rx_frames, stats.rx_bad_buffer), (0, 0));
+        assert!(!Received::Runt.reached_the_guest());
+        assert!(!Received::Oversized.reached_the_guest());
+        // The shortest and the longest frame it takes still arrive whole, in the buffers that
+        // were offered first.
+        for len in [MIN_FRAME, MAX_FRAME] {
+            assert_eq!(
+                n.receive(&frame(len)),
+                Some(Received::Delivered { notify: true })
+            );
+        }
+        assert_eq!(
+            n.rx.used_elem(&n.m, 0),
+            (0, (HEADER_LEN + MIN_FRAME) as u32)
+        );
+        assert_eq!(
+            n.rx.used_elem(&n.m, 1),
+            (1, (HEADER_LEN + MAX_FRAME) as u32)
+        );
+        let mut got = vec![0u8; MAX_FRAME];
+        n.m.read_slice(&mut got, GuestAddress(0x32000 + HEADER_LEN as u64))
+            .unwrap();
+        assert_eq!(got, frame(MAX_FRAME));
+        assert_eq!(n.t.device.stats().rx_frames, 2);
     }
 
     #[test]
