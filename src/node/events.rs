@@ -298,6 +298,11 @@ mod tests {
                 node: s,
                 after_ms: 1.0,
             },
+            D::AnsweredAgain {
+                after_ms: 1.0,
+                client_retransmits: Some(1),
+                client_rto_ms: Some(200),
+            },
             D::Check {
                 passed: true,
                 what: s,
@@ -305,8 +310,11 @@ mod tests {
         ];
         for e in &demo {
             match e {
-                D::Killed { .. } | D::ViewSeen { .. } | D::FirstOutput { .. } | D::Check { .. } => {
-                }
+                D::Killed { .. }
+                | D::ViewSeen { .. }
+                | D::FirstOutput { .. }
+                | D::AnsweredAgain { .. }
+                | D::Check { .. } => {}
             }
         }
         all.extend(demo.iter().map(|e| serde_json::to_value(e).unwrap()));
