@@ -14,34 +14,9 @@ use std::time::{Duration, Instant};
 
 use ::cluster::Signal;
 use ::cluster::counter::{Counted, count_on};
-use common::cluster::{Cluster, Failover};
+use common::cluster::{Cluster, Failover, KV_GUEST_IP, kv_network};
 
-const GUEST_IP: &str = "10.77.0.100";
-const PING_MS: u64 = 100;
 const LONG: Duration = Duration::from_secs(60);
-
-/// A LAN with a viewserver host "vs", a client host "ctl" and `node_hosts`, each with a TAP
-/// `us0` on its bridge, and a cluster for the `kv` guest on it (no nodes yet); `None` (and a
-/// "skipped" line) where that cannot run.
-fn kv_network(node_hosts: &[&str]) -> Option<(Arc<::cluster::Net>, Cluster)> {
-    if !vmm::guest_image::BUILTIN_WORKLOADS.contains(&"kv") {
-        eprintln!("skipped: this build's guest has no kv workload");
-        return None;
-    }
-    if let Some(why) = ::cluster::netns::unavailable() {
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    let mut hosts = vec!["vs", "ctl"];
-    hosts.extend_from_slice(node_hosts);
-    let net = Arc::new(::cluster::Net::new(&hosts).expect("a network"));
-    for h in node_hosts {
-        net.add_tap(h, "us0").expect("a TAP on the host's bridge");
-    }
-    let ip_arg = format!("ip={GUEST_IP}/24");
-    let c = Cluster::start_on(Some(Arc::clone(&net)), "kv", &[&ip_arg], PING_MS);
-    Some((net, c))
-}
 
 #[test]
 fn one_connection_counts_on_across_five_primary_kills() {
@@ -66,7 +41,7 @@ fn one_connection_counts_on_across_five_primary_kills() {
     // Made in the client's namespace, the connection stays there; the client thread holds no
     // reference to the network, so a failing test still removes it as it unwinds.
     let stream = net
-        .within("ctl", || TcpStream::connect((GUEST_IP, 6379)))
+        .within("ctl", || TcpStream::connect((KV_GUEST_IP, 6379)))
         .expect("the client's namespace")
         .expect("connect to the guest");
     let client = {
@@ -162,7 +137,7 @@ fn a_stopped_backup_holds_every_reply_until_the_viewserver_drops_it() {
     c.wait_ready(LONG);
     // A connection made in the client's namespace stays there.
     let stream = net
-        .within("ctl", || TcpStream::connect((GUEST_IP, 6379)))
+        .within("ctl", || TcpStream::connect((KV_GUEST_IP, 6379)))
         .expect("the client's namespace")
         .expect("connect to the guest");
     let mut w = stream.try_clone().expect("clone");
@@ -221,7 +196,7 @@ fn redis_benchmark_runs_through_a_primary_kill() {
         .expect("the client's namespace")
         .args([
             "-h",
-            GUEST_IP,
+            KV_GUEST_IP,
             "-t",
             "ping,set,get,incr",
             "-n",

@@ -551,6 +551,35 @@ impl Cluster {
     }
 }
 
+/// The `kv` guest's address on the LAN [`kv_network`] makes.
+pub const KV_GUEST_IP: &str = "10.77.0.100";
+
+/// The viewserver's ping interval on that LAN.
+const KV_PING_MS: u64 = 100;
+
+/// A LAN with a viewserver host "vs", a client host "ctl" and `node_hosts`, each with a TAP
+/// `us0` on its bridge, and a cluster for the `kv` guest on it (no nodes yet); `None` (and a
+/// "skipped" line) where that cannot run.
+pub fn kv_network(node_hosts: &[&str]) -> Option<(Arc<Net>, Cluster)> {
+    if !vmm::guest_image::BUILTIN_WORKLOADS.contains(&"kv") {
+        eprintln!("skipped: this build's guest has no kv workload");
+        return None;
+    }
+    if let Some(why) = ::cluster::netns::unavailable() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let mut hosts = vec!["vs", "ctl"];
+    hosts.extend_from_slice(node_hosts);
+    let net = Arc::new(Net::new(&hosts).expect("a network"));
+    for h in node_hosts {
+        net.add_tap(h, "us0").expect("a TAP on the host's bridge");
+    }
+    let ip_arg = format!("ip={KV_GUEST_IP}/24");
+    let c = Cluster::start_on(Some(Arc::clone(&net)), "kv", &[&ip_arg], KV_PING_MS);
+    Some((net, c))
+}
+
 /// The console byte a node that went live released from (its last `going_live` event).
 pub fn released_from(node: &Proc) -> Option<usize> {
     node.events_named("going_live")
