@@ -11,6 +11,12 @@
 # `primary_summary` event, so each replicated run ends with a clean SHUTDOWN of the guest), and
 # the CPU time each VMM process used per 1,000 requests of the 50-client test.
 #
+# PIN=1 (the default on a machine with 2 or more CPUs) keeps the primary's side on CPU 0 (the
+# VMM alone, or the primary and the viewserver, and redis-benchmark) and the backup on CPU 1:
+# as if the backup ran on a host of its own, so both modes get the same CPU and the ratio says
+# what the output rule costs, not what two VMMs sharing one CPU cost. PIN=0 lets the scheduler
+# place everything.
+#
 # Topology (all made here, removed at the end, also on Ctrl-C): a "server" network namespace
 # holding a bridge with two TAPs (one per node; only the primary's carries frames) and a veth to
 # a "client" namespace (10.0.0.1) where redis-benchmark runs; the guest is 10.0.0.10. The
@@ -22,6 +28,9 @@ cd "$(dirname "$0")/.."
 REPS=${REPS:-3}
 N=${N:-20000}
 N1=${N1:-5000}
+if [[ -z "${PIN:-}" ]]; then
+    if (($(nproc) >= 2)); then PIN=1; else PIN=0; fi
+fi
 TESTS=ping,set,get,incr
 command -v redis-benchmark >/dev/null || { echo "bench/net.sh: needs redis-benchmark (Debian: redis-tools)" >&2; exit 2; }
 cargo build --release -q
@@ -55,10 +64,17 @@ for t in tap0 tap1 tap2; do
     ip -n "$NS" link set "$t" up
 done
 
-in_client() { ip netns exec "$CL" "$@"; }
+in_client() {
+    if [[ "$PIN" == 1 ]]; then ip netns exec "$CL" taskset -c 0 "$@"; else ip netns exec "$CL" "$@"; fi
+}
 # For `&`: the background job becomes the process itself (ip netns exec execs it), so its PID
 # is the one to kill.
-bg_server() { exec ip netns exec "$NS" "$@"; }
+bg_server() { # CPU CMD...
+    local cpu=$1
+    shift
+    if [[ "$PIN" == 1 ]]; then exec taskset -c "$cpu" ip netns exec "$NS" "$@"; fi
+    exec ip netns exec "$NS" "$@"
+}
 
 wait_for() { # what, command...: up to 60 s
     local what=$1; shift
@@ -99,7 +115,7 @@ stop_all() {
 }
 
 alone() {
-    bg_server "$BIN" run --guest kv --guest-arg ip=10.0.0.10/24 --tap tap2 >/dev/null 2>"$WORK/run.err" &
+    bg_server 0 "$BIN" run --guest kv --guest-arg ip=10.0.0.10/24 --tap tap2 >/dev/null 2>"$WORK/run.err" &
     PIDS+=($!)
     wait_for "the guest alone to answer" answers
     bench "$!=vmm"
@@ -109,15 +125,15 @@ alone() {
 replicated() {
     local vs=127.0.0.1:7300
     rm -rf "$WORK/vs.data" "$WORK"/*.events
-    bg_server "$BIN" viewserver --listen "$vs" --data-dir "$WORK/vs.data" >/dev/null 2>"$WORK/vs.err" &
+    bg_server 0 "$BIN" viewserver --listen "$vs" --data-dir "$WORK/vs.data" >/dev/null 2>"$WORK/vs.err" &
     PIDS+=($!)
     sleep 0.3
-    bg_server "$BIN" node --viewserver "$vs" --listen 127.0.0.1:7301 --guest kv \
+    bg_server 0 "$BIN" node --viewserver "$vs" --listen 127.0.0.1:7301 --guest kv \
         --guest-arg ip=10.0.0.10/24 --tap tap0 --events "$WORK/a.events" >/dev/null 2>"$WORK/a.err" &
     local primary=$!
     PIDS+=($!)
     wait_for "the primary to answer" answers
-    bg_server "$BIN" node --viewserver "$vs" --listen 127.0.0.1:7302 --guest kv \
+    bg_server 1 "$BIN" node --viewserver "$vs" --listen 127.0.0.1:7302 --guest kv \
         --guest-arg ip=10.0.0.10/24 --tap tap1 --events "$WORK/b.events" >/dev/null 2>"$WORK/b.err" &
     local backup=$!
     PIDS+=($!)
@@ -146,10 +162,10 @@ for rep in $(seq "$REPS"); do
     sed "s/^/replicated /" "$WORK/one" >>"$WORK/results"
 done
 
-python3 - "$WORK/results" "$REPS" "$N" "$N1" "$TESTS" <<'EOF'
+python3 - "$WORK/results" "$REPS" "$N" "$N1" "$TESTS" "$PIN" <<'EOF'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-reps, n, n1, tests_arg = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+reps, n, n1, tests_arg, pin = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 bench = [r for r in rows if r[1] not in ("cpu", "release")]
 tests = []
 for mode, test, rps, p50 in bench:
@@ -159,7 +175,9 @@ def med(vals):
     return statistics.median(vals) if vals else float("nan")
 def col(mode, test, c):
     return med([float(r[c]) for r in bench if r[0] == mode and r[1] == test])
-print(f"redis-benchmark -t {tests_arg} -n {n} -q (50 clients), then -t get -c 1 -n {n1}; medians of {reps} alternating runs")
+where = ("primary side (VMM, viewserver, client) on CPU 0, backup on CPU 1" if pin == "1"
+         else "not pinned: everything shares every CPU")
+print(f"redis-benchmark -t {tests_arg} -n {n} -q (50 clients), then -t get -c 1 -n {n1}; medians of {reps} alternating runs; {where}")
 print()
 print("| test | alone req/s | replicated req/s | replicated / alone | alone p50 ms | replicated p50 ms |")
 print("|------|------------:|-----------------:|-------------------:|-------------:|------------------:|")
