@@ -14,7 +14,7 @@
 //!
 //! Needs root, iproute2 and iptables: [`unavailable`] says why not, for a test to skip.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::io;
 use std::net::Ipv4Addr;
@@ -161,6 +161,8 @@ pub struct Net {
     /// Whether the LAN's namespace exists.
     lan: bool,
     rules: Mutex<BTreeMap<String, Rules>>,
+    /// Hosts given a TAP ([`Net::add_tap`]): their own address is on their local bridge.
+    tapped: Mutex<BTreeSet<String>>,
 }
 
 impl Net {
@@ -175,6 +177,7 @@ impl Net {
             hosts: BTreeMap::new(),
             lan: false,
             rules: Mutex::new(BTreeMap::new()),
+            tapped: Mutex::new(BTreeSet::new()),
         };
         // On an error `net` is dropped, which removes what was made so far.
         let lan = net.ns(LAN);
@@ -237,8 +240,11 @@ impl Net {
     /// Gives `host` a TAP device `tap` on the LAN, as a hypervisor host plugs a VM's card into
     /// its network: a local bridge holds the uplink and the TAP, and the host's address moves
     /// to the bridge. The TAP is persistent (made with `ip tuntap add`), so a VMM attaches to
-    /// it and a restarted one finds it again. Once a host has a TAP its traffic leaves through
-    /// the bridge: `cut`, `lose` and `isolate`, which filter on `eth0`, do not apply to it.
+    /// it and a restarted one finds it again. From then on `cut`, `lose` and `isolate` apply to
+    /// the host's own traffic (its VMM's logging channel, its pings to the view service), not
+    /// to its guest's frames, which cross the bridges without reaching the host's INPUT and
+    /// OUTPUT chains: as when a hypervisor host's own network fails while its VMs' network
+    /// stays up — the case where a deposed primary's guest is still reachable by clients.
     pub fn add_tap(&self, host: &str, tap: &str) -> Result<(), NetError> {
         let ns = self.namespace(host)?;
         let cidr = format!("{}/24", self.ip(host)?);
@@ -254,7 +260,22 @@ impl Net {
         ] {
             run("ip", &args)?;
         }
-        Ok(())
+        self.tapped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(host.to_string());
+        // Rules made before the TAP filtered on eth0, which is now a bridge port.
+        self.apply(host)
+    }
+
+    /// The interface the host's own traffic uses: its local bridge once it has a TAP.
+    fn own_interface(&self, host: &str) -> &'static str {
+        let tapped = self
+            .tapped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(host);
+        if tapped { BRIDGE } else { "eth0" }
     }
 
     /// The hosts, by name.
@@ -351,12 +372,13 @@ impl Net {
     fn apply(&self, host: &str) -> Result<(), NetError> {
         let rules = self.rules().get(host).cloned().unwrap_or_default();
         let iptables = |args: &[&str]| self.exec(host, "iptables", args);
+        let own = self.own_interface(host);
         for chain in ["INPUT", "OUTPUT"] {
             iptables(&["-F", chain])?;
         }
         if rules.isolated {
             for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
-                iptables(&["-A", chain, dir, "eth0", "-j", "DROP"])?;
+                iptables(&["-A", chain, dir, own, "-j", "DROP"])?;
             }
         }
         if rules.loss_pct > 0 {
@@ -366,7 +388,7 @@ impl Net {
                     "-A",
                     chain,
                     dir,
-                    "eth0",
+                    own,
                     "-m",
                     "statistic",
                     "--mode",
