@@ -125,7 +125,18 @@ impl ReleaseQueue {
                 produced: Instant::now(),
             }),
         }
-        self.changed.notify_all();
+        self.wake_if_ready(g);
+    }
+
+    /// Wakes the release thread for output just queued, if it may leave as it is: only free
+    /// flow lets uncovered output go, and otherwise the entry that covers it will wake the
+    /// thread (one futex call per frame fewer on the way of every reply).
+    fn wake_if_ready(&self, g: MutexGuard<'_, State>) {
+        let ready = g.free_flow;
+        drop(g);
+        if ready {
+            self.changed.notify_all();
+        }
     }
 
     /// A network frame the guest just transmitted (not yet covered by any entry): it leaves
@@ -138,7 +149,7 @@ impl ReleaseQueue {
             needs: None,
             produced: Instant::now(),
         });
-        self.changed.notify_all();
+        self.wake_if_ready(g);
     }
 
     /// Network frames released so far.
