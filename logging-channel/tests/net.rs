@@ -379,6 +379,39 @@ fn streams_20000_mixed_entries_in_order() {
 }
 
 #[test]
+fn queued_entries_leave_together_at_push_and_are_never_stranded() {
+    let c = ChannelConfig {
+        max_unacked: 20,
+        heartbeat_interval: Duration::from_secs(5),
+        ..cfg()
+    };
+    let (sender, receiver) = pair(c);
+    for i in 0..3 {
+        sender.queue(&frame(i)).unwrap();
+    }
+    sender.push();
+    for i in 0..3 {
+        assert_eq!(receiver.recv(WAIT).unwrap(), Some(frame(i)));
+    }
+    assert!(sender.wait_acked(2, WAIT).unwrap());
+    // Never pushed, the window fills with entries only queued: the sender must get them on
+    // the wire itself, or no ack could ever make room (the heartbeat is 5 s off).
+    let backup = thread::spawn(move || {
+        for i in 3..60 {
+            assert_eq!(receiver.recv(WAIT).unwrap(), Some(frame(i)));
+        }
+        receiver
+    });
+    for i in 3..60 {
+        // A full window gives up after `send_timeout` (300 ms), far short of the heartbeat.
+        sender.queue(&frame(i)).unwrap();
+    }
+    sender.push();
+    assert!(sender.wait_acked(59, WAIT).unwrap());
+    let _receiver = backup.join().unwrap();
+}
+
+#[test]
 fn flow_control_window_full_lag_and_resume() {
     let c = ChannelConfig {
         max_unacked: 100,
@@ -968,11 +1001,14 @@ fn a_backup_that_vanishes_without_bye_fails_the_primary() {
     let t = Instant::now();
     let e = sender.wait_acked(0, WAIT).unwrap_err();
     assert!(t.elapsed() < cfg().peer_timeout, "{:?}", t.elapsed());
-    // FIN, or RST if our heartbeats were still unread in its socket.
+    // FIN, or RST if our heartbeats were still unread in its socket (met by the reader, or by
+    // the writer's next heartbeat).
     assert!(
         matches!(
             e,
-            ChannelError::PeerClosed { .. } | ChannelError::Read { .. }
+            ChannelError::PeerClosed { .. }
+                | ChannelError::Read { .. }
+                | ChannelError::Write { .. }
         ),
         "{e:?}"
     );

@@ -306,6 +306,8 @@ impl Recorder<'_> {
         let mut injected = false;
         loop {
             let injected_before = std::mem::take(&mut injected);
+            // This exit's entries go to the backup in one write, before the guest runs on.
+            self.sink.hand_off();
             self.m.vcpu.clear_immediate_exit();
             let stop = {
                 let mut env = RecordEnv {
@@ -435,6 +437,7 @@ impl Recorder<'_> {
                     "no timer programmed, no interrupt pending and no network card",
                 ));
             }
+            self.sink.hand_off();
             self.pending_ticks += ticker.wait(Duration::from_millis(100));
             let frames = self.net.as_deref().is_some_and(|n| n.pending());
             if self.pending_ticks > 0 || frames || self.m.bus.devices.pic.pending_vector().is_some()

@@ -38,6 +38,9 @@ pub trait LogSink {
     fn append(&mut self, t_ns: u64, state_check: u64, entry: &Entry) -> Result<(), SinkError>;
     /// Pushes buffered entries out, so a crash of the VMM loses at most what came after.
     fn flush(&mut self) -> Result<(), SinkError>;
+    /// The vCPU thread is about to run the guest, or to wait: entries appended since the last
+    /// call must be on their way now (a sink may gather one exit's entries into one write).
+    fn hand_off(&mut self) {}
     /// Whether the recorder should log `Output` entries (console output is held until the log
     /// up to it is acknowledged).
     fn output_markers(&self) -> bool {
@@ -165,7 +168,7 @@ impl LogSink for NetSink {
         // A full window stalls the primary for as long as the backup is behind but alive; a
         // dead backup surfaces as a channel error instead.
         loop {
-            match self.sender.send(&frame) {
+            match self.sender.queue(&frame) {
                 Err(logging_channel::net::ChannelError::WindowFull { .. }) => continue,
                 other => break other?,
             }
@@ -174,6 +177,10 @@ impl LogSink for NetSink {
         Ok(())
     }
     fn flush(&mut self) -> Result<(), SinkError> {
+        self.sender.push();
         Ok(())
+    }
+    fn hand_off(&mut self) {
+        self.sender.push();
     }
 }

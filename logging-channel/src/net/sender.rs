@@ -42,6 +42,8 @@ struct TxState {
     writing: bool,
     /// When anything last went out, for the writer's heartbeats.
     last_tx: Instant,
+    /// Threads waiting on `progress`: an ack wakes them with a system call only if there are.
+    progress_waiting: usize,
     last_rx: Instant,
 }
 
@@ -73,10 +75,22 @@ impl Shared {
 
     fn wait_for_progress<'a>(
         &self,
-        g: MutexGuard<'a, TxState>,
+        mut g: MutexGuard<'a, TxState>,
         deadline: Instant,
     ) -> MutexGuard<'a, TxState> {
-        super::stream::wait_until(&self.progress, g, deadline)
+        g.progress_waiting += 1;
+        let mut g = super::stream::wait_until(&self.progress, g, deadline);
+        g.progress_waiting -= 1;
+        g
+    }
+
+    /// Wakes the threads waiting for acks or replay reports, if any.
+    fn progressed(&self, g: MutexGuard<'_, TxState>) {
+        let anyone = g.progress_waiting > 0;
+        drop(g);
+        if anyone {
+            self.progress.notify_all();
+        }
     }
 
     fn notify_all(&self) {
@@ -170,6 +184,7 @@ impl LogSender {
                 writer_done: false,
                 writing: false,
                 last_tx: Instant::now(),
+                progress_waiting: 0,
                 last_rx: Instant::now(),
             }),
             to_writer: Condvar::new(),
@@ -221,6 +236,17 @@ impl LogSender {
     /// `max_unacked_bytes`) are unacknowledged, up to `send_timeout`, then
     /// fails with `WindowFull` (the entry is not sent; retrying is fine).
     pub fn send(&self, frame: &Frame) -> Result<(), ChannelError> {
+        self.queue(frame)?;
+        self.push();
+        Ok(())
+    }
+
+    /// [`Self::send`] without putting the entry on the wire yet: it goes with the next
+    /// [`Self::push`] (or [`Self::send`]), in one write with whatever else was queued. For a
+    /// primary that logs several entries at one exit and pushes them before the guest runs on.
+    /// Entries left queued are not lost: the writer thread takes them at its next heartbeat, and
+    /// at once if the window fills.
+    pub fn queue(&self, frame: &Frame) -> Result<(), ChannelError> {
         let peer = self.shared.peer;
         if let Err(what) = frame.entry.check() {
             return Err(ChannelError::InvalidEntry {
@@ -256,6 +282,10 @@ impl LogSender {
             if !full {
                 break;
             }
+            // Acks can only come for what is on the wire.
+            if !g.queue.is_empty() {
+                self.shared.to_writer.notify_all();
+            }
             if Instant::now() >= deadline {
                 return Err(ChannelError::WindowFull {
                     peer,
@@ -274,40 +304,46 @@ impl LogSender {
         g.unacked_bytes += bytes.len();
         g.next_seq += 1;
         g.newest = Some((frame.seq, frame.t_ns));
-        if g.queue.is_empty() && !g.writing {
-            // Nothing waits to go out and no one is writing: put the entry on the wire from
-            // here, sparing the hand-off to the writer thread (a wake-up and a context switch on
-            // the way of every output the backup must acknowledge).
-            g.writing = true;
-            drop(g);
-            let written = write_now(&self.stream, &bytes);
-            let mut g = self.shared.lock();
-            g.writing = false;
-            if written > 0 {
-                g.last_tx = Instant::now();
-            }
-            if written < bytes.len() {
-                // The socket is full or failed: the writer finishes it (and reports a failure).
-                let mut rest = bytes[written..].to_vec();
-                rest.extend_from_slice(&g.queue);
-                g.queue = rest;
-            }
-            let wake_writer = !g.queue.is_empty();
-            drop(g);
-            if wake_writer {
-                self.shared.to_writer.notify_all();
-            }
-            return Ok(());
-        }
-        // The writer was woken when the queue last became non-empty and has not taken it yet;
-        // or it is writing, and takes the queue when it is done.
-        let wake_writer = g.queue.is_empty();
         g.queue.extend_from_slice(&bytes);
+        Ok(())
+    }
+
+    /// Puts everything queued on the wire now. When no one is writing, straight from the
+    /// calling thread (`send(2)` with `MSG_DONTWAIT`, which never blocks), sparing the hand-off
+    /// to the writer thread — a wake-up and a context switch on the way of every output the
+    /// backup must acknowledge; the writer thread takes what the socket did not. When the writer
+    /// is busy, it takes the queue as soon as it is done.
+    pub fn push(&self) {
+        let mut g = self.shared.lock();
+        if g.queue.is_empty() || g.writing {
+            return;
+        }
+        if g.error.is_some() || g.closing {
+            // The writer sees it and ends; nothing more goes out from here.
+            drop(g);
+            self.shared.to_writer.notify_all();
+            return;
+        }
+        g.writing = true;
+        let bytes = std::mem::take(&mut g.queue);
+        drop(g);
+        let written = write_now(&self.stream, &bytes);
+        let mut g = self.shared.lock();
+        g.writing = false;
+        if written > 0 {
+            g.last_tx = Instant::now();
+        }
+        if written < bytes.len() {
+            // The socket is full or failed: the writer finishes it (and meets the failure).
+            let mut rest = bytes[written..].to_vec();
+            rest.extend_from_slice(&g.queue);
+            g.queue = rest;
+        }
+        let wake_writer = !g.queue.is_empty();
         drop(g);
         if wake_writer {
             self.shared.to_writer.notify_all();
         }
-        Ok(())
     }
 
     /// Highest seq the backup acknowledged (cumulatively).
@@ -605,8 +641,7 @@ fn read_loop(shared: &Shared, mut reader: MsgReader) {
                     g.unacked_bytes -= f.bytes;
                     g.acked = Some((f.seq, f.t_ns));
                 }
-                drop(g);
-                shared.progress.notify_all();
+                shared.progressed(g);
             }
             Ok(Polled::Msg(Message::Heartbeat { .. }, _)) => g.last_rx = Instant::now(),
             Ok(Polled::Msg(Message::Replayed { seq, t_ns }, offset)) => {
@@ -624,8 +659,7 @@ fn read_loop(shared: &Shared, mut reader: MsgReader) {
                 }
                 g.replayed = Some((seq, t_ns));
                 g.replayed_at = Instant::now();
-                drop(g);
-                shared.progress.notify_all();
+                shared.progressed(g);
             }
             Ok(Polled::Msg(Message::Bye { reason }, _)) => {
                 break ChannelError::Bye { peer, reason };

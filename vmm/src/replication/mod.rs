@@ -303,7 +303,7 @@ impl ReplicaSink {
         // A full window stalls the guest while the backup is alive but behind; a dead or
         // stopped backup surfaces as a peer timeout.
         let result = loop {
-            match ch.send(frame) {
+            match ch.queue(frame) {
                 Err(ChannelError::WindowFull { .. }) => continue,
                 other => break other,
             }
@@ -366,7 +366,14 @@ impl LogSink for ReplicaSink {
 
     fn flush(&mut self) -> Result<(), SinkError> {
         self.sync();
+        self.hand_off();
         Ok(())
+    }
+
+    fn hand_off(&mut self) {
+        if let Some(ch) = &self.channel {
+            ch.push();
+        }
     }
 
     fn output_markers(&self) -> bool {

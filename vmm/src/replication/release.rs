@@ -38,6 +38,9 @@ struct State {
     /// The whole console so far: a new backup gets it with the state, so every node's
     /// transcript is the guest's console from its first byte.
     history: Vec<u8>,
+    /// Threads waiting on `changed` (the release thread with nothing to wait for, `drain`):
+    /// a notification costs a system call, so it is made only when someone listens.
+    waiting: usize,
 }
 
 /// Whether output may leave this node right now (checked just before every write).
@@ -132,11 +135,34 @@ impl ReleaseQueue {
     /// flow lets uncovered output go, and otherwise the entry that covers it will wake the
     /// thread (one futex call per frame fewer on the way of every reply).
     fn wake_if_ready(&self, g: MutexGuard<'_, State>) {
-        let ready = g.free_flow;
+        if g.free_flow {
+            self.notify(g);
+        }
+    }
+
+    /// Wakes whoever waits on `changed`, if anyone does.
+    fn notify(&self, g: MutexGuard<'_, State>) {
+        let anyone = g.waiting > 0;
         drop(g);
-        if ready {
+        if anyone {
             self.changed.notify_all();
         }
+    }
+
+    /// Waits on `changed` for at most `timeout`, counted as a listener meanwhile.
+    fn wait_changed<'a>(
+        &self,
+        mut g: MutexGuard<'a, State>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, State> {
+        g.waiting += 1;
+        let mut g = self
+            .changed
+            .wait_timeout(g, timeout)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0);
+        g.waiting -= 1;
+        g
     }
 
     /// A network frame the guest just transmitted (not yet covered by any entry): it leaves
@@ -168,12 +194,11 @@ impl ReleaseQueue {
             c.needs = Some(seq + 1);
             covered_any = true;
         }
-        drop(g);
         // The release thread may have looked between the push and this cover, found nothing it
         // could wait for, and gone to sleep: a reply would then sit until the next output or its
         // poll ran out.
         if covered_any {
-            self.changed.notify_all();
+            self.notify(g);
         }
     }
 
@@ -189,7 +214,7 @@ impl ReleaseQueue {
         g.covered = g.covered.max(next_seq);
         g.channel = Some(channel);
         g.free_flow = false;
-        self.changed.notify_all();
+        self.notify(g);
     }
 
     /// The view has no backup (true) or names one that has no state yet (false).
@@ -199,14 +224,14 @@ impl ReleaseQueue {
         if !on {
             g.channel = None;
         }
-        self.changed.notify_all();
+        self.notify(g);
     }
 
     /// The backup's stream broke: nothing covers output until a backup has state again.
     pub fn channel_lost(&self) {
         let mut g = self.lock();
         g.channel = None;
-        self.changed.notify_all();
+        self.notify(g);
     }
 
     /// Console offset up to which output was released.
@@ -252,14 +277,15 @@ impl ReleaseQueue {
         g.free_flow = false;
         g.channel = None;
         g.closing = true;
-        self.changed.notify_all();
+        self.notify(g);
     }
 
     /// The guest has stopped: the release thread ends once everything held is released, or once
     /// nothing could ever cover it (no backup stream).
     pub fn close(&self) {
-        self.lock().closing = true;
-        self.changed.notify_all();
+        let mut g = self.lock();
+        g.closing = true;
+        self.notify(g);
     }
 
     /// Waits up to `timeout` until everything queued was released.
@@ -271,11 +297,7 @@ impl ReleaseQueue {
             if now >= deadline {
                 return false;
             }
-            g = self
-                .changed
-                .wait_timeout(g, (deadline - now).min(Duration::from_millis(10)))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            g = self.wait_changed(g, (deadline - now).min(Duration::from_millis(10)));
         }
         true
     }
@@ -314,10 +336,7 @@ impl ReleaseQueue {
                         _ => None,
                     };
                     if want.is_none() {
-                        let _ = self
-                            .changed
-                            .wait_timeout(g, IDLE_POLL)
-                            .unwrap_or_else(|p| p.into_inner());
+                        drop(self.wait_changed(g, IDLE_POLL));
                     }
                     (None, want, None)
                 }
@@ -327,7 +346,7 @@ impl ReleaseQueue {
                 if let Ok(true) = channel.wait_acked(needs - 1, Duration::from_millis(20)) {
                     let mut g = self.lock();
                     g.covered = g.covered.max(needs);
-                    self.changed.notify_all();
+                    self.notify(g);
                 }
                 continue;
             }
@@ -343,7 +362,7 @@ impl ReleaseQueue {
                     frames(&c.bytes);
                     self.frames_released.fetch_add(1, Ordering::AcqRel);
                     note_delay(&self.frame_delays, c.produced);
-                    self.changed.notify_all();
+                    self.notify(self.lock());
                     continue;
                 }
                 // The world's end of stdout is gone (a closed pipe, a full disk): say so once.
@@ -367,7 +386,7 @@ impl ReleaseQueue {
                     channel.released(released);
                 }
                 note_delay(&self.delays, c.produced);
-                self.changed.notify_all();
+                self.notify(self.lock());
             }
         }
     }
