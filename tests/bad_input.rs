@@ -328,7 +328,7 @@ fn a_log_with_network_frames_for_a_guest_without_a_card_is_refused() {
         "{msg}"
     );
     assert!(
-        msg.contains("this log has network frames but its header gives the guest no network card"),
+        msg.contains("this log has network frames but the replayed guest has no network card"),
         "{msg}"
     );
     assert!(

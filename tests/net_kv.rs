@@ -393,6 +393,71 @@ fn a_recorded_kv_run_replays_every_frame() {
     );
 }
 
+/// `run --tap --stream-to` and a backup replaying the stream live (`replay --listen`, given
+/// the primary's card with `--mac`): the backup reproduces every transmitted frame as it
+/// arrives and reaches the same end, with the same console.
+#[test]
+fn a_streamed_kv_run_replays_live_on_a_listening_backup() {
+    let Some(net) = network() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut backup = net
+        .command(HOST, bin())
+        .unwrap()
+        .args([
+            "replay",
+            "--listen",
+            "127.0.0.1:0",
+            "--guest",
+            "kv",
+            "--guest-arg",
+            "ip=10.0.0.10/24",
+            "--mac",
+            "02:75:73:00:00:01",
+        ])
+        .env_remove("UNDERSTUDY_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn understudy replay --listen");
+    let mut backup_err = BufReader::new(backup.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            backup_err.read_line(&mut line).unwrap() > 0,
+            "the backup ended before it listened"
+        );
+        if let Some(a) = line.trim().strip_prefix("replay: listening on ") {
+            break a.to_string();
+        }
+    };
+    let mut vmm = Vmm::start(&net, dir.path(), "primary", &["--stream-to", &addr]);
+    net.within(HOST, talk_to_the_guest).unwrap();
+    redis_tools(&net, "300");
+    let (out, _) = shut_down(&net, &mut vmm);
+
+    let mut backup_out = String::new();
+    backup
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut backup_out)
+        .unwrap();
+    let mut rest = String::new();
+    backup_err.read_to_string(&mut rest).unwrap();
+    let status = backup.wait().unwrap();
+    assert!(status.success(), "the backup: {status:?}\n{rest}");
+    assert!(
+        rest.contains("replay: OK: reached the recorded end (guest exit code 0)"),
+        "{rest}"
+    );
+    assert_eq!(
+        backup_out, out,
+        "the backup's console differs from the primary's"
+    );
+}
+
 #[test]
 fn kv_refuses_to_start_without_an_address_or_a_card() {
     let run = |args: &[&str]| {

@@ -65,6 +65,11 @@ pub struct ReplayArgs {
     /// With --listen: guest memory in MiB, as given to the primary.
     #[arg(long, default_value_t = 64, requires = "listen")]
     pub mem_mib: u32,
+    /// With --listen, for a primary whose guest has a network card (`run --tap`): the card's
+    /// MAC, as the primary has it (02:75:73:00:00:01 unless it gave `--mac`). The replayed
+    /// card is never connected to anything: its frames are checked, not sent.
+    #[arg(long, value_name = "MAC", requires = "listen")]
+    pub mac: Option<String>,
     /// Print replay statistics to stderr at the end.
     #[arg(long)]
     pub stats: bool,
@@ -190,7 +195,11 @@ fn run_streamed(args: &ReplayArgs, addr: &str) -> CmdResult {
         mem_mib: args.mem_mib,
         image: &guest.image,
         cmdline: guest.cmdline.clone(),
-        nic: None,
+        nic: args
+            .mac
+            .as_deref()
+            .map(crate::net_choice::parse_mac)
+            .transpose()?,
     })?;
     let mut source = NetSource::new(rx);
     let stdout = std::io::stdout();

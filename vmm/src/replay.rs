@@ -383,9 +383,10 @@ impl Replayer<'_> {
                 return Err(ReplayError::Unsupported {
                     seq: frame.seq,
                     entry: describe(&frame.entry),
-                    what:
-                        "this log has network frames but its header gives the guest no network card"
-                            .into(),
+                    what: "this log has network frames but the replayed guest has no network card \
+                           (a log file's header names the card; `replay --listen` needs the \
+                           primary's card given with --mac)"
+                        .into(),
                 });
             }
             Entry::NetRx { frame: bytes, .. } => match self.m.bus.net_receive(bytes) {
