@@ -122,6 +122,25 @@ alone() {
     stop_all
 }
 
+# The guest alone, recording its log to a file: what the log costs per request and per
+# received megabit ("log LOG_BYTES ENTRIES RX_FRAME_BYTES" from `log inspect --json`).
+recorded() {
+    rm -f "$WORK/kv.log"
+    bg_server 0 "$BIN" run --guest kv --guest-arg ip=10.0.0.10/24 --tap tap2 \
+        --record "$WORK/kv.log" >/dev/null 2>"$WORK/rec.err" &
+    local vmm=$!
+    PIDS+=($!)
+    wait_for "the recording guest to answer" answers
+    bench "$vmm=recording"
+    in_client redis-cli -h 10.0.0.10 SHUTDOWN >/dev/null 2>&1 || true
+    wait_for "the recording to end" bash -c "! kill -0 $vmm 2>/dev/null"
+    "$BIN" log inspect "$WORK/kv.log" --json | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+print("log", d["bytes"], d["entries"], d["network"]["rx"]["bytes"])'
+    stop_all
+}
+
 replicated() {
     local vs=127.0.0.1:7300
     rm -rf "$WORK/vs.data" "$WORK"/*.events
@@ -160,13 +179,16 @@ for rep in $(seq "$REPS"); do
     echo "bench/net.sh: repetition $rep of $REPS: replicated" >&2
     replicated >"$WORK/one"
     sed "s/^/replicated /" "$WORK/one" >>"$WORK/results"
+    echo "bench/net.sh: repetition $rep of $REPS: alone, recording" >&2
+    recorded >"$WORK/one"
+    sed "s/^/recorded /" "$WORK/one" >>"$WORK/results"
 done
 
 python3 - "$WORK/results" "$REPS" "$N" "$N1" "$TESTS" "$PIN" <<'EOF'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 reps, n, n1, tests_arg, pin = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
-bench = [r for r in rows if r[1] not in ("cpu", "release")]
+bench = [r for r in rows if r[1] not in ("cpu", "release", "log") and r[0] != "recorded"]
 tests = []
 for mode, test, rps, p50 in bench:
     if test not in tests:
@@ -196,4 +218,16 @@ print(f"| frame release delay, transmit to TAP (replicated), p50 / p99 ms | {med
 print(f"| CPU ms per 1,000 requests (50-client tests): VMM alone | {cpu('alone', 'vmm'):.1f} |")
 print(f"| ... primary | {cpu('replicated', 'primary'):.1f} |")
 print(f"| ... backup | {cpu('replicated', 'backup'):.1f} |")
+print(f"| ... VMM alone, recording to a file | {cpu('recorded', 'recording'):.1f} |")
+rec = [r for r in rows if r[0] == "recorded" and r[1] not in ("cpu", "log")]
+rec_ratio = med([float(r[2]) / col("alone", r[1], 2) for r in rec if r[1] != "GET_1_CLIENT"])
+print(f"| recording to a file: req/s / alone (50-client tests, median) | {rec_ratio:.2f} |")
+logs = [r for r in rows if r[0] == "recorded" and r[1] == "log"]
+# Requests in a run: the 50-client tests, the one-client GETs, and a PING and a SHUTDOWN.
+requests = len([t for t in tests if t != "GET_1_CLIENT"]) * int(n) + int(n1) + 2
+per_req = med([int(r[2]) / requests for r in logs])
+entries = med([int(r[3]) / requests for r in logs])
+per_mbit = med([int(r[2]) / int(r[4]) for r in logs])
+print(f"| log bytes per request (entries per request) | {per_req:.0f} ({entries:.2f}) |")
+print(f"| log bytes per byte of received frames (= log Mbit per received Mbit) | {per_mbit:.2f} |")
 EOF
