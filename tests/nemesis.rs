@@ -29,33 +29,13 @@ use cluster::netns::{self, Net};
 use common::cluster::Cluster;
 use common::cluster::Signal;
 use common::etcd::EtcdCluster;
+use common::rng::Rng;
 
 const PING_MS: u64 = 100;
 const SLOTS: [&str; 4] = ["n0", "n1", "n2", "n3"];
 /// After a fault heals, the service must release output again within this (it includes a
 /// possible failover, a state transfer, and a viewserver failover on etcd).
 const HEAL_BOUND: Duration = Duration::from_secs(30);
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi - lo))
-    }
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-}
 
 /// How the service came out of a fault.
 enum Health {

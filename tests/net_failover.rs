@@ -14,27 +14,16 @@ use std::time::{Duration, Instant};
 
 use ::cluster::Signal;
 use ::cluster::counter::{Counted, count_on};
-use common::cluster::{Cluster, Failover, KV_GUEST_IP, kv_network};
+use common::cluster::{Failover, KV_GUEST_IP, kv_pair};
 
 const LONG: Duration = Duration::from_secs(60);
 
 #[test]
 fn one_connection_counts_on_across_five_primary_kills() {
     let hosts = ["h0", "h1", "h2", "h3", "h4", "h5", "h6", "h7"];
-    let Some((net, mut c)) = kv_network(&hosts) else {
+    let Some((net, mut c, mut free_hosts)) = kv_pair(&hosts) else {
         return;
     };
-    let mut next_host = 0;
-    let mut add = |c: &mut Cluster| {
-        let i = c.add_node_on_tap(hosts[next_host], "us0");
-        next_host += 1;
-        i
-    };
-    let a = add(&mut c);
-    let a_addr = c.nodes[a].addr().to_string();
-    c.wait_view(LONG, |v| v.primary == a_addr);
-    add(&mut c);
-    c.wait_ready(LONG);
 
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Counted::default()));
@@ -76,7 +65,7 @@ fn one_connection_counts_on_across_five_primary_kills() {
             Failover::Promoted(v) => assert_eq!(v.primary, c.nodes[q].addr()),
             Failover::Lost(why) => panic!("round {round}: the guest was lost: {why}"),
         }
-        add(&mut c);
+        free_hosts.add(&mut c);
         wait_for_more(before, &format!("round {round}"));
         eprintln!(
             "round {round}: {} replies before the kill, {} now",
@@ -126,15 +115,10 @@ fn read_reply(r: &mut BufReader<TcpStream>, wait: Duration) -> Option<String> {
 /// the primary continues alone and the reply arrives, exactly once.
 #[test]
 fn a_stopped_backup_holds_every_reply_until_the_viewserver_drops_it() {
-    let Some((net, mut c)) = kv_network(&["h0", "h1"]) else {
+    let Some((net, c, _)) = kv_pair(&["h0", "h1"]) else {
         return;
     };
-    let a = c.add_node_on_tap("h0", "us0");
-    let a_addr = c.nodes[a].addr().to_string();
-    c.wait_view(LONG, |v| v.primary == a_addr);
-    let b = c.add_node_on_tap("h1", "us0");
-    let b_addr = c.nodes[b].addr().to_string();
-    c.wait_ready(LONG);
+    let b_addr = c.nodes[1].addr().to_string();
     // A connection made in the client's namespace stays there.
     let stream = net
         .within("ctl", || TcpStream::connect((KV_GUEST_IP, 6379)))
@@ -144,7 +128,7 @@ fn a_stopped_backup_holds_every_reply_until_the_viewserver_drops_it() {
     let mut r = BufReader::new(stream);
     assert_eq!(incr(&mut w, &mut r, LONG).as_deref(), Some(":1"));
 
-    c.nodes[b].signal(Signal::Stop);
+    c.nodes[1].signal(Signal::Stop);
     // Acks already on their way may still land.
     std::thread::sleep(Duration::from_millis(150));
     let mut held_while_named = 0;
@@ -167,7 +151,7 @@ fn a_stopped_backup_holds_every_reply_until_the_viewserver_drops_it() {
     );
     assert_eq!(reply.as_deref(), Some(":2"), "the held reply, exactly once");
     assert_eq!(incr(&mut w, &mut r, LONG).as_deref(), Some(":3"));
-    c.nodes[b].signal(Signal::Cont);
+    c.nodes[1].signal(Signal::Cont);
 }
 
 /// An unchanged off-the-shelf client through a failover: `redis-benchmark` (50 connections,
@@ -183,13 +167,9 @@ fn redis_benchmark_runs_through_a_primary_kill() {
         eprintln!("skipped: no redis-benchmark (Debian: redis-tools)");
         return;
     }
-    let Some((net, mut c)) = kv_network(&["h0", "h1", "h2"]) else {
+    let Some((net, mut c, mut free_hosts)) = kv_pair(&["h0", "h1", "h2"]) else {
         return;
     };
-    let a = c.add_node_on_tap("h0", "us0");
-    let a_addr = c.nodes[a].addr().to_string();
-    c.wait_view(LONG, |v| v.primary == a_addr);
-    c.add_node_on_tap("h1", "us0");
     let view = c.wait_ready(LONG).view;
     let mut bench = net
         .command("ctl", "redis-benchmark")
@@ -220,7 +200,7 @@ fn redis_benchmark_runs_through_a_primary_kill() {
         Failover::Promoted(v) => assert_eq!(v.primary, c.nodes[q].addr()),
         Failover::Lost(why) => panic!("the guest was lost: {why}"),
     }
-    c.add_node_on_tap("h2", "us0");
+    free_hosts.add(&mut c);
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).expect("redis-benchmark's output");
     let status = bench.wait().expect("redis-benchmark's end");

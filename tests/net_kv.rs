@@ -21,6 +21,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use ::cluster::netns::Net;
+use common::rng::Rng;
 use common::{assert_ok, bin, inspect_json, replay, stderr, stdout, understudy};
 
 const HOST: &str = "client";
@@ -661,21 +662,18 @@ impl Wire {
     }
 }
 
-/// xorshift64*: junk that is the same on every run, so a failure can be repeated.
-struct Junk(u64);
+/// Junk frames, the same on every run (seeded), so a failure can be repeated.
+struct Junk(Rng);
 
 impl Junk {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        self.0.next()
     }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.below(n)
     }
     fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
+        self.0.bytes(n)
     }
 
     fn ethernet(dst: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
@@ -892,7 +890,7 @@ fn junk_frames_and_a_flood_on_the_tap_leave_the_guest_serving_and_replay_exactly
                 let err = wire.send(&vec![0xff; len]).unwrap_err();
                 assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{len}-byte frame");
             }
-            let mut junk = Junk(0x6a75_6e6b);
+            let mut junk = Junk(Rng(0x6a75_6e6b));
             let mut calm = 0;
             for kind in 0..10 {
                 let batch: Vec<_> = (0..30).map(|_| junk.frame(kind)).collect();
@@ -910,7 +908,7 @@ fn junk_frames_and_a_flood_on_the_tap_leave_the_guest_serving_and_replay_exactly
     let (mut good, oversized) = net
         .within(HOST, move || {
             let wire = Wire::open(TAP);
-            let mut junk = Junk(0x0b16);
+            let mut junk = Junk(Rng(0x0b16));
             let mut oversized = 0;
             for len in [1515, 1518, 1519, 1600, 4096, 9014, 16_384, 65_535] {
                 for _ in 0..3 {
@@ -945,7 +943,7 @@ fn junk_frames_and_a_flood_on_the_tap_leave_the_guest_serving_and_replay_exactly
                 AtomicBool::new(false),
                 AtomicU64::new(0),
             );
-            let mut junk = Junk(0xf100d);
+            let mut junk = Junk(Rng(0xf100d));
             let frames: Vec<_> = (0..FLOOD).map(|i| junk.frame(i as u64)).collect();
             std::thread::scope(|s| {
                 let counter = s.spawn(|| {

@@ -23,7 +23,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use ::cluster::Net;
-use common::cluster::{Cluster, Failover, KV_GUEST_IP, kv_network};
+use common::cluster::{Cluster, Failover, KV_GUEST_IP, kv_pair};
 use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
 
 const CLIENTS: usize = 4;
@@ -480,20 +480,9 @@ fn every_key_stays_linearizable_across_primary_kills_and_partitions() {
     // Two to start with, and a fresh one after each kill.
     let names: Vec<String> = (0..2 + KILLS).map(|i| format!("h{i}")).collect();
     let hosts: Vec<&str> = names.iter().map(String::as_str).collect();
-    let Some((net, mut c)) = kv_network(&hosts) else {
+    let Some((net, mut c, mut free_hosts)) = kv_pair(&hosts) else {
         return;
     };
-    let mut next_host = 0;
-    let mut add = |c: &mut Cluster| {
-        let i = c.add_node_on_tap(hosts[next_host], "us0");
-        next_host += 1;
-        i
-    };
-    let a = add(&mut c);
-    let a_addr = c.nodes[a].addr().to_string();
-    c.wait_view(LONG, |v| v.primary == a_addr);
-    add(&mut c);
-    c.wait_ready(LONG);
 
     let started = Instant::now();
     let sh = Arc::new(Shared::default());
@@ -524,7 +513,7 @@ fn every_key_stays_linearizable_across_primary_kills_and_partitions() {
             Failover::Promoted(v) => assert_eq!(v.primary, c.nodes[q].addr()),
             Failover::Lost(why) => panic!("round {round}: the guest was lost: {why}"),
         }
-        add(&mut c);
+        free_hosts.add(&mut c);
         let fault = if partitioned { "partition" } else { "kill" };
         let took = wait_phase(&sh, &c, &killed, &format!("after {fault} {round}"));
         if partitioned {

@@ -580,6 +580,41 @@ pub fn kv_network(node_hosts: &[&str]) -> Option<(Arc<Net>, Cluster)> {
     Some((net, c))
 }
 
+/// Hosts of a [`kv_network`] not running a node yet.
+pub struct KvHosts {
+    hosts: Vec<String>,
+    next: usize,
+}
+
+impl KvHosts {
+    /// Starts a node on the next unused host, on its TAP; returns the node's index.
+    pub fn add(&mut self, c: &mut Cluster) -> usize {
+        let host = self
+            .hosts
+            .get(self.next)
+            .unwrap_or_else(|| panic!("all {} node hosts are taken", self.hosts.len()));
+        self.next += 1;
+        c.add_node_on_tap(host, "us0")
+    }
+}
+
+/// The `kv` guest replicated on a [`kv_network`] of `node_hosts`: a node on the first host
+/// primary, one on the second its backup holding the state; the rest are for nodes added
+/// later. `None` (and a "skipped" line) where that cannot run.
+pub fn kv_pair(node_hosts: &[&str]) -> Option<(Arc<Net>, Cluster, KvHosts)> {
+    let (net, mut c) = kv_network(node_hosts)?;
+    let mut hosts = KvHosts {
+        hosts: node_hosts.iter().map(|h| h.to_string()).collect(),
+        next: 0,
+    };
+    let a = hosts.add(&mut c);
+    let a_addr = c.nodes[a].addr().to_string();
+    c.wait_view(Duration::from_secs(60), |v| v.primary == a_addr);
+    hosts.add(&mut c);
+    c.wait_ready(Duration::from_secs(60));
+    Some((net, c, hosts))
+}
+
 /// The console byte a node that went live released from (its last `going_live` event).
 pub fn released_from(node: &Proc) -> Option<usize> {
     node.events_named("going_live")

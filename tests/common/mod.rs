@@ -106,3 +106,4 @@ pub fn assert_ok(o: &Output, what: &str) {
 pub mod cluster;
 pub mod etcd;
 pub mod history;
+pub mod rng;
