@@ -22,9 +22,9 @@
 # guest; SeaBIOS sets up virtual-wire mode as on `-M pc`. QEMU is installed if missing.
 #
 # Topology (all made here, removed at the end, also on Ctrl-C): a "server" network namespace
-# holding a bridge with three TAPs (one per node, only the primary's carries frames; one for
-# QEMU) and a veth to
-# a "client" namespace (10.0.0.1) where redis-benchmark runs; the guest is 10.0.0.10. The
+# holding a bridge with a TAP per VMM (tap0 and tap1 for the nodes, only the primary's carries
+# frames; tap2 for the guest alone; tap3 for QEMU) and a veth to a "client" namespace
+# (10.0.0.1) where redis-benchmark runs; the guest is 10.0.0.10. The
 # viewserver and both nodes run in the server namespace on loopback: one host, so the backup's
 # acknowledgements cost a loopback round trip, not a wire's. Needs root, iproute2 and
 # redis-tools. Prints a markdown table on stdout; progress on stderr.
