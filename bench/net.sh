@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The network service side by side: redis-benchmark against the kv guest running alone
-# (`understudy run --tap`) and replicated (a primary and a backup `understudy node --tap`, the
-# output rule holding every reply until the backup acknowledged the log up to it), alternating,
-# REPS times each, in one run so both saw the same machine.
+# (`understudy run --tap`), replicated (a primary and a backup `understudy node --tap`, the
+# output rule holding every reply until the backup acknowledged the log up to it), and the same
+# guest image under QEMU/KVM with a virtio-net card on a TAP, alternating, REPS times each, in
+# one run so all three saw the same machine.
 #
 #   bench/net.sh            # REPS=3, N=20000 requests per test with 50 clients, N1=5000 with 1
 #
@@ -17,9 +18,19 @@
 # what the output rule costs, not what two VMMs sharing one CPU cost. PIN=0 lets the scheduler
 # place everything.
 #
+# QEMU (`qemu` mode; QEMU=0 skips it): `-M microvm` (the only x86 machine with virtio-mmio
+# transports, which is what the guest's driver speaks), `acpi=off` so QEMU appends the card's
+# `virtio_mmio.device=512@0xfeb00e00:12` to the command line as understudy does (its line 5),
+# `ioapic2=off` so that line is one of the 8259's, the transport in modern mode (version 2,
+# `force-legacy=false`), `-netdev tap,vhost=off` (QEMU's own userspace device model, as ours
+# is), and SeaBIOS's microvm build as firmware: Debian's default for microvm is qboot, which
+# leaves the local APIC's LINT0 masked, so no 8259 interrupt (timer or card) would reach the
+# guest; SeaBIOS sets up virtual-wire mode as on `-M pc`. QEMU is installed if missing.
+#
 # Topology (all made here, removed at the end, also on Ctrl-C): a "server" network namespace
-# holding a bridge with two TAPs (one per node; only the primary's carries frames) and a veth to
-# a "client" namespace (10.0.0.1) where redis-benchmark runs; the guest is 10.0.0.10. The
+# holding a bridge with a TAP per VMM (tap0 and tap1 for the nodes, only the primary's carries
+# frames; tap2 for the guest alone; tap3 for QEMU) and a veth to a "client" namespace
+# (10.0.0.1) where redis-benchmark runs; the guest is 10.0.0.10. The
 # viewserver and both nodes run in the server namespace on loopback: one host, so the backup's
 # acknowledgements cost a loopback round trip, not a wire's. Needs root, iproute2 and
 # redis-tools. Prints a markdown table on stdout; progress on stderr.
@@ -32,12 +43,39 @@ if [[ -z "${PIN:-}" ]]; then
     if (($(nproc) >= 2)); then PIN=1; else PIN=0; fi
 fi
 TESTS=ping,set,get,incr
+QEMU=${QEMU:-1}
 command -v redis-benchmark >/dev/null || { echo "bench/net.sh: needs redis-benchmark (Debian: redis-tools)" >&2; exit 2; }
 cargo build --release -q
 BIN=$PWD/target/release/understudy
 NS=usbench$$
 CL=usbcl$$
 WORK=$(mktemp -d)
+# The firmware for microvm: SeaBIOS's microvm build (see the top), wherever this system has it.
+seabios_microvm() {
+    local f
+    for f in /usr/share/seabios/bios-microvm.bin /usr/share/qemu/bios-microvm.bin; do
+        if [ -f "$f" ] && grep -aq SeaBIOS "$f"; then
+            echo "$f"
+            return 0
+        fi
+    done
+    return 1
+}
+if [ "$QEMU" = 1 ] && ! command -v qemu-system-x86_64 >/dev/null; then
+    echo "bench/net.sh: installing QEMU (qemu-system-x86)" >&2
+    apt-get install -y --no-install-recommends qemu-system-x86 >&2 ||
+        { apt-get update >&2 && apt-get install -y --no-install-recommends qemu-system-x86 >&2; } ||
+        { echo "bench/net.sh: cannot install qemu-system-x86: skipping the qemu mode" >&2; QEMU=0; }
+fi
+if [ "$QEMU" = 1 ]; then
+    if FIRMWARE=$(seabios_microvm); then
+        # The image the binary boots, not guest/target/...: QEMU must run the identical guest.
+        "$BIN" export-guest "$WORK/guest.elf" 2>/dev/null
+    else
+        echo "bench/net.sh: no SeaBIOS microvm firmware (Debian: seabios): skipping the qemu mode" >&2
+        QEMU=0
+    fi
+fi
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
@@ -58,7 +96,7 @@ ip -n "$NS" link set vsrv master br0
 ip -n "$NS" link set vsrv up
 ip -n "$CL" addr add 10.0.0.1/24 dev vcl
 ip -n "$CL" link set vcl up
-for t in tap0 tap1 tap2; do
+for t in tap0 tap1 tap2 tap3; do
     ip -n "$NS" tuntap add "$t" mode tap
     ip -n "$NS" link set "$t" master br0
     ip -n "$NS" link set "$t" up
@@ -172,6 +210,21 @@ PY
     stop_all
 }
 
+qemu() {
+    # The MAC is understudy's default; vhost is off: QEMU's userspace virtio-net, like ours.
+    bg_server 0 qemu-system-x86_64 -accel kvm -cpu host -m 64 -bios "$FIRMWARE" \
+        -M microvm,acpi=off,ioapic2=off,pic=on,pit=on,rtc=on,isa-serial=on \
+        -display none -monitor none -serial "file:$WORK/qemu.out" -no-reboot \
+        -device isa-debug-exit,iobase=0xf4,iosize=0x04 -global virtio-mmio.force-legacy=false \
+        -netdev tap,id=n0,ifname=tap3,script=no,downscript=no,vhost=off \
+        -device virtio-net-device,netdev=n0,mac=02:75:73:00:00:01 \
+        -kernel "$WORK/guest.elf" -append "kv ip=10.0.0.10/24" >/dev/null 2>"$WORK/qemu.err" &
+    PIDS+=($!)
+    wait_for "the guest under QEMU to answer" answers
+    bench "$!=qemu"
+    stop_all
+}
+
 for rep in $(seq "$REPS"); do
     echo "bench/net.sh: repetition $rep of $REPS: alone" >&2
     alone >"$WORK/one"
@@ -182,12 +235,18 @@ for rep in $(seq "$REPS"); do
     echo "bench/net.sh: repetition $rep of $REPS: alone, recording" >&2
     recorded >"$WORK/one"
     sed "s/^/recorded /" "$WORK/one" >>"$WORK/results"
+    if [ "$QEMU" = 1 ]; then
+        echo "bench/net.sh: repetition $rep of $REPS: qemu" >&2
+        qemu >"$WORK/one"
+        sed "s/^/qemu /" "$WORK/one" >>"$WORK/results"
+    fi
 done
 
-python3 - "$WORK/results" "$REPS" "$N" "$N1" "$TESTS" "$PIN" <<'EOF'
+python3 - "$WORK/results" "$REPS" "$N" "$N1" "$TESTS" "$PIN" "$QEMU" <<'EOF'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 reps, n, n1, tests_arg, pin = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+qemu = sys.argv[7] == "1"
 bench = [r for r in rows if r[1] not in ("cpu", "release", "log") and r[0] != "recorded"]
 tests = []
 for mode, test, rps, p50 in bench:
@@ -201,11 +260,28 @@ where = ("primary side (VMM, viewserver, client) on CPU 0, backup on CPU 1" if p
          else "not pinned: everything shares every CPU")
 print(f"redis-benchmark -t {tests_arg} -n {n} -q (50 clients), then -t get -c 1 -n {n1}; medians of {reps} alternating runs; {where}")
 print()
-print("| test | alone req/s | replicated req/s | replicated / alone | alone p50 ms | replicated p50 ms |")
-print("|------|------------:|-----------------:|-------------------:|-------------:|------------------:|")
+head = "| test | alone req/s | replicated req/s | replicated / alone |"
+rule = "|------|------------:|-----------------:|-------------------:|"
+if qemu:
+    head += " QEMU req/s | alone / QEMU |"
+    rule += "-----------:|-------------:|"
+head += " alone p50 ms | replicated p50 ms |"
+rule += "-------------:|------------------:|"
+if qemu:
+    head += " QEMU p50 ms |"
+    rule += "------------:|"
+print(head)
+print(rule)
 for t in tests:
     a, r = col("alone", t, 2), col("replicated", t, 2)
-    print(f"| {t} | {a:,.0f} | {r:,.0f} | {r / a:.2f} | {col('alone', t, 3):.3f} | {col('replicated', t, 3):.3f} |")
+    line = f"| {t} | {a:,.0f} | {r:,.0f} | {r / a:.2f} |"
+    if qemu:
+        q = col("qemu", t, 2)
+        line += f" {q:,.0f} | {a / q:.2f} |"
+    line += f" {col('alone', t, 3):.3f} | {col('replicated', t, 3):.3f} |"
+    if qemu:
+        line += f" {col('qemu', t, 3):.3f} |"
+    print(line)
 # CPU per 1,000 requests of the 50-client tests (each run answered len(tests) * n of them).
 answered = (len(tests) - 1) * int(n) / 1000
 def cpu(mode, who):
@@ -230,4 +306,12 @@ entries = med([int(r[3]) / requests for r in logs])
 per_mbit = med([int(r[2]) / int(r[4]) for r in logs])
 print(f"| log bytes per request (entries per request) | {per_req:.0f} ({entries:.2f}) |")
 print(f"| log bytes per byte of received frames (= log Mbit per received Mbit) | {per_mbit:.2f} |")
+if qemu:
+    print(f"| ... QEMU (all its threads) | {cpu('qemu', 'qemu'):.1f} |")
+    print()
+    print("QEMU: -M microvm,acpi=off,ioapic2=off,pic=on,pit=on with SeaBIOS's microvm firmware, -accel kvm -cpu host -m 64,")
+    print("virtio-net-device on virtio-mmio (force-legacy=false), -netdev tap,vhost=off; the image understudy embeds.")
+else:
+    print()
+    print("QEMU: not measured (QEMU=0, or QEMU or its SeaBIOS microvm firmware missing).")
 EOF

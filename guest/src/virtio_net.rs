@@ -18,7 +18,7 @@
 //! sleeps, so a busy server takes no interrupt at all.
 
 use crate::sync::Global;
-use core::sync::atomic::{AtomicU64, Ordering, compiler_fence};
+use core::sync::atomic::{AtomicU64, Ordering, compiler_fence, fence};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
@@ -71,6 +71,7 @@ mod status {
 
 const DESC_F_WRITE: u16 = 2;
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
+const USED_F_NO_NOTIFY: u16 = 1;
 const RX: u32 = 0;
 const TX: u32 = 1;
 
@@ -210,6 +211,9 @@ struct RxQueue {
     last_used: u16,
     /// Our copy of avail.idx.
     avail_idx: u16,
+    base: u64,
+    /// Receive notifications sent (exits).
+    notifies: u64,
 }
 
 #[derive(Debug)]
@@ -237,8 +241,9 @@ pub struct VirtioNet {
 }
 
 fn used_idx(ring: *mut Ring) -> u16 {
-    // SAFETY: `ring` is one of RINGS; the card writes the used ring only while the vCPU is
-    // stopped, so a volatile read sees a consistent index.
+    // SAFETY: `ring` is one of RINGS; an aligned 16-bit volatile read is one load, so it sees
+    // a whole index whether the card writes it while the vCPU is stopped (understudy's) or
+    // beside it (QEMU's).
     unsafe { (&raw const (*ring).used.idx).read_volatile() }
 }
 
@@ -258,6 +263,33 @@ fn offer(ring: *mut Ring, avail_idx: &mut u16, id: u16) {
         compiler_fence(Ordering::SeqCst);
         *avail_idx = avail_idx.wrapping_add(1);
         (&raw mut (*ring).avail.idx).write_volatile(*avail_idx);
+    }
+}
+
+fn used_flags(ring: *mut Ring) -> u16 {
+    // SAFETY: as in used_idx.
+    unsafe { (&raw const (*ring).used.flags).read_volatile() }
+}
+
+impl RxQueue {
+    /// Gives receive buffer `id` back to the card, notifying it only if it may have stopped
+    /// for want of buffers. A card that runs beside the vCPU (QEMU's) stops taking frames
+    /// from its backend once the ring is empty and waits for a notification; understudy's
+    /// looks at the ring whenever it delivers, so a notification per buffer would be an exit
+    /// per frame for nothing. The card can be waiting only if it has used every buffer
+    /// offered before this one; it then also clears `USED_F_NO_NOTIFY` before it looks at
+    /// the ring once more, and that look sees this buffer if it comes after our reads.
+    fn give_back(&mut self, id: u16) {
+        offer(self.ring, &mut self.avail_idx, id);
+        // The index store must be visible before the loads below (x86 lets a load pass an
+        // earlier store), or the card and we could each miss the other's update.
+        fence(Ordering::SeqCst);
+        if self.avail_idx.wrapping_sub(used_idx(self.ring)) <= 1
+            && used_flags(self.ring) & USED_F_NO_NOTIFY == 0
+        {
+            self.notifies += 1;
+            write32(self.base, reg::QUEUE_NOTIFY, RX);
+        }
     }
 }
 
@@ -355,6 +387,8 @@ impl VirtioNet {
             bufs,
             last_used: 0,
             avail_idx: 0,
+            base,
+            notifies: 0,
         };
         for id in 0..QUEUE_SIZE as u16 {
             offer(rx.ring, &mut rx.avail_idx, id);
@@ -406,6 +440,11 @@ impl VirtioNet {
     /// Frames received, frames transmitted, transmit notifications (exits).
     pub fn counters(&self) -> (u64, u64, u64) {
         (self.rx_frames, self.tx.frames, self.tx.notifies)
+    }
+
+    /// Receive notifications: buffers given back to a card that had run out of them.
+    pub fn rx_notifies(&self) -> u64 {
+        self.rx.notifies
     }
 
     /// Notifies the card of the frames queued since the last call: one exit.
@@ -508,7 +547,7 @@ impl phy::Device for VirtioNet {
                 continue;
             }
             if !(HEADER_LEN..=BUF_SIZE).contains(&len) {
-                offer(self.rx.ring, &mut self.rx.avail_idx, id as u16);
+                self.rx.give_back(id as u16);
                 continue;
             }
             self.rx_frames += 1;
@@ -542,7 +581,7 @@ impl phy::RxToken for RxToken<'_> {
         let buf = unsafe { &(*self.q.bufs)[usize::from(self.id)] };
         let frame = buf.get(HEADER_LEN..HEADER_LEN + self.len).unwrap_or(&[]);
         let r = f(frame);
-        offer(self.q.ring, &mut self.q.avail_idx, self.id);
+        self.q.give_back(self.id);
         r
     }
 }

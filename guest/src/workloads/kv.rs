@@ -366,6 +366,9 @@ fn serve() -> Result<(), &'static str> {
                         .dec(notifies)
                         .str(" nic_interrupts=")
                         .dec(irqs);
+                    if nic.rx_notifies() > 0 {
+                        line.str(" rx_notifies=").dec(nic.rx_notifies());
+                    }
                     if config_changes > 0 {
                         line.str(" config_changes=").dec(config_changes);
                     }
