@@ -130,6 +130,9 @@ struct RxState {
     released: u64,
     error: Option<ChannelError>,
     closing: bool,
+    /// Threads waiting on `cond` (the replay for entries, the reader for room): a notification
+    /// is a system call, made only when someone waits.
+    waiting: usize,
 }
 
 struct Writer {
@@ -160,10 +163,22 @@ impl Shared {
 
     fn wait_until<'a>(
         &self,
-        g: MutexGuard<'a, RxState>,
+        mut g: MutexGuard<'a, RxState>,
         deadline: Instant,
     ) -> MutexGuard<'a, RxState> {
-        super::stream::wait_until(&self.cond, g, deadline)
+        g.waiting += 1;
+        let mut g = super::stream::wait_until(&self.cond, g, deadline);
+        g.waiting -= 1;
+        g
+    }
+
+    /// Wakes whoever waits on `cond`, if anyone does.
+    fn wake(&self, g: MutexGuard<'_, RxState>) {
+        let anyone = g.waiting > 0;
+        drop(g);
+        if anyone {
+            self.cond.notify_all();
+        }
     }
 
     fn fail(&self, e: ChannelError) {
@@ -242,6 +257,7 @@ impl LogReceiver {
                 released: 0,
                 error: None,
                 closing: false,
+                waiting: 0,
             }),
             cond: Condvar::new(),
             writer: Mutex::new(Writer {
@@ -303,8 +319,7 @@ impl LogReceiver {
         let mut g = self.shared.lock();
         loop {
             if let Some(f) = g.buf.pop_front() {
-                drop(g);
-                self.shared.cond.notify_all();
+                self.shared.wake(g);
                 return Ok(Some(f));
             }
             if let Some(e) = &g.error {
@@ -432,6 +447,8 @@ fn read_loop(shared: &Shared, mut reader: MsgReader, first_seq: u64) -> ChannelE
     let mut expected = first_seq;
     let mut last_rx = Instant::now();
     let mut since_ack = 0u64;
+    // Entries put into the buffer that the replay has not been woken for.
+    let mut unannounced = false;
     loop {
         let polled = match reader.poll() {
             Ok(p) => p,
@@ -460,6 +477,8 @@ fn read_loop(shared: &Shared, mut reader: MsgReader, first_seq: u64) -> ChannelE
                         return e;
                     }
                     since_ack = 0;
+                    // The replay must hear of what is there, or nothing makes room.
+                    shared.wake(shared.lock());
                     g = shared.lock();
                     while g.buf.len() >= cfg.max_buffered && g.error.is_none() && !g.closing {
                         g = shared.wait_until(g, Instant::now() + cfg.poll_interval());
@@ -473,9 +492,9 @@ fn read_loop(shared: &Shared, mut reader: MsgReader, first_seq: u64) -> ChannelE
                 g.newest = Some((frame.seq, frame.t_ns));
                 g.buf.push_back(frame);
                 drop(g);
-                shared.cond.notify_all();
                 expected += 1;
                 since_ack += 1;
+                unannounced = true;
             }
             Polled::Msg(Message::Heartbeat { .. }, _) => last_rx = Instant::now(),
             Polled::Msg(Message::Released { bytes }, _) => {
@@ -507,6 +526,13 @@ fn read_loop(shared: &Shared, mut reader: MsgReader, first_seq: u64) -> ChannelE
                 return e;
             }
             since_ack = 0;
+        }
+        // The replay hears of new entries once the primary has heard they arrived: on a busy
+        // host, waking the replay first could let it take the CPU before the ack went out,
+        // and the ack is what a reply waits for.
+        if unannounced && since_ack == 0 {
+            shared.wake(shared.lock());
+            unannounced = false;
         }
     }
 }
