@@ -17,7 +17,7 @@ use vmm::machine::Machine;
 use vmm::net::held::HeldNet;
 use vmm::net::tap_net::TapNet;
 use vmm::outcome::{Outcome, RunError};
-use vmm::replication::release::{Gate, HeldConsole, ReleaseQueue};
+use vmm::replication::release::{FrameWriter, Gate, HeldConsole, ReleaseQueue};
 use vmm::replication::transfer::transfer;
 use vmm::replication::{ReplicaSink, Replication};
 use vmm::sink::SinkError;
@@ -115,22 +115,30 @@ pub fn serve(
     let mut net = tap
         .clone()
         .map(|t| HeldNet::new(TapNet::new(t), Arc::clone(&queue)));
+    // Frames leave on the TAP, from the release thread or straight from the thread that reads
+    // the backup's acks.
+    let write_frame: FrameWriter = {
+        let tap = tap.clone();
+        Arc::new(move |frame: &[u8]| {
+            if let Some(t) = &tap
+                && let Err(e) = t.write_frame(frame)
+            {
+                tracing::warn!("TAP {}: a released frame could not be sent: {e}", t.name());
+            }
+        })
+    };
+    if tap.is_some() {
+        queue.write_frames_on_ack(Arc::clone(&write_frame));
+    }
     let release = {
         let q = Arc::clone(&queue);
-        let frames_to = tap.clone();
         let released_before = start.released;
         std::thread::Builder::new()
             .name("release".into())
             .spawn(move || {
                 let stdout = std::io::stdout();
                 let mut out = stdout.lock();
-                q.run(&mut out, &mut |frame| {
-                    if let Some(t) = &frames_to
-                        && let Err(e) = t.write_frame(frame)
-                    {
-                        tracing::warn!("TAP {}: a released frame could not be sent: {e}", t.name());
-                    }
-                });
+                q.run(&mut out, &mut |frame| write_frame(frame));
                 q.released() - released_before
             })?
     };

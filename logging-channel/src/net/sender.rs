@@ -47,8 +47,12 @@ struct TxState {
     last_rx: Instant,
 }
 
+/// Called on the reader thread with each new acknowledged seq (see [`LogSender::on_ack`]).
+pub type AckHook = Box<dyn Fn(u64) + Send + Sync>;
+
 struct Shared {
     state: Mutex<TxState>,
+    on_ack: std::sync::OnceLock<AckHook>,
     /// The writer thread's: something to write, closing, failure, and the writer's own end.
     to_writer: Condvar,
     /// Acks and replay reports (the release thread, the throttle and a full window wait on
@@ -189,6 +193,7 @@ impl LogSender {
             }),
             to_writer: Condvar::new(),
             progress: Condvar::new(),
+            on_ack: std::sync::OnceLock::new(),
             peer,
             cfg,
         });
@@ -364,6 +369,13 @@ impl LogSender {
         if wake_writer {
             self.shared.to_writer.notify_all();
         }
+    }
+
+    /// Has `hook` called with each new acknowledged seq, on the thread that reads the acks,
+    /// right after waiters were woken: for work that must follow an ack at once, without
+    /// waking another thread for it. Only the first hook set is kept (false for later ones).
+    pub fn on_ack(&self, hook: AckHook) -> bool {
+        self.shared.on_ack.set(hook).is_ok()
     }
 
     /// The newest seq the backup acknowledged; `None` before its first ack.
@@ -642,6 +654,9 @@ fn read_loop(shared: &Shared, mut reader: MsgReader) {
                     g.acked = Some((f.seq, f.t_ns));
                 }
                 shared.progressed(g);
+                if let Some(hook) = shared.on_ack.get() {
+                    hook(seq);
+                }
             }
             Ok(Polled::Msg(Message::Heartbeat { .. }, _)) => g.last_rx = Instant::now(),
             Ok(Polled::Msg(Message::Replayed { seq, t_ns }, offset)) => {

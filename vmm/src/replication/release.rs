@@ -67,7 +67,17 @@ pub struct ReleaseQueue {
     gate: Option<Gate>,
     /// Time chunks spent ready but held at the shut gate.
     gated_ns: AtomicU64,
+    /// Held by whoever takes a chunk off the queue until it is written, so that chunks leave
+    /// in order whichever thread writes them.
+    releasing: Mutex<()>,
+    /// Where frames go, for the thread that reads the backup's acks: with it, a frame leaves
+    /// from that thread the moment its entry is acknowledged, without waking the release
+    /// thread (a wake-up and a context switch on the way of every reply).
+    frame_writer: std::sync::OnceLock<FrameWriter>,
 }
+
+/// Writes one released frame to the network.
+pub type FrameWriter = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 impl std::fmt::Debug for ReleaseQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -196,15 +206,77 @@ impl ReleaseQueue {
         }
         // The release thread may have looked between the push and this cover, found nothing it
         // could wait for, and gone to sleep: a reply would then sit until the next output or its
-        // poll ran out.
-        if covered_any {
+        // poll ran out. Unless a frame is next, which leaves from the ack thread.
+        if covered_any && !self.ack_thread_takes(&g) {
             self.notify(g);
         }
     }
 
+    /// Frames leave through `write` from the thread that reads the backup's acks (see
+    /// `frame_writer`); the release thread's `frames` must write the same way. Only the first
+    /// call counts.
+    pub fn write_frames_on_ack(&self, write: FrameWriter) {
+        let _ = self.frame_writer.set(write);
+    }
+
+    /// An ack for entry `seq` arrived on `channel`: what it covers is released, and frames
+    /// at the front of the queue leave from here at once.
+    fn acked_on(&self, channel: &LogSender, seq: u64) {
+        {
+            let mut g = self.lock();
+            if !g
+                .channel
+                .as_deref()
+                .is_some_and(|c| std::ptr::eq(c, channel))
+            {
+                return;
+            }
+            g.covered = g.covered.max(seq + 1);
+        }
+        let Some(write) = self.frame_writer.get() else {
+            return;
+        };
+        // Busy: the release thread is writing, and goes on with what is covered now.
+        let Ok(_releasing) = self.releasing.try_lock() else {
+            return;
+        };
+        loop {
+            let mut g = self.lock();
+            let frame_ready = match g.chunks.front() {
+                Some(c) if c.frame => g.free_flow || c.needs.is_some_and(|n| n <= g.covered),
+                _ => false,
+            };
+            // Console output next, or a shut gate: the release thread's business.
+            if !frame_ready || !self.gate_open() {
+                self.notify(g);
+                return;
+            }
+            let Some(c) = g.chunks.pop_front() else {
+                return;
+            };
+            drop(g);
+            write(&c.bytes);
+            self.frames_released.fetch_add(1, Ordering::AcqRel);
+            note_delay(&self.frame_delays, c.produced);
+        }
+    }
+
+    /// Whether a frame at the front of the queue will leave from the ack thread, so the
+    /// release thread need not wait for its ack.
+    fn ack_thread_takes(&self, g: &State) -> bool {
+        self.frame_writer.get().is_some() && g.chunks.front().is_some_and(|c| c.frame)
+    }
+
     /// The backup installed a state holding every entry before `next_seq` and all output so
     /// far; its acks on `channel` cover what follows.
-    pub fn installed(&self, next_seq: u64, channel: Arc<LogSender>) {
+    pub fn installed(self: &Arc<Self>, next_seq: u64, channel: Arc<LogSender>) {
+        let queue = Arc::downgrade(self);
+        let acked = Arc::downgrade(&channel);
+        channel.on_ack(Box::new(move |seq| {
+            if let (Some(q), Some(ch)) = (queue.upgrade(), acked.upgrade()) {
+                q.acked_on(&ch, seq);
+            }
+        }));
         let mut g = self.lock();
         for c in g.chunks.iter_mut() {
             if c.needs.is_none() {
@@ -307,6 +379,8 @@ impl ReleaseQueue {
     pub fn run(&self, out: &mut dyn Write, frames: &mut dyn FnMut(&[u8])) {
         let mut write_failed = false;
         loop {
+            // Held from taking a chunk to having written it (see `releasing`).
+            let mut releasing = Some(self.releasing.lock().unwrap_or_else(|p| p.into_inner()));
             let (chunk, wait_for, reporter) = {
                 let mut g = self.lock();
                 // Closing: done once empty, or once nothing could ever cover what is held.
@@ -322,6 +396,7 @@ impl ReleaseQueue {
                     // Covered, but this node may no longer be the primary: wait for the lease
                     // to be renewed (or for the node to learn it was replaced and abandon).
                     drop(g);
+                    drop(releasing.take());
                     let started = Instant::now();
                     std::thread::sleep(GATE_POLL);
                     let waited = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -331,7 +406,9 @@ impl ReleaseQueue {
                 if ready {
                     (g.chunks.pop_front(), None, g.channel.clone())
                 } else {
+                    drop(releasing.take());
                     let want = match g.chunks.front() {
+                        _ if self.ack_thread_takes(&g) => None,
                         Some(Chunk { needs: Some(n), .. }) => g.channel.clone().map(|ch| (ch, *n)),
                         _ => None,
                     };
@@ -360,6 +437,7 @@ impl ReleaseQueue {
                 }
                 if c.frame {
                     frames(&c.bytes);
+                    drop(releasing);
                     self.frames_released.fetch_add(1, Ordering::AcqRel);
                     note_delay(&self.frame_delays, c.produced);
                     self.notify(self.lock());
@@ -509,6 +587,55 @@ mod tests {
         );
         q.close();
         t.join().unwrap();
+    }
+
+    #[test]
+    fn acknowledged_frames_leave_from_the_ack_thread_in_order() {
+        use logging_channel::net::{ChannelConfig, Hello, LogReceiver};
+        use logging_channel::{Entry, Frame, Position};
+        let listener = LogReceiver::listen("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr();
+        let acceptor = std::thread::spawn(move || {
+            listener.accept(
+                |_| Ok(()),
+                ChannelConfig::default(),
+                Some(Duration::from_secs(30)),
+            )
+        });
+        let hello = Hello::new([7; 32], 1, "primary", 0);
+        let sender = Arc::new(LogSender::connect(addr, hello, ChannelConfig::default()).unwrap());
+        let _backup = acceptor.join().unwrap().unwrap();
+        let q = Arc::new(ReleaseQueue::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        q.write_frames_on_ack(Arc::new(move |f: &[u8]| {
+            let _ = tx.lock().unwrap().send(f.to_vec());
+        }));
+        q.installed(0, Arc::clone(&sender));
+        // No release thread at all: only the ack thread can let these out.
+        for (seq, frame) in [b"one", b"two"].into_iter().enumerate() {
+            q.push_frame(frame.to_vec());
+            q.cover(seq as u64);
+        }
+        assert!(rx.try_recv().is_err(), "released before any ack");
+        for seq in 0..2 {
+            let entry = Entry::Irq {
+                pos: Position::AtExit { exits: seq },
+                line: 0,
+            };
+            sender
+                .send(&Frame {
+                    seq,
+                    t_ns: seq,
+                    state_check: 0,
+                    entry,
+                })
+                .unwrap();
+        }
+        let wait = Duration::from_secs(30);
+        assert_eq!(rx.recv_timeout(wait).unwrap(), b"one");
+        assert_eq!(rx.recv_timeout(wait).unwrap(), b"two");
+        assert_eq!(q.frames_released(), 2);
     }
 
     /// Stdout that fails every write, like a closed pipe.
