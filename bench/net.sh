@@ -126,8 +126,16 @@ wait_for() { # what, command...: up to 60 s
 }
 answers() { in_client redis-cli -h 10.0.0.10 PING | grep -q PONG; }
 
+# A run that takes longer than this is stuck (a card that stopped taking frames, say): it is
+# cut off and reported, and its tests are missing from the table, rather than hanging the run.
+RB_TIMEOUT=${RB_TIMEOUT:-300}
 rb() { # redis-benchmark ARGS...: "TEST rps p50" lines
-    in_client redis-benchmark -h 10.0.0.10 -q "$@" 2>/dev/null | tr '\r' '\n' |
+    local out rc=0
+    out=$(in_client timeout "$RB_TIMEOUT" redis-benchmark -h 10.0.0.10 -q "$@" 2>/dev/null) || rc=$?
+    if ((rc != 0)); then
+        echo "bench/net.sh: redis-benchmark $* stopped after ${RB_TIMEOUT}s or failed (exit $rc); its tests are left out" >&2
+    fi
+    printf '%s\n' "$out" | tr '\r' '\n' |
         sed -n 's/^\([A-Z_]*\): \([0-9.]*\) requests per second, p50=\([0-9.]*\) msec.*/\1 \2 \3/p'
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system, 1/100 s
