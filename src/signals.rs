@@ -48,3 +48,15 @@ impl ExitSignals {
             .map(|_| ())
     }
 }
+
+/// For a command whose whole job is printing (`log inspect`, `log dump`): a reader that went
+/// away (`| head`) ends the process quietly, as it ends `cat`, instead of a failed print
+/// panicking (Rust ignores SIGPIPE, so the write fails instead). Never for a VMM: its output
+/// is the guest's, and a closed stdout must not stop the guest.
+pub fn die_quietly_on_closed_pipe() {
+    // SAFETY: restoring a signal's default disposition touches no memory of ours; nothing in
+    // this process handles SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

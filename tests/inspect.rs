@@ -291,3 +291,50 @@ fn network_frames_are_dumped_decoded_and_counted_per_direction() {
         stdout(&text)
     );
 }
+
+/// `log dump | head`: the reader goes away after a few lines; the dump ends quietly (killed
+/// by SIGPIPE, as `cat` is), without a panic.
+#[test]
+fn a_dump_into_a_pipe_closed_early_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ticker.ulog");
+    let rec = understudy(&[
+        "run",
+        "--guest",
+        "ticker",
+        "--guest-arg",
+        "hz=1000",
+        "--guest-arg",
+        "ticks=1500",
+        "--record",
+        log.to_str().unwrap(),
+    ]);
+    assert_ok(&rec, "recording");
+    // Far more than a pipe holds (64 KiB), so the dump is still writing when the reader goes.
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert!(size > 128 * 1024, "only {size} bytes of log");
+    let mut child = Command::new(bin())
+        .args(["log", "dump", log.to_str().unwrap()])
+        .env_remove("UNDERSTUDY_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("#0"), "{first}");
+    // The reader is gone now; the rest of the dump cannot be written.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}\n{err}",
+        out.status
+    );
+}

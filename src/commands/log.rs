@@ -56,6 +56,7 @@ fn parse_kind(s: &str) -> Result<EntryKind, String> {
 }
 
 pub fn run(cmd: &LogCommand) -> CmdResult {
+    crate::signals::die_quietly_on_closed_pipe();
     match cmd {
         LogCommand::Inspect(a) => inspect(a),
         LogCommand::Dump(a) => dump(a),

@@ -20,6 +20,9 @@ pub const RX_QUEUE_FRAMES: usize = 256;
 
 /// How long the reader waits for the TAP before it looks at its stop flag again.
 const READER_POLL: Duration = Duration::from_millis(100);
+/// How long the reader rests after a failed read: a fault that persists costs it a thousand
+/// tries a second, not a core.
+const READ_ERROR_PAUSE: Duration = Duration::from_millis(1);
 
 /// What happened on the host side, counted.
 #[derive(Debug, Default)]
@@ -179,7 +182,14 @@ fn read_loop(
                         tracing::error!("tap {}: the device is gone: {e}", tap.name());
                         return;
                     }
-                    stats.rx_errors.fetch_add(1, Ordering::Relaxed);
+                    if stats.rx_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                        tracing::warn!(
+                            "tap {}: reading a frame failed: {e} (counted from now on)",
+                            tap.name()
+                        );
+                    }
+                    std::thread::sleep(READ_ERROR_PAUSE);
+                    break;
                 }
             }
         }
