@@ -145,7 +145,12 @@ impl NetSink {
         {
             return Err(SinkError::Unacknowledged { last });
         }
-        Ok(self.sender.close()?)
+        // Everything is acknowledged, the end included: a backup that has replayed it all may
+        // have said goodbye (or hung up) first, which is how a stream ends, not a failure.
+        if let Err(e) = self.sender.close() {
+            tracing::debug!("the backup ended the stream first: {e}");
+        }
+        Ok(())
     }
 
     /// How far the backup's buffer is behind (`LogSender::lag`).
@@ -182,5 +187,48 @@ impl LogSink for NetSink {
     }
     fn hand_off(&mut self) {
         self.sender.push();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use logging_channel::net::{ChannelConfig, Hello, LogReceiver, LogSender};
+    use logging_channel::{EndReason, Position};
+    use std::time::Duration;
+
+    /// The backup acknowledges the end and hangs up before the primary closes: the stream
+    /// ended as it should, and `finish` says so (it once reported the goodbye as a failure).
+    #[test]
+    fn a_backup_that_hangs_up_after_acknowledging_the_end_is_a_clean_finish() {
+        let listener = LogReceiver::listen("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr();
+        let acceptor = std::thread::spawn(move || {
+            listener.accept(
+                |_| Ok(()),
+                ChannelConfig::default(),
+                Some(Duration::from_secs(30)),
+            )
+        });
+        let hello = Hello::new([7; 32], 0, "primary", 0);
+        let sender = LogSender::connect(addr, hello, ChannelConfig::default()).unwrap();
+        let backup = acceptor.join().unwrap().unwrap();
+        let mut sink = NetSink::new(sender);
+        let end = Entry::End {
+            pos: Position::AtExit { exits: 1 },
+            reason: EndReason::PowerOff { code: 0 },
+        };
+        sink.append(1, 0, &end).unwrap();
+        sink.flush().unwrap();
+        let got = backup.recv(Duration::from_secs(30)).unwrap();
+        assert!(matches!(got.map(|f| f.entry), Some(Entry::End { .. })));
+        // The backup has it all and leaves first.
+        backup.close().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while sink.sender.is_alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!sink.sender.is_alive(), "the goodbye never arrived");
+        sink.finish(Duration::from_secs(30)).unwrap();
     }
 }
