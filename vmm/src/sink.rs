@@ -191,16 +191,14 @@ impl LogSink for NetSink {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use logging_channel::net::{ChannelConfig, Hello, LogReceiver, LogSender};
     use logging_channel::{EndReason, Position};
     use std::time::Duration;
 
-    /// The backup acknowledges the end and hangs up before the primary closes: the stream
-    /// ended as it should, and `finish` says so (it once reported the goodbye as a failure).
-    #[test]
-    fn a_backup_that_hangs_up_after_acknowledging_the_end_is_a_clean_finish() {
+    /// A primary's and a backup's end of one logging channel on loopback, for unit tests.
+    pub(crate) fn loopback_channel() -> (LogSender, LogReceiver) {
         let listener = LogReceiver::listen("127.0.0.1:0").unwrap();
         let addr = listener.local_addr();
         let acceptor = std::thread::spawn(move || {
@@ -212,7 +210,14 @@ mod tests {
         });
         let hello = Hello::new([7; 32], 0, "primary", 0);
         let sender = LogSender::connect(addr, hello, ChannelConfig::default()).unwrap();
-        let backup = acceptor.join().unwrap().unwrap();
+        (sender, acceptor.join().unwrap().unwrap())
+    }
+
+    /// The backup acknowledges the end and hangs up before the primary closes: the stream
+    /// ended as it should, and `finish` says so (it once reported the goodbye as a failure).
+    #[test]
+    fn a_backup_that_hangs_up_after_acknowledging_the_end_is_a_clean_finish() {
+        let (sender, backup) = loopback_channel();
         let mut sink = NetSink::new(sender);
         let end = Entry::End {
             pos: Position::AtExit { exits: 1 },

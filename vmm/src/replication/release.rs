@@ -591,20 +591,9 @@ mod tests {
 
     #[test]
     fn acknowledged_frames_leave_from_the_ack_thread_in_order() {
-        use logging_channel::net::{ChannelConfig, Hello, LogReceiver};
         use logging_channel::{Entry, Frame, Position};
-        let listener = LogReceiver::listen("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr();
-        let acceptor = std::thread::spawn(move || {
-            listener.accept(
-                |_| Ok(()),
-                ChannelConfig::default(),
-                Some(Duration::from_secs(30)),
-            )
-        });
-        let hello = Hello::new([7; 32], 1, "primary", 0);
-        let sender = Arc::new(LogSender::connect(addr, hello, ChannelConfig::default()).unwrap());
-        let _backup = acceptor.join().unwrap().unwrap();
+        let (sender, _backup) = crate::sink::tests::loopback_channel();
+        let sender = Arc::new(sender);
         let q = Arc::new(ReleaseQueue::default());
         let (tx, rx) = std::sync::mpsc::channel();
         let tx = Mutex::new(tx);
