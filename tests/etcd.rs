@@ -39,6 +39,7 @@ fn state(viewnum: u64) -> Persisted {
         acked: true,
         backup_ready: viewnum.is_multiple_of(2),
         booted: true,
+        finished: None,
     }
 }
 
@@ -333,6 +334,7 @@ impl Driver {
                 incarnation: Some(n.incarnation),
                 seq: Some(n.seq),
                 holds: Some(n.known),
+                finished: None,
             };
             if let Ok(s) = self.client.ping(&req) {
                 self.nodes[i].known = s.view.viewnum;

@@ -94,6 +94,7 @@ fn lab(server: &str, viewnum: u64) -> viewserver::PingRequest {
         incarnation: None,
         seq: None,
         holds: None,
+        finished: None,
     }
 }
 

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use logging_channel::net::{ChannelError, Hello, Listener, LogReceiver, StatePart, StateReceiver};
+use vmm::clock::SystemClock;
 use vmm::guest_image::hex;
 use vmm::machine::Machine;
+use vmm::outcome::{Ended, Outcome, RunError};
 use vmm::precise::ApproachTuning;
 use vmm::replay::{ReplayError, Stopped, replay_from};
 use vmm::snapshot::memory::install_pages;
@@ -19,6 +21,7 @@ use super::NodeCtx;
 use super::events::NodeEvent;
 use super::views::Views;
 use crate::events::emit;
+use viewserver::Finished;
 use viewserver::node::{self, Holding, Step};
 
 /// A replayed machine whose stream ended, ready to go live.
@@ -28,6 +31,12 @@ pub struct Retained {
     pub stopped: Stopped,
     /// The guest's whole console, as received with the state and then replayed.
     pub history: Vec<u8>,
+    /// The guest ended here (its end was replayed, or the state came from after it): it never
+    /// runs again.
+    pub ended: Option<Ended>,
+    /// The primary's stream, kept open while a finished replica waits: closing it would look
+    /// like a lost backup to the primary, which is still releasing the guest's last output.
+    pub _stream: Option<LogReceiver>,
 }
 
 #[derive(Debug)]
@@ -35,8 +44,8 @@ pub enum BackupEnd {
     /// The view no longer makes this node a backup (it was promoted, or dropped); the replica
     /// it holds, if any, for the role loop to go live with or drop.
     Left(Option<Box<Retained>>),
-    /// The replayed guest powered off (the primary's did too).
-    GuestDone(u32),
+    /// The view service recorded that the guest finished; `held`: this node holds a replica.
+    Finished { finished: Finished, held: bool },
     /// This node cannot back up the view's primary (another guest image or memory size).
     Misconfigured(String),
 }
@@ -85,6 +94,12 @@ pub fn serve(
             std::thread::sleep(views.interval);
             continue;
         };
+        if let Some(finished) = views.finished() {
+            return BackupEnd::Finished {
+                finished,
+                held: retained.is_some(),
+            };
+        }
         match node::step(views.holding(), &view, views.who()) {
             Step::Backup { keep: true } => {}
             Step::Backup { keep: false } => {
@@ -139,13 +154,12 @@ pub fn serve(
         let from = rx.offer().primary.clone();
         let offered_view = rx.offer().viewnum;
         match receive(ctx, views, rx) {
-            Ok((machine, point, held, log)) => {
+            Ok(installed) => {
                 // A new state replaces whatever was kept from an earlier stream.
                 retained = None;
                 views.set_holding(Holding::Replica { view: offered_view });
-                match replay_stream(ctx, views, machine, point, held, log) {
-                    Ok(Follow::Retain(r)) => retained = Some(r),
-                    Ok(Follow::GuestDone(code)) => return BackupEnd::GuestDone(code),
+                match replay_stream(ctx, views, installed) {
+                    Ok(r) => retained = Some(r),
                     Err(e) => {
                         eprintln!(
                             "node {}: replay of {from}'s log failed: {e}; dropping this state and asking for a new one",
@@ -230,7 +244,15 @@ fn check_primary(views: &Views, hello: &Hello) -> Result<(), String> {
     }
 }
 
-type Installed = (Machine, LogPoint, Vec<u8>, LogReceiver);
+/// A state installed from the primary, with its log stream.
+struct Installed {
+    machine: Machine,
+    point: LogPoint,
+    history: Vec<u8>,
+    /// The state was taken after the guest ended.
+    ended: Option<Ended>,
+    log: LogReceiver,
+}
 
 fn receive(ctx: &NodeCtx, views: &Arc<Views>, mut rx: StateReceiver) -> Result<Installed, String> {
     let started = std::time::Instant::now();
@@ -284,22 +306,56 @@ fn receive(ctx: &NodeCtx, views: &Arc<Views>, mut rx: StateReceiver) -> Result<I
         mem_mib: ctx.mem_mib,
         next_seq: point.next_seq,
     });
-    Ok((m, point, state.console_history, log))
+    Ok(Installed {
+        machine: m,
+        point,
+        history: state.console_history,
+        ended: state.ended,
+        log,
+    })
 }
 
-enum Follow {
-    Retain(Box<Retained>),
-    GuestDone(u32),
-}
-
+/// Replays the installed state's stream until it ends (the primary is gone or stopped sending)
+/// or the guest does; either way the replica is kept, for going live or for the end.
 fn replay_stream(
     ctx: &NodeCtx,
     views: &Arc<Views>,
-    mut machine: Machine,
-    point: LogPoint,
-    history: Vec<u8>,
-    log: LogReceiver,
-) -> Result<Follow, ReplayError> {
+    installed: Installed,
+) -> Result<Box<Retained>, ReplayError> {
+    let Installed {
+        mut machine,
+        point,
+        history,
+        ended,
+        log,
+    } = installed;
+    if let Some(how) = ended {
+        // The primary's guest had ended when it sent this: nothing to replay, ever.
+        eprintln!(
+            "node {}: the state is of a guest that already ended ({how:?}); holding it until the view service records the end",
+            views.me
+        );
+        if let Some(mut t) = ctx.transcript_fresh()
+            && let Err(e) = t.write_all(&history)
+        {
+            eprintln!("node {}: writing the transcript failed: {e}", views.me);
+        }
+        return Ok(Box::new(Retained {
+            machine,
+            stopped: Stopped {
+                exits: point.exits,
+                console: point.console(),
+                halted: false,
+                last_seq: point.next_seq.checked_sub(1),
+                released: point.released,
+                clock: SystemClock::continuing(point.clock_ns),
+                recent_frames: Vec::new(),
+            },
+            history,
+            ended: Some(how),
+            _stream: Some(log),
+        }));
+    }
     // Rule 5: only the view's primary feeds its backup. Once the view says otherwise (this node
     // was promoted, or dropped), take nothing more from the old primary and acknowledge nothing
     // more, so it can release nothing more; then replay what arrived.
@@ -339,11 +395,45 @@ fn replay_stream(
         Some(point),
     );
     let _ = console.flush();
-    match (result, stopped) {
-        (Ok(report), _) => match report.outcome {
-            vmm::outcome::Outcome::PowerOff { code } => Ok(Follow::GuestDone(code)),
-            vmm::outcome::Outcome::Stopped => Ok(Follow::GuestDone(0)),
+    let end = match &result {
+        Ok(report) => match report.outcome {
+            Outcome::PowerOff { code } => Some(Ended::PowerOff { code }),
+            // A primary's log ends this way only if it was stopped: nothing a node does.
+            Outcome::Stopped => Some(Ended::PowerOff { code: 0 }),
         },
+        Err(ReplayError::Run(RunError::TripleFault { .. })) => Some(Ended::TripleFault),
+        Err(_) => None,
+    };
+    match (result, stopped) {
+        (_, Some(mut stopped)) if end.is_some() => {
+            stopped.released = stopped.released.max(source.released());
+            match end {
+                Some(Ended::PowerOff { code }) => {
+                    eprintln!(
+                        "node {}: the replayed guest powered off (exit code {code}), as the primary's did; holding it until the view service records the end",
+                        views.me
+                    );
+                    emit(&NodeEvent::GuestPoweredOff {
+                        code,
+                        replayed: true,
+                    });
+                }
+                _ => {
+                    eprintln!(
+                        "node {}: the replayed guest triple-faulted, as the primary's did; holding it until the view service records the end",
+                        views.me
+                    );
+                    emit(&NodeEvent::GuestTripleFaulted { replayed: true });
+                }
+            }
+            Ok(Box::new(Retained {
+                machine,
+                stopped,
+                history: console.history,
+                ended: end,
+                _stream: Some(source.into_receiver()),
+            }))
+        }
         (Err(ReplayError::LogEnded { .. }), Some(mut stopped)) => {
             // `Released` messages are fresher than the counts in `Output` entries.
             stopped.released = stopped.released.max(source.released());
@@ -361,12 +451,20 @@ fn replay_stream(
                 reason: &why,
                 last_seq: stopped.last_seq,
             });
-            Ok(Follow::Retain(Box::new(Retained {
+            Ok(Box::new(Retained {
                 machine,
                 stopped,
                 history: console.history,
-            })))
+                ended: None,
+                _stream: None,
+            }))
         }
         (Err(e), _) => Err(e),
+        // `replay_from` says where the guest stands whenever a live stream's replay ends.
+        (Ok(_), _) => Err(ReplayError::Run(RunError::Exit(
+            vmm::exit::ExitError::Unexpected(
+                "the replay ended without saying where the guest stands".into(),
+            ),
+        ))),
     }
 }

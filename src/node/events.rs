@@ -94,6 +94,25 @@ pub enum NodeEvent<'a> {
     /// The guest powered off (on the primary, or replayed on the backup); the node exits with
     /// the guest's code.
     GuestPoweredOff { code: u32, replayed: bool },
+    /// The guest triple-faulted (on the primary, or replayed on the backup): it ended.
+    GuestTripleFaulted { replayed: bool },
+    /// The primary released everything its ended guest said and told the view service the
+    /// guest finished (`reason`, `code`: how), as primary of `view`.
+    EndReported {
+        view: u64,
+        reason: &'a str,
+        code: u32,
+    },
+    /// The view service recorded that the guest finished (in `view`, by `reason`, with exit
+    /// code `code`); this node exits with `exit_code`: the guest's if it held the guest or a
+    /// replica of it, 0 if it held nothing.
+    GuestFinished {
+        view: u64,
+        reason: &'a str,
+        code: u32,
+        held: bool,
+        exit_code: u32,
+    },
     /// The view service refused this node (it exits).
     Refused { message: &'a str },
     /// The view service did not answer (said once until it answers again).
@@ -219,6 +238,19 @@ mod tests {
                 code: 0,
                 replayed: false,
             },
+            NodeEvent::GuestTripleFaulted { replayed: true },
+            NodeEvent::EndReported {
+                view: 1,
+                reason: s,
+                code: 0,
+            },
+            NodeEvent::GuestFinished {
+                view: 1,
+                reason: s,
+                code: 0,
+                held: true,
+                exit_code: 0,
+            },
             NodeEvent::Refused { message: s },
             NodeEvent::ViewServiceUnreachable { error: s },
             NodeEvent::PrimarySummary {
@@ -252,6 +284,9 @@ mod tests {
                 | NodeEvent::ReplayFailed { .. }
                 | NodeEvent::StreamEnded { .. }
                 | NodeEvent::GuestPoweredOff { .. }
+                | NodeEvent::GuestTripleFaulted { .. }
+                | NodeEvent::EndReported { .. }
+                | NodeEvent::GuestFinished { .. }
                 | NodeEvent::Refused { .. }
                 | NodeEvent::ViewServiceUnreachable { .. }
                 | NodeEvent::PrimarySummary { .. } => {}
@@ -267,6 +302,15 @@ mod tests {
             S::Following { leader: s.into() },
             S::NoLongerLeading,
             S::ViewChanged { view },
+            S::GuestFinished {
+                finished: viewserver::Finished {
+                    view: 1,
+                    end: viewserver::GuestEnd {
+                        reason: viewserver::EndReason::PowerOff,
+                        code: 0,
+                    },
+                },
+            },
             S::EtcdFailing { error: s.into() },
             S::EtcdAnswersAgain,
         ];
@@ -276,6 +320,7 @@ mod tests {
                 | S::Following { .. }
                 | S::NoLongerLeading
                 | S::ViewChanged { .. }
+                | S::GuestFinished { .. }
                 | S::EtcdFailing { .. }
                 | S::EtcdAnswersAgain => {}
             }

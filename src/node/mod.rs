@@ -23,8 +23,11 @@ use backup::BackupEnd;
 use events::NodeEvent;
 use primary::{PrimaryEnd, Start};
 use views::Views;
-use viewserver::View;
 use viewserver::node::{self, Holding, Step};
+use viewserver::{EndReason, Finished, GuestEnd, View};
+use vmm::clock::HostClock;
+use vmm::outcome::Ended;
+use vmm::snapshot::LogPoint;
 
 /// What every role needs to know about this node and its guest.
 #[derive(Debug)]
@@ -129,6 +132,9 @@ fn roles(
         let Some(view) = views.wait_first(Duration::from_secs(3600)) else {
             continue;
         };
+        if let Some(done) = views.finished() {
+            return Ok(finished(views, done, replica.is_some()));
+        }
         let holding = views.holding();
         let step = node::step(holding, &view, views.who());
         let first = said != Some((view.viewnum, step));
@@ -161,6 +167,7 @@ fn roles(
                         history: Vec::new(),
                         released: 0,
                         resend_frames: Vec::new(),
+                        ended: None,
                     },
                 )?
             }
@@ -197,15 +204,8 @@ fn roles(
                 match backup::serve(ctx, listener, views, replica.take()) {
                     BackupEnd::Left(r) => replica = r,
                     BackupEnd::Misconfigured(why) => return Err(why.into()),
-                    BackupEnd::GuestDone(code) => {
-                        eprintln!(
-                            "node {me}: the replayed guest powered off (exit code {code}), as the primary's did"
-                        );
-                        emit(&NodeEvent::GuestPoweredOff {
-                            code,
-                            replayed: true,
-                        });
-                        return Ok(code);
+                    BackupEnd::Finished { finished: f, held } => {
+                        return Ok(finished(views, f, held));
                     }
                 }
                 continue;
@@ -240,20 +240,62 @@ fn roles(
             }
         };
         match end {
-            PrimaryEnd::PowerOff(code) => {
-                eprintln!("node {me}: the guest powered off (exit code {code})");
-                emit(&NodeEvent::GuestPoweredOff {
-                    code,
-                    replayed: false,
-                });
-                return Ok(code);
-            }
+            PrimaryEnd::Finished(f) => return Ok(finished(views, f, true)),
             PrimaryEnd::Superseded => {
                 views.set_holding(Holding::Nothing);
                 continue;
             }
             PrimaryEnd::Refused(why) => return Err(why.into()),
         }
+    }
+}
+
+/// The view service recorded that the guest finished: this node is done. Returns the exit
+/// code: the guest's for a node that held it (its primary, or a backup with its replica), 0
+/// for one that held nothing.
+fn finished(views: &Views, f: Finished, held: bool) -> u32 {
+    let exit_code = if held { f.end.code } else { 0 };
+    if held {
+        eprintln!(
+            "node {}: the guest finished in view {} ({}); this node held it and exits with its code {exit_code}",
+            views.me, f.view, f.end
+        );
+    } else {
+        eprintln!(
+            "node {}: the guest finished in view {} ({}); this node held no part of it and exits (0): nothing is left to fail over",
+            views.me, f.view, f.end
+        );
+    }
+    emit(&NodeEvent::GuestFinished {
+        view: f.view,
+        reason: reason_name(f.end.reason),
+        code: f.end.code,
+        held,
+        exit_code,
+    });
+    exit_code
+}
+
+/// How an ended guest is reported to the view service; the code is what every node that held
+/// it exits with: a power-off's own code, 1 for a triple fault (as `run` exits after one).
+pub fn guest_end(how: Ended) -> GuestEnd {
+    match how {
+        Ended::PowerOff { code } => GuestEnd {
+            reason: EndReason::PowerOff,
+            code,
+        },
+        Ended::TripleFault => GuestEnd {
+            reason: EndReason::TripleFault,
+            code: 1,
+        },
+    }
+}
+
+/// The name events give `reason`.
+pub fn reason_name(reason: EndReason) -> &'static str {
+    match reason {
+        EndReason::PowerOff => "power_off",
+        EndReason::TripleFault => "triple_fault",
     }
 }
 
@@ -296,6 +338,24 @@ fn go_live(
             .load(std::sync::atomic::Ordering::Acquire),
         unconfirmed: r.history.len() as u64 - from,
     });
+    // A replica that replayed the guest's end never runs again: it releases what the old
+    // primary may not have, and reports the end.
+    let ended = match r.ended {
+        Some(how) => Some((
+            how,
+            LogPoint {
+                exits: s.exits,
+                counter: r.machine.counter.read()?,
+                mid_execution: false,
+                console_bytes: s.console.bytes,
+                console_hash: s.console.hash,
+                clock_ns: s.clock.monotonic_ns(),
+                next_seq: 0,
+                released: 0,
+            },
+        )),
+        None => None,
+    };
     let start = Start {
         live: LiveStart {
             exits: s.exits,
@@ -307,6 +367,7 @@ fn go_live(
         history: r.history,
         released: from,
         resend_frames: s.recent_frames.clone(),
+        ended,
     };
     if let (Some(tap), Some(mac)) = (&ctx.tap, ctx.nic_mac) {
         // Whatever reached the TAP while it was a backup's is from before this node had the
@@ -317,7 +378,9 @@ fn go_live(
         if let Err(e) = tap.set_carrier(true) {
             eprintln!("node {}: TAP {}: {e}", views.me, tap.name());
         }
-        announce(Arc::clone(tap), mac);
+        if start.ended.is_none() {
+            announce(Arc::clone(tap), mac);
+        }
     }
     // Running the guest now: the next ping acknowledges the view.
     views.set_holding(Holding::Guest { view: view.viewnum });

@@ -8,19 +8,20 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use logging_channel::net::{ChannelConfig, Hello};
-use viewserver::View;
 use viewserver::node::{self, Step};
+use viewserver::{Finished, GuestEnd, View};
 use vmm::clock::SystemClock;
 use vmm::host_net::HostNet;
 use vmm::live::{LiveOptions, LiveStart, run_live_from};
 use vmm::machine::Machine;
 use vmm::net::held::HeldNet;
 use vmm::net::tap_net::TapNet;
-use vmm::outcome::{Outcome, RunError};
+use vmm::outcome::{Ended, Outcome, RunError};
 use vmm::replication::release::{FrameWriter, Gate, HeldConsole, ReleaseQueue};
 use vmm::replication::transfer::transfer;
 use vmm::replication::{ReplicaSink, Replication};
-use vmm::sink::SinkError;
+use vmm::sink::{LogSink, SinkError};
+use vmm::snapshot::LogPoint;
 use vmm::snapshot::memory::MemoryTracker;
 
 use super::NodeCtx;
@@ -37,7 +38,8 @@ const LAG_SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
 #[derive(Debug)]
 pub enum PrimaryEnd {
-    PowerOff(u32),
+    /// The guest ended, everything it said was released, and the view service recorded it.
+    Finished(Finished),
     /// The view names another primary: this node stopped its guest and released nothing more.
     Superseded,
     /// The view service refused this node (another process took its name): stopped, as for
@@ -58,6 +60,9 @@ pub struct Start {
     /// Frames the guest transmitted that its predecessor may not have released: sent again
     /// (under the output rule) before anything new. TCP and ARP take a duplicate in their stride.
     pub resend_frames: Vec<Vec<u8>>,
+    /// The guest had already ended (a backup that replayed the end, promoted): how, and where
+    /// its log stands. It never runs again; what is held is released and the end reported.
+    pub ended: Option<(Ended, LogPoint)>,
 }
 
 /// Lag samples in recorded nanoseconds, every 10 ms while streaming: how far the backup's
@@ -150,37 +155,69 @@ pub fn serve(
         queue: Arc::clone(&queue),
         transcript: ctx.transcript(),
     };
-    let opts = LiveOptions::default();
-    let result = run_live_from(
-        &mut machine,
-        &start.clock,
-        &mut sink,
-        &mut console,
-        net.as_mut().map(|n| n as &mut (dyn HostNet + 'static)),
-        &opts,
-        start.live,
-    );
-    stop.store(true, Ordering::Release);
-    let _ = manager.join();
-    let end = match result {
-        Ok((Outcome::PowerOff { code }, _)) => {
-            // The End entry covers everything: wait until the backup holds it (or the view
-            // drops the backup), then leave.
-            let drained = queue.drain(Duration::from_secs(10));
-            if !drained {
-                eprintln!(
-                    "node {}: the guest powered off, but its last output was never acknowledged; it stays unreleased",
-                    views.me
-                );
-            }
-            PrimaryEnd::PowerOff(code)
+    let ran = match start.ended {
+        Some((how, point)) => {
+            sink.guest_ended(point, how);
+            Ok(how)
         }
-        Ok((Outcome::Stopped, _)) => PrimaryEnd::PowerOff(0),
-        Err(RunError::Sink(SinkError::Superseded)) => match views.fatal() {
-            Some(why) => PrimaryEnd::Refused(why),
-            None => PrimaryEnd::Superseded,
-        },
-        Err(e) => return Err(e.into()),
+        None => {
+            let opts = LiveOptions::default();
+            let result = run_live_from(
+                &mut machine,
+                &start.clock,
+                &mut sink,
+                &mut console,
+                net.as_mut().map(|n| n as &mut (dyn HostNet + 'static)),
+                &opts,
+                start.live,
+            );
+            match result {
+                Ok((Outcome::PowerOff { code }, _)) => {
+                    eprintln!(
+                        "node {}: the guest powered off (exit code {code})",
+                        views.me
+                    );
+                    emit(&NodeEvent::GuestPoweredOff {
+                        code,
+                        replayed: false,
+                    });
+                    Ok(Ended::PowerOff { code })
+                }
+                // Only a run given a stop request stops; a node's never is.
+                Ok((Outcome::Stopped, _)) => Ok(Ended::PowerOff { code: 0 }),
+                Err(RunError::TripleFault { regs, sregs }) => {
+                    eprintln!(
+                        "node {}: the guest triple-faulted; registers at the fault:\n{regs}\n{sregs}",
+                        views.me
+                    );
+                    emit(&NodeEvent::GuestTripleFaulted { replayed: false });
+                    Ok(Ended::TripleFault)
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let end = match ran {
+        Ok(how) => {
+            // The replication manager keeps following the view meanwhile: a backup dropped
+            // lets output flow, a new one is given the finished machine.
+            let released = release_all(views, &mut machine, &mut sink, &queue, &replication);
+            stop.store(true, Ordering::Release);
+            let _ = manager.join();
+            match released {
+                Ok(true) => report_end(views, super::guest_end(how)),
+                Ok(false) => deposed(views),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(e) => {
+            stop.store(true, Ordering::Release);
+            let _ = manager.join();
+            match e {
+                RunError::Sink(SinkError::Superseded) => deposed(views),
+                e => return Err(e.into()),
+            }
+        }
     };
     queue.close();
     // Superseded, the queue was abandoned: the thread ends after the write in hand, if any.
@@ -253,6 +290,83 @@ pub fn serve(
         frame_release_delay,
     });
     Ok(end)
+}
+
+/// How often a primary whose guest ended says what its last output still waits for.
+const ENDED_NOTE_EVERY: Duration = Duration::from_secs(10);
+
+/// The guest ended: keeps its replication going until everything it said was released (the
+/// backup acknowledged the end, or installed the finished machine, or the view has no backup).
+/// False if this node was deposed meanwhile: then what it held was dropped, not released.
+fn release_all(
+    views: &Views,
+    machine: &mut Machine,
+    sink: &mut ReplicaSink,
+    queue: &ReleaseQueue,
+    replication: &Replication,
+) -> Result<bool, SinkError> {
+    let ended = Instant::now();
+    let mut next_note = ENDED_NOTE_EVERY;
+    loop {
+        sink.after_end(machine)?;
+        let empty = queue.drain(Duration::from_millis(10));
+        // A deposed primary's queue is emptied by dropping, not releasing.
+        if replication.is_superseded() {
+            return Ok(false);
+        }
+        if empty {
+            return Ok(true);
+        }
+        if ended.elapsed() >= next_note {
+            next_note += ENDED_NOTE_EVERY;
+            eprintln!(
+                "node {}: the guest ended {:.0} s ago; its last output waits for the view's backup to hold it",
+                views.me,
+                ended.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+/// Tells the view service the guest ended (everything it said is released) and waits until it
+/// recorded that, or made another node primary (then that node's replica ends the same way).
+fn report_end(views: &Views, end: GuestEnd) -> PrimaryEnd {
+    let view = views.latest_view().map_or(0, |v| v.viewnum);
+    eprintln!(
+        "node {}: everything the guest said is released; telling the view service it finished ({end})",
+        views.me
+    );
+    emit(&NodeEvent::EndReported {
+        view,
+        reason: super::reason_name(end.reason),
+        code: end.code,
+    });
+    views.report_end(end);
+    loop {
+        if let Some(f) = views.finished() {
+            return PrimaryEnd::Finished(f);
+        }
+        if let Some(why) = views.fatal() {
+            return PrimaryEnd::Refused(why);
+        }
+        match views.latest_view() {
+            Some(v) if !v.is_primary(&views.me, views.incarnation) => return deposed(views),
+            Some(v) => {
+                views.wait_change(v.viewnum, views.interval);
+            }
+            None => {
+                views.wait_first(views.interval);
+            }
+        }
+    }
+}
+
+/// This node is no longer primary: superseded, or refused by the view service.
+fn deposed(views: &Views) -> PrimaryEnd {
+    match views.fatal() {
+        Some(why) => PrimaryEnd::Refused(why),
+        None => PrimaryEnd::Superseded,
+    }
 }
 
 /// Follows the view while the guest runs: transfers state to each new backup, acks views,

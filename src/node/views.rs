@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use viewserver::client::{Client, ClientError, Lease};
 use viewserver::node::{self, Holding, Me};
-use viewserver::{PingRequest, Status, View};
+use viewserver::{Finished, GuestEnd, PingRequest, Status, View};
 
 use super::events::NodeEvent;
 use crate::events::emit;
@@ -24,6 +24,8 @@ struct Inner {
     last_error: Option<String>,
     /// Why this node must stop (another process took its name).
     fatal: Option<String>,
+    /// The guest ended and everything it said was released: every ping says so.
+    report_end: Option<GuestEnd>,
     stop: bool,
 }
 
@@ -50,6 +52,7 @@ impl Views {
                 ping_now: false,
                 last_error: None,
                 fatal: None,
+                report_end: None,
                 stop: false,
             }),
             changed: Condvar::new(),
@@ -82,6 +85,20 @@ impl Views {
         self.lock().latest.as_ref().map(|s| s.view.clone())
     }
 
+    /// How the guest ended, once the view service recorded it: its history is complete.
+    pub fn finished(&self) -> Option<Finished> {
+        self.lock().latest.as_ref().and_then(|s| s.finished)
+    }
+
+    /// From now on every ping reports that the guest ended as `end` (the primary, once it
+    /// released everything the guest said); the next goes at once.
+    pub fn report_end(&self, end: GuestEnd) {
+        let mut g = self.lock();
+        g.report_end = Some(end);
+        g.ping_now = true;
+        self.changed.notify_all();
+    }
+
     /// Why this node must stop, if it must.
     pub fn fatal(&self) -> Option<String> {
         self.lock().fatal.clone()
@@ -105,13 +122,16 @@ impl Views {
         g.latest.as_ref().map(|s| s.view.clone())
     }
 
-    /// Waits until the view number differs from `seen` or `timeout` passes.
+    /// Waits until the view number differs from `seen`, the guest is recorded as finished, or
+    /// `timeout` passes.
     pub fn wait_change(&self, seen: u64, timeout: Duration) -> Option<View> {
         let deadline = Instant::now() + timeout;
         let mut g = self.lock();
         loop {
             let view = g.latest.as_ref().map(|s| s.view.clone());
+            let finished = g.latest.as_ref().is_some_and(|s| s.finished.is_some());
             if view.as_ref().is_some_and(|v| v.viewnum != seen)
+                || finished
                 || g.fatal.is_some()
                 || Instant::now() >= deadline
             {
@@ -203,6 +223,7 @@ impl Views {
             incarnation: Some(self.incarnation),
             seq: Some(g.seq),
             holds: Some(holds),
+            finished: g.report_end,
         })
     }
 

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::service::{MAX_SERVER_NAME, Ping, PingError};
+use crate::service::{GuestEnd, MAX_SERVER_NAME, Ping, PingError};
 
 /// `POST /ping` body. Only `server` and `viewnum` are required: a client
 /// that sends nothing else gets the classic lab semantics.
@@ -26,6 +26,9 @@ pub struct PingRequest {
     /// The view whose state the sender holds (0: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holds: Option<u64>,
+    /// The guest ended (the primary's report, once all its output was released).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<GuestEnd>,
 }
 
 impl PingRequest {
@@ -37,6 +40,7 @@ impl PingRequest {
             seq: self.seq,
             viewnum: self.viewnum,
             holds: self.holds,
+            finished: self.finished,
         }
     }
 }

@@ -717,6 +717,7 @@ mod tests {
             incarnation: None,
             seq: None,
             holds: None,
+            finished: None,
         }
     }
 

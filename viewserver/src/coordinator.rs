@@ -177,6 +177,12 @@ impl Coordinator {
             inner.stored = vs.persisted_version();
         }
         let status = vs.status();
+        if let (None, Some(finished)) = (before.finished, status.finished) {
+            emit(
+                self.events.as_ref(),
+                ServiceEvent::GuestFinished { finished },
+            );
+        }
         if status.view.viewnum != before_viewnum {
             emit(
                 self.events.as_ref(),
@@ -278,6 +284,7 @@ mod tests {
             incarnation: Some(inc),
             seq: Some(seq),
             holds: Some(holds),
+            finished: None,
         })
         .unwrap()
     }
@@ -338,6 +345,7 @@ mod tests {
                 incarnation: Some(1),
                 seq: Some(2),
                 holds: Some(1),
+                finished: None,
             })
             .unwrap_err();
         assert_eq!(err.status(), 503);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::View;
+use crate::{Finished, View};
 
 /// One thing worth telling the operator, serialised as `{"event": "<snake_case name>", ...}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -34,6 +34,12 @@ pub enum ServiceEvent {
         /// The new view.
         view: View,
     },
+    /// The primary reported that the guest ended and everything it said was released (stored
+    /// before any answer revealed it): no view changes any more.
+    GuestFinished {
+        /// How and in which view.
+        finished: Finished,
+    },
     /// etcd stopped answering (said once, until it answers again).
     EtcdFailing {
         /// What the last call failed with.
@@ -55,6 +61,11 @@ impl std::fmt::Display for ServiceEvent {
             Self::Following { leader } => write!(f, "following {leader}"),
             Self::NoLongerLeading => write!(f, "no longer leading"),
             Self::ViewChanged { view } => write!(f, "{view}"),
+            Self::GuestFinished { finished } => write!(
+                f,
+                "the guest finished in view {} ({}); no view changes any more",
+                finished.view, finished.end
+            ),
             Self::EtcdFailing { error } => write!(f, "etcd: {error}"),
             Self::EtcdAnswersAgain => write!(f, "etcd answers again"),
         }

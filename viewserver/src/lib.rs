@@ -36,5 +36,8 @@ pub use coordinator::{Coordinator, Rules};
 pub use etcd::{EtcdConfig, EtcdStore};
 pub use events::{Observer, ServiceEvent};
 pub use server::{Config, ServerError, ViewServer};
-pub use service::{MAX_SERVER_NAME, MAX_TRACKED_SERVERS, Persisted, Status, View, ViewService};
+pub use service::{
+    EndReason, Finished, GuestEnd, MAX_SERVER_NAME, MAX_TRACKED_SERVERS, Persisted, Status, View,
+    ViewService,
+};
 pub use store::{FileStore, Leadership, MemoryStore, Store, StoreError};

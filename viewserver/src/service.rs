@@ -103,6 +103,49 @@ pub struct Status {
     /// current primary's ping once the view is acknowledged; 0 otherwise.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lease_ms: u64,
+    /// The guest's history is complete: its primary reported that it ended and that every
+    /// byte of its output was released. No view changes any more; nodes exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Finished>,
+}
+
+/// How a guest ended, as its primary reports it in a ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GuestEnd {
+    /// What ended it.
+    pub reason: EndReason,
+    /// The exit code every node that held the guest exits with (docs/design.md has the
+    /// mapping: a power-off's code, 1 for a triple fault).
+    pub code: u32,
+}
+
+/// What ended a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The guest powered off (isa-debug-exit).
+    PowerOff,
+    /// The guest triple-faulted.
+    TripleFault,
+}
+
+/// The guest's end as the service recorded it: final for this service's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Finished {
+    /// The view whose primary reported it.
+    pub view: u64,
+    /// How the guest ended.
+    #[serde(flatten)]
+    pub end: GuestEnd,
+}
+
+impl std::fmt::Display for GuestEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.reason {
+            EndReason::PowerOff => write!(f, "powered off, exit code {}", self.code),
+            EndReason::TripleFault => write!(f, "triple fault, exit code {}", self.code),
+        }
+    }
 }
 
 impl std::fmt::Display for Status {
@@ -110,6 +153,13 @@ impl std::fmt::Display for Status {
     /// `(backup not ready)`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.view)?;
+        if let Some(done) = &self.finished {
+            return write!(
+                f,
+                " (the guest finished in view {}: {})",
+                done.view, done.end
+            );
+        }
         if self.view.viewnum > 0 && !self.acked {
             write!(f, " (not acknowledged)")?;
         } else if !self.view.backup.is_empty() && !self.backup_ready {
@@ -145,6 +195,9 @@ pub struct Ping<'a> {
     /// names, a backup is taken to hold its view's state (its primary is
     /// trusted to have sent it, as in the lab).
     pub holds: Option<u64>,
+    /// The guest ended and all its output was released: only heeded from the primary of the
+    /// current, acknowledged view that holds the guest.
+    pub finished: Option<GuestEnd>,
 }
 
 /// The answer to a ping, before the server turns the lease into time.
@@ -193,6 +246,10 @@ pub struct Persisted {
     /// Some view was ever acknowledged: a history exists, and no server
     /// without it may ever become primary.
     pub booted: bool,
+    /// The guest's history is complete (see `Status::finished`): no view
+    /// ever changes again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Finished>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -257,6 +314,7 @@ impl ViewService {
                 acked: false,
                 backup_ready: false,
                 booted: false,
+                finished: None,
             },
             dead_pings,
             backup_ticks,
@@ -357,6 +415,17 @@ impl ViewService {
                 self.p.booted = true;
                 self.version += 1;
             }
+            // Only the acknowledged primary holding the guest knows its history is complete
+            // (a deposed one's is not the history any more); it reports the end only once
+            // everything the guest said was released, so nothing is left for anyone to say.
+            if let Some(end) = ping.finished
+                && self.p.acked
+                && holds == current
+                && self.p.finished.is_none()
+            {
+                self.p.finished = Some(Finished { view: current, end });
+                self.version += 1;
+            }
         } else if self.p.view.is_backup(name, inc) {
             // A classic client says nothing about its state: as in the lab, its primary is
             // trusted to have forwarded the state before anything depends on it.
@@ -367,7 +436,8 @@ impl ViewService {
             }
         }
         self.advance();
-        let lease = self.p.acked && self.p.view.is_primary(name, inc);
+        // A finished guest has nothing left to release.
+        let lease = self.p.acked && self.p.view.is_primary(name, inc) && self.p.finished.is_none();
         Ok(self.reply(lease))
     }
 
@@ -408,7 +478,13 @@ impl ViewService {
             backup_ready: self.p.backup_ready,
             service: service_hex(self.p.service),
             lease_ms: 0,
+            finished: self.p.finished,
         }
+    }
+
+    /// How the guest ended, once its primary reported it.
+    pub fn finished(&self) -> Option<Finished> {
+        self.p.finished
     }
 
     /// The primary of the current view acknowledged it.
@@ -539,7 +615,8 @@ impl ViewService {
 
     fn advance(&mut self) {
         let v = self.p.view.clone();
-        if v.viewnum == 0 {
+        // A finished guest is not failed over, nor given a new backup: nobody will run it.
+        if v.viewnum == 0 || self.p.finished.is_some() {
             return;
         }
         let primary_fit = self.fit(&v.primary, v.primary_incarnation);

@@ -336,6 +336,7 @@ mod tests {
             acked: true,
             backup_ready: false,
             booted: true,
+            finished: None,
         }
     }
 

@@ -676,6 +676,7 @@ impl Protocol {
             seq: Some(seq),
             viewnum,
             holds: Some(holds),
+            finished: None,
         });
         s.observe();
         let n = &s.nodes[i];

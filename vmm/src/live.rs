@@ -15,7 +15,7 @@ use crate::digest::{self, state_check};
 use crate::exit::{ExitError, Stop};
 use crate::host_net::HostNet;
 use crate::machine::Machine;
-use crate::outcome::{Outcome, RunError, RunStats};
+use crate::outcome::{Ended, Outcome, RunError, RunStats};
 use crate::precise::PrecisePolicy;
 use crate::sink::{LogSink, SinkError};
 use crate::snapshot::LogPoint;
@@ -268,7 +268,14 @@ impl Recorder<'_> {
         if stop.is_guest_exit() {
             self.m.vcpu.complete_pending_exit()?;
         }
-        let point = LogPoint {
+        let point = self.point_here(stop)?;
+        self.sink.take_state(self.m, point)?;
+        Ok(())
+    }
+
+    /// Where the guest and its log stand at `stop` (the sink fills in `next_seq`, `released`).
+    fn point_here(&mut self, stop: Stop) -> Result<LogPoint, RunError> {
+        Ok(LogPoint {
             exits: self.core.exits(),
             counter: self.m.counter.read()?,
             mid_execution: !stop.is_guest_exit(),
@@ -277,9 +284,7 @@ impl Recorder<'_> {
             clock_ns: self.clock.monotonic_ns(),
             next_seq: 0,
             released: 0,
-        };
-        self.sink.take_state(self.m, point)?;
-        Ok(())
+        })
     }
 
     fn pit_schedule(&self) -> Option<TickSchedule> {
@@ -347,6 +352,8 @@ impl Recorder<'_> {
                         pos: at_exit,
                         reason: EndReason::Shutdown,
                     })?;
+                    let point = self.point_here(stop)?;
+                    self.sink.guest_ended(point, Ended::TripleFault);
                     self.sink.flush()?;
                     return Err(RunError::triple_fault(&self.m.vcpu));
                 }
@@ -365,6 +372,8 @@ impl Recorder<'_> {
                     pos: at_exit,
                     reason: EndReason::PowerOff { code },
                 })?;
+                let point = self.point_here(stop)?;
+                self.sink.guest_ended(point, Ended::PowerOff { code });
                 self.sink.flush()?;
                 self.console.flush().map_err(RunError::Console)?;
                 return Ok(Outcome::PowerOff { code });

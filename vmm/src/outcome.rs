@@ -20,6 +20,19 @@ pub enum Outcome {
     Stopped,
 }
 
+/// How a guest ended, as a state taken after its end carries it: a backup that installs such
+/// a state holds a finished guest and replays nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Ended {
+    /// The guest wrote `code` to the isa-debug-exit port.
+    PowerOff {
+        /// The value written, zero-extended.
+        code: u32,
+    },
+    /// The guest triple-faulted.
+    TripleFault,
+}
+
 /// What a run did and cost, for reports and benchmarks.
 #[derive(Debug, Clone, Default)]
 pub struct RunStats {

@@ -924,6 +924,12 @@ pub fn replay_from(
     stats.wall = started.elapsed();
     stats.digests = r.digests_verified;
     let entries = r.last_seq.map_or(0, |s| s + 1);
+    // A live backup keeps where it stands when the stream ends, and also when the guest did:
+    // promoted then, it releases what the old primary may not have.
+    let ended = matches!(
+        &result,
+        Ok(Outcome::PowerOff { .. }) | Err(ReplayError::Run(RunError::TripleFault { .. }))
+    );
     let stopped = match &result {
         Err(ReplayError::LogEnded { .. }) if r.live_source => {
             let last = r.after_end.last_ns;
@@ -947,6 +953,15 @@ pub fn replay_from(
                     .collect(),
             })
         }
+        _ if ended && r.live_source => Some(Stopped {
+            exits: r.core.exits(),
+            console: r.console_stream,
+            halted: false,
+            last_seq: r.last_seq,
+            released: r.released,
+            clock: SystemClock::continuing(r.after_end.last_ns),
+            recent_frames: r.recent_frames.iter().cloned().collect(),
+        }),
         _ => None,
     };
     let report = result.map(|outcome| ReplayReport {

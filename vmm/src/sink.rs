@@ -55,6 +55,9 @@ pub trait LogSink {
     fn state_wanted(&self) -> bool {
         false
     }
+    /// The guest ended (its `End` entry is logged) at `point`: a sink that hands out states
+    /// keeps it, to give a backup that still needs one the finished machine.
+    fn guest_ended(&mut self, _point: crate::snapshot::LogPoint, _how: crate::outcome::Ended) {}
     /// The machine, stopped at a clean point, with where the log stands there.
     fn take_state(
         &mut self,

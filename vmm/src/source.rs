@@ -139,6 +139,12 @@ impl NetSource {
         self.last_report = std::time::Instant::now();
     }
 
+    /// The channel back, e.g. to keep it open (and the primary's stream with it) after the
+    /// replay ended.
+    pub fn into_receiver(self) -> logging_channel::net::LogReceiver {
+        self.rx
+    }
+
     /// Console bytes the primary said it released on this stream.
     pub fn released(&self) -> u64 {
         self.rx.released()

@@ -24,6 +24,8 @@ struct Node {
     holds: u64,
     /// Ignores the answers to its pings.
     deaf: bool,
+    /// Reports in every ping that the guest ended.
+    reports: Option<GuestEnd>,
 }
 
 impl Cluster {
@@ -47,7 +49,7 @@ impl Cluster {
     fn ping(&mut self, name: &'static str) -> PingReply {
         let n = self.node(name);
         n.seq += 1;
-        let (inc, seq, known, holds) = (n.incarnation, n.seq, n.known, n.holds);
+        let (inc, seq, known, holds, reports) = (n.incarnation, n.seq, n.known, n.holds, n.reports);
         let r = self
             .vs
             .ping(&Ping {
@@ -56,6 +58,7 @@ impl Cluster {
                 seq: Some(seq),
                 viewnum: known,
                 holds: Some(holds),
+                finished: reports,
             })
             .unwrap();
         let v = &r.status.view;
@@ -110,6 +113,7 @@ fn lab_ping(vs: &mut ViewService, server: &str, viewnum: u64) -> View {
         seq: None,
         viewnum,
         holds: None,
+        finished: None,
     })
     .unwrap()
     .status
@@ -335,6 +339,7 @@ fn stale_pings_are_answered_but_not_applied() {
             seq: Some(1),
             viewnum: 2,
             holds: Some(0),
+            finished: None,
         })
         .unwrap();
     assert!(c.vs.backup_ready(), "a stale ping changed readiness");
@@ -349,6 +354,7 @@ fn stale_pings_are_answered_but_not_applied() {
             seq: Some(1),
             viewnum: 2,
             holds: Some(2),
+            finished: None,
         })
         .unwrap();
     assert!(!r.lease);
@@ -369,6 +375,7 @@ fn pings_of_a_replaced_incarnation_are_refused() {
             seq: Some(99),
             viewnum: 1,
             holds: Some(1),
+            finished: None,
         })
         .unwrap_err();
     assert!(matches!(err, PingError::StaleIncarnation { .. }), "{err}");
@@ -379,7 +386,8 @@ fn pings_of_a_replaced_incarnation_are_refused() {
             incarnation: Some(0),
             seq: None,
             viewnum: 0,
-            holds: None
+            holds: None,
+            finished: None,
         }),
         Err(PingError::ZeroIncarnation)
     );
@@ -407,6 +415,7 @@ fn a_late_ping_from_an_earlier_process_does_not_depose_the_live_one() {
         seq: Some(1),
         viewnum: 0,
         holds: Some(0),
+        finished: None,
     });
     assert!(
         matches!(late, Err(PingError::StaleIncarnation { .. })),
@@ -619,4 +628,117 @@ fn a_lab_backup_still_learning_its_view_is_no_restart_and_can_take_over() {
     // The primary restarts: the backup takes over.
     lab_ping(&mut vs, "p", 0);
     assert_eq!(short(&vs.view()), view(3, "b", "p"));
+}
+
+const POWERED_OFF: GuestEnd = GuestEnd {
+    reason: EndReason::PowerOff,
+    code: 3,
+};
+
+/// a primary and b its ready backup, in view 2, acknowledged.
+fn pair() -> Cluster {
+    let mut c = Cluster::new(3);
+    c.intervals(3, &["a", "b"]);
+    c.install("b");
+    c.intervals(2, &["a", "b"]);
+    assert_eq!(short(&c.vs.view()), view(2, "a", "b"));
+    assert!(c.vs.primary_acked() && c.vs.backup_ready());
+    c
+}
+
+#[test]
+fn the_primarys_report_of_the_end_is_recorded_and_no_view_changes_after_it() {
+    let mut c = pair();
+    c.node("a").reports = Some(POWERED_OFF);
+    let r = c.ping("a");
+    let done = Finished {
+        view: 2,
+        end: POWERED_OFF,
+    };
+    assert_eq!(r.status.finished, Some(done));
+    assert!(!r.lease, "a finished guest has nothing left to release");
+    // Everyone goes away (the nodes exit) and a newcomer shows up: the view stays.
+    c.intervals(10, &["c"]);
+    assert_eq!(short(&c.vs.view()), view(2, "a", "b"));
+    assert!(c.vs.idle_servers().contains(&"c".to_string()));
+    assert_eq!(c.vs.finished(), Some(done));
+    assert_eq!(c.ping("c").status.finished, Some(done));
+    // A restarted primary is not made anything either.
+    c.restart("a");
+    c.intervals(10, &["a", "c"]);
+    assert_eq!(short(&c.vs.view()), view(2, "a", "b"));
+}
+
+#[test]
+fn only_the_acknowledged_primary_holding_the_guest_reports_the_end() {
+    let mut c = pair();
+    for who in ["b", "c"] {
+        c.node(who).reports = Some(POWERED_OFF);
+        c.ping(who);
+        assert_eq!(c.vs.finished(), None, "{who} is not the primary");
+    }
+    // The primary of a view it has not acknowledged: b promoted after a's death, before it
+    // pinged with the new view.
+    // b does not hear of view 3 yet.
+    c.node("b").deaf = true;
+    c.intervals(5, &["b", "c"]);
+    assert_eq!(short(&c.vs.view()), view(3, "b", "c"));
+    c.ping("b");
+    assert!(!c.vs.primary_acked());
+    assert_eq!(c.vs.finished(), None, "not acknowledged");
+    // The ping acknowledging the view reports the end too: a promoted replica that had
+    // replayed the end goes live, releases what it holds and reports.
+    let b = c.node("b");
+    b.known = 3;
+    b.holds = 3;
+    c.ping("b");
+    assert!(c.vs.primary_acked());
+    assert_eq!(
+        c.vs.finished(),
+        Some(Finished {
+            view: 3,
+            end: POWERED_OFF
+        })
+    );
+}
+
+#[test]
+fn a_deposed_primarys_report_is_not_the_end() {
+    let mut c = pair();
+    // a is cut off; b takes over.
+    c.intervals(5, &["b", "c"]);
+    assert_eq!(short(&c.vs.view()), view(3, "b", "c"));
+    let a = c.node("a");
+    a.reports = Some(POWERED_OFF);
+    a.deaf = true;
+    c.ping("a");
+    assert_eq!(c.vs.finished(), None);
+    assert_eq!(short(&c.vs.view()), view(3, "b", "c"));
+}
+
+#[test]
+fn the_end_survives_a_restart_of_the_service_and_old_stores_read_without_it() {
+    let mut c = pair();
+    c.node("a").reports = Some(POWERED_OFF);
+    c.ping("a");
+    let p = c.vs.persisted().clone();
+    let json = serde_json::to_string(&p).unwrap();
+    let back: Persisted = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, p);
+    let mut vs = ViewService::restore(back, 3, 20);
+    for _ in 0..10 {
+        vs.tick();
+    }
+    assert_eq!(vs.finished(), p.finished);
+    assert_eq!(vs.view(), p.view);
+    let status = vs.status();
+    assert_eq!(
+        status.to_string(),
+        "view 2: primary=a backup=b (the guest finished in view 2: powered off, exit code 3)"
+    );
+    // A store written before the field existed.
+    let mut old: serde_json::Value = serde_json::to_value(&p).unwrap();
+    old.as_object_mut().unwrap().remove("finished");
+    let old: Persisted = serde_json::from_value(old).unwrap();
+    assert_eq!(old.finished, None);
 }

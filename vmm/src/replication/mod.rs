@@ -18,6 +18,7 @@ use logging_channel::format::{Entry, Frame};
 use logging_channel::net::{ChannelError, Lag, LogSender};
 
 use crate::machine::Machine;
+use crate::outcome::Ended;
 use crate::sink::{LogSink, SinkError};
 use crate::snapshot::memory::MemoryTracker;
 use crate::snapshot::{LogPoint, MachineState, SnapshotError};
@@ -226,6 +227,11 @@ impl Replication {
             .clone()
     }
 
+    /// Whether [`Self::supersede`] was called: what the queue held was dropped, not released.
+    pub fn is_superseded(&self) -> bool {
+        self.superseded.load(Ordering::Acquire)
+    }
+
     /// Another node is primary now: the guest stops at its next entry and nothing held is
     /// ever released (two primaries must never both speak).
     pub fn supersede(&self) {
@@ -244,6 +250,9 @@ pub struct ReplicaSink {
     channel: Option<Arc<LogSender>>,
     buffering: bool,
     buffered: Vec<Frame>,
+    /// Where and how the guest ended, once it did: a state taken after that is the finished
+    /// machine.
+    ended: Option<(LogPoint, Ended)>,
 }
 
 impl ReplicaSink {
@@ -257,7 +266,24 @@ impl ReplicaSink {
             channel: None,
             buffering: false,
             buffered: Vec::new(),
+            ended: None,
         }
+    }
+
+    /// After the guest ended, the vCPU thread calls this until everything is released: it
+    /// sends what waited for a new backup's stream, and gives a backup that asks for the
+    /// state the finished machine (whose log is complete: nothing follows).
+    pub fn after_end(&mut self, m: &mut Machine) -> Result<(), SinkError> {
+        self.sync();
+        self.hand_off();
+        if self.state_wanted()
+            && let Some((point, _)) = self.ended
+        {
+            self.take_state(m, point)?;
+            self.sync();
+            self.hand_off();
+        }
+        Ok(())
     }
 
     /// The seq the next entry gets.
@@ -380,6 +406,10 @@ impl LogSink for ReplicaSink {
         true
     }
 
+    fn guest_ended(&mut self, point: LogPoint, how: Ended) {
+        self.ended = Some((point, how));
+    }
+
     fn released(&self) -> u64 {
         self.shared.queue.released()
     }
@@ -422,6 +452,7 @@ impl LogSink for ReplicaSink {
         point.released = self.shared.queue.released();
         let mut state = MachineState::save(m, point)?;
         state.console_history = self.shared.queue.history();
+        state.ended = self.ended.map(|(_, how)| how);
         let blob = state.encode()?;
         self.channel = None;
         self.buffered.clear();

@@ -13,7 +13,7 @@ use crate::snapshot::cpu::{CpuState, CpuStateError};
 
 /// Bumped whenever [`MachineState`]'s encoding changes; both ends must agree. Version 1 was
 /// bincode 1.x (unmaintained); version 2 is the layout below.
-pub const STATE_VERSION: u32 = 3;
+pub const STATE_VERSION: u32 = 4;
 
 /// First bytes of an encoded [`MachineState`]: says what the bytes are before anything else is
 /// trusted. Then the version (`u32`, little-endian), then the [`MachineState`] fields in
@@ -116,6 +116,9 @@ pub struct MachineState {
     /// The guest's whole console so far (`point.console_bytes` bytes). The backup starts its
     /// transcript with it, and if it goes live it releases what the old primary had not.
     pub console_history: Vec<u8>,
+    /// The guest had ended at this point (a state sent after its power-off or triple fault):
+    /// there is nothing to replay, and the machine must never run again.
+    pub ended: Option<crate::outcome::Ended>,
 }
 
 impl MachineState {
@@ -128,6 +131,7 @@ impl MachineState {
             devices: m.bus.save_state(),
             point,
             console_history: Vec::new(),
+            ended: None,
         })
     }
 
