@@ -146,6 +146,20 @@ impl Process {
         Ok(())
     }
 
+    /// Reaps it if it has exited; `None` while it runs.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, ProcessError> {
+        if let Some(s) = self.status {
+            return Ok(Some(s));
+        }
+        let pid = self.pid();
+        let status = self
+            .child
+            .try_wait()
+            .map_err(|source| ProcessError::Wait { pid, source })?;
+        self.status = status;
+        Ok(status)
+    }
+
     /// Waits until it exits and reaps it (at once if it already was).
     pub fn wait(&mut self) -> Result<ExitStatus, ProcessError> {
         if let Some(s) = self.status {

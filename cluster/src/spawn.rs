@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc::{Sender, SyncSender, sync_channel};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::capture::{Captured, Line, Stream, Taps, capture};
 use crate::events::{EventsError, EventsFile};
@@ -355,6 +355,22 @@ impl<R> Spawned<R> {
         let status = self.process.kill()?;
         self.drain();
         Ok(status)
+    }
+
+    /// Waits up to `timeout` for it to exit; once it has, reaps it and lets its pipes deliver
+    /// everything. `None` if it still runs.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, ProcessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.process.try_wait()? {
+                self.drain();
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Waits until it exits and reaps it, then lets its pipes deliver everything.

@@ -56,6 +56,8 @@ pub struct Config {
     pub report: u64,
     pub user: bool,
     pub exit: Option<u8>,
+    /// ticker: how it ends once its ticks are done.
+    pub end: End,
     /// exits: number of port writes; tcploop: number of round trips.
     pub n: u64,
     /// exits: the port written.
@@ -66,6 +68,15 @@ pub struct Config {
     pub ip: Option<([u8; 4], u8)>,
     /// kv: the default gateway.
     pub gw: Option<[u8; 4]>,
+}
+
+/// How a workload that finishes ends the machine (`end=N` or `end=triplefault`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Power off with this exit code.
+    PowerOff(u8),
+    /// Triple-fault: a guest that dies instead of powering off.
+    TripleFault,
 }
 
 /// `virtio_mmio.device=<size>@<addr>:<irq>`.
@@ -91,6 +102,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
     let mut report = None;
     let mut user = false;
     let mut exit = None;
+    let mut end = End::PowerOff(crate::power::EXIT_OK);
     let mut n = None;
     let mut port = crate::workloads::exits::DEFAULT_PORT;
     let mut nic = None;
@@ -171,6 +183,13 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
                     Err(_) => return Err(Error::Invalid(tok)),
                 }
             }
+            b"end" if value == b"triplefault" => end = End::TripleFault,
+            b"end" => {
+                end = match u8::try_from(num()?) {
+                    Ok(v) => End::PowerOff(v),
+                    Err(_) => return Err(Error::Invalid(tok)),
+                }
+            }
             _ => return Err(Error::Unknown(tok)),
         }
     }
@@ -201,6 +220,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
         report: report.unwrap_or((reported / DEFAULT_REPORTS).max(1)),
         user,
         exit,
+        end,
         n,
         port,
         nic,

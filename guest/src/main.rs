@@ -87,7 +87,7 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
     unsafe { core::arch::asm!("sti", options(nostack)) };
 
     match config.workload {
-        Workload::Ticker => workloads::ticker::run(config.ticks),
+        Workload::Ticker => workloads::ticker::run(config.ticks, config.end),
         Workload::Compute => {
             workloads::compute::run(config.tasks, config.iters, config.report, config.user)
         }
@@ -109,6 +109,15 @@ fn print_banner(c: &Config) {
     match c.workload {
         Workload::Ticker => {
             line.str(" ticks=").dec(c.ticks);
+            match c.end {
+                cmdline::End::PowerOff(0) => {}
+                cmdline::End::PowerOff(code) => {
+                    line.str(" end=").dec(u64::from(code));
+                }
+                cmdline::End::TripleFault => {
+                    line.str(" end=triplefault");
+                }
+            }
         }
         Workload::Compute => {
             line.str(" tasks=")

@@ -305,6 +305,7 @@ fn receive(ctx: &NodeCtx, views: &Arc<Views>, mut rx: StateReceiver) -> Result<I
         ms: started.elapsed().as_secs_f64() * 1e3,
         mem_mib: ctx.mem_mib,
         next_seq: point.next_seq,
+        ended: state.ended.is_some(),
     });
     Ok(Installed {
         machine: m,

@@ -28,6 +28,9 @@ pub enum NodeEvent<'a> {
         released_from: u64,
         stdout_byte: u64,
         unconfirmed: u64,
+        /// The replica had replayed the guest's end: it only releases what is left and
+        /// reports the end.
+        ended: bool,
     },
     /// Backup of `primary` in `view`, keeping the state it holds or waiting for one.
     Backup {
@@ -74,6 +77,8 @@ pub enum NodeEvent<'a> {
         ms: f64,
         mem_mib: u32,
         next_seq: u64,
+        /// The state is of a guest that had already ended: nothing follows it.
+        ended: bool,
     },
     /// A backup refused an offered transfer, or receiving one failed.
     StateRefused { error: &'a str },
@@ -179,6 +184,7 @@ mod tests {
                 released_from: 1,
                 stdout_byte: 1,
                 unconfirmed: 0,
+                ended: false,
             },
             NodeEvent::Backup {
                 view: 1,
@@ -222,6 +228,7 @@ mod tests {
                 ms: 1.0,
                 mem_mib: 1,
                 next_seq: 1,
+                ended: false,
             },
             NodeEvent::StateRefused { error: s },
             NodeEvent::ReplayFailed {

@@ -337,6 +337,7 @@ fn go_live(
             .stdout_written
             .load(std::sync::atomic::Ordering::Acquire),
         unconfirmed: r.history.len() as u64 - from,
+        ended: r.ended.is_some(),
     });
     // A replica that replayed the guest's end never runs again: it releases what the old
     // primary may not have, and reports the end.

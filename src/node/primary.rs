@@ -329,7 +329,9 @@ fn release_all(
 }
 
 /// Tells the view service the guest ended (everything it said is released) and waits until it
-/// recorded that, or made another node primary (then that node's replica ends the same way).
+/// recorded that. Everything released means the view's backup, if any, holds the end too: so
+/// if the view service made another node primary meanwhile, that node holds this very end and
+/// reports it. Either way this node held the guest to the end the service records.
 fn report_end(views: &Views, end: GuestEnd) -> PrimaryEnd {
     let view = views.latest_view().map_or(0, |v| v.viewnum);
     eprintln!(
@@ -350,7 +352,6 @@ fn report_end(views: &Views, end: GuestEnd) -> PrimaryEnd {
             return PrimaryEnd::Refused(why);
         }
         match views.latest_view() {
-            Some(v) if !v.is_primary(&views.me, views.incarnation) => return deposed(views),
             Some(v) => {
                 views.wait_change(v.viewnum, views.interval);
             }

@@ -2,9 +2,10 @@
 //! delivery, PIT latching and halting.
 
 use crate::fmt::LineBuf;
+use crate::cmdline::End;
 use crate::{clock, console, power};
 
-pub fn run(ticks: u64) -> ! {
+pub fn run(ticks: u64, end: End) -> ! {
     for i in 1..=ticks {
         wait_for_tick();
         let now = clock::now_ns();
@@ -21,7 +22,10 @@ pub fn run(ticks: u64) -> ! {
     let mut line = LineBuf::new();
     line.str("ticker: done");
     console::print(&mut line);
-    power::exit(power::EXIT_OK)
+    match end {
+        End::PowerOff(code) => power::exit(code),
+        End::TripleFault => crate::idt::triple_fault(),
+    }
 }
 
 /// Halts until the next timer tick (CPL0 only).

@@ -1,0 +1,282 @@
+//! The replicated guest's whole life: a guest that powers off or triple-faults ends on every
+//! node, with its exit code, after everything it said was released exactly where the history
+//! puts it; the view service records the end (and keeps it across a restart) and fails nothing
+//! over afterwards. Real `understudy node` processes, a real viewserver, real TCP; the guest
+//! ends after a number of timer ticks, which is time, not work, so hosts of any speed agree.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::ExitStatus;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, Proc, Proxy};
+use viewserver::{EndReason, Finished};
+
+/// These tests run one after the other: each runs up to three VMs on a two-core machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+const PING_MS: u64 = 100;
+const LONG: Duration = Duration::from_secs(40);
+
+/// Waits for node `i` to exit; its exit code.
+fn exit_code(c: &mut Cluster, i: usize, timeout: Duration) -> i32 {
+    let status: Option<ExitStatus> = c.nodes[i]
+        .wait_timeout(timeout)
+        .unwrap_or_else(|e| panic!("{e}"));
+    match status {
+        Some(s) => s
+            .code()
+            .unwrap_or_else(|| panic!("node {i} died of a signal: {s}\n{}", c.logs())),
+        None => panic!("node {i} still runs after {timeout:?}\n{}", c.logs()),
+    }
+}
+
+/// The end the view service recorded, waiting for it.
+fn recorded_end(c: &Cluster) -> Finished {
+    c.wait_status(LONG, |s| s.finished.is_some())
+        .finished
+        .unwrap()
+}
+
+/// The guest's whole console was released, and released once: the nodes' released output,
+/// cut into their primary roles, is one history, and it covers `history` to its last byte.
+fn released_everything_once(c: &Cluster, history: &[u8]) {
+    let report = common::history::check(history, &c.segments())
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let released: usize = c.nodes.iter().map(|n| n.out().len()).sum();
+    assert!(
+        history.ends_with(b"ticker: done\n"),
+        "the history does not reach the guest's end\n{}",
+        c.logs()
+    );
+    assert_eq!(
+        released - report.repeated,
+        history.len(),
+        "the world heard {released} bytes ({} repeated at a failover) of a {}-byte history: something was lost\n{}",
+        report.repeated,
+        history.len(),
+        c.logs()
+    );
+}
+
+fn event_field(n: &Proc, name: &str, field: &str) -> serde_json::Value {
+    n.events_named(name)
+        .last()
+        .map(|e| e[field].clone())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn a_guest_that_powers_off_ends_every_node_with_its_code() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    // About 6 s of guest time: long enough for the backup to take the state first.
+    let mut c = Cluster::start("ticker", &["hz=50", "ticks=300", "end=7"], PING_MS);
+    let (a, b) = c.primary_and_backup(None, LONG);
+    let idle = c.add_node("127.0.0.1:0", None);
+    let view = c.view().unwrap();
+
+    assert_eq!(exit_code(&mut c, a, LONG), 7, "{}", c.logs());
+    assert_eq!(exit_code(&mut c, b, LONG), 7, "{}", c.logs());
+    assert_eq!(exit_code(&mut c, idle, LONG), 0, "{}", c.logs());
+    let done = recorded_end(&c);
+    assert_eq!(done.end.reason, EndReason::PowerOff);
+    assert_eq!(done.end.code, 7);
+    assert_eq!(done.view, view.viewnum);
+    assert_eq!(c.view().unwrap(), view, "no view change after the end");
+
+    let history = c.nodes[a].transcript();
+    released_everything_once(&c, &history);
+    assert!(c.nodes[b].out().is_empty(), "a backup released output");
+    assert_eq!(
+        c.nodes[b].transcript(),
+        history,
+        "the backup replayed the whole guest"
+    );
+    assert!(!c.nodes[a].events_named("end_reported").is_empty());
+    assert_eq!(
+        event_field(&c.nodes[b], "guest_powered_off", "replayed"),
+        true
+    );
+    for (i, held) in [(a, true), (b, true), (idle, false)] {
+        assert_eq!(
+            event_field(&c.nodes[i], "guest_finished", "held"),
+            held,
+            "node {i}\n{}",
+            c.logs()
+        );
+    }
+
+    // A node that comes later learns the guest finished and leaves at once; so does one after
+    // the view service restarted from its data directory.
+    c.restart_viewserver();
+    assert_eq!(c.status().unwrap().finished, Some(done));
+    let late = c.add_node("127.0.0.1:0", None);
+    assert_eq!(exit_code(&mut c, late, LONG), 0, "{}", c.logs());
+    assert_eq!(event_field(&c.nodes[late], "guest_finished", "held"), false);
+    assert_eq!(c.view().unwrap(), view);
+    let shown = common::understudy(&["view", "--viewserver", &c.vs_addr]);
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("finished"),
+        "`understudy view` does not say the guest finished: {shown:?}"
+    );
+}
+
+/// The guest ends while its primary cannot reach the backup: the stream is cut, so the
+/// primary keeps trying to send the state again. Nothing of the guest's last output may leave
+/// before the backup holds it; once the link heals, the backup takes the finished machine (a
+/// state taken after the end), the primary releases the rest, and both exit with the code.
+#[test]
+fn a_guest_that_ends_while_its_backup_needs_the_state_is_finished_on_both() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::start("ticker", &["hz=50", "ticks=250", "end=5"], PING_MS);
+    // The backup is known by the proxy's address: the primary's channel goes through it,
+    // while the backup's pings go straight to the viewserver.
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = backend.local_addr().unwrap().to_string();
+    drop(backend);
+    let proxy = Proxy::start(backend_addr.clone());
+    let a = c.add_node("127.0.0.1:0", None);
+    let a_addr = c.nodes[a].addr().to_string();
+    c.wait_view(LONG, |v| v.primary == a_addr);
+    let b = c.add_node(&backend_addr, Some(&proxy.addr));
+    c.wait_view(LONG, |v| v.backup == proxy.addr);
+    assert!(
+        c.nodes[a].wait_event("transfer_done", 0, LONG).is_some(),
+        "{}",
+        c.logs()
+    );
+    let view = c.view().unwrap();
+    proxy.cut.store(true, Ordering::Release);
+    assert!(
+        c.nodes[a]
+            .wait_event("guest_powered_off", 0, LONG)
+            .is_some(),
+        "{}",
+        c.logs()
+    );
+    // Still cut: the last output waits, and the end is not reported.
+    std::thread::sleep(Duration::from_millis(500));
+    let history = c.nodes[a].transcript();
+    assert!(
+        c.nodes[a].out().len() < history.len(),
+        "the primary released all its output while its backup could not have it"
+    );
+    assert!(c.nodes[a].events_named("end_reported").is_empty());
+    assert_eq!(c.status().unwrap().finished, None);
+
+    proxy.cut.store(false, Ordering::Release);
+    assert_eq!(exit_code(&mut c, a, LONG), 5, "{}", c.logs());
+    assert_eq!(exit_code(&mut c, b, LONG), 5, "{}", c.logs());
+    assert_eq!(
+        c.view().unwrap(),
+        view,
+        "the backup kept pinging throughout"
+    );
+    let installs = c.nodes[b].events_named("state_installed");
+    assert_eq!(
+        installs.last().map(|e| e["ended"].clone()),
+        Some(serde_json::Value::Bool(true)),
+        "the backup's last state was not the finished machine: {installs:?}\n{}",
+        c.logs()
+    );
+    released_everything_once(&c, &history);
+    assert_eq!(recorded_end(&c).end.code, 5);
+}
+
+/// The primary loses the view service just before its guest ends: the view service promotes
+/// the backup, which by then replayed the end. The promoted replica never runs again: it
+/// releases what the old primary may not have, giving its own new backup the finished machine
+/// if it has anything left to release, and reports the end. Whichever way the race between the
+/// end and the promotion goes, every byte is released in one history, and the nodes holding
+/// the guest at the end exit with its code.
+#[test]
+fn a_primary_lost_as_its_guest_ends_is_replaced_by_the_finished_replica() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let ticks = 200;
+    let mut c = Cluster::start(
+        "ticker",
+        &["hz=50", &format!("ticks={ticks}"), "end=9"],
+        PING_MS,
+    );
+    let vs_link = Proxy::start(c.vs_addr.clone());
+    let a = c.add_node_via("127.0.0.1:0", None, &vs_link.addr);
+    let a_addr = c.nodes[a].addr().to_string();
+    c.wait_view(LONG, |v| v.primary == a_addr);
+    let b = c.add_node("127.0.0.1:0", None);
+    assert!(
+        c.nodes[a].wait_event("transfer_done", 0, LONG).is_some(),
+        "{}",
+        c.logs()
+    );
+    let idle = c.add_node("127.0.0.1:0", None);
+    // Five ticks (100 ms) before the end; detection takes five missed pings (500 ms).
+    let near_end = format!("tick {}/{ticks}", ticks - 5);
+    let deadline = Instant::now() + LONG;
+    while !String::from_utf8_lossy(&c.nodes[a].transcript()).contains(&near_end) {
+        assert!(Instant::now() < deadline, "{}", c.logs());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    vs_link.cut.store(true, Ordering::Release);
+    let b_addr = c.nodes[b].addr().to_string();
+    c.wait_view(LONG, |v| v.primary == b_addr);
+    assert_eq!(exit_code(&mut c, b, LONG), 9, "{}", c.logs());
+    // The idle node became the new backup; it held the guest only if the promoted replica
+    // had output left to release, which needs a backup holding it (the race above decides).
+    let idle_code = exit_code(&mut c, idle, LONG);
+    let idle_held = event_field(&c.nodes[idle], "guest_finished", "held") == true;
+    assert_eq!(idle_code, if idle_held { 9 } else { 0 }, "{}", c.logs());
+    let done = recorded_end(&c);
+    assert_eq!(done.end.code, 9);
+    eprintln!(
+        "the promoted backup had {} the end",
+        if event_field(&c.nodes[b], "going_live", "ended") == true {
+            "replayed"
+        } else {
+            "not yet replayed"
+        }
+    );
+    // The old primary exits with the code if it released everything before its lease ran out
+    // (then the backup held its end, and the end recorded is that one), or 0 if it was
+    // deposed still holding output (dropped, not released: the new primary released it).
+    vs_link.cut.store(false, Ordering::Release);
+    let a_code = exit_code(&mut c, a, LONG);
+    let a_held = event_field(&c.nodes[a], "guest_finished", "held") == true;
+    assert_eq!(a_code, if a_held { 9 } else { 0 }, "{}", c.logs());
+    let history = c.nodes[b].transcript();
+    released_everything_once(&c, &history);
+}
+
+/// A guest that triple-faults has ended as surely as one that powers off: both copies end
+/// there, every node holding it exits 1 (as `run` does), and the view service records it.
+#[test]
+fn a_triple_fault_ends_every_node() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::start(
+        "ticker",
+        &["hz=50", "ticks=250", "end=triplefault"],
+        PING_MS,
+    );
+    let (a, b) = c.primary_and_backup(None, LONG);
+    let idle = c.add_node("127.0.0.1:0", None);
+    assert_eq!(exit_code(&mut c, a, LONG), 1, "{}", c.logs());
+    assert_eq!(exit_code(&mut c, b, LONG), 1, "{}", c.logs());
+    assert_eq!(exit_code(&mut c, idle, LONG), 0, "{}", c.logs());
+    let done = recorded_end(&c);
+    assert_eq!(done.end.reason, EndReason::TripleFault);
+    assert_eq!(
+        event_field(&c.nodes[b], "guest_triple_faulted", "replayed"),
+        true
+    );
+    assert!(
+        c.nodes[a]
+            .log()
+            .contains("triple-faulted; registers at the fault"),
+        "{}",
+        c.logs()
+    );
+    let history = c.nodes[a].transcript();
+    released_everything_once(&c, &history);
+}
