@@ -309,7 +309,7 @@ mod tests {
             S::Following { leader: s.into() },
             S::NoLongerLeading,
             S::ViewChanged { view },
-            S::GuestFinished {
+            S::EndRecorded {
                 finished: viewserver::Finished {
                     view: 1,
                     end: viewserver::GuestEnd {
@@ -327,7 +327,7 @@ mod tests {
                 | S::Following { .. }
                 | S::NoLongerLeading
                 | S::ViewChanged { .. }
-                | S::GuestFinished { .. }
+                | S::EndRecorded { .. }
                 | S::EtcdFailing { .. }
                 | S::EtcdAnswersAgain => {}
             }

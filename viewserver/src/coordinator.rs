@@ -178,10 +178,7 @@ impl Coordinator {
         }
         let status = vs.status();
         if let (None, Some(finished)) = (before.finished, status.finished) {
-            emit(
-                self.events.as_ref(),
-                ServiceEvent::GuestFinished { finished },
-            );
+            emit(self.events.as_ref(), ServiceEvent::EndRecorded { finished });
         }
         if status.view.viewnum != before_viewnum {
             emit(

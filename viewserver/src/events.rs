@@ -36,7 +36,7 @@ pub enum ServiceEvent {
     },
     /// The primary reported that the guest ended and everything it said was released (stored
     /// before any answer revealed it): no view changes any more.
-    GuestFinished {
+    EndRecorded {
         /// How and in which view.
         finished: Finished,
     },
@@ -61,7 +61,7 @@ impl std::fmt::Display for ServiceEvent {
             Self::Following { leader } => write!(f, "following {leader}"),
             Self::NoLongerLeading => write!(f, "no longer leading"),
             Self::ViewChanged { view } => write!(f, "{view}"),
-            Self::GuestFinished { finished } => write!(
+            Self::EndRecorded { finished } => write!(
                 f,
                 "the guest finished in view {} ({}); no view changes any more",
                 finished.view, finished.end
