@@ -40,7 +40,7 @@ fn state(viewnum: u64) -> Persisted {
         backup_ready: viewnum.is_multiple_of(2),
         booted: true,
         // Every other state records the guest's end, so the round trips through etcd carry it.
-        finished: (viewnum % 2 == 0).then_some(viewserver::Finished {
+        finished: viewnum.is_multiple_of(2).then_some(viewserver::Finished {
             view: viewnum,
             end: viewserver::GuestEnd {
                 reason: viewserver::EndReason::TripleFault,
