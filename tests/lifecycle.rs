@@ -249,34 +249,41 @@ fn a_primary_lost_as_its_guest_ends_is_replaced_by_the_finished_replica() {
     released_everything_once(&c, &history);
 }
 
+/// A guest that ends otherwise than by powering off: on every node, with the documented exit
+/// code, the end recorded with its reason, and its whole console released once.
+fn an_end_that_is_no_power_off(end_arg: &str, reason: EndReason, code: i32, event: &str) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::start("ticker", &["hz=50", "ticks=250", end_arg], PING_MS);
+    let (a, b) = c.primary_and_backup(None, LONG);
+    let idle = c.add_node("127.0.0.1:0", None);
+    assert_eq!(exit_code(&mut c, a, LONG), code, "{}", c.logs());
+    assert_eq!(exit_code(&mut c, b, LONG), code, "{}", c.logs());
+    assert_eq!(exit_code(&mut c, idle, LONG), 0, "{}", c.logs());
+    let done = recorded_end(&c);
+    assert_eq!(done.end.reason, reason);
+    assert_eq!(done.end.code, code as u32);
+    assert_eq!(event_field(&c.nodes[a], event, "replayed"), false);
+    assert_eq!(event_field(&c.nodes[b], event, "replayed"), true);
+    let history = c.nodes[a].transcript();
+    released_everything_once(&c, &history);
+}
+
 /// A guest that triple-faults has ended as surely as one that powers off: both copies end
 /// there, every node holding it exits 1 (as `run` does), and the view service records it.
 #[test]
 fn a_triple_fault_ends_every_node() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let mut c = Cluster::start(
-        "ticker",
-        &["hz=50", "ticks=250", "end=triplefault"],
-        PING_MS,
+    an_end_that_is_no_power_off(
+        "end=triplefault",
+        EndReason::TripleFault,
+        1,
+        "guest_triple_faulted",
     );
-    let (a, b) = c.primary_and_backup(None, LONG);
-    let idle = c.add_node("127.0.0.1:0", None);
-    assert_eq!(exit_code(&mut c, a, LONG), 1, "{}", c.logs());
-    assert_eq!(exit_code(&mut c, b, LONG), 1, "{}", c.logs());
-    assert_eq!(exit_code(&mut c, idle, LONG), 0, "{}", c.logs());
-    let done = recorded_end(&c);
-    assert_eq!(done.end.reason, EndReason::TripleFault);
-    assert_eq!(
-        event_field(&c.nodes[b], "guest_triple_faulted", "replayed"),
-        true
-    );
-    assert!(
-        c.nodes[a]
-            .log()
-            .contains("triple-faulted; registers at the fault"),
-        "{}",
-        c.logs()
-    );
-    let history = c.nodes[a].transcript();
-    released_everything_once(&c, &history);
+}
+
+/// understudy does not reboot guests: a reset request (here the keyboard controller's) ends the
+/// guest on both copies at the same exit, and the nodes exit 0, as `run` does (QEMU's
+/// `-no-reboot`).
+#[test]
+fn a_reset_request_ends_every_node() {
+    an_end_that_is_no_power_off("end=reset", EndReason::Reset, 0, "guest_reset_requested");
 }

@@ -102,6 +102,49 @@ fn a_plain_run_prints_the_guest_console_and_returns_its_exit_code() {
     );
 }
 
+/// A reset request ends a run (understudy does not reboot guests, as QEMU's `-no-reboot`):
+/// exit 0 with a message saying so, and the recording ends there with a `Reset` end that
+/// replays exactly; a triple fault ends it with 1 and the registers.
+#[test]
+fn a_reset_request_or_a_triple_fault_ends_the_run_and_replays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (end, code, says) in [
+        ("end=reset", 0, "asked for a reset (0x64 <- 0xfe)"),
+        ("end=triplefault", 1, "triple fault"),
+    ] {
+        let log = dir.path().join(format!("{end}.ulog"));
+        let log = log.to_str().unwrap();
+        let o = understudy(&[
+            "run",
+            "--guest",
+            "ticker",
+            "--guest-arg",
+            "ticks=5",
+            "--guest-arg",
+            end,
+            "--record",
+            log,
+        ]);
+        assert_eq!(o.status.code(), Some(code), "{}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+        assert!(stdout(&o).ends_with("ticker: done\n"), "{}", stdout(&o));
+        let r = understudy(&["replay", log]);
+        let replayed = String::from_utf8_lossy(&r.stdout).to_string();
+        if code == 0 {
+            assert_eq!(r.status.code(), Some(0), "{}", stderr(&r));
+            assert!(
+                stderr(&r).contains("reached the recorded end"),
+                "{}",
+                stderr(&r)
+            );
+        } else {
+            // Replay ends at the recorded triple fault as `run` did: an error naming it.
+            assert!(stderr(&r).contains("triple fault"), "{}", stderr(&r));
+        }
+        assert_eq!(replayed, stdout(&o), "the replay printed another console");
+    }
+}
+
 #[test]
 fn a_replay_whose_kick_lands_too_late_is_retried_without_printing_twice() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -70,13 +70,15 @@ pub struct Config {
     pub gw: Option<[u8; 4]>,
 }
 
-/// How a workload that finishes ends the machine (`end=N` or `end=triplefault`).
+/// How a workload that finishes ends the machine (`end=N`, `end=triplefault`, `end=reset`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {
     /// Power off with this exit code.
     PowerOff(u8),
     /// Triple-fault: a guest that dies instead of powering off.
     TripleFault,
+    /// Ask the machine to reset (the keyboard controller's reset line, as Linux tries first).
+    Reset,
 }
 
 /// `virtio_mmio.device=<size>@<addr>:<irq>`.
@@ -184,6 +186,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
                 }
             }
             b"end" if value == b"triplefault" => end = End::TripleFault,
+            b"end" if value == b"reset" => end = End::Reset,
             b"end" => {
                 end = match u8::try_from(num()?) {
                     Ok(v) => End::PowerOff(v),

@@ -117,6 +117,9 @@ fn print_banner(c: &Config) {
                 cmdline::End::TripleFault => {
                     line.str(" end=triplefault");
                 }
+                cmdline::End::Reset => {
+                    line.str(" end=reset");
+                }
             }
         }
         Workload::Compute => {

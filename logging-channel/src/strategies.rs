@@ -48,6 +48,7 @@ fn end_reason() -> impl Strategy<Value = EndReason> {
         any::<u32>().prop_map(|code| EndReason::PowerOff { code }),
         Just(EndReason::Shutdown),
         Just(EndReason::Stopped),
+        (any::<u16>(), any::<u8>()).prop_map(|(port, value)| EndReason::Reset { port, value }),
     ]
 }
 

@@ -52,7 +52,13 @@ fn every_flipped_byte_is_reported_at_its_frame() {
                 other => panic!("unexpected error kind for a flip at {at}: {other}"),
             });
             let at = at as u64;
-            if (VERSION_OFFSET..VERSION_OFFSET + 2).contains(&at) {
+            let still_a_version = |e: &LogError| {
+                // A flip that turns the version into another one this build reads (3 into 2)
+                // is no version error: the header frame's CRC, which covers it, catches it.
+                matches!(e, LogError::Codec(CodecError::Crc { .. }))
+                    && e.offset() == Some(HEADER_FRAME_OFFSET)
+            };
+            if (VERSION_OFFSET..VERSION_OFFSET + 2).contains(&at) && !still_a_version(&err) {
                 // The version is judged before the header frame is trusted,
                 // so it is reported at its own offset (inside the header).
                 assert!(

@@ -7,9 +7,9 @@ mod common;
 use common::{TempFile, temp_path};
 use logging_channel::codec::{encode_frame, encode_prefix};
 use logging_channel::{
-    CodecError, Completeness, Entry, FORMAT_VERSION, Frame, IncompleteReason, LogError, LogReader,
-    LogState, LogWriter, MAX_FRAME_LEN, MAX_NET_FRAME, MIN_NET_FRAME, OLDEST_FORMAT_VERSION,
-    Position, Tail,
+    CodecError, Completeness, EndReason, Entry, FORMAT_VERSION, Frame, IncompleteReason, LogError,
+    LogReader, LogState, LogWriter, MAX_FRAME_LEN, MAX_NET_FRAME, MIN_NET_FRAME,
+    OLDEST_FORMAT_VERSION, Position, Tail,
 };
 
 fn write_all(writer: &mut LogWriter) {
@@ -265,6 +265,38 @@ fn version_1_logs_read_and_may_not_hold_newer_kinds() {
         )
     );
     assert!(reader.completeness().is_err());
+
+    // The same log ending in a reset: version 3 added that reason.
+    let mut image = encode_prefix(&header, LogState::Complete);
+    let mut offset = 0;
+    for (i, entry) in old_entries.iter().enumerate() {
+        offset = image.len() as u64;
+        let entry = match entry {
+            Entry::End { pos, .. } => Entry::End {
+                pos: pos.clone(),
+                reason: EndReason::Reset {
+                    port: 0xcf9,
+                    value: 6,
+                },
+            },
+            other => other.clone(),
+        };
+        encode_frame(
+            &Frame {
+                seq: i as u64,
+                t_ns: 0,
+                state_check: 0,
+                entry,
+            },
+            &mut image,
+        );
+    }
+    let reader = LogReader::from_bytes(image).unwrap();
+    let err = reader.frames().find_map(Result::err).unwrap();
+    assert!(
+        matches!(err, LogError::KindNotInVersion { offset: o, name: "end (reset)", version: 1, .. } if o == offset + 8),
+        "{err}"
+    );
 }
 
 #[test]

@@ -230,6 +230,9 @@ fn report(
             let code = match report.outcome {
                 Outcome::PowerOff { code } => format!("guest exit code {code}"),
                 Outcome::Stopped => "recording had been stopped".to_string(),
+                Outcome::Reset { port, value } => {
+                    format!("the guest asked for a reset, {port:#x} <- {value:#04x}")
+                }
             };
             eprintln!(
                 "replay: OK: reached the recorded end ({code}); {} entries, {} digests verified, interrupts {} at exit + {} precise",

@@ -208,5 +208,12 @@ pub fn run(args: &RunArgs) -> CmdResult {
             let sig = stopped_by.load(Ordering::SeqCst);
             ExitCode::from(u8::try_from(128 + sig).unwrap_or(u8::MAX))
         }
+        // Like QEMU's `-no-reboot`: a guest that reboots has finished, it did not fail.
+        Outcome::Reset { port, value } => {
+            eprintln!(
+                "run: the guest asked for a reset ({port:#x} <- {value:#04x}); understudy does not reboot guests, so it ended there"
+            );
+            ExitCode::SUCCESS
+        }
     })
 }

@@ -401,6 +401,7 @@ fn replay_stream(
             Outcome::PowerOff { code } => Some(Ended::PowerOff { code }),
             // A primary's log ends this way only if it was stopped: nothing a node does.
             Outcome::Stopped => Some(Ended::PowerOff { code: 0 }),
+            Outcome::Reset { port, value } => Some(Ended::Reset { port, value }),
         },
         Err(ReplayError::Run(RunError::TripleFault { .. })) => Some(Ended::TripleFault),
         Err(_) => None,
@@ -416,6 +417,17 @@ fn replay_stream(
                     );
                     emit(&NodeEvent::GuestPoweredOff {
                         code,
+                        replayed: true,
+                    });
+                }
+                Some(Ended::Reset { port, value }) => {
+                    eprintln!(
+                        "node {}: the replayed guest asked for a reset ({port:#x} <- {value:#04x}), as the primary's did; holding it until the view service records the end",
+                        views.me
+                    );
+                    emit(&NodeEvent::GuestResetRequested {
+                        port,
+                        value,
                         replayed: true,
                     });
                 }

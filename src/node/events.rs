@@ -101,6 +101,13 @@ pub enum NodeEvent<'a> {
     GuestPoweredOff { code: u32, replayed: bool },
     /// The guest triple-faulted (on the primary, or replayed on the backup): it ended.
     GuestTripleFaulted { replayed: bool },
+    /// The guest asked for a reset by writing `value` to `port` (on the primary, or replayed on
+    /// the backup); understudy does not reboot guests, so it ended.
+    GuestResetRequested {
+        port: u16,
+        value: u8,
+        replayed: bool,
+    },
     /// The primary released everything its ended guest said and told the view service the
     /// guest finished (`reason`, `code`: how), as primary of `view`.
     EndReported {
@@ -246,6 +253,11 @@ mod tests {
                 replayed: false,
             },
             NodeEvent::GuestTripleFaulted { replayed: true },
+            NodeEvent::GuestResetRequested {
+                port: 0xcf9,
+                value: 6,
+                replayed: false,
+            },
             NodeEvent::EndReported {
                 view: 1,
                 reason: s,
@@ -292,6 +304,7 @@ mod tests {
                 | NodeEvent::StreamEnded { .. }
                 | NodeEvent::GuestPoweredOff { .. }
                 | NodeEvent::GuestTripleFaulted { .. }
+                | NodeEvent::GuestResetRequested { .. }
                 | NodeEvent::EndReported { .. }
                 | NodeEvent::GuestFinished { .. }
                 | NodeEvent::Refused { .. }

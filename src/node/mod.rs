@@ -277,7 +277,8 @@ fn finished(views: &Views, f: Finished, held: bool) -> u32 {
 }
 
 /// How an ended guest is reported to the view service; the code is what every node that held
-/// it exits with: a power-off's own code, 1 for a triple fault (as `run` exits after one).
+/// it exits with: a power-off's own code, 1 for a triple fault, 0 for a reset request (as
+/// `run` exits after each).
 pub fn guest_end(how: Ended) -> GuestEnd {
     match how {
         Ended::PowerOff { code } => GuestEnd {
@@ -288,6 +289,11 @@ pub fn guest_end(how: Ended) -> GuestEnd {
             reason: EndReason::TripleFault,
             code: 1,
         },
+        // As `run` (and QEMU's `-no-reboot`): a guest that reboots has finished, not failed.
+        Ended::Reset { .. } => GuestEnd {
+            reason: EndReason::Reset,
+            code: 0,
+        },
     }
 }
 
@@ -296,6 +302,7 @@ pub fn reason_name(reason: EndReason) -> &'static str {
     match reason {
         EndReason::PowerOff => "power_off",
         EndReason::TripleFault => "triple_fault",
+        EndReason::Reset => "reset",
     }
 }
 

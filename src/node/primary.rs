@@ -183,6 +183,18 @@ pub fn serve(
                     });
                     Ok(Ended::PowerOff { code })
                 }
+                Ok((Outcome::Reset { port, value }, _)) => {
+                    eprintln!(
+                        "node {}: the guest asked for a reset ({port:#x} <- {value:#04x}); understudy does not reboot guests, so it ended there",
+                        views.me
+                    );
+                    emit(&NodeEvent::GuestResetRequested {
+                        port,
+                        value,
+                        replayed: false,
+                    });
+                    Ok(Ended::Reset { port, value })
+                }
                 // Only a run given a stop request stops; a node's never is.
                 Ok((Outcome::Stopped, _)) => Ok(Ended::PowerOff { code: 0 }),
                 Err(RunError::TripleFault { regs, sregs }) => {

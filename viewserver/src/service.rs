@@ -115,7 +115,7 @@ pub struct GuestEnd {
     /// What ended it.
     pub reason: EndReason,
     /// The exit code every node that held the guest exits with (docs/design.md has the
-    /// mapping: a power-off's code, 1 for a triple fault).
+    /// mapping: a power-off's code, 1 for a triple fault, 0 for a reset request).
     pub code: u32,
 }
 
@@ -127,6 +127,8 @@ pub enum EndReason {
     PowerOff,
     /// The guest triple-faulted.
     TripleFault,
+    /// The guest asked for a machine reset; understudy does not reboot guests.
+    Reset,
 }
 
 /// The guest's end as the service recorded it: final for this service's history.
@@ -144,6 +146,7 @@ impl std::fmt::Display for GuestEnd {
         match self.reason {
             EndReason::PowerOff => write!(f, "powered off, exit code {}", self.code),
             EndReason::TripleFault => write!(f, "triple fault, exit code {}", self.code),
+            EndReason::Reset => write!(f, "asked for a reset, exit code {}", self.code),
         }
     }
 }

@@ -122,6 +122,26 @@ pub struct Bus {
     pub devices: Devices,
     /// Accesses to ports nothing decodes (reads float high, writes vanish, as on a PC).
     pub unclaimed_accesses: u64,
+    /// A machine reset the guest asked for at this exit (port, value), until the VMM takes it.
+    /// Taken at the exit that made it, before any state is saved, so it is never part of one.
+    reset_request: Option<(u16, u8)>,
+}
+
+/// The keyboard controller's command port: 0xFE pulses the CPU's reset line.
+pub const KBC_COMMAND_PORT: u16 = 0x64;
+/// The reset control register (PCI chipsets): bit 2 starts a reset.
+pub const RESET_CONTROL_PORT: u16 = 0xcf9;
+/// System control port A: bit 0 is a fast reset.
+pub const SYSTEM_CONTROL_A_PORT: u16 = 0x92;
+
+/// Whether writing `value` to `port` asks a PC to reset.
+pub fn is_reset_request(port: u16, value: u8) -> bool {
+    match port {
+        KBC_COMMAND_PORT => value == 0xfe,
+        RESET_CONTROL_PORT => value & 0x04 != 0,
+        SYSTEM_CONTROL_A_PORT => value & 0x01 != 0,
+        _ => false,
+    }
 }
 
 impl Default for Bus {
@@ -143,7 +163,14 @@ impl Bus {
                 nic: None,
             },
             unclaimed_accesses: 0,
+            reset_request: None,
         }
+    }
+
+    /// The reset the guest asked for since the last call (port, value), if any; clears it.
+    /// understudy does not reboot guests: the VMM ends the run there (docs/design.md).
+    pub fn take_reset_request(&mut self) -> Option<(u16, u8)> {
+        self.reset_request.take()
     }
 
     /// Plugs in a network card with `mac` whose buffers live in `mem`.
@@ -181,6 +208,12 @@ impl Bus {
 
     /// A port write of `data.len()` (1, 2 or 4) bytes, little-endian.
     pub fn write(&mut self, port: u16, data: &[u8], env: &mut dyn DeviceEnv) {
+        if let [value] = data
+            && is_reset_request(port, *value)
+        {
+            self.reset_request = Some((port, *value));
+            return;
+        }
         match self.target(port) {
             Some(Target::Bytes(dev)) => write_bytes(dev, port, data, env),
             Some(Target::Whole(dev)) => dev.write(port, data),
@@ -330,6 +363,29 @@ mod tests {
         assert_eq!(data, [0xff, 0xff]);
         bus.write(0x1234, &[1], &mut env);
         assert_eq!(bus.unclaimed_accesses, 2);
+    }
+
+    #[test]
+    fn the_three_pc_reset_requests_are_taken_once_and_nothing_else_is_one() {
+        let mut bus = Bus::new();
+        let mut env = FakeEnv::default();
+        for (port, value) in [(0x64, 0xfe), (0xcf9, 0x06), (0xcf9, 0x0e), (0x92, 0x01)] {
+            bus.write(port, &[value], &mut env);
+            assert_eq!(bus.take_reset_request(), Some((port, value)));
+            assert_eq!(bus.take_reset_request(), None, "taken once");
+        }
+        // Other keyboard commands, a 0xCF9 write without the reset bit (selecting the reset
+        // type), port A's other bits, and wider writes are not resets.
+        for (port, data) in [
+            (0x64, &[0xad][..]),
+            (0xcf9, &[0x02][..]),
+            (0x92, &[0x02][..]),
+            (0xcf9, &[0x06, 0][..]),
+            (0x60, &[0xfe][..]),
+        ] {
+            bus.write(port, data, &mut env);
+            assert_eq!(bus.take_reset_request(), None, "{port:#x} <- {data:x?}");
+        }
     }
 
     #[test]

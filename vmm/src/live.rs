@@ -379,6 +379,21 @@ impl Recorder<'_> {
                 return Ok(Outcome::PowerOff { code });
             }
 
+            if let Some((port, value)) = self.m.bus.take_reset_request() {
+                if recording {
+                    self.digest()?;
+                }
+                self.log(Entry::End {
+                    pos: at_exit,
+                    reason: EndReason::Reset { port, value },
+                })?;
+                let point = self.point_here(stop)?;
+                self.sink.guest_ended(point, Ended::Reset { port, value });
+                self.sink.flush()?;
+                self.console.flush().map_err(RunError::Console)?;
+                return Ok(Outcome::Reset { port, value });
+            }
+
             self.offer_state(stop, injected_before)?;
             self.pending_ticks += ticker.take();
             let pos = if stop.is_guest_exit() {

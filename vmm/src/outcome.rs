@@ -18,6 +18,14 @@ pub enum Outcome {
     },
     /// The recording was stopped before the guest finished (replay reached that point).
     Stopped,
+    /// The guest asked the machine to reset by writing `value` to `port`; understudy does not
+    /// reboot guests (as QEMU's `-no-reboot`), so the run ends here.
+    Reset {
+        /// The port written (0x64, 0xCF9 or 0x92).
+        port: u16,
+        /// The value written.
+        value: u8,
+    },
 }
 
 /// How a guest ended, as a state taken after its end carries it: a backup that installs such
@@ -31,6 +39,13 @@ pub enum Ended {
     },
     /// The guest triple-faulted.
     TripleFault,
+    /// The guest asked for a reset (port, value written), which ends it.
+    Reset {
+        /// The port written.
+        port: u16,
+        /// The value written.
+        value: u8,
+    },
 }
 
 /// What a run did and cost, for reports and benchmarks.

@@ -283,6 +283,8 @@ struct Replayer<'a> {
     halted: bool,
     power_off: Option<u32>,
     shutdown: bool,
+    /// The replayed guest asked for a reset (port, value).
+    reset: Option<(u16, u8)>,
     digests_verified: u64,
     last_seq: Option<u64>,
     console_stream: ConsoleStream,
@@ -460,6 +462,11 @@ impl Replayer<'_> {
                     )),
                     EndReason::Shutdown if self.shutdown => Err(RunError::triple_fault(&self.m.vcpu).into()),
                     EndReason::Shutdown => Err(self.diverged(frame, "the recorded guest triple-faulted here; the replayed guest did not")),
+                    EndReason::Reset { port, value } if self.reset == Some((*port, *value)) => Ok(Some(Outcome::Reset { port: *port, value: *value })),
+                    EndReason::Reset { port, value } => Err(self.diverged(
+                        frame,
+                        format!("the recorded guest asked for a reset here ({port:#x} <- {value:#04x}); the replayed guest did not ({:?})", self.reset),
+                    )),
                     EndReason::Stopped => Ok(Some(Outcome::Stopped)),
                 };
             }
@@ -506,6 +513,15 @@ impl Replayer<'_> {
                     &next,
                     format!(
                         "the replayed guest powered off at exit {} (code {code}); the log goes on",
+                        self.core.exits()
+                    ),
+                ));
+            }
+            if let Some((port, value)) = self.reset {
+                return Err(self.diverged(
+                    &next,
+                    format!(
+                        "the replayed guest asked for a reset ({port:#x} <- {value:#04x}) at exit {}; the log goes on",
                         self.core.exits()
                     ),
                 ));
@@ -626,6 +642,9 @@ impl Replayer<'_> {
             }
             if let Some(code) = self.m.bus.devices.debug_exit.take_exit_request() {
                 self.power_off = Some(code);
+            }
+            if let Some(request) = self.m.bus.take_reset_request() {
+                self.reset = Some(request);
             }
         }
         Ok(stop)
@@ -903,6 +922,7 @@ pub fn replay_from(
         halted: false,
         power_off: None,
         shutdown: false,
+        reset: None,
         digests_verified: 0,
         last_seq: point.next_seq.checked_sub(1),
         console_stream: point.console(),
@@ -928,7 +948,8 @@ pub fn replay_from(
     // promoted then, it releases what the old primary may not have.
     let ended = matches!(
         &result,
-        Ok(Outcome::PowerOff { .. }) | Err(ReplayError::Run(RunError::TripleFault { .. }))
+        Ok(Outcome::PowerOff { .. } | Outcome::Reset { .. })
+            | Err(ReplayError::Run(RunError::TripleFault { .. }))
     );
     let stopped = match &result {
         Err(ReplayError::LogEnded { .. }) if r.live_source => {

@@ -1,9 +1,9 @@
 //! One line per timer tick with the clock reading: exercises interrupt
 //! delivery, PIT latching and halting.
 
-use crate::fmt::LineBuf;
 use crate::cmdline::End;
-use crate::{clock, console, power};
+use crate::fmt::LineBuf;
+use crate::{clock, console, port, power};
 
 pub fn run(ticks: u64, end: End) -> ! {
     for i in 1..=ticks {
@@ -25,6 +25,16 @@ pub fn run(ticks: u64, end: End) -> ! {
     match end {
         End::PowerOff(code) => power::exit(code),
         End::TripleFault => crate::idt::triple_fault(),
+        End::Reset => {
+            // SAFETY: 0xFE to the keyboard controller's command port pulses the reset line;
+            // the VMM ends the machine at this exit, and nothing here depends on memory.
+            unsafe { port::outb(0x64, 0xfe) };
+            // A machine that ignored it: end as a PC whose reset failed would, by halting.
+            loop {
+                // SAFETY: interrupts off, then halt: nothing runs after this.
+                unsafe { core::arch::asm!("cli; hlt", options(nostack)) };
+            }
+        }
     }
 }
 

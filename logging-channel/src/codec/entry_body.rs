@@ -1,7 +1,7 @@
 //! Entry frame bodies: `u8 kind | u64 seq | u64 t_ns | u64 state_check | payload`.
 
 use super::CodecError;
-use super::wire::{Cursor, put_bytes, put_regs, put_u8, put_u32, put_u64};
+use super::wire::{Cursor, put_bytes, put_regs, put_u8, put_u16, put_u32, put_u64};
 use crate::format::{
     Digest, EndReason, Entry, EntryKind, Frame, InputSource, Position, net_frame_len_problem,
 };
@@ -15,6 +15,7 @@ const POS_PRECISE: u8 = 2;
 const END_POWER_OFF: u8 = 1;
 const END_SHUTDOWN: u8 = 2;
 const END_STOPPED: u8 = 3;
+const END_RESET: u8 = 4;
 
 pub(crate) fn put_entry_body(
     out: &mut Vec<u8>,
@@ -49,6 +50,11 @@ pub(crate) fn put_entry_body(
             }
             EndReason::Shutdown => put_u8(out, END_SHUTDOWN),
             EndReason::Stopped => put_u8(out, END_STOPPED),
+            EndReason::Reset { port, value } => {
+                put_u8(out, END_RESET);
+                put_u16(out, *port);
+                put_u8(out, *value);
+            }
         },
         Entry::Output {
             console_bytes,
@@ -208,6 +214,10 @@ fn end_reason(c: &mut Cursor<'_>) -> Result<EndReason, CodecError> {
         }),
         END_SHUTDOWN => Ok(EndReason::Shutdown),
         END_STOPPED => Ok(EndReason::Stopped),
+        END_RESET => Ok(EndReason::Reset {
+            port: c.u16("reset port")?,
+            value: c.u8("reset value")?,
+        }),
         tag => Err(CodecError::Malformed {
             offset: at,
             what: format!("unknown end reason {tag}"),

@@ -341,11 +341,11 @@ fn other_versions_are_refused_with_a_clear_message() {
     for (found, message) in [
         (
             FORMAT_VERSION + 1,
-            "unsupported log format version 3 (this build reads 1 and 2)",
+            "unsupported log format version 4 (this build reads 1 to 3)",
         ),
         (
             0,
-            "unsupported log format version 0 (this build reads 1 and 2)",
+            "unsupported log format version 0 (this build reads 1 to 3)",
         ),
     ] {
         let mut h = header();

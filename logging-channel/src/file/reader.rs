@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 
 use super::LogError;
 use crate::codec;
-use crate::format::{Entry, EntryKind, Frame, Header, LogState};
+use crate::format::{EndReason, Entry, EntryKind, Frame, Header, LogState, RESET_SINCE_VERSION};
 
 /// A whole log held in memory (logs are small), with its prefix validated.
 #[derive(Debug)]
@@ -238,6 +238,19 @@ impl Frames<'_> {
                 offset: offset + codec::ENVELOPE_LEN as u64,
                 kind: kind as u8,
                 name: kind.name(),
+                version,
+            });
+        }
+        if let Entry::End {
+            reason: EndReason::Reset { .. },
+            ..
+        } = &frame.entry
+            && version < RESET_SINCE_VERSION
+        {
+            return Err(LogError::KindNotInVersion {
+                offset: offset + codec::ENVELOPE_LEN as u64,
+                kind: kind as u8,
+                name: "end (reset)",
                 version,
             });
         }

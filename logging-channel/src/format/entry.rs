@@ -33,6 +33,15 @@ pub enum EndReason {
     },
     /// Triple fault.
     Shutdown,
+    /// The guest asked the machine to reset (a write of `value` to `port`: the keyboard
+    /// controller's 0xFE at 0x64, a reset at 0xCF9, a fast reset at 0x92). understudy does not
+    /// reboot guests (as QEMU's `-no-reboot`): the run ends here. Since format version 3.
+    Reset {
+        /// The port written.
+        port: u16,
+        /// The value written.
+        value: u8,
+    },
     /// The recorder was stopped by the user or by a limit.
     Stopped,
 }

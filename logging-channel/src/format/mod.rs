@@ -19,8 +19,12 @@ pub use regs::Regs;
 pub const MAGIC: [u8; 8] = *b"USTUDYLG";
 
 /// The header version this build writes, and the newest it reads. Version 2 added the
-/// `net-rx` and `net-tx` entry kinds; nothing else changed, so a version-1 log reads the same.
-pub const FORMAT_VERSION: u16 = 2;
+/// `net-rx` and `net-tx` entry kinds, version 3 the `Reset` end reason; nothing else changed,
+/// so older logs read the same.
+pub const FORMAT_VERSION: u16 = 3;
+
+/// The first format version whose `End` entries may say `Reset`.
+pub const RESET_SINCE_VERSION: u16 = 3;
 
 /// The oldest header version this build reads. Every version from it to [`FORMAT_VERSION`] is
 /// read exactly (each only added entry kinds); an entry kind newer than the log's version is
