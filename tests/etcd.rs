@@ -624,3 +624,55 @@ fn nodes_fail_over_with_viewservers_on_etcd() {
         "the new primary released nothing: {r:?}"
     );
 }
+
+/// A guest that ends while the view service lives in etcd: the end is recorded there, the next
+/// leading viewserver knows it after the leader dies, and a node that comes later exits at
+/// once instead of waiting for a guest that will never run again.
+#[test]
+fn the_end_of_a_guest_is_kept_in_etcd_across_leaders() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    if !etcd::available() {
+        return;
+    }
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("skipped: no /dev/kvm");
+        return;
+    }
+    let etcd = EtcdCluster::start(3);
+    // About 4 s of guest time: the backup takes the state first.
+    let mut c = Cluster::start_on_etcd(
+        "ticker",
+        &["hz=50", "ticks=200", "end=3"],
+        100,
+        &etcd.urls_arg(),
+        3,
+    );
+    let leader = c.wait_leading_viewserver(LONG);
+    let (a, b) = c.primary_and_backup(None, LONG);
+    for i in [a, b] {
+        let status = c.nodes[i]
+            .wait_timeout(LONG)
+            .unwrap()
+            .unwrap_or_else(|| panic!("node {i} still runs\n{}", c.logs()));
+        assert_eq!(status.code(), Some(3), "node {i}\n{}", c.logs());
+    }
+    let done = c
+        .wait_status(LONG, |s| s.finished.is_some())
+        .finished
+        .unwrap();
+    assert_eq!(done.end.code, 3);
+    let view = c.view().unwrap();
+
+    c.vs[leader].sigkill();
+    let next = c.wait_leading_viewserver(LONG);
+    assert_ne!(next, leader);
+    let status = c.vs[next].status().unwrap();
+    assert_eq!(status.finished, Some(done), "{}", c.logs());
+    assert_eq!(status.view, view);
+    let late = c.add_node("127.0.0.1:0", None);
+    let status = c.nodes[late]
+        .wait_timeout(LONG)
+        .unwrap()
+        .unwrap_or_else(|| panic!("the late node waits\n{}", c.logs()));
+    assert_eq!(status.code(), Some(0), "{}", c.logs());
+}
