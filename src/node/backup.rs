@@ -10,7 +10,7 @@ use logging_channel::net::{ChannelError, Hello, Listener, LogReceiver, StatePart
 use vmm::clock::SystemClock;
 use vmm::guest_image::hex;
 use vmm::machine::Machine;
-use vmm::outcome::{Ended, Outcome, RunError};
+use vmm::outcome::{Ended, RunError};
 use vmm::precise::ApproachTuning;
 use vmm::replay::{ReplayError, Stopped, replay_from};
 use vmm::snapshot::memory::install_pages;
@@ -397,47 +397,16 @@ fn replay_stream(
     );
     let _ = console.flush();
     let end = match &result {
-        Ok(report) => match report.outcome {
-            Outcome::PowerOff { code } => Some(Ended::PowerOff { code }),
-            // A primary's log ends this way only if it was stopped: nothing a node does.
-            Outcome::Stopped => Some(Ended::PowerOff { code: 0 }),
-            Outcome::Reset { port, value } => Some(Ended::Reset { port, value }),
-        },
+        // A primary's log ends stopped only if it was stopped: nothing a node does.
+        Ok(report) => Some(Ended::of(report.outcome).unwrap_or(Ended::PowerOff { code: 0 })),
         Err(ReplayError::Run(RunError::TripleFault { .. })) => Some(Ended::TripleFault),
         Err(_) => None,
     };
     match (result, stopped) {
         (_, Some(mut stopped)) if end.is_some() => {
             stopped.released = stopped.released.max(source.released());
-            match end {
-                Some(Ended::PowerOff { code }) => {
-                    eprintln!(
-                        "node {}: the replayed guest powered off (exit code {code}), as the primary's did; holding it until the view service records the end",
-                        views.me
-                    );
-                    emit(&NodeEvent::GuestPoweredOff {
-                        code,
-                        replayed: true,
-                    });
-                }
-                Some(Ended::Reset { port, value }) => {
-                    eprintln!(
-                        "node {}: the replayed guest asked for a reset ({port:#x} <- {value:#04x}), as the primary's did; holding it until the view service records the end",
-                        views.me
-                    );
-                    emit(&NodeEvent::GuestResetRequested {
-                        port,
-                        value,
-                        replayed: true,
-                    });
-                }
-                _ => {
-                    eprintln!(
-                        "node {}: the replayed guest triple-faulted, as the primary's did; holding it until the view service records the end",
-                        views.me
-                    );
-                    emit(&NodeEvent::GuestTripleFaulted { replayed: true });
-                }
+            if let Some(how) = end {
+                super::say_ended(&views.me, how, true);
             }
             Ok(Box::new(Retained {
                 machine,

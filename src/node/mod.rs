@@ -276,6 +276,36 @@ fn finished(views: &Views, f: Finished, held: bool) -> u32 {
     exit_code
 }
 
+/// Says how the guest ended: on this node's live run, or `replayed` on a backup (as the
+/// primary's did). The node holds it until the view service records the end.
+fn say_ended(me: &str, how: Ended, replayed: bool) {
+    let (what, whose) = if replayed {
+        ("the replayed guest", ", as the primary's did")
+    } else {
+        ("the guest", "")
+    };
+    match how {
+        Ended::PowerOff { code } => {
+            eprintln!("node {me}: {what} powered off (exit code {code}){whose}");
+            emit(&NodeEvent::GuestPoweredOff { code, replayed });
+        }
+        Ended::TripleFault => {
+            eprintln!("node {me}: {what} triple-faulted{whose}");
+            emit(&NodeEvent::GuestTripleFaulted { replayed });
+        }
+        Ended::Reset { port, value } => {
+            eprintln!(
+                "node {me}: {what} asked for a reset ({port:#x} <- {value:#04x}){whose}; understudy does not reboot guests, so it ended there"
+            );
+            emit(&NodeEvent::GuestResetRequested {
+                port,
+                value,
+                replayed,
+            });
+        }
+    }
+}
+
 /// How an ended guest is reported to the view service; the code is what every node that held
 /// it exits with: a power-off's own code, 1 for a triple fault, 0 for a reset request (as
 /// `run` exits after each).

@@ -16,7 +16,7 @@ use vmm::live::{LiveOptions, LiveStart, run_live_from};
 use vmm::machine::Machine;
 use vmm::net::held::HeldNet;
 use vmm::net::tap_net::TapNet;
-use vmm::outcome::{Ended, Outcome, RunError};
+use vmm::outcome::{Ended, RunError};
 use vmm::replication::release::{FrameWriter, Gate, HeldConsole, ReleaseQueue};
 use vmm::replication::transfer::transfer;
 use vmm::replication::{ReplicaSink, Replication};
@@ -171,42 +171,22 @@ pub fn serve(
                 &opts,
                 start.live,
             );
-            match result {
-                Ok((Outcome::PowerOff { code }, _)) => {
-                    eprintln!(
-                        "node {}: the guest powered off (exit code {code})",
-                        views.me
-                    );
-                    emit(&NodeEvent::GuestPoweredOff {
-                        code,
-                        replayed: false,
-                    });
-                    Ok(Ended::PowerOff { code })
-                }
-                Ok((Outcome::Reset { port, value }, _)) => {
-                    eprintln!(
-                        "node {}: the guest asked for a reset ({port:#x} <- {value:#04x}); understudy does not reboot guests, so it ended there",
-                        views.me
-                    );
-                    emit(&NodeEvent::GuestResetRequested {
-                        port,
-                        value,
-                        replayed: false,
-                    });
-                    Ok(Ended::Reset { port, value })
-                }
+            let ended = match result {
                 // Only a run given a stop request stops; a node's never is.
-                Ok((Outcome::Stopped, _)) => Ok(Ended::PowerOff { code: 0 }),
+                Ok((outcome, _)) => Ok(Ended::of(outcome).unwrap_or(Ended::PowerOff { code: 0 })),
                 Err(RunError::TripleFault { regs, sregs }) => {
                     eprintln!(
-                        "node {}: the guest triple-faulted; registers at the fault:\n{regs}\n{sregs}",
+                        "node {}: registers at the triple fault:\n{regs}\n{sregs}",
                         views.me
                     );
-                    emit(&NodeEvent::GuestTripleFaulted { replayed: false });
                     Ok(Ended::TripleFault)
                 }
                 Err(e) => Err(e),
+            };
+            if let Ok(how) = ended {
+                super::say_ended(&views.me, how, false);
             }
+            ended
         }
     };
     let end = match ran {

@@ -48,6 +48,18 @@ pub enum Ended {
     },
 }
 
+impl Ended {
+    /// The end a finished run's outcome is; `None` for a stopped recording (not an end of the
+    /// guest).
+    pub fn of(outcome: Outcome) -> Option<Self> {
+        match outcome {
+            Outcome::PowerOff { code } => Some(Self::PowerOff { code }),
+            Outcome::Reset { port, value } => Some(Self::Reset { port, value }),
+            Outcome::Stopped => None,
+        }
+    }
+}
+
 /// What a run did and cost, for reports and benchmarks.
 #[derive(Debug, Clone, Default)]
 pub struct RunStats {
