@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use logging_channel::net::{ChannelConfig, Hello};
-use viewserver::node::{self, Step};
+use viewserver::node::{self, Holding, Step};
 use viewserver::{Finished, GuestEnd, View};
 use vmm::clock::SystemClock;
 use vmm::host_net::HostNet;
@@ -345,6 +345,13 @@ fn report_end(views: &Views, end: GuestEnd) -> PrimaryEnd {
         }
         match views.latest_view() {
             Some(v) => {
+                // The manager, which acknowledged views, has stopped: a view that still names
+                // this node primary (a backup was co-opted or dropped meanwhile) is
+                // acknowledged here, or the service, which takes the end only from the
+                // primary holding the current view, would wait for that ack forever.
+                if v.is_primary(&views.me, views.incarnation) {
+                    views.set_holding(Holding::Guest { view: v.viewnum });
+                }
                 views.wait_change(v.viewnum, views.interval);
             }
             None => {
