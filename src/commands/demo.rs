@@ -398,7 +398,12 @@ impl Demo {
                     "about {s:.1} s after the backup had its state (--kill-after-secs was {})",
                     args.kill_after_secs
                 ),
-                format!(", or kill sooner (--kill-after-secs below {s:.1})"),
+                // Below half a second, killing sooner would race the transfer itself.
+                if s >= 0.5 {
+                    format!(", or kill sooner (--kill-after-secs below {s:.1})")
+                } else {
+                    String::new()
+                },
             ),
             None => ("before the backup had its state".to_string(), String::new()),
         };
