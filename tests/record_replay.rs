@@ -81,6 +81,67 @@ fn compute_in_user_mode_interleaves_differently_and_replays_exactly() {
 }
 
 #[test]
+fn compute_bounded_by_guest_time_stops_at_its_deadline_and_replays_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("secs.ulog");
+    // A billion iterations take hours at CPL0 here: only the deadline can end this run.
+    let started = std::time::Instant::now();
+    let rec = record(&log, "compute", &["secs=1", "iters=1000000000"]);
+    let took = started.elapsed();
+    assert_ok(&rec, "compute secs=1");
+    let out = stdout(&rec);
+    assert!(out.contains(" secs=1 "), "no secs in the banner:\n{out}");
+    assert!(out.contains("compute: done checksum="), "{out}");
+    // Ticks come from host time and guest time never runs ahead of it (it may lag, when ticks
+    // wait for an exit), so its second cannot pass in less than one of the host's.
+    assert!(
+        took >= std::time::Duration::from_secs(1),
+        "a second of guest time passed in {took:?}"
+    );
+    // Where each task saw the deadline is where a logged tick landed: the replay reproduces it.
+    assert_replays(&log, &out, "compute secs=1");
+
+    // `iters` still bounds a timed run: both tasks end at iteration 2000, long before the day.
+    let o = understudy(&[
+        "run",
+        "--guest",
+        "compute",
+        "--guest-arg",
+        "secs=86400",
+        "--guest-arg",
+        "iters=2000",
+        "--guest-arg",
+        "report=1000",
+    ]);
+    assert_ok(&o, "compute secs=86400 iters=2000");
+    let out = stdout(&o);
+    for task in ["A", "B"] {
+        let last = out.lines().rfind(|l| l.starts_with(&format!("{task}: i=")));
+        assert!(
+            last.is_some_and(|l| l.starts_with(&format!("{task}: i=2000 "))),
+            "task {task} did not end at iteration 2000:\n{out}"
+        );
+    }
+
+    // Without progress lines a CPL3 task would never see a tick, so never its deadline.
+    let o = understudy(&[
+        "run",
+        "--guest",
+        "compute",
+        "--guest-arg",
+        "secs=1",
+        "--guest-arg",
+        "report=0",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("guest: invalid argument 'report=0'"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
 fn ticker_reads_different_times_every_time_and_replays_exactly() {
     let (distinct, _) = record_and_replay_many("ticker", &["ticks=10"]);
     assert_eq!(distinct, RECORDINGS);

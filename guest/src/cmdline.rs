@@ -41,6 +41,8 @@ pub const DEFAULT_KERNEL_ITERS: u64 = 60_000;
 pub const DEFAULT_USER_ITERS: u64 = 200_000_000;
 /// Progress lines per task when `report` is not given.
 pub const DEFAULT_REPORTS: u64 = 16;
+/// Keeps `secs * hz` (the deadline in ticks) far inside a u64.
+pub const MAX_SECS: u64 = u32::MAX as u64;
 /// The PIT reload is 16 bits: 1193182 / 65535 ~= 18.2 Hz is the floor.
 pub const MIN_HZ: u32 = 19;
 pub const MAX_HZ: u32 = 10_000;
@@ -51,7 +53,11 @@ pub struct Config {
     pub hz: u32,
     pub ticks: u64,
     pub tasks: usize,
-    pub iters: u64,
+    /// compute: iterations per task; `None` only with `secs`, which then alone ends the run.
+    pub iters: Option<u64>,
+    /// compute: stop once this many seconds of guest time (PIT ticks / hz) have passed since
+    /// boot.
+    pub secs: Option<u64>,
     /// 0 means no progress lines.
     pub report: u64,
     pub user: bool,
@@ -101,6 +107,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
     let mut ticks = DEFAULT_TICKS;
     let mut tasks = DEFAULT_TASKS;
     let mut iters = None;
+    let mut secs = None;
     let mut report = None;
     let mut user = false;
     let mut exit = None;
@@ -157,7 +164,13 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
                     v => Some(v),
                 }
             }
-            b"report" => report = Some(num()?),
+            b"secs" => {
+                secs = match num()? {
+                    v @ 1..=MAX_SECS => Some(v),
+                    _ => return Err(Error::Invalid(tok)),
+                }
+            }
+            b"report" => report = Some((num()?, tok)),
             b"n" => n = Some(num()?),
             b"port" => port = u16::try_from(num()?).map_err(|_| Error::Invalid(tok))?,
             b"virtio_mmio.device" => {
@@ -198,29 +211,43 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
     }
 
     let workload = workload.unwrap_or(Workload::Compute);
-    let iters = iters.unwrap_or(if user {
+    let default_iters = if user {
         DEFAULT_USER_ITERS
     } else {
         DEFAULT_KERNEL_ITERS
-    });
+    };
+    // With `secs` alone, time ends the run; an explicit `iters` still bounds it.
+    let iters = match (iters, secs) {
+        (Some(i), _) => Some(i),
+        (None, Some(_)) => None,
+        (None, None) => Some(default_iters),
+    };
     let n = n.unwrap_or(match (workload, user) {
         (Workload::TcpLoop, false) => tcploop::DEFAULT_KERNEL_N,
         (Workload::TcpLoop, true) => tcploop::DEFAULT_USER_N,
         _ => crate::workloads::exits::DEFAULT_N,
     });
-    // `report` counts iterations for compute and round trips for tcploop.
+    // `report` counts iterations for compute and round trips for tcploop. A run bounded by time
+    // alone reports as often as the default run does: progress lines are also what gives the
+    // timer a guest exit to land on where it cannot land mid-execution (CPL3 here, any CPL on
+    // hosts without precise interrupt positions), so they must keep coming.
     let reported = if workload == Workload::TcpLoop {
         n
     } else {
-        iters
+        iters.unwrap_or(default_iters)
     };
+    if let (Workload::Compute, Some(_), Some((0, tok))) = (workload, secs, report) {
+        // No progress lines, no exits: such a task would spin past its deadline forever.
+        return Err(Error::Invalid(tok));
+    }
     Ok(Config {
         workload,
         hz,
         ticks,
         tasks,
         iters,
-        report: report.unwrap_or((reported / DEFAULT_REPORTS).max(1)),
+        secs,
+        report: report.map_or((reported / DEFAULT_REPORTS).max(1), |(r, _)| r),
         user,
         exit,
         end,

@@ -88,9 +88,14 @@ pub extern "C" fn kmain(start_info_paddr: u64) -> ! {
 
     match config.workload {
         Workload::Ticker => workloads::ticker::run(config.ticks, config.end),
-        Workload::Compute => {
-            workloads::compute::run(config.tasks, config.iters, config.report, config.user)
-        }
+        Workload::Compute => workloads::compute::run(
+            config.tasks,
+            config.iters,
+            config.secs,
+            config.hz,
+            config.report,
+            config.user,
+        ),
         Workload::Exits => workloads::exits::run(config.n, config.port),
         Workload::TcpLoop => {
             workloads::tcploop::run(config.n, config.report, config.hz, config.user)
@@ -123,11 +128,14 @@ fn print_banner(c: &Config) {
             }
         }
         Workload::Compute => {
-            line.str(" tasks=")
-                .dec(c.tasks as u64)
-                .str(" iters=")
-                .dec(c.iters)
-                .str(" report=")
+            line.str(" tasks=").dec(c.tasks as u64);
+            if let Some(iters) = c.iters {
+                line.str(" iters=").dec(iters);
+            }
+            if let Some(secs) = c.secs {
+                line.str(" secs=").dec(secs);
+            }
+            line.str(" report=")
                 .dec(c.report)
                 .str(" mode=")
                 .str(if c.user { "user" } else { "kernel" });

@@ -26,14 +26,16 @@ pub struct DemoArgs {
     /// Built-in workload to replicate.
     #[arg(long, default_value = "ticker")]
     pub guest: String,
-    /// Guest arguments (default for the ticker: 20 lines a second for 30 seconds).
+    /// Guest arguments. Unless they bound the run themselves (`ticker`: `ticks=`; `compute`:
+    /// `iters=` or `secs=`), the demo adds a duration that outlives the kill and the checks:
+    /// `ticks=` (and `hz=20` if not given) for the ticker, `secs=` for compute.
     #[arg(long = "guest-arg", value_name = "ARG")]
     pub guest_args: Vec<String>,
     /// Seconds after the backup has the state before the primary is killed.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = parse_secs)]
     pub kill_after_secs: f64,
     /// Seconds to keep running after the failover before checking and stopping.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = parse_secs)]
     pub run_after_secs: f64,
     /// Ping interval of the viewserver and nodes (the viewserver declares a node dead after
     /// 5 missed pings).
@@ -52,6 +54,134 @@ pub struct DemoArgs {
     /// `kv`.
     #[arg(long, conflicts_with_all = ["guest", "guest_args"])]
     pub net: bool,
+}
+
+/// Longest `--kill-after-secs` / `--run-after-secs`: a day is more than any demo needs, and
+/// keeps the sized guest's tick count and every `Duration` far from overflowing.
+const MAX_SECS: f64 = 86_400.0;
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && (0.0..=MAX_SECS).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("seconds from 0 to {MAX_SECS}"))
+    }
+}
+
+/// What a sized guest must outlive beyond `--kill-after-secs` + `--run-after-secs`: starting
+/// the nodes and the first state transfer, the failover, the idle node's state transfer, the
+/// wait for its lag sample, and a machine several times slower than ours doing all of it.
+const OUTLIVE_SPARE_SECS: u64 = 60;
+
+/// The ticker's rate when the user gives none: enough lines to watch the failover in.
+const DEMO_TICKER_HZ: u64 = 20;
+
+/// The guest arguments the demo runs with, and what it added to the user's (`None`: nothing).
+/// Built-in guests get a duration in guest time (timer ticks, which the guest counts and the
+/// log replays), so how fast this machine computes does not decide whether the guest is still
+/// running at the kill.
+fn sized_guest_args(
+    guest: &str,
+    given: &[String],
+    kill_after_secs: f64,
+    run_after_secs: f64,
+) -> (Vec<String>, Option<String>) {
+    let has = |key: &str| given.iter().any(|a| a.starts_with(&format!("{key}=")));
+    // Both are at most MAX_SECS (parse_secs), so this stays small.
+    let secs = (kill_after_secs + run_after_secs).ceil() as u64 + OUTLIVE_SPARE_SECS;
+    let mut args = given.to_vec();
+    let added = match guest {
+        "compute" if !has("iters") && !has("secs") => vec![format!("secs={secs}")],
+        "ticker" if !has("ticks") => {
+            let given_hz = given
+                .iter()
+                .find_map(|a| a.strip_prefix("hz="))
+                // As the guest reads it: decimal, or hexadecimal with 0x.
+                .map(|hz| match hz.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                    None => hz.parse::<u64>().ok(),
+                });
+            match given_hz {
+                None => vec![
+                    format!("hz={DEMO_TICKER_HZ}"),
+                    format!("ticks={}", DEMO_TICKER_HZ * secs),
+                ],
+                Some(Some(hz)) => vec![format!("ticks={}", hz.saturating_mul(secs))],
+                // The guest refuses (or reads) it itself; no rate, no sizing.
+                Some(None) => Vec::new(),
+            }
+        }
+        _ => Vec::new(),
+    };
+    if added.is_empty() {
+        return (args, None);
+    }
+    let note = format!(
+        "{} (about {secs} s of guest time: the kill after {kill_after_secs} s, {run_after_secs} s after it, {OUTLIVE_SPARE_SECS} s to spare)",
+        added.join(" ")
+    );
+    args.extend(added);
+    (args, Some(note))
+}
+
+/// What to change so that the guest is still running at the kill and through the checks.
+fn more_work_hint(guest: &str, kill_after_secs: f64, run_after_secs: f64) -> String {
+    let total = kill_after_secs + run_after_secs;
+    match guest {
+        "compute" => format!(
+            "leave out --guest-arg and the demo sizes the run, or give --guest-arg secs=N (and no iters=) with N well above {total} (--kill-after-secs + --run-after-secs)"
+        ),
+        "ticker" => format!(
+            "leave out ticks= and the demo sizes the run, or give --guest-arg ticks=N with N/hz well above {total} s (--kill-after-secs + --run-after-secs)"
+        ),
+        _ => format!(
+            "give the guest work for well over {total} s (--kill-after-secs + --run-after-secs) through --guest-arg"
+        ),
+    }
+}
+
+/// A node's report that the guest powered off.
+#[derive(Debug, Clone)]
+struct PoweredOff {
+    node: &'static str,
+    code: serde_json::Value,
+    /// On a backup, replaying the power-off its primary's guest did.
+    replayed: bool,
+    t_unix_ms: f64,
+}
+
+impl PoweredOff {
+    /// A's guest, or B's replay of it, ended before A was killed (A's log cannot hold anything
+    /// A did after its death); otherwise the new primary's guest ended after the failover.
+    fn before_the_kill(&self) -> bool {
+        self.node == "A" || (self.node == "B" && self.replayed)
+    }
+}
+
+/// The earliest report, from any node, that the guest powered off.
+fn powered_off(nodes: &[(&'static str, EventsFile)]) -> Result<Option<PoweredOff>, String> {
+    let mut first: Option<PoweredOff> = None;
+    for (node, events) in nodes {
+        for e in events_named(events, "guest_powered_off")? {
+            let off = PoweredOff {
+                node,
+                code: e["code"].clone(),
+                replayed: e["replayed"].as_bool().unwrap_or(false),
+                t_unix_ms: e["t_unix_ms"].as_f64().unwrap_or(f64::MAX),
+            };
+            if first.as_ref().is_none_or(|f| off.t_unix_ms < f.t_unix_ms) {
+                first = Some(off);
+            }
+        }
+    }
+    Ok(first)
+}
+
+fn unix_ms_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
 /// What the demo itself did and found, in `WORKDIR/demo.events` (docs/events.md).
@@ -164,34 +294,20 @@ struct Demo {
     viewserver: Option<Viewserver>,
     vs_addr: String,
     nodes: Vec<Node>,
+    /// Every node's events, by name: where a guest that powered off is seen.
+    watch: Vec<(&'static str, EventsFile)>,
+    /// When the backup installed the first state (ms since 1970).
+    installed_unix_ms: Option<f64>,
+}
+
+/// How a wait that also watches for the guest's end ended.
+enum Waited<T> {
+    Got(T),
+    PoweredOff(PoweredOff),
+    TimedOut,
 }
 
 impl Demo {
-    /// Waits until `events` has an event called `name`; returns it.
-    fn wait_event(
-        &mut self,
-        events: &EventsFile,
-        name: &str,
-        timeout: Duration,
-    ) -> Result<Option<serde_json::Value>, String> {
-        self.wait_event_where(events, name, timeout, |_| true)
-    }
-
-    /// Waits until `events` has an event called `name` that `pred` accepts, showing the
-    /// children's lines meanwhile.
-    fn wait_event_where(
-        &mut self,
-        events: &EventsFile,
-        name: &str,
-        timeout: Duration,
-        pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> Result<Option<serde_json::Value>, String> {
-        let console = &mut self.console;
-        events
-            .wait_for_with(0, timeout, |d| console.pause(d), |e| is(e, name) && pred(e))
-            .map_err(|e| e.to_string())
-    }
-
     fn start_viewserver(&mut self, ping_ms: u64) -> Result<(), String> {
         let store = Store::DataDir(self.dir.join("viewserver.data"));
         let spec = ViewserverSpec {
@@ -209,7 +325,7 @@ impl Demo {
 
     fn start_node(
         &mut self,
-        name: &str,
+        name: &'static str,
         guest: &str,
         args: &[String],
         ping_ms: u64,
@@ -221,6 +337,7 @@ impl Demo {
         let node = self.understudy.node(spec);
         self.console.catch_up();
         let node = node.map_err(|e| format!("starting node {name}: {e}"))?;
+        self.watch.push((name, node.events_file().clone()));
         self.nodes.push(node);
         Ok(())
     }
@@ -229,18 +346,76 @@ impl Demo {
         self.nodes.iter().find(|n| n.addr() == addr)
     }
 
-    /// Polls the view until `pred` holds, showing the children's lines meanwhile.
-    fn wait_view(
+    /// Polls `check` (given the viewserver's address) until it finds something, `timeout`
+    /// passes, or a node reports that the guest powered off: nothing the demo waits for can
+    /// happen after that, and the user should hear why at once, not after a timeout.
+    fn wait_or_off<T>(
         &mut self,
         timeout: Duration,
-        pred: impl Fn(&viewserver::View) -> bool,
-    ) -> Option<viewserver::View> {
-        let (vs_addr, console) = (&self.vs_addr, &mut self.console);
-        wait::poll_with(
+        mut check: impl FnMut(&str) -> Result<Option<T>, String>,
+    ) -> Result<Waited<T>, String> {
+        let (vs_addr, console, watch) = (&self.vs_addr, &mut self.console, &self.watch);
+        let found = wait::try_poll_with(
             timeout,
             Duration::from_millis(50),
             |d| console.pause(d),
-            || view(vs_addr).filter(|v| pred(v)),
+            || {
+                if let Some(off) = powered_off(watch)? {
+                    return Ok::<_, String>(Some(Waited::PoweredOff(off)));
+                }
+                Ok(check(vs_addr)?.map(Waited::Got))
+            },
+        )?;
+        Ok(found.unwrap_or(Waited::TimedOut))
+    }
+
+    /// [`Self::wait_or_off`]: a guest that ended before the kill is the demo's error (there
+    /// was nothing to fail over); one that ended after it only ends the wait (`None`), and the
+    /// checks say what it cost.
+    fn wait_running<T>(
+        &mut self,
+        args: &DemoArgs,
+        timeout: Duration,
+        check: impl FnMut(&str) -> Result<Option<T>, String>,
+    ) -> Result<Option<T>, String> {
+        match self.wait_or_off(timeout, check)? {
+            Waited::Got(t) => Ok(Some(t)),
+            Waited::PoweredOff(off) if off.before_the_kill() => {
+                Err(self.finished_before_the_kill(&off, args))
+            }
+            Waited::PoweredOff(_) | Waited::TimedOut => Ok(None),
+        }
+    }
+
+    fn finished_before_the_kill(&self, off: &PoweredOff, args: &DemoArgs) -> String {
+        let after_state = self
+            .installed_unix_ms
+            .map(|t| (off.t_unix_ms - t) / 1e3)
+            .filter(|s| *s >= 0.0);
+        let (when, sooner) = match after_state {
+            Some(s) => (
+                format!(
+                    "about {s:.1} s after the backup had its state (--kill-after-secs was {})",
+                    args.kill_after_secs
+                ),
+                // Below half a second, killing sooner would race the transfer itself.
+                if s >= 0.5 {
+                    format!(", or kill sooner (--kill-after-secs below {s:.1})")
+                } else {
+                    String::new()
+                },
+            ),
+            None => ("before the backup had its state".to_string(), String::new()),
+        };
+        let seen = if off.node == "A" {
+            "the primary A reported it"
+        } else {
+            "the backup B replayed it from A's log"
+        };
+        format!(
+            "the guest finished before the kill: it powered off (exit code {}) {when}; {seen}. There was no running guest to fail over, so this is not a failover failure. To see a failover, {}{sooner}.",
+            off.code,
+            more_work_hint(&args.guest, args.kill_after_secs, args.run_after_secs)
         )
     }
 
@@ -279,11 +454,12 @@ pub fn run(args: &DemoArgs) -> CmdResult {
             (d, true)
         }
     };
-    let guest_args = if args.guest_args.is_empty() && args.guest == "ticker" {
-        vec!["hz=20".to_string(), "ticks=600".to_string()]
-    } else {
-        args.guest_args.clone()
-    };
+    let (guest_args, sized) = sized_guest_args(
+        &args.guest,
+        &args.guest_args,
+        args.kill_after_secs,
+        args.run_after_secs,
+    );
     let (tx, rx) = channel();
     let mut demo = Demo {
         understudy: Understudy::new(exe).with_lines(tx),
@@ -292,6 +468,8 @@ pub fn run(args: &DemoArgs) -> CmdResult {
         viewserver: None,
         vs_addr: String::new(),
         nodes: Vec::new(),
+        watch: Vec::new(),
+        installed_unix_ms: None,
     };
     crate::events::open(&dir.join("demo.events"), "demo")?;
     let result = if args.net {
@@ -305,6 +483,9 @@ pub fn run(args: &DemoArgs) -> CmdResult {
         })?;
         super::demo_net::run(args, &dir, &stop)
     } else {
+        if let Some(sized) = &sized {
+            println!("== {} sized by the demo: {sized} ==", args.guest);
+        }
         scenario(&mut demo, args, &guest_args)
     };
     demo.stop_all();
@@ -356,39 +537,45 @@ fn scenario(
         demo.start_node(name, &args.guest, guest_args, ping)?;
         if name == "A" {
             let a = demo.nodes[0].addr().to_string();
-            demo.wait_view(Duration::from_secs(10), |v| v.primary == a)
-                .ok_or("A never became primary")?;
+            demo.wait_running(args, Duration::from_secs(10), |vs| {
+                Ok(view(vs).filter(|v| v.primary == a))
+            })?
+            .ok_or("A never became primary")?;
         }
         if name == "B" {
             let b = demo.nodes[1].addr().to_string();
-            demo.wait_view(Duration::from_secs(10), |v| v.backup == b)
-                .ok_or("B never became backup")?;
+            demo.wait_running(args, Duration::from_secs(10), |vs| {
+                Ok(view(vs).filter(|v| v.backup == b))
+            })?
+            .ok_or("B never became backup")?;
         }
     }
     let a = demo.nodes[0].addr().to_string();
     let b = demo.nodes[1].addr().to_string();
     let c = demo.nodes[2].addr().to_string();
     println!("== roles: A={a} primary, B={b} backup, C={c} idle ==");
-    let (a_events, b_events, c_events) = (
-        demo.nodes[0].events_file().clone(),
+    let (b_events, c_events) = (
         demo.nodes[1].events_file().clone(),
         demo.nodes[2].events_file().clone(),
     );
-    demo.wait_event(&b_events, "state_installed", Duration::from_secs(30))?
+    let installed = demo
+        .wait_running(args, Duration::from_secs(30), |_| {
+            b_events
+                .find(0, |e| is(e, "state_installed"))
+                .map_err(|e| e.to_string())
+        })?
         .ok_or("B never installed the primary's state")?;
-    demo.console
-        .pause(Duration::from_secs_f64(args.kill_after_secs));
-    // A guest that already ended leaves nothing to fail over: say so, not "failover failed".
-    if let Some(off) = events_named(&a_events, "guest_powered_off")?.first() {
-        return Err(format!(
-            "the guest finished (exit code {}) before the kill, so there was nothing to fail over: give it more work (--guest-arg) or kill sooner (--kill-after-secs)",
-            off["code"]
-        ));
-    }
+    demo.installed_unix_ms = installed["t_unix_ms"].as_f64();
+    // A guest that ends before the kill leaves nothing to fail over: the wait says so (also
+    // when it ends just before the kill and only B's replay of A's log shows it, below).
+    demo.wait_running(args, Duration::from_secs_f64(args.kill_after_secs), |_| {
+        Ok(None::<()>)
+    })?;
 
     let a_pid = demo.nodes[0].pid();
     println!("== SIGKILL to the primary A (pid {a_pid}) ==");
     let killed_at = Instant::now();
+    let killed_unix_ms = unix_ms_now();
     demo.nodes[0]
         .signal(Signal::Kill)
         .map_err(|e| format!("killing A: {e}"))?;
@@ -402,7 +589,9 @@ fn scenario(
     let a_released = demo.nodes[0].out();
 
     let v = demo
-        .wait_view(ping_d * 60 + Duration::from_secs(10), |v| v.primary != a)
+        .wait_running(args, ping_d * 60 + Duration::from_secs(10), |vs| {
+            Ok(view(vs).filter(|v| v.primary != a))
+        })?
         .ok_or("the viewserver never changed the primary")?;
     let view_changed = killed_at.elapsed();
     emit(&DemoEvent::ViewSeen {
@@ -417,9 +606,26 @@ fn scenario(
         v.backup,
         view_changed.as_secs_f64() * 1e3
     );
-    let first_output = demo.console.wait_for(Duration::from_secs(20), |e| {
-        e.who == "B" && e.stream == Stream::Stdout && e.at > killed_at
-    });
+    // B may yet replay the end of A's guest (then it never goes live): look between lines.
+    let first_output = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let line = demo.console.wait_for(Duration::from_millis(100), |e| {
+                e.who == "B" && e.stream == Stream::Stdout && e.at > killed_at
+            });
+            if line.is_some() {
+                break line;
+            }
+            match powered_off(&demo.watch)? {
+                Some(off) if off.before_the_kill() => {
+                    return Err(demo.finished_before_the_kill(&off, args));
+                }
+                Some(_) => break None,
+                None if Instant::now() >= deadline => break None,
+                None => {}
+            }
+        }
+    };
     let failover = first_output.map(|t| t.duration_since(killed_at));
     if let Some(f) = failover {
         emit(&DemoEvent::FirstOutput {
@@ -432,17 +638,26 @@ fn scenario(
         );
     }
     let c_backup = demo
-        .wait_view(Duration::from_secs(20), |v| v.primary == b && v.backup == c)
+        .wait_running(args, Duration::from_secs(20), |vs| {
+            Ok(view(vs).filter(|v| v.primary == b && v.backup == c))
+        })?
         .is_some();
     let c_installed = demo
-        .wait_event(&c_events, "state_installed", Duration::from_secs(30))?
+        .wait_running(args, Duration::from_secs(30), |_| {
+            c_events
+                .find(0, |e| is(e, "state_installed"))
+                .map_err(|e| e.to_string())
+        })?
         .is_some();
-    demo.console
-        .pause(Duration::from_secs_f64(args.run_after_secs));
+    demo.wait_running(args, Duration::from_secs_f64(args.run_after_secs), |_| {
+        Ok(None::<()>)
+    })?;
     // B samples its backup's lag once a second: however short `--run-after-secs`, or slow the
     // machine, wait (bounded) for one sample of C before judging it.
-    demo.wait_event_where(&b_events, "lag", Duration::from_secs(10), |e| {
-        e["backup"] == c.as_str()
+    demo.wait_running(args, Duration::from_secs(10), |_| {
+        b_events
+            .find(0, |e| is(e, "lag") && e["backup"] == c.as_str())
+            .map_err(|e| e.to_string())
     })?;
     // B's replication samples since C installed the state: lag of C's replay behind B.
     let lags: Vec<f64> = events_named(&b_events, "lag")?
@@ -542,5 +757,97 @@ fn scenario(
                 .map_or("-".into(), |m| format!("{m:.1} ms"))
         ),
     ));
+    // A guest that ended after the failover but before the checks leaves them short of
+    // material (no lag samples, a short transcript): say that, not only which check failed.
+    if checks.iter().any(|(passed, _)| !passed)
+        && let Some(off) = powered_off(&demo.watch)?
+    {
+        if off.before_the_kill() {
+            return Err(demo.finished_before_the_kill(&off, args));
+        }
+        checks.push((
+            false,
+            format!(
+                "the guest kept running through the checks: it finished after the failover, powering off (exit code {}) on {} {:.1} s after the kill. For the checks to see it running, {}, or a shorter --run-after-secs",
+                off.code,
+                off.node,
+                (off.t_unix_ms - killed_unix_ms) / 1e3,
+                more_work_hint(&args.guest, args.kill_after_secs, args.run_after_secs)
+            ),
+        ));
+    }
     Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The guest time a sized run gets, from its arguments.
+    fn guest_secs(args: &[String]) -> f64 {
+        let num = |key: &str| {
+            let v = args.iter().find_map(|a| a.strip_prefix(key))?;
+            match v.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16).ok().map(|n| n as f64),
+                None => v.parse::<f64>().ok(),
+            }
+        };
+        match (num("secs="), num("ticks="), num("hz=")) {
+            (Some(s), _, _) => s,
+            (None, Some(t), Some(hz)) => t / hz,
+            other => panic!("no duration in {args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn built_in_guests_outlive_the_kill_and_the_checks_however_long_they_are() {
+        for (kill, run) in [(3.0, 3.0), (0.0, 0.5), (600.0, 30.0), (MAX_SECS, MAX_SECS)] {
+            for (guest, given) in [
+                ("compute", &[][..]),
+                ("compute", &["tasks=4", "user"][..]),
+                ("ticker", &[][..]),
+                ("ticker", &["hz=50"][..]),
+                ("ticker", &["hz=0x40"][..]),
+            ] {
+                let (args, note) = sized_guest_args(guest, &strings(given), kill, run);
+                assert!(note.is_some(), "{guest} {given:?} not sized");
+                assert!(
+                    args.starts_with(&strings(given)),
+                    "the user's arguments were changed: {args:?}"
+                );
+                assert!(
+                    guest_secs(&args) >= kill + run + 30.0,
+                    "{guest} {args:?} ends too soon for a kill after {kill} s and {run} s after"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_run_the_user_bounded_or_an_unknown_guest_is_left_as_given() {
+        for (guest, given) in [
+            ("compute", &["iters=100"][..]),
+            ("compute", &["secs=2"][..]),
+            ("ticker", &["ticks=5"][..]),
+            ("ticker", &["hz=fast"][..]),
+            ("/some/kernel.elf", &[][..]),
+        ] {
+            let (args, note) = sized_guest_args(guest, &strings(given), 3.0, 3.0);
+            assert_eq!(args, strings(given), "{guest}");
+            assert!(note.is_none(), "{guest} {given:?}");
+        }
+    }
+
+    #[test]
+    fn seconds_must_be_a_finite_non_negative_number_up_to_a_day() {
+        assert_eq!(parse_secs("2.5"), Ok(2.5));
+        assert_eq!(parse_secs("0"), Ok(0.0));
+        for bad in ["-1", "NaN", "inf", "86401", "x"] {
+            assert!(parse_secs(bad).is_err(), "{bad} accepted");
+        }
+    }
 }
