@@ -552,27 +552,30 @@ fn three_viewservers_on_etcd_fail_over_and_survive_etcd_outages() {
     );
 }
 
+/// Three viewservers on a 3-member etcd for ticker nodes with `guest_args`; `None` (having
+/// said "skipped") without etcd or KVM.
+fn ticker_nodes_on_etcd(guest_args: &[&str]) -> Option<(EtcdCluster, Cluster)> {
+    if !etcd::available() {
+        return None;
+    }
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("skipped: no /dev/kvm");
+        return None;
+    }
+    let etcd = EtcdCluster::start(3);
+    let c = Cluster::start_on_etcd("ticker", guest_args, 100, &etcd.urls_arg(), 3);
+    Some((etcd, c))
+}
+
 /// Real nodes on three viewservers on etcd: the leading viewserver dies, then the primary;
 /// the backup goes live and everything the old primary released is what the new primary's
 /// guest said.
 #[test]
 fn nodes_fail_over_with_viewservers_on_etcd() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    if !etcd::available() {
+    let Some((_etcd, mut c)) = ticker_nodes_on_etcd(&["hz=50", "ticks=1000000"]) else {
         return;
-    }
-    if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("skipped: no /dev/kvm");
-        return;
-    }
-    let etcd = EtcdCluster::start(3);
-    let mut c = Cluster::start_on_etcd(
-        "ticker",
-        &["hz=50", "ticks=1000000"],
-        100,
-        &etcd.urls_arg(),
-        3,
-    );
+    };
     let leader = c.wait_leading_viewserver(LONG);
     let (a, b) = c.primary_and_backup(None, LONG);
     let b_addr = c.nodes[b].addr().to_string();
@@ -631,22 +634,10 @@ fn nodes_fail_over_with_viewservers_on_etcd() {
 #[test]
 fn the_end_of_a_guest_is_kept_in_etcd_across_leaders() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    if !etcd::available() {
-        return;
-    }
-    if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("skipped: no /dev/kvm");
-        return;
-    }
-    let etcd = EtcdCluster::start(3);
     // About 4 s of guest time: the backup takes the state first.
-    let mut c = Cluster::start_on_etcd(
-        "ticker",
-        &["hz=50", "ticks=200", "end=3"],
-        100,
-        &etcd.urls_arg(),
-        3,
-    );
+    let Some((_etcd, mut c)) = ticker_nodes_on_etcd(&["hz=50", "ticks=200", "end=3"]) else {
+        return;
+    };
     let leader = c.wait_leading_viewserver(LONG);
     let (a, b) = c.primary_and_backup(None, LONG);
     for i in [a, b] {

@@ -232,22 +232,7 @@ fn a_stopped_backup_holds_output_until_the_viewserver_drops_it() {
 fn a_cut_logging_channel_holds_output_until_it_heals() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Cluster::start("ticker", &["hz=50", "ticks=1000000"], PING_MS);
-    // The backup is known by the proxy's address: the primary's channel goes through it,
-    // while the backup's pings go straight to the viewserver.
-    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let backend_addr = backend.local_addr().unwrap().to_string();
-    drop(backend);
-    let proxy = Proxy::start(backend_addr.clone());
-    let a = c.add_node("127.0.0.1:0", None);
-    let a_addr = c.nodes[a].addr().to_string();
-    c.wait_view(LONG, |v| v.primary == a_addr);
-    let b = c.add_node(&backend_addr, Some(&proxy.addr));
-    c.wait_view(LONG, |v| v.backup == proxy.addr);
-    assert!(
-        c.nodes[a].wait_event("transfer_done", 0, LONG).is_some(),
-        "{}",
-        c.logs()
-    );
+    let (a, b, proxy) = c.primary_and_backup_behind_proxy(LONG);
     let view = c.view().unwrap();
     std::thread::sleep(Duration::from_millis(500));
 

@@ -144,22 +144,7 @@ fn a_guest_that_powers_off_ends_every_node_with_its_code() {
 fn a_guest_that_ends_while_its_backup_needs_the_state_is_finished_on_both() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Cluster::start("ticker", &["hz=50", "ticks=250", "end=5"], PING_MS);
-    // The backup is known by the proxy's address: the primary's channel goes through it,
-    // while the backup's pings go straight to the viewserver.
-    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let backend_addr = backend.local_addr().unwrap().to_string();
-    drop(backend);
-    let proxy = Proxy::start(backend_addr.clone());
-    let a = c.add_node("127.0.0.1:0", None);
-    let a_addr = c.nodes[a].addr().to_string();
-    c.wait_view(LONG, |v| v.primary == a_addr);
-    let b = c.add_node(&backend_addr, Some(&proxy.addr));
-    c.wait_view(LONG, |v| v.backup == proxy.addr);
-    assert!(
-        c.nodes[a].wait_event("transfer_done", 0, LONG).is_some(),
-        "{}",
-        c.logs()
-    );
+    let (a, b, proxy) = c.primary_and_backup_behind_proxy(LONG);
     let view = c.view().unwrap();
     proxy.cut.store(true, Ordering::Release);
     assert!(

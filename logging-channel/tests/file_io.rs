@@ -200,18 +200,12 @@ fn writer_refuses_a_header_of_another_version() {
     }
 }
 
-/// A log written before network entries existed (format version 1) reads as before; a
-/// version-2 kind in it is refused, since no version-1 writer wrote one.
-#[test]
-fn version_1_logs_read_and_may_not_hold_newer_kinds() {
-    let mut header = common::header();
-    header.format_version = 1;
-    let old_entries: Vec<_> = common::entries()
-        .into_iter()
-        .filter(|e| e.kind().since_version() == 1)
-        .collect();
-    let mut image = encode_prefix(&header, LogState::Complete);
-    for (i, entry) in old_entries.iter().enumerate() {
+/// A log image of `entries` under `header`, numbered from 0; also where its last frame starts.
+fn log_of(header: &logging_channel::Header, entries: &[Entry]) -> (Vec<u8>, u64) {
+    let mut image = encode_prefix(header, LogState::Complete);
+    let mut last = 0;
+    for (i, entry) in entries.iter().enumerate() {
+        last = image.len() as u64;
         encode_frame(
             &Frame {
                 seq: i as u64,
@@ -222,35 +216,33 @@ fn version_1_logs_read_and_may_not_hold_newer_kinds() {
             &mut image,
         );
     }
-    let reader = LogReader::from_bytes(image.clone()).unwrap();
+    (image, last)
+}
+
+/// A log written before network entries existed (format version 1) reads as before; a
+/// version-2 kind in it is refused, since no version-1 writer wrote one, and so is an end by a
+/// reset (version 3).
+#[test]
+fn version_1_logs_read_and_may_not_hold_newer_kinds() {
+    let mut header = common::header();
+    header.format_version = 1;
+    let old_entries: Vec<_> = common::entries()
+        .into_iter()
+        .filter(|e| e.kind().since_version() == 1)
+        .collect();
+    let (image, _) = log_of(&header, &old_entries);
+    let reader = LogReader::from_bytes(image).unwrap();
     assert_eq!(reader.header().format_version, 1);
     let read: Vec<_> = reader.frames().map(|f| f.unwrap().1.entry).collect();
     assert_eq!(read, old_entries);
     assert_eq!(reader.completeness().unwrap(), Completeness::Complete);
 
     // The same log with a net-rx entry where the End was.
-    let mut image = encode_prefix(&header, LogState::Complete);
-    let mut offset = 0;
-    for (i, entry) in old_entries.iter().take(2).enumerate() {
-        offset = image.len() as u64;
-        let entry = if i == 1 {
-            Entry::NetRx {
-                pos: Position::AtExit { exits: 5 },
-                frame: common::net_frame(0x0800, 46),
-            }
-        } else {
-            entry.clone()
-        };
-        encode_frame(
-            &Frame {
-                seq: i as u64,
-                t_ns: 0,
-                state_check: 0,
-                entry,
-            },
-            &mut image,
-        );
-    }
+    let net_rx = Entry::NetRx {
+        pos: Position::AtExit { exits: 5 },
+        frame: common::net_frame(0x0800, 46),
+    };
+    let (image, offset) = log_of(&header, &[old_entries[0].clone(), net_rx]);
     let reader = LogReader::from_bytes(image).unwrap();
     let err = reader.frames().find_map(Result::err).unwrap();
     assert!(
@@ -266,12 +258,10 @@ fn version_1_logs_read_and_may_not_hold_newer_kinds() {
     );
     assert!(reader.completeness().is_err());
 
-    // The same log ending in a reset: version 3 added that reason.
-    let mut image = encode_prefix(&header, LogState::Complete);
-    let mut offset = 0;
-    for (i, entry) in old_entries.iter().enumerate() {
-        offset = image.len() as u64;
-        let entry = match entry {
+    // The same log ending in a reset.
+    let reset: Vec<_> = old_entries
+        .iter()
+        .map(|e| match e {
             Entry::End { pos, .. } => Entry::End {
                 pos: pos.clone(),
                 reason: EndReason::Reset {
@@ -280,17 +270,9 @@ fn version_1_logs_read_and_may_not_hold_newer_kinds() {
                 },
             },
             other => other.clone(),
-        };
-        encode_frame(
-            &Frame {
-                seq: i as u64,
-                t_ns: 0,
-                state_check: 0,
-                entry,
-            },
-            &mut image,
-        );
-    }
+        })
+        .collect();
+    let (image, offset) = log_of(&header, &reset);
     let reader = LogReader::from_bytes(image).unwrap();
     let err = reader.frames().find_map(Result::err).unwrap();
     assert!(

@@ -526,6 +526,30 @@ impl Cluster {
         nodes + &vs
     }
 
+    /// Starts a primary and a backup whose logging channel goes through a [`Proxy`] (the
+    /// backup is known by the proxy's address, while its pings go straight to the viewserver),
+    /// so a test can cut or slow that link alone; returns (primary, backup, proxy) once the
+    /// backup has the state.
+    pub fn primary_and_backup_behind_proxy(&mut self, timeout: Duration) -> (usize, usize, Proxy) {
+        let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+        let backend_addr = backend.local_addr().unwrap().to_string();
+        drop(backend);
+        let proxy = Proxy::start(backend_addr.clone());
+        let a = self.add_node("127.0.0.1:0", None);
+        let a_addr = self.nodes[a].addr().to_string();
+        self.wait_view(timeout, |v| v.primary == a_addr);
+        let b = self.add_node(&backend_addr, Some(&proxy.addr));
+        self.wait_view(timeout, |v| v.backup == proxy.addr);
+        assert!(
+            self.nodes[a]
+                .wait_event("transfer_done", 0, timeout)
+                .is_some(),
+            "{}",
+            self.logs()
+        );
+        (a, b, proxy)
+    }
+
     /// Starts a primary (reaching the viewservers at `a_viewserver` if given, e.g. a proxy)
     /// and a backup; returns (primary index, backup index) once the backup has the state.
     pub fn primary_and_backup(
