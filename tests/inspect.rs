@@ -231,7 +231,10 @@ fn network_frames_are_dumped_decoded_and_counted_per_direction() {
     w.finish().unwrap();
 
     let info = inspect_json(&log);
-    assert_eq!(info["header"]["format_version"], 2);
+    assert_eq!(
+        info["header"]["format_version"],
+        logging_channel::FORMAT_VERSION
+    );
     assert_eq!(info["by_kind"]["net-rx"]["entries"], 2);
     assert_eq!(info["by_kind"]["net-tx"]["entries"], 1);
     assert_eq!(info["network"]["rx"]["frames"], 2);
