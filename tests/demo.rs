@@ -14,17 +14,22 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Runs `understudy demo ARGS` to its end, in a work directory of its own; `None` (after saying
 /// "skipped") without KVM.
 fn demo(args: &[&str]) -> Option<Output> {
+    let dir = tempfile::tempdir().expect("a work directory");
+    demo_in(dir.path(), args)
+}
+
+/// [`demo`] in work directory `dir`.
+fn demo_in(dir: &std::path::Path, args: &[&str]) -> Option<Output> {
     if !std::path::Path::new("/dev/kvm").exists() {
         eprintln!("skipped: no /dev/kvm");
         return None;
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = tempfile::tempdir().expect("a work directory");
     let out = Command::new(common::bin())
         .arg("demo")
         .args(args)
         .arg("--workdir")
-        .arg(dir.path())
+        .arg(dir)
         .env_remove("UNDERSTUDY_LOG")
         .output()
         .expect("run the demo");
@@ -42,7 +47,14 @@ fn checks(text: &str) -> Vec<&str> {
 }
 
 fn assert_passes(args: &[&str]) {
-    let Some(out) = demo(args) else { return };
+    let dir = tempfile::tempdir().expect("a work directory");
+    assert_passes_in(dir.path(), args);
+}
+
+fn assert_passes_in(dir: &std::path::Path, args: &[&str]) {
+    let Some(out) = demo_in(dir, args) else {
+        return;
+    };
     let text = common::stdout(&out);
     let all = format!("{text}\nstderr:\n{}", common::stderr(&out));
     assert!(out.status.success(), "demo {args:?} failed:\n{all}");
@@ -113,4 +125,28 @@ fn a_guest_that_finishes_before_the_kill_is_reported_as_that_with_what_to_change
             "compute {arg}: a finished guest was treated as a failover:\n{all}"
         );
     }
+}
+
+/// A work directory used again starts afresh: the last run's view service (here one that
+/// recorded its guest's end, so it would send every node away) and events are not the new
+/// run's.
+#[test]
+fn a_work_directory_used_again_starts_afresh() {
+    let dir = tempfile::tempdir().expect("a work directory");
+    let Some(first) = demo_in(
+        dir.path(),
+        &[
+            "--guest",
+            "compute",
+            "--guest-arg",
+            "secs=2",
+            "--kill-after-secs",
+            "60",
+        ],
+    ) else {
+        return;
+    };
+    assert!(!first.status.success(), "{}", common::stdout(&first));
+    assert!(dir.path().join("viewserver.data").exists());
+    assert_passes_in(dir.path(), &["--guest", "compute"]);
 }

@@ -441,11 +441,57 @@ impl Drop for Demo {
     }
 }
 
+/// What a demo run leaves in its directory (the plain and the `--net` demo alike).
+const RUN_FILES: [&str; 9] = [
+    "viewserver.events",
+    "demo.events",
+    "A.events",
+    "A.transcript",
+    "B.events",
+    "B.transcript",
+    "C.events",
+    "C.transcript",
+    "viewserver.data",
+];
+
+/// Removes what an earlier demo run left in `dir` (only those names); how many were there.
+fn clear_previous_run(dir: &std::path::Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for name in RUN_FILES {
+        let path = dir.join(name);
+        let result = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match result {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("removing the previous demo run's {}: {e}", path.display()),
+                ));
+            }
+        }
+    }
+    Ok(removed)
+}
+
 pub fn run(args: &DemoArgs) -> CmdResult {
     let exe = std::env::current_exe()?;
     let (dir, temp) = match &args.workdir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
+            // A reused directory holds the last run's view service, whose view names nodes
+            // that are gone (or whose guest finished): every run starts a new one.
+            let removed = clear_previous_run(d)?;
+            if removed > 0 {
+                println!(
+                    "demo: removed the previous demo run's {removed} files from {}",
+                    d.display()
+                );
+            }
             (d.clone(), false)
         }
         None => {
