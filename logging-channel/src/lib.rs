@@ -10,6 +10,7 @@ pub mod file;
 pub mod format;
 pub mod net;
 pub mod netframe;
+pub mod waiters;
 
 #[cfg(test)]
 mod strategies;

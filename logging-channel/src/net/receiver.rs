@@ -163,22 +163,15 @@ impl Shared {
 
     fn wait_until<'a>(
         &self,
-        mut g: MutexGuard<'a, RxState>,
+        g: MutexGuard<'a, RxState>,
         deadline: Instant,
     ) -> MutexGuard<'a, RxState> {
-        g.waiting += 1;
-        let mut g = super::stream::wait_until(&self.cond, g, deadline);
-        g.waiting -= 1;
-        g
+        crate::waiters::wait_counted(&self.cond, g, deadline, |s| &mut s.waiting)
     }
 
     /// Wakes whoever waits on `cond`, if anyone does.
     fn wake(&self, g: MutexGuard<'_, RxState>) {
-        let anyone = g.waiting > 0;
-        drop(g);
-        if anyone {
-            self.cond.notify_all();
-        }
+        crate::waiters::notify_counted(&self.cond, g, |s| s.waiting);
     }
 
     fn fail(&self, e: ChannelError) {

@@ -79,22 +79,15 @@ impl Shared {
 
     fn wait_for_progress<'a>(
         &self,
-        mut g: MutexGuard<'a, TxState>,
+        g: MutexGuard<'a, TxState>,
         deadline: Instant,
     ) -> MutexGuard<'a, TxState> {
-        g.progress_waiting += 1;
-        let mut g = super::stream::wait_until(&self.progress, g, deadline);
-        g.progress_waiting -= 1;
-        g
+        crate::waiters::wait_counted(&self.progress, g, deadline, |s| &mut s.progress_waiting)
     }
 
     /// Wakes the threads waiting for acks or replay reports, if any.
     fn progressed(&self, g: MutexGuard<'_, TxState>) {
-        let anyone = g.progress_waiting > 0;
-        drop(g);
-        if anyone {
-            self.progress.notify_all();
-        }
+        crate::waiters::notify_counted(&self.progress, g, |s| s.progress_waiting);
     }
 
     fn notify_all(&self) {

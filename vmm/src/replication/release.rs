@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use logging_channel::net::LogSender;
+use logging_channel::waiters::{notify_counted, wait_counted};
 
 /// A chunk of console output, or one network frame, and what must happen before it may leave.
 #[derive(Debug)]
@@ -152,27 +153,18 @@ impl ReleaseQueue {
 
     /// Wakes whoever waits on `changed`, if anyone does.
     fn notify(&self, g: MutexGuard<'_, State>) {
-        let anyone = g.waiting > 0;
-        drop(g);
-        if anyone {
-            self.changed.notify_all();
-        }
+        notify_counted(&self.changed, g, |s| s.waiting);
     }
 
     /// Waits on `changed` for at most `timeout`, counted as a listener meanwhile.
     fn wait_changed<'a>(
         &self,
-        mut g: MutexGuard<'a, State>,
+        g: MutexGuard<'a, State>,
         timeout: Duration,
     ) -> MutexGuard<'a, State> {
-        g.waiting += 1;
-        let mut g = self
-            .changed
-            .wait_timeout(g, timeout)
-            .map(|(g, _)| g)
-            .unwrap_or_else(|p| p.into_inner().0);
-        g.waiting -= 1;
-        g
+        wait_counted(&self.changed, g, Instant::now() + timeout, |s| {
+            &mut s.waiting
+        })
     }
 
     /// A network frame the guest just transmitted (not yet covered by any entry): it leaves
