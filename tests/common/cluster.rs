@@ -535,18 +535,8 @@ impl Cluster {
         let backend_addr = backend.local_addr().unwrap().to_string();
         drop(backend);
         let proxy = Proxy::start(backend_addr.clone());
-        let a = self.add_node("127.0.0.1:0", None);
-        let a_addr = self.nodes[a].addr().to_string();
-        self.wait_view(timeout, |v| v.primary == a_addr);
-        let b = self.add_node(&backend_addr, Some(&proxy.addr));
-        self.wait_view(timeout, |v| v.backup == proxy.addr);
-        assert!(
-            self.nodes[a]
-                .wait_event("transfer_done", 0, timeout)
-                .is_some(),
-            "{}",
-            self.logs()
-        );
+        let vs = self.vs_addr.clone();
+        let (a, b) = self.pair(&vs, &backend_addr, Some(&proxy.addr), timeout);
         (a, b, proxy)
     }
 
@@ -558,10 +548,22 @@ impl Cluster {
         timeout: Duration,
     ) -> (usize, usize) {
         let vs = a_viewserver.map_or_else(|| self.vs_addr.clone(), str::to_string);
-        let a = self.add_node_via("127.0.0.1:0", None, &vs);
+        self.pair(&vs, "127.0.0.1:0", None, timeout)
+    }
+
+    /// A primary reaching the viewservers at `a_viewserver`, then a backup listening on
+    /// `b_listen` under `b_name`; once the backup has the state.
+    fn pair(
+        &mut self,
+        a_viewserver: &str,
+        b_listen: &str,
+        b_name: Option<&str>,
+        timeout: Duration,
+    ) -> (usize, usize) {
+        let a = self.add_node_via("127.0.0.1:0", None, a_viewserver);
         let a_addr = self.nodes[a].addr().to_string();
         self.wait_view(timeout, |v| v.primary == a_addr);
-        let b = self.add_node("127.0.0.1:0", None);
+        let b = self.add_node(b_listen, b_name);
         let b_addr = self.nodes[b].addr().to_string();
         self.wait_view(timeout, |v| v.backup == b_addr && v.primary == a_addr);
         assert!(
