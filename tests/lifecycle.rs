@@ -12,7 +12,7 @@ use std::process::ExitStatus;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, Proc, Proxy};
+use common::cluster::{Cluster, Proc, Proxy, Signal};
 use viewserver::{EndReason, Finished};
 
 /// These tests run one after the other: each runs up to three VMs on a two-core machine.
@@ -290,4 +290,105 @@ fn a_triple_fault_ends_every_node() {
 #[test]
 fn a_reset_request_ends_every_node() {
     an_end_that_is_no_power_off("end=reset", EndReason::Reset, 0, "guest_reset_requested");
+}
+
+/// One fault near the guest's end.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    KillPrimary,
+    KillBackup,
+    StopPrimary,
+    StopBackup,
+    RestartViewserver,
+}
+
+/// Faults at random moments around the guest's end (one per round, every kind once, seeded:
+/// `LIFECYCLE_SEED`): whatever happens, the end is recorded, every surviving node exits with
+/// the code its holding says (the guest's if it held it at the end, else 0), and everything the
+/// guest said was released in one history, nothing lost.
+#[test]
+fn faults_around_the_end_lose_nothing_and_end_every_node() {
+    let seed = std::env::var("LIFECYCLE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x11fe_c7c1e);
+    eprintln!("LIFECYCLE_SEED={seed}");
+    let mut rng = common::rng::Rng(seed);
+    let ticks = 150;
+    for fault in [
+        Fault::KillPrimary,
+        Fault::KillBackup,
+        Fault::StopPrimary,
+        Fault::StopBackup,
+        Fault::RestartViewserver,
+    ] {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = Cluster::start(
+            "ticker",
+            &["hz=50", &format!("ticks={ticks}"), "end=4"],
+            PING_MS,
+        );
+        let (a, b) = c.primary_and_backup(None, LONG);
+        let idle = c.add_node("127.0.0.1:0", None);
+        // Up to 20 ticks (400 ms) before the end, or a few after it.
+        let before = rng.below(24) as i64 - 4;
+        let at = format!("tick {}/{ticks}", (ticks as i64 - before.max(0)));
+        let deadline = Instant::now() + LONG;
+        while !String::from_utf8_lossy(&c.nodes[a].transcript()).contains(&at) {
+            assert!(Instant::now() < deadline, "{}", c.logs());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if before < 0 {
+            std::thread::sleep(Duration::from_millis(20 * before.unsigned_abs()));
+        }
+        eprintln!("{fault:?} at {before} ticks before the end");
+        let mut killed = Vec::new();
+        match fault {
+            Fault::KillPrimary => {
+                c.nodes[a].sigkill();
+                killed.push(a);
+            }
+            Fault::KillBackup => {
+                c.nodes[b].sigkill();
+                killed.push(b);
+            }
+            Fault::StopPrimary | Fault::StopBackup => {
+                let i = if matches!(fault, Fault::StopPrimary) {
+                    a
+                } else {
+                    b
+                };
+                // (It may have exited already, its guest's end recorded: then there is no
+                // process to stop.)
+                let node: &cluster::Node = &c.nodes[i];
+                if node.signal(Signal::Stop).is_ok() {
+                    std::thread::sleep(rng.ms(300, 1500));
+                    let _ = node.signal(Signal::Cont);
+                }
+            }
+            Fault::RestartViewserver => c.restart_viewserver(),
+        }
+        let done = recorded_end(&c);
+        assert_eq!(done.end.code, 4, "{fault:?}\n{}", c.logs());
+        for i in [a, b, idle] {
+            if killed.contains(&i) {
+                continue;
+            }
+            let code = exit_code(&mut c, i, LONG);
+            let held = event_field(&c.nodes[i], "guest_finished", "held") == true;
+            assert_eq!(
+                code,
+                if held { 4 } else { 0 },
+                "{fault:?}: node {i} (held: {held})\n{}",
+                c.logs()
+            );
+        }
+        // The node that reported the end holds the whole history.
+        let reporter = [a, b, idle]
+            .into_iter()
+            .find(|&i| !c.nodes[i].events_named("end_reported").is_empty())
+            .unwrap_or_else(|| panic!("{fault:?}: nobody reported the end\n{}", c.logs()));
+        let history = c.nodes[reporter].transcript();
+        released_everything_once(&c, &history);
+    }
 }
