@@ -314,7 +314,7 @@ fn faults_around_the_end_lose_nothing_and_end_every_node() {
         .unwrap_or(0x11fe_c7c1e);
     eprintln!("LIFECYCLE_SEED={seed}");
     let mut rng = common::rng::Rng(seed);
-    let ticks = 150;
+    let ticks: i64 = 150;
     for fault in [
         Fault::KillPrimary,
         Fault::KillBackup,
@@ -332,7 +332,7 @@ fn faults_around_the_end_lose_nothing_and_end_every_node() {
         let idle = c.add_node("127.0.0.1:0", None);
         // Up to 20 ticks (400 ms) before the end, or a few after it.
         let before = rng.below(24) as i64 - 4;
-        let at = format!("tick {}/{ticks}", (ticks as i64 - before.max(0)));
+        let at = format!("tick {}/{ticks}", ticks - before.max(0));
         let deadline = Instant::now() + LONG;
         while !String::from_utf8_lossy(&c.nodes[a].transcript()).contains(&at) {
             assert!(Instant::now() < deadline, "{}", c.logs());
