@@ -273,6 +273,24 @@ impl Recorder<'_> {
         Ok(())
     }
 
+    /// The guest ended (`how`) at exit `at_exit`: logs the `End` entry, tells the sink where
+    /// (a replicating sink gives a late backup the finished machine), and pushes the log out.
+    fn end_here(&mut self, at_exit: Position, stop: Stop, how: Ended) -> Result<(), RunError> {
+        let reason = match how {
+            Ended::PowerOff { code } => EndReason::PowerOff { code },
+            Ended::TripleFault => EndReason::Shutdown,
+            Ended::Reset { port, value } => EndReason::Reset { port, value },
+        };
+        self.log(Entry::End {
+            pos: at_exit,
+            reason,
+        })?;
+        let point = self.point_here(stop)?;
+        self.sink.guest_ended(point, how);
+        self.sink.flush()?;
+        Ok(())
+    }
+
     /// Where the guest and its log stand at `stop` (the sink fills in `next_seq`, `released`).
     fn point_here(&mut self, stop: Stop) -> Result<LogPoint, RunError> {
         Ok(LogPoint {
@@ -348,13 +366,7 @@ impl Recorder<'_> {
             }
             match stop {
                 Stop::Shutdown => {
-                    self.log(Entry::End {
-                        pos: at_exit,
-                        reason: EndReason::Shutdown,
-                    })?;
-                    let point = self.point_here(stop)?;
-                    self.sink.guest_ended(point, Ended::TripleFault);
-                    self.sink.flush()?;
+                    self.end_here(at_exit, stop, Ended::TripleFault)?;
                     return Err(RunError::triple_fault(&self.m.vcpu));
                 }
                 Stop::Debug { pc } => {
@@ -364,34 +376,20 @@ impl Recorder<'_> {
                 }
                 _ => {}
             }
-            if let Some(code) = self.m.bus.devices.debug_exit.take_exit_request() {
+            // A power-off, or a reset request (understudy does not reboot guests), ends the run.
+            let ended = match self.m.bus.devices.debug_exit.take_exit_request() {
+                Some(code) => Some((Ended::PowerOff { code }, Outcome::PowerOff { code })),
+                None => self.m.bus.take_reset_request().map(|(port, value)| {
+                    (Ended::Reset { port, value }, Outcome::Reset { port, value })
+                }),
+            };
+            if let Some((how, outcome)) = ended {
                 if recording {
                     self.digest()?;
                 }
-                self.log(Entry::End {
-                    pos: at_exit,
-                    reason: EndReason::PowerOff { code },
-                })?;
-                let point = self.point_here(stop)?;
-                self.sink.guest_ended(point, Ended::PowerOff { code });
-                self.sink.flush()?;
+                self.end_here(at_exit, stop, how)?;
                 self.console.flush().map_err(RunError::Console)?;
-                return Ok(Outcome::PowerOff { code });
-            }
-
-            if let Some((port, value)) = self.m.bus.take_reset_request() {
-                if recording {
-                    self.digest()?;
-                }
-                self.log(Entry::End {
-                    pos: at_exit,
-                    reason: EndReason::Reset { port, value },
-                })?;
-                let point = self.point_here(stop)?;
-                self.sink.guest_ended(point, Ended::Reset { port, value });
-                self.sink.flush()?;
-                self.console.flush().map_err(RunError::Console)?;
-                return Ok(Outcome::Reset { port, value });
+                return Ok(outcome);
             }
 
             self.offer_state(stop, injected_before)?;

@@ -279,9 +279,8 @@ impl ReplicaSink {
         if self.state_wanted()
             && let Some((point, _)) = self.ended
         {
+            // What the new backup's stream carries is picked up by a later call, once it is up.
             self.take_state(m, point)?;
-            self.sync();
-            self.hand_off();
         }
         Ok(())
     }
