@@ -643,16 +643,9 @@ fn the_end_of_a_guest_is_kept_in_etcd_across_leaders() {
     let leader = c.wait_leading_viewserver(LONG);
     let (a, b) = c.primary_and_backup(None, LONG);
     for i in [a, b] {
-        let status = c.nodes[i]
-            .wait_timeout(LONG)
-            .unwrap()
-            .unwrap_or_else(|| panic!("node {i} still runs\n{}", c.logs()));
-        assert_eq!(status.code(), Some(3), "node {i}\n{}", c.logs());
+        assert_eq!(c.exit_code(i, LONG), 3, "node {i}\n{}", c.logs());
     }
-    let done = c
-        .wait_status(LONG, |s| s.finished.is_some())
-        .finished
-        .unwrap();
+    let done = c.recorded_end(LONG);
     assert_eq!(done.end.code, 3);
     let view = c.view().unwrap();
 
@@ -663,9 +656,5 @@ fn the_end_of_a_guest_is_kept_in_etcd_across_leaders() {
     assert_eq!(status.finished, Some(done), "{}", c.logs());
     assert_eq!(status.view, view);
     let late = c.add_node("127.0.0.1:0", None);
-    let status = c.nodes[late]
-        .wait_timeout(LONG)
-        .unwrap()
-        .unwrap_or_else(|| panic!("the late node waits\n{}", c.logs()));
-    assert_eq!(status.code(), Some(0), "{}", c.logs());
+    assert_eq!(c.exit_code(late, LONG), 0, "{}", c.logs());
 }

@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::process::ExitStatus;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, Proc, Proxy, Signal};
-use viewserver::{EndReason, Finished};
+use viewserver::EndReason;
 
 /// These tests run one after the other: each runs up to three VMs on a two-core machine.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -21,24 +20,17 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const PING_MS: u64 = 100;
 const LONG: Duration = Duration::from_secs(40);
 
-/// Waits for node `i` to exit; its exit code.
-fn exit_code(c: &mut Cluster, i: usize, timeout: Duration) -> i32 {
-    let status: Option<ExitStatus> = c.nodes[i]
-        .wait_timeout(timeout)
-        .unwrap_or_else(|e| panic!("{e}"));
-    match status {
-        Some(s) => s
-            .code()
-            .unwrap_or_else(|| panic!("node {i} died of a signal: {s}\n{}", c.logs())),
-        None => panic!("node {i} still runs after {timeout:?}\n{}", c.logs()),
+/// Waits until node `i`'s console (its transcript) shows `line`.
+fn wait_transcript(c: &Cluster, i: usize, line: &str) {
+    let deadline = Instant::now() + LONG;
+    while !String::from_utf8_lossy(&c.nodes[i].transcript()).contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "node {i} never printed {line:?}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// The end the view service recorded, waiting for it.
-fn recorded_end(c: &Cluster) -> Finished {
-    c.wait_status(LONG, |s| s.finished.is_some())
-        .finished
-        .unwrap()
 }
 
 /// The guest's whole console was released, and released once: the nodes' released output,
@@ -90,10 +82,10 @@ fn a_guest_that_powers_off_ends_every_node_with_its_code() {
     let idle = c.add_node("127.0.0.1:0", None);
     let view = c.view().unwrap();
 
-    assert_eq!(exit_code(&mut c, a, LONG), 7, "{}", c.logs());
-    assert_eq!(exit_code(&mut c, b, LONG), 7, "{}", c.logs());
-    assert_eq!(exit_code(&mut c, idle, LONG), 0, "{}", c.logs());
-    let done = recorded_end(&c);
+    assert_eq!(c.exit_code(a, LONG), 7, "{}", c.logs());
+    assert_eq!(c.exit_code(b, LONG), 7, "{}", c.logs());
+    assert_eq!(c.exit_code(idle, LONG), 0, "{}", c.logs());
+    let done = c.recorded_end(LONG);
     assert_eq!(done.end.reason, EndReason::PowerOff);
     assert_eq!(done.end.code, 7);
     assert_eq!(done.view, view.viewnum);
@@ -126,7 +118,7 @@ fn a_guest_that_powers_off_ends_every_node_with_its_code() {
     c.restart_viewserver();
     assert_eq!(c.status().unwrap().finished, Some(done));
     let late = c.add_node("127.0.0.1:0", None);
-    assert_eq!(exit_code(&mut c, late, LONG), 0, "{}", c.logs());
+    assert_eq!(c.exit_code(late, LONG), 0, "{}", c.logs());
     assert_eq!(event_field(&c.nodes[late], "guest_finished", "held"), false);
     assert_eq!(c.view().unwrap(), view);
     let shown = common::understudy(&["view", "--viewserver", &c.vs_addr]);
@@ -165,8 +157,8 @@ fn a_guest_that_ends_while_its_backup_needs_the_state_is_finished_on_both() {
     assert_eq!(c.status().unwrap().finished, None);
 
     proxy.cut.store(false, Ordering::Release);
-    assert_eq!(exit_code(&mut c, a, LONG), 5, "{}", c.logs());
-    assert_eq!(exit_code(&mut c, b, LONG), 5, "{}", c.logs());
+    assert_eq!(c.exit_code(a, LONG), 5, "{}", c.logs());
+    assert_eq!(c.exit_code(b, LONG), 5, "{}", c.logs());
     assert_eq!(
         c.view().unwrap(),
         view,
@@ -180,7 +172,7 @@ fn a_guest_that_ends_while_its_backup_needs_the_state_is_finished_on_both() {
         c.logs()
     );
     released_everything_once(&c, &history);
-    assert_eq!(recorded_end(&c).end.code, 5);
+    assert_eq!(c.recorded_end(LONG).end.code, 5);
 }
 
 /// The primary loses the view service just before its guest ends: the view service promotes
@@ -213,11 +205,7 @@ fn a_primary_lost_as_its_guest_ends_is_replaced_by_the_finished_replica() {
     // a busy host; detection takes five missed pings (500 ms), so the guest usually ends
     // before the promotion (if not, the backup goes live before the end: also checked below).
     let near_end = format!("tick {}/{ticks}", ticks - 15);
-    let deadline = Instant::now() + LONG;
-    while !String::from_utf8_lossy(&c.nodes[a].transcript()).contains(&near_end) {
-        assert!(Instant::now() < deadline, "{}", c.logs());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_transcript(&c, a, &near_end);
     vs_link.cut.store(true, Ordering::Release);
     assert!(
         c.nodes[a].events_named("end_reported").is_empty(),
@@ -226,13 +214,13 @@ fn a_primary_lost_as_its_guest_ends_is_replaced_by_the_finished_replica() {
     );
     let b_addr = c.nodes[b].addr().to_string();
     c.wait_view(LONG, |v| v.primary == b_addr);
-    assert_eq!(exit_code(&mut c, b, LONG), 9, "{}", c.logs());
+    assert_eq!(c.exit_code(b, LONG), 9, "{}", c.logs());
     // The idle node became the new backup; it held the guest only if the promoted replica
     // had output left to release, which needs a backup holding it (the race above decides).
-    let idle_code = exit_code(&mut c, idle, LONG);
+    let idle_code = c.exit_code(idle, LONG);
     let idle_held = event_field(&c.nodes[idle], "guest_finished", "held") == true;
     assert_eq!(idle_code, if idle_held { 9 } else { 0 }, "{}", c.logs());
-    let done = recorded_end(&c);
+    let done = c.recorded_end(LONG);
     assert_eq!(done.end.code, 9);
     eprintln!(
         "the promoted backup had {} the end",
@@ -246,7 +234,7 @@ fn a_primary_lost_as_its_guest_ends_is_replaced_by_the_finished_replica() {
     // (then the backup held its end, and the end recorded is that one), or 0 if it was
     // deposed still holding output (dropped, not released: the new primary released it).
     vs_link.cut.store(false, Ordering::Release);
-    let a_code = exit_code(&mut c, a, LONG);
+    let a_code = c.exit_code(a, LONG);
     let a_held = event_field(&c.nodes[a], "guest_finished", "held") == true;
     assert_eq!(a_code, if a_held { 9 } else { 0 }, "{}", c.logs());
     let history = c.nodes[b].transcript();
@@ -260,10 +248,10 @@ fn an_end_that_is_no_power_off(end_arg: &str, reason: EndReason, code: i32, even
     let mut c = Cluster::start("ticker", &["hz=50", "ticks=250", end_arg], PING_MS);
     let (a, b) = c.primary_and_backup(None, LONG);
     let idle = c.add_node("127.0.0.1:0", None);
-    assert_eq!(exit_code(&mut c, a, LONG), code, "{}", c.logs());
-    assert_eq!(exit_code(&mut c, b, LONG), code, "{}", c.logs());
-    assert_eq!(exit_code(&mut c, idle, LONG), 0, "{}", c.logs());
-    let done = recorded_end(&c);
+    assert_eq!(c.exit_code(a, LONG), code, "{}", c.logs());
+    assert_eq!(c.exit_code(b, LONG), code, "{}", c.logs());
+    assert_eq!(c.exit_code(idle, LONG), 0, "{}", c.logs());
+    let done = c.recorded_end(LONG);
     assert_eq!(done.end.reason, reason);
     assert_eq!(done.end.code, code as u32);
     assert_eq!(event_field(&c.nodes[a], event, "replayed"), false);
@@ -333,11 +321,7 @@ fn faults_around_the_end_lose_nothing_and_end_every_node() {
         // Up to 20 ticks (400 ms) before the end, or a few after it.
         let before = rng.below(24) as i64 - 4;
         let at = format!("tick {}/{ticks}", ticks - before.max(0));
-        let deadline = Instant::now() + LONG;
-        while !String::from_utf8_lossy(&c.nodes[a].transcript()).contains(&at) {
-            assert!(Instant::now() < deadline, "{}", c.logs());
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_transcript(&c, a, &at);
         if before < 0 {
             std::thread::sleep(Duration::from_millis(20 * before.unsigned_abs()));
         }
@@ -368,13 +352,13 @@ fn faults_around_the_end_lose_nothing_and_end_every_node() {
             }
             Fault::RestartViewserver => c.restart_viewserver(),
         }
-        let done = recorded_end(&c);
+        let done = c.recorded_end(LONG);
         assert_eq!(done.end.code, 4, "{fault:?}\n{}", c.logs());
         for i in [a, b, idle] {
             if killed.contains(&i) {
                 continue;
             }
-            let code = exit_code(&mut c, i, LONG);
+            let code = c.exit_code(i, LONG);
             let held = event_field(&c.nodes[i], "guest_finished", "held") == true;
             assert_eq!(
                 code,

@@ -465,6 +465,28 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no node {addr}"))
     }
 
+    /// Waits up to `timeout` for node `i` to exit; its exit code (a node that still runs, or
+    /// died of a signal, fails the test).
+    pub fn exit_code(&mut self, i: usize, timeout: Duration) -> i32 {
+        let status = self.nodes[i]
+            .wait_timeout(timeout)
+            .unwrap_or_else(|e| panic!("{e}"));
+        match status {
+            Some(s) => s
+                .code()
+                .unwrap_or_else(|| panic!("node {i} died of a signal: {s}\n{}", self.logs())),
+            None => panic!("node {i} still runs after {timeout:?}\n{}", self.logs()),
+        }
+    }
+
+    /// The guest's end as the view service recorded it, waiting up to `timeout` for it.
+    pub fn recorded_end(&self, timeout: Duration) -> viewserver::Finished {
+        let status = self.wait_status(timeout, |s| s.finished.is_some());
+        status
+            .finished
+            .unwrap_or_else(|| unreachable!("waited for it"))
+    }
+
     /// Every node's released output, cut into the segments of its primary roles.
     pub fn segments(&self) -> Vec<super::history::Segment> {
         self.nodes
