@@ -41,6 +41,13 @@ pub fn set_who(who: &str) {
     }
 }
 
+/// Milliseconds since 1970, as events' `t_unix_ms` says when they happened.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Appends `event` (any serde-tagged enum: `{"event": .., ...}`) if an events file is open.
 /// An event that cannot be written is dropped with a note on stderr: events never stop the VMM.
 pub fn emit(event: &impl Serialize) {
@@ -50,10 +57,7 @@ pub fn emit(event: &impl Serialize) {
         Ok(serde_json::Value::Object(map)) => map,
         _ => return,
     };
-    let t_unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    value.insert("t_unix_ms".into(), t_unix_ms.into());
+    value.insert("t_unix_ms".into(), unix_ms().into());
     value.insert("who".into(), f.who.clone().into());
     let mut line = serde_json::Value::Object(value).to_string();
     line.push('\n');

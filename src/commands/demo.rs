@@ -178,12 +178,6 @@ fn powered_off(nodes: &[(&'static str, EventsFile)]) -> Result<Option<PoweredOff
     Ok(first)
 }
 
-fn unix_ms_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
-}
-
 /// What the demo itself did and found, in `WORKDIR/demo.events` (docs/events.md).
 #[derive(Debug, serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -621,7 +615,7 @@ fn scenario(
     let a_pid = demo.nodes[0].pid();
     println!("== SIGKILL to the primary A (pid {a_pid}) ==");
     let killed_at = Instant::now();
-    let killed_unix_ms = unix_ms_now();
+    let killed_unix_ms = crate::events::unix_ms() as f64;
     demo.nodes[0]
         .signal(Signal::Kill)
         .map_err(|e| format!("killing A: {e}"))?;
