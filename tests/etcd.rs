@@ -342,6 +342,7 @@ impl Driver {
                 seq: Some(n.seq),
                 holds: Some(n.known),
                 finished: None,
+                primary_lost: None,
             };
             if let Ok(s) = self.client.ping(&req) {
                 self.nodes[i].known = s.view.viewnum;

@@ -82,6 +82,17 @@ fn failover_chain(guest: &str, guest_args: &[&str], kills: usize, seed: u64) {
             "round {round}: the backup never went live\n{}",
             c.logs()
         );
+        // A killed process's connections close at once: the backup asked to be promoted
+        // instead of waiting for missed pings (the fast path).
+        assert!(
+            c.nodes[q]
+                .events()
+                .iter()
+                .skip(q_events_before)
+                .any(|e| e["event"] == "primary_lost" && e["view"] == view.viewnum),
+            "round {round}: the backup did not ask to be promoted\n{}",
+            c.logs()
+        );
         // The new primary speaks again once its new backup holds the state (or at once, alone).
         let idle = c.index_of(
             &c.wait_view(LONG, |v| v.primary == q_addr && !v.backup.is_empty())
@@ -331,6 +342,105 @@ fn a_primary_cut_off_from_the_viewserver_is_replaced_and_fenced() {
         c.logs()
     );
     assert_eq!(c.nodes[a].out(), a_out);
+}
+
+/// A dead time far beyond this test's patience: only the backup's word can promote it.
+const DEAD_PINGS_A_MINUTE: [&str; 2] = ["--dead-pings", "600"];
+
+/// The primary is killed while the view service would take a minute to find it dead: the backup
+/// sees its connection close, asks, and is promoted at once; it speaks, and everything released
+/// is one history.
+#[test]
+fn a_killed_primary_is_replaced_on_its_backups_word() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::start_with_viewserver_args(
+        "ticker",
+        &["hz=50", "ticks=1000000"],
+        PING_MS,
+        &DEAD_PINGS_A_MINUTE,
+    );
+    let (a, b) = c.primary_and_backup(None, LONG);
+    c.add_node("127.0.0.1:0", None);
+    let view = c.view().unwrap();
+    let b_addr = c.nodes[b].addr().to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = c.nodes[b].event_count();
+
+    c.nodes[a].sigkill();
+    // Well inside the minute the missed pings would take.
+    let after = c.wait_view(Duration::from_secs(30), |v| v.primary == b_addr);
+    assert_eq!(after.viewnum, view.viewnum + 1);
+    let asked = c.nodes[b]
+        .events()
+        .into_iter()
+        .skip(before)
+        .find(|e| e["event"] == "primary_lost");
+    assert_eq!(
+        asked.map(|e| e["view"].clone()),
+        Some(view.viewnum.into()),
+        "{}",
+        c.logs()
+    );
+    let deadline = Instant::now() + LONG;
+    while c.nodes[b].out().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !c.nodes[b].out().is_empty(),
+        "the new primary released nothing"
+    );
+    let r = c.check_history(b);
+    assert!(r.segments >= 2, "{r:?}");
+}
+
+/// The logging channel is closed under both live nodes (a router resetting the flow): the
+/// backup, seeing its connection end, is promoted at once, while the old primary still holds a
+/// lease of most of a minute. The old primary may repeat what its backup acknowledged, never
+/// anything new; it learns the view at its next ping and steps down; what both released is one
+/// history, and the old primary comes back as the new one's backup.
+#[test]
+fn a_logging_channel_closed_under_a_live_primary_fails_over_without_contradiction() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::start_with_viewserver_args(
+        "ticker",
+        &["hz=50", "ticks=1000000"],
+        PING_MS,
+        &DEAD_PINGS_A_MINUTE,
+    );
+    let (a, b, proxy) = c.primary_and_backup_behind_proxy(LONG);
+    let view = c.view().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    proxy.close_all();
+    let after = c.wait_view(Duration::from_secs(30), |v| v.primary == proxy.addr);
+    assert_eq!(after.viewnum, view.viewnum + 1);
+    assert!(
+        c.nodes[b]
+            .events()
+            .iter()
+            .any(|e| e["event"] == "primary_lost"),
+        "{}",
+        c.logs()
+    );
+    assert!(
+        c.nodes[a].wait_event("stepped_down", 0, LONG).is_some(),
+        "the old primary never stepped down\n{}",
+        c.logs()
+    );
+    let a_out = c.nodes[a].out();
+    // The old primary, alive and no longer anyone's primary, is co-opted as the new backup.
+    let a_addr = c.nodes[a].addr().to_string();
+    let v = c.wait_status(LONG, |s| {
+        s.view.primary == proxy.addr && s.view.backup == a_addr && s.backup_ready
+    });
+    assert_eq!(c.nodes[a].out(), a_out, "a deposed primary spoke again");
+    let deadline = Instant::now() + LONG;
+    while c.nodes[b].out().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let r = c.check_history(b);
+    assert!(r.segments >= 2, "{r:?} in {}", v.view);
 }
 
 /// A large guest's state transfer reports its progress, and the backup ends up with the state.

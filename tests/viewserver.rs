@@ -95,6 +95,7 @@ fn lab(server: &str, viewnum: u64) -> viewserver::PingRequest {
         seq: None,
         holds: None,
         finished: None,
+        primary_lost: None,
     }
 }
 

@@ -214,6 +214,9 @@ pub(super) struct Console {
     rx: Receiver<Line>,
     verbose: bool,
     started: Instant,
+    /// The first output of one child after an instant, as it goes by (whatever wait is
+    /// showing lines then): (child, after, when).
+    first_output: Option<(&'static str, Instant, Option<Instant>)>,
 }
 
 impl Console {
@@ -222,15 +225,33 @@ impl Console {
             rx,
             verbose,
             started: Instant::now(),
+            first_output: None,
         }
+    }
+
+    /// From now on, notes when `who`'s first output line after `after` arrives.
+    pub(super) fn watch_first_output(&mut self, who: &'static str, after: Instant) {
+        self.first_output = Some((who, after, None));
+    }
+
+    /// When the watched child's first output after the instant arrived, if it did yet.
+    pub(super) fn first_output(&self) -> Option<Instant> {
+        self.first_output.and_then(|(_, _, at)| at)
     }
 
     pub(super) fn stamp(&self, at: Instant) -> String {
         format!("{:7.3}s", at.duration_since(self.started).as_secs_f64())
     }
 
-    fn show(&self, e: &Line) {
+    fn show(&mut self, e: &Line) {
         let output = e.stream == Stream::Stdout;
+        if let Some((who, after, at @ None)) = self.first_output.as_mut()
+            && output
+            && e.who == *who
+            && e.at > *after
+        {
+            *at = Some(e.at);
+        }
         let interesting = output
             || e.text.contains("view ")
             || e.text.contains("installed")
@@ -616,6 +637,7 @@ fn scenario(
     println!("== SIGKILL to the primary A (pid {a_pid}) ==");
     let killed_at = Instant::now();
     let killed_unix_ms = crate::events::unix_ms() as f64;
+    demo.console.watch_first_output("B", killed_at);
     demo.nodes[0]
         .signal(Signal::Kill)
         .map_err(|e| format!("killing A: {e}"))?;
@@ -633,7 +655,16 @@ fn scenario(
             Ok(view(vs).filter(|v| v.primary != a))
         })?
         .ok_or("the viewserver never changed the primary")?;
-    let view_changed = killed_at.elapsed();
+    // When the service changed it (its own event), not when the demo's poll saw it.
+    let vs_events = cluster::EventsFile::new(demo.dir.join("viewserver.events"));
+    let view_changed = events_named(&vs_events, "view_changed")?
+        .iter()
+        .filter(|e| e["view"]["viewnum"].as_u64() == Some(v.viewnum))
+        .find_map(|e| e["t_unix_ms"].as_f64())
+        .map_or_else(
+            || killed_at.elapsed(),
+            |t| Duration::from_secs_f64((t - killed_unix_ms).max(0.0) / 1e3),
+        );
     emit(&DemoEvent::ViewSeen {
         view: v.viewnum,
         primary: &v.primary,
@@ -650,8 +681,11 @@ fn scenario(
     let first_output = {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let line = demo.console.wait_for(Duration::from_millis(100), |e| {
-                e.who == "B" && e.stream == Stream::Stdout && e.at > killed_at
+            // Also while the waits above showed lines.
+            let line = demo.console.first_output().or_else(|| {
+                demo.console.wait_for(Duration::from_millis(100), |e| {
+                    e.who == "B" && e.stream == Stream::Stdout && e.at > killed_at
+                })
             });
             if line.is_some() {
                 break line;

@@ -159,7 +159,14 @@ pub fn serve(
                 retained = None;
                 views.set_holding(Holding::Replica { view: offered_view });
                 match replay_stream(ctx, views, installed) {
-                    Ok(r) => retained = Some(r),
+                    Ok(r) => {
+                        if r.asked_promotion {
+                            // The answer usually comes with the ping that asked: go live at
+                            // once rather than after a wait for a transfer.
+                            views.wait_change(offered_view, views.interval);
+                        }
+                        retained = Some(r.retained);
+                    }
                     Err(e) => {
                         eprintln!(
                             "node {}: replay of {from}'s log failed: {e}; dropping this state and asking for a new one",
@@ -186,6 +193,29 @@ pub fn serve(
         waiting_since = Instant::now();
         next_note = WAITING_NOTE_FIRST;
     }
+}
+
+/// The stream from `primary` ended while this node still backs it up in view `viewnum`: the
+/// connection is gone, so nothing more is received or acknowledged, and the replica holds
+/// everything that was (`replay_stream` replayed it all). Asks to be promoted now instead of
+/// waiting for the primary to miss its pings: a primary that died reset the connection at once.
+fn ask_promotion(views: &Views, primary: &str, viewnum: u64) -> bool {
+    let still = views
+        .latest_view()
+        .is_some_and(|v| v.viewnum == viewnum && backs_up(&v, primary, views));
+    if !still {
+        return false;
+    }
+    eprintln!(
+        "node {}: view {viewnum}: lost the stream from {primary}; asking the view service to promote this node",
+        views.me
+    );
+    emit(&NodeEvent::PrimaryLost {
+        view: viewnum,
+        primary,
+    });
+    views.report_primary_lost(viewnum);
+    true
 }
 
 /// Why a state offer was refused.
@@ -242,6 +272,13 @@ fn check_primary(views: &Views, hello: &Hello) -> Result<(), String> {
         )),
         None => Err("this backup has no view yet".to_string()),
     }
+}
+
+/// What a replay of a primary's stream left.
+struct Replayed {
+    retained: Box<Retained>,
+    /// The stream broke while this node was still the backup, and it asked to be promoted.
+    asked_promotion: bool,
 }
 
 /// A state installed from the primary, with its log stream.
@@ -322,7 +359,7 @@ fn replay_stream(
     ctx: &NodeCtx,
     views: &Arc<Views>,
     installed: Installed,
-) -> Result<Box<Retained>, ReplayError> {
+) -> Result<Replayed, ReplayError> {
     let Installed {
         mut machine,
         point,
@@ -341,26 +378,30 @@ fn replay_stream(
         {
             eprintln!("node {}: writing the transcript failed: {e}", views.me);
         }
-        return Ok(Box::new(Retained {
-            machine,
-            stopped: Stopped {
-                exits: point.exits,
-                console: point.console(),
-                halted: false,
-                last_seq: point.next_seq.checked_sub(1),
-                released: point.released,
-                clock: SystemClock::continuing(point.clock_ns),
-                recent_frames: Vec::new(),
-            },
-            history,
-            ended: Some(how),
-            _stream: Some(log),
-        }));
+        return Ok(Replayed {
+            asked_promotion: false,
+            retained: Box::new(Retained {
+                machine,
+                stopped: Stopped {
+                    exits: point.exits,
+                    console: point.console(),
+                    halted: false,
+                    last_seq: point.next_seq.checked_sub(1),
+                    released: point.released,
+                    clock: SystemClock::continuing(point.clock_ns),
+                    recent_frames: Vec::new(),
+                },
+                history,
+                ended: Some(how),
+                _stream: Some(log),
+            }),
+        });
     }
     // Rule 5: only the view's primary feeds its backup. Once the view says otherwise (this node
     // was promoted, or dropped), take nothing more from the old primary and acknowledge nothing
     // more, so it can release nothing more; then replay what arrived.
     let sender = log.hello().primary.clone();
+    let (sender_name, offered) = (sender.clone(), log.hello().viewnum);
     let watched = Arc::clone(views);
     let watch = move || {
         let v = watched.latest_view()?;
@@ -408,13 +449,16 @@ fn replay_stream(
             if let Some(how) = end {
                 super::say_ended(&views.me, how, true);
             }
-            Ok(Box::new(Retained {
-                machine,
-                stopped,
-                history: console.history,
-                ended: end,
-                _stream: Some(source.into_receiver()),
-            }))
+            Ok(Replayed {
+                asked_promotion: false,
+                retained: Box::new(Retained {
+                    machine,
+                    stopped,
+                    history: console.history,
+                    ended: end,
+                    _stream: Some(source.into_receiver()),
+                }),
+            })
         }
         (Err(ReplayError::LogEnded { .. }), Some(mut stopped)) => {
             // `Released` messages are fresher than the counts in `Output` entries.
@@ -433,13 +477,31 @@ fn replay_stream(
                 reason: &why,
                 last_seq: stopped.last_seq,
             });
-            Ok(Box::new(Retained {
-                machine,
-                stopped,
-                history: console.history,
-                ended: None,
-                _stream: None,
-            }))
+            // Only a connection the primary's side closed or reset without a `Bye` says its
+            // process is gone (the kernel closes a killed process's sockets at once). Silence
+            // may be a slow link, which the primary's missed pings judge; a `Bye` comes from a
+            // live primary. Asked before the receiver is dropped (which waits for its
+            // threads): the connection is gone, so nothing more can be acknowledged.
+            let peer_gone = matches!(
+                source.ended_by(),
+                Some(
+                    ChannelError::PeerClosed { .. }
+                        | ChannelError::Truncated { .. }
+                        | ChannelError::Read { .. }
+                )
+            );
+            let asked_promotion = peer_gone && ask_promotion(views, &sender_name, offered);
+            drop(source);
+            Ok(Replayed {
+                asked_promotion,
+                retained: Box::new(Retained {
+                    machine,
+                    stopped,
+                    history: console.history,
+                    ended: None,
+                    _stream: None,
+                }),
+            })
         }
         (Err(e), _) => Err(e),
         // `replay_from` says where the guest stands whenever a live stream's replay ends.

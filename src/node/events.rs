@@ -96,6 +96,9 @@ pub enum NodeEvent<'a> {
         reason: &'a str,
         last_seq: Option<u64>,
     },
+    /// The backup lost its stream from the primary of view `view`, still its backup there, and
+    /// asks the view service to promote it now.
+    PrimaryLost { view: u64, primary: &'a str },
     /// The guest powered off (on the primary, or replayed on the backup); the node exits with
     /// the guest's code.
     GuestPoweredOff { code: u32, replayed: bool },
@@ -248,6 +251,10 @@ mod tests {
                 reason: s,
                 last_seq: None,
             },
+            NodeEvent::PrimaryLost {
+                view: 1,
+                primary: s,
+            },
             NodeEvent::GuestPoweredOff {
                 code: 0,
                 replayed: false,
@@ -302,6 +309,7 @@ mod tests {
                 | NodeEvent::StateRefused { .. }
                 | NodeEvent::ReplayFailed { .. }
                 | NodeEvent::StreamEnded { .. }
+                | NodeEvent::PrimaryLost { .. }
                 | NodeEvent::GuestPoweredOff { .. }
                 | NodeEvent::GuestTripleFaulted { .. }
                 | NodeEvent::GuestResetRequested { .. }

@@ -461,6 +461,7 @@ fn spawn_manager(
                                 &views,
                                 backup,
                                 view.viewnum,
+                                changed,
                                 image,
                                 &channel,
                             );
@@ -542,10 +543,11 @@ fn start_transfer(
     views: &Arc<Views>,
     backup: &str,
     viewnum: u64,
+    first: bool,
     image: [u8; 32],
     channel: &ChannelConfig,
 ) -> Option<JoinHandle<()>> {
-    let generation = replication.begin_transfer();
+    let generation = replication.begin_transfer(first);
     let identity = Hello::new(image, viewnum, views.me.clone(), 0);
     let (r, v, b, c) = (
         Arc::clone(replication),

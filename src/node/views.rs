@@ -26,6 +26,9 @@ struct Inner {
     fatal: Option<String>,
     /// The guest ended and everything it said was released: every ping says so.
     report_end: Option<GuestEnd>,
+    /// This backup lost its stream from the primary of this view and fenced it: pings ask to
+    /// be promoted while this is the latest view known.
+    primary_lost: Option<u64>,
     stop: bool,
 }
 
@@ -53,6 +56,7 @@ impl Views {
                 last_error: None,
                 fatal: None,
                 report_end: None,
+                primary_lost: None,
                 stop: false,
             }),
             changed: Condvar::new(),
@@ -95,6 +99,17 @@ impl Views {
     pub fn report_end(&self, end: GuestEnd) {
         let mut g = self.lock();
         g.report_end = Some(end);
+        g.ping_now = true;
+        self.changed.notify_all();
+    }
+
+    /// This backup's stream from the primary of view `viewnum` ended and it acknowledges nothing
+    /// more of it: ask the view service, now, to promote it (it does so only for the ready
+    /// backup of its current, acknowledged view; docs/design.md, "Failover on the backup's
+    /// word"). Every ping asks until the view changes or a new state is installed.
+    pub fn report_primary_lost(&self, viewnum: u64) {
+        let mut g = self.lock();
+        g.primary_lost = Some(viewnum);
         g.ping_now = true;
         self.changed.notify_all();
     }
@@ -145,6 +160,8 @@ impl Views {
     /// (an acknowledgement or a backup's readiness should not wait for the interval).
     pub fn set_holding(&self, holding: Holding) {
         let mut g = self.lock();
+        // A new state (or none) comes with a new stream, or none to lose.
+        g.primary_lost = None;
         if g.holding != holding {
             g.holding = holding;
             g.ping_now = true;
@@ -217,6 +234,7 @@ impl Views {
         g.seq += 1;
         g.ping_now = false;
         let (viewnum, holds) = node::ping_fields(g.holding, g.latest.as_ref().map(|s| &s.view));
+        let viewnum_known = g.latest.as_ref().map(|s| s.view.viewnum);
         Some(PingRequest {
             server: self.me.clone(),
             viewnum,
@@ -224,6 +242,7 @@ impl Views {
             seq: Some(g.seq),
             holds: Some(holds),
             finished: g.report_end,
+            primary_lost: g.primary_lost.filter(|v| Some(*v) == viewnum_known),
         })
     }
 

@@ -201,6 +201,22 @@ impl Cluster {
         Self::start_on(None, guest, guest_args, ping_ms)
     }
 
+    /// [`Self::start`] with more arguments for the viewserver (e.g. `--dead-pings`).
+    pub fn start_with_viewserver_args(
+        guest: &str,
+        guest_args: &[&str],
+        ping_ms: u64,
+        vs_args: &[&str],
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::DataDir(dir.path().join("viewserver.data"));
+        let vs = Viewserver::start(ViewserverSpec {
+            args: vs_args.iter().map(Into::into).collect(),
+            ..ViewserverSpec::new("127.0.0.1:0", ping_ms, store)
+        });
+        Self::with_viewservers(None, dir, vec![vs], guest, guest_args, ping_ms)
+    }
+
     /// [`Self::start`] on the hosts of `net` (which must have hosts "vs" and "ctl"), or on
     /// loopback.
     pub fn start_on(net: Option<Arc<Net>>, guest: &str, guest_args: &[&str], ping_ms: u64) -> Self {
@@ -688,6 +704,8 @@ pub struct Proxy {
     /// (order is kept): a slow link.
     pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
     pub jitter_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Both ends of every connection made so far, for [`Self::close_all`].
+    conns: Arc<std::sync::Mutex<Vec<TcpStream>>>,
 }
 
 impl Proxy {
@@ -697,10 +715,12 @@ impl Proxy {
         let cut = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let jitter_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (c, d, j) = (
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, d, j, k) = (
             Arc::clone(&cut),
             Arc::clone(&delay_ms),
             Arc::clone(&jitter_ms),
+            Arc::clone(&conns),
         );
         std::thread::spawn(move || {
             for s in l.incoming() {
@@ -708,6 +728,10 @@ impl Proxy {
                 let Ok(b) = TcpStream::connect(&to) else {
                     continue;
                 };
+                let mut live = k.lock().unwrap();
+                live.push(a.try_clone().unwrap());
+                live.push(b.try_clone().unwrap());
+                drop(live);
                 for (from, to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
                     forward(from, to, Arc::clone(&c), Arc::clone(&d), Arc::clone(&j));
                 }
@@ -718,6 +742,16 @@ impl Proxy {
             cut,
             delay_ms,
             jitter_ms,
+            conns,
+        }
+    }
+
+    /// Closes every connection made so far at both ends, as a router that drops a flow and
+    /// answers with resets would: each side reads the end of its connection at once. New
+    /// connections are proxied as before.
+    pub fn close_all(&self) {
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
         }
     }
 }

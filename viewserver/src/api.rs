@@ -29,6 +29,10 @@ pub struct PingRequest {
     /// The guest ended (the primary's report, once all its output was released).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<GuestEnd>,
+    /// The sender, backup of this view number, lost its stream from the view's primary and
+    /// asks to be promoted now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_lost: Option<u64>,
 }
 
 impl PingRequest {
@@ -41,6 +45,7 @@ impl PingRequest {
             viewnum: self.viewnum,
             holds: self.holds,
             finished: self.finished,
+            primary_lost: self.primary_lost,
         }
     }
 }

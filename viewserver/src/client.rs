@@ -718,6 +718,7 @@ mod tests {
             seq: None,
             holds: None,
             finished: None,
+            primary_lost: None,
         }
     }
 

@@ -282,6 +282,7 @@ mod tests {
             seq: Some(seq),
             holds: Some(holds),
             finished: None,
+            primary_lost: None,
         })
         .unwrap()
     }
@@ -343,6 +344,7 @@ mod tests {
                 seq: Some(2),
                 holds: Some(1),
                 finished: None,
+                primary_lost: None,
             })
             .unwrap_err();
         assert_eq!(err.status(), 503);

@@ -201,6 +201,11 @@ pub struct Ping<'a> {
     /// The guest ended and all its output was released: only heeded from the primary of the
     /// current, acknowledged view that holds the guest.
     pub finished: Option<GuestEnd>,
+    /// The sender, backup of this view number, lost its log stream from the view's primary and
+    /// acknowledges nothing more of it: it asks to be promoted now rather than after the
+    /// primary missed its pings. Heeded only from the ready backup of the current,
+    /// acknowledged view (docs/viewserver.md, "Promotion on the backup's word").
+    pub primary_lost: Option<u64>,
 }
 
 /// The answer to a ping, before the server turns the lease into time.
@@ -437,11 +442,35 @@ impl ViewService {
                 self.p.backup_ready = ready;
                 self.version += 1;
             }
+            if ping.primary_lost == Some(current) && ping.holds == Some(current) {
+                self.primary_lost_by_backup();
+            }
         }
         self.advance();
         // A finished guest has nothing left to release.
         let lease = self.p.acked && self.p.view.is_primary(name, inc) && self.p.finished.is_none();
         Ok(self.reply(lease))
+    }
+
+    /// The ready backup of the current, acknowledged view lost its stream from the primary and
+    /// fenced it: the primary counts as dead from now on, so `advance` promotes the backup at
+    /// once. Safe because the primary of an acknowledged view releases only what this backup
+    /// acknowledged (it left free flow before the state this backup holds was taken), and the
+    /// backup goes live with everything it acknowledged: whatever the old primary still
+    /// releases while its lease runs is output the new one holds too (a repeat, never
+    /// anything new). A wrong suspicion (a slow or cut-off link, the primary alive) costs a
+    /// failover, not correctness.
+    fn primary_lost_by_backup(&mut self) {
+        let v = &self.p.view;
+        if !self.p.acked || !self.p.backup_ready || self.p.finished.is_some() {
+            return;
+        }
+        let dead = self.dead_pings + 1;
+        if let Some(p) = self.servers.get_mut(&v.primary)
+            && p.incarnation == v.primary_incarnation
+        {
+            p.missed = dead;
+        }
     }
 
     fn reply(&self, lease: bool) -> PingReply {

@@ -135,6 +135,8 @@ const HOW: GuestEnd = GuestEnd {
 enum Mutation {
     /// The release gate ignores the lease.
     ReleaseWithoutLease,
+    /// Output keeps flowing after the state was taken for the view's new backup.
+    FlowPastTheState,
     /// The lease lasts one interval more (as long as the detection time).
     LeaseTooLong,
     /// Output leaves before the backup holds it.
@@ -191,6 +193,9 @@ struct Protocol {
     mutations: Vec<Mutation>,
     /// Run the fault-free schedule from every state (liveness).
     liveness: bool,
+    /// A backup whose stream from its primary is gone asks to be promoted at once (the fast
+    /// path; on in the real system).
+    fast_path: bool,
     stats: Arc<LiveStats>,
 }
 
@@ -204,6 +209,7 @@ impl Protocol {
             max_faults,
             mutations: Vec::new(),
             liveness: false,
+            fast_path: true,
             stats: Arc::default(),
         }
     }
@@ -220,6 +226,13 @@ impl Protocol {
 
     fn with_liveness(mut self) -> Self {
         self.liveness = true;
+        self
+    }
+
+    /// Failover only by missed pings, as before the fast path: then a deposed primary's lease
+    /// has always run out before its successor can speak.
+    fn without_fast_path(mut self) -> Self {
+        self.fast_path = false;
         self
     }
 
@@ -303,6 +316,9 @@ struct Node {
     exited: bool,
     /// Ghost: went live with a replica that had the end.
     live_ended: bool,
+    /// Backup: its stream from the primary of this view is gone and it fenced it; its pings
+    /// ask to be promoted while that view is the latest it knows.
+    lost: Option<u64>,
 }
 
 impl Node {
@@ -328,6 +344,7 @@ impl Node {
             reporting: false,
             exited: false,
             live_ended: false,
+            lost: None,
         }
     }
 
@@ -352,6 +369,7 @@ impl Node {
         self.stream = None;
         self.ended = false;
         self.live_ended = false;
+        self.lost = None;
     }
 }
 
@@ -369,6 +387,8 @@ enum Msg {
         /// Ghost, for a report: the length of the sender's ended history if the world had seen
         /// exactly that history when it was sent (a report may arrive after its sender died).
         complete: Option<usize>,
+        /// A backup asks to be promoted: it lost its stream from this view's primary.
+        lost: Option<u64>,
     },
     Reply {
         incarnation: u64,
@@ -410,6 +430,8 @@ struct Ghost {
     contradiction: bool,
     prefix_broken: bool,
     deposed_spoke: bool,
+    /// A deposed primary released something the world had not seen after its successor spoke.
+    deposed_said_new: bool,
     view_rewritten: bool,
     primary_not_from_prev: bool,
     fresh_after_history: bool,
@@ -422,6 +444,8 @@ struct Ghost {
     stale_boot: bool,
     /// A backup promoted with the end replayed reported it.
     promoted_reported_end: bool,
+    /// A deposed primary released (repeated) output after its successor spoke.
+    deposed_repeated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -470,6 +494,9 @@ enum Action {
     Restart(usize),
     BreakStream(usize),
     ReplayFails(usize),
+    /// The backup's stream from its primary is gone (or, as a fault, it wrongly thinks so: a
+    /// heartbeat missed under load): it fences that primary and asks to be promoted.
+    LosePrimary(usize),
     RestartViewserver,
 }
 
@@ -743,7 +770,9 @@ impl Protocol {
         if n.target != Some(want) {
             n.target = Some(want);
             n.stream = None;
-            n.free_flow = want.is_none();
+            // No backup, or a new one that holds nothing of this view: output flows until
+            // the state is taken (`Replication::begin_transfer`), which carries it all.
+            n.free_flow = true;
         }
     }
 
@@ -765,6 +794,9 @@ impl Protocol {
         n.seq += 1;
         let (viewnum, holds) = node::ping_fields(n.holding, n.latest.as_ref());
         let complete = (n.reporting && n.content == s.g.out).then_some(n.content.len());
+        let lost = n
+            .lost
+            .filter(|v| n.latest.as_ref().is_some_and(|l| l.viewnum == *v));
         Msg::Ping {
             incarnation: n.incarnation,
             seq: n.seq,
@@ -773,6 +805,7 @@ impl Protocol {
             lease: self.lease(),
             finished: n.reporting,
             complete,
+            lost,
         }
     }
 
@@ -787,6 +820,7 @@ impl Protocol {
             lease,
             finished,
             complete,
+            lost,
         } = ping
         else {
             return Some(ping);
@@ -799,6 +833,7 @@ impl Protocol {
             viewnum,
             holds: Some(holds),
             finished: finished.then_some(HOW),
+            primary_lost: lost,
         });
         if !recorded && s.vs.finished().is_some() {
             if complete != Some(s.g.out.len()) {
@@ -877,9 +912,17 @@ impl Protocol {
             let reports = n.reporting && s.vs.primary_acked() && holds == v.viewnum;
             acks || renews || reports
         } else {
+            let ready = holds == v.viewnum;
+            // A ready backup's request to be promoted, while the service still counts the
+            // primary alive.
+            let promotes = n.lost == Some(v.viewnum)
+                && ready
+                && s.vs.primary_acked()
+                && s.vs.is_alive(&v.primary)
+                && s.vs.incarnation(&v.primary) == Some(v.primary_incarnation);
             v.is_backup(name, n.incarnation)
                 && viewnum == v.viewnum
-                && (holds == v.viewnum) != s.vs.backup_ready()
+                && (ready != s.vs.backup_ready() || promotes)
         }
     }
 
@@ -931,6 +974,13 @@ impl Protocol {
             return;
         };
         let g = &mut s.g;
+        if view < g.speaker_view {
+            g.deposed_spoke = true;
+            g.deposed_repeated = true;
+            if q > g.out.len() {
+                g.deposed_said_new = true;
+            }
+        }
         for k in n.released..q {
             if k < g.out.len() {
                 if g.out[k] != n.content[k] {
@@ -941,10 +991,34 @@ impl Protocol {
             }
         }
         n.released = q;
-        if view < g.speaker_view {
-            g.deposed_spoke = true;
-        }
         g.speaker_view = g.speaker_view.max(view);
+    }
+
+    /// Whether backup `b` may ask to be promoted (`backup::serve` once its stream ended): it
+    /// holds the replica of the view it knows, which makes it its source's backup, and has not
+    /// asked yet. `Some(true)` if the stream is still open (asking is then a fault: a wrong
+    /// suspicion), `Some(false)` if it is gone.
+    fn may_lose_primary(&self, s: &State, b: usize) -> Option<bool> {
+        let n = &s.nodes[b];
+        if !self.fast_path || !n.up {
+            return None;
+        }
+        let Holding::Replica { view } = n.holding else {
+            return None;
+        };
+        let p = n.source?;
+        let knows = n.latest.as_ref().is_some_and(|l| l.viewnum == view);
+        if !knows || !backs_up(n.latest.as_ref(), p, b, n.incarnation) || n.lost == Some(view) {
+            return None;
+        }
+        let pn = &s.nodes[p];
+        Some(
+            pn.up
+                && pn
+                    .stream
+                    .as_ref()
+                    .is_some_and(|st| st.to == b && st.to_inc == n.incarnation && !st.closed),
+        )
     }
 
     /// The backup `p`'s state goes to, if `p` would send it now.
@@ -998,6 +1072,7 @@ impl Protocol {
             bn.replay_failed = false;
         }
         bn.holding = Holding::Replica { view: offer };
+        bn.lost = None;
         bn.content = content.clone();
         bn.ended = ended;
         bn.source = Some(p);
@@ -1013,7 +1088,9 @@ impl Protocol {
             closed: false,
         });
         pn.covered = pn.covered.max(content.len());
-        pn.free_flow = false;
+        if !self.is(Mutation::FlowPastTheState) {
+            pn.free_flow = false;
+        }
         true
     }
 
@@ -1254,6 +1331,11 @@ impl Model for Protocol {
             if n.stream.as_ref().is_some_and(|st| st.ack.is_some()) {
                 actions.push(Action::Ack(i));
             }
+            if let Some(open) = self.may_lose_primary(s, i)
+                && (!open || can_fault)
+            {
+                actions.push(Action::LosePrimary(i));
+            }
             if can_fault {
                 actions.push(Action::Crash(i));
                 if n.stream.as_ref().is_some_and(|st| !st.closed) {
@@ -1374,6 +1456,19 @@ impl Model for Protocol {
                 st.ack = None;
                 s.faults += 1;
             }
+            Action::LosePrimary(b) => {
+                let open = self.may_lose_primary(&s, b)?;
+                let Holding::Replica { view } = s.nodes[b].holding else {
+                    return None;
+                };
+                s.nodes[b].lost = Some(view);
+                if !self.fence_ignored() {
+                    s.close_streams_into(b);
+                }
+                if open {
+                    s.faults += 1;
+                }
+            }
             Action::ReplayFails(b) => {
                 let n = &mut s.nodes[b];
                 n.holding = Holding::Nothing;
@@ -1403,12 +1498,12 @@ impl Model for Protocol {
             Property::always("no contradiction", |_, s: &State| !s.g.contradiction),
             Property::always("prefix", |_, s: &State| !s.g.prefix_broken),
             Property::always(
-                "a deposed primary never speaks again",
+                "a deposed primary never says anything new",
                 |m: &Protocol, s: &State| {
-                    !s.g.deposed_spoke
-                        && s.nodes.iter().all(|n| match n.holding {
-                            Holding::Guest { view } if n.up && view < s.g.speaker_view => {
-                                n.lease == 0 && !m.lease_ignored()
+                    !s.g.deposed_said_new
+                        && (0..s.nodes.len()).all(|i| match s.nodes[i].holding {
+                            Holding::Guest { view } if view < s.g.speaker_view => {
+                                m.releasable(s, i).is_none_or(|q| q <= s.g.out.len())
                             }
                             _ => true,
                         })
@@ -1483,6 +1578,30 @@ impl Model for Protocol {
                     && s.nodes.iter().filter(|n| n.up).count() >= 2
             }),
         ];
+        if self.fast_path {
+            if self.max_faults >= 2 {
+                // Promoted on its backup's word, the new primary may speak while the old one's
+                // lease still runs: the old one can then only repeat what the world saw (an ack
+                // delayed and a stream lost or wrongly suspected: two faults).
+                p.push(Property::sometimes(
+                    "a deposed primary repeats output after its successor spoke",
+                    |_, s: &State| s.g.deposed_repeated,
+                ));
+            }
+        } else {
+            p.push(Property::always(
+                "a deposed primary never speaks again",
+                |m: &Protocol, s: &State| {
+                    !s.g.deposed_spoke
+                        && s.nodes.iter().all(|n| match n.holding {
+                            Holding::Guest { view } if n.up && view < s.g.speaker_view => {
+                                n.lease == 0 && !m.lease_ignored()
+                            }
+                            _ => true,
+                        })
+                },
+            ));
+        }
         if self.max_faults >= 2 {
             // A late answer and a silent first primary: two faults.
             p.push(Property::sometimes(
@@ -1621,7 +1740,7 @@ fn holds(model: Protocol) -> usize {
     ignore = "300k states: minutes unoptimised; run with --release"
 )]
 fn three_nodes_one_fault() {
-    check(Protocol::new(3, 3, 2, 1).with_liveness(), 387_640);
+    check(Protocol::new(3, 3, 2, 1).with_liveness(), 483_774);
 }
 
 #[test]
@@ -1630,7 +1749,7 @@ fn three_nodes_one_fault() {
     ignore = "1.4M states: minutes unoptimised; run with --release"
 )]
 fn two_nodes_two_faults() {
-    check(Protocol::new(2, 4, 2, 2).with_liveness(), 1_543_163);
+    check(Protocol::new(2, 4, 2, 2).with_liveness(), 1_779_213);
 }
 
 #[test]
@@ -1645,7 +1764,11 @@ fn three_nodes_two_faults() {
 #[test]
 #[cfg_attr(debug_assertions, ignore = "run with --release")]
 fn without_the_lease_a_deposed_primary_speaks() {
-    let m = || Protocol::new(2, 3, 2, 2).mutated(Mutation::ReleaseWithoutLease);
+    let m = || {
+        Protocol::new(2, 3, 2, 2)
+            .without_fast_path()
+            .mutated(Mutation::ReleaseWithoutLease)
+    };
     breaks(m(), "a deposed primary never speaks again");
     // And worse: a node that booted on a late answer speaks its own history.
     breaks(m(), "no contradiction");
@@ -1655,7 +1778,9 @@ fn without_the_lease_a_deposed_primary_speaks() {
 #[cfg_attr(debug_assertions, ignore = "run with --release")]
 fn a_lease_as_long_as_detection_overlaps_the_next_primary() {
     breaks(
-        Protocol::new(2, 3, 2, 1).mutated(Mutation::LeaseTooLong),
+        Protocol::new(2, 3, 2, 1)
+            .without_fast_path()
+            .mutated(Mutation::LeaseTooLong),
         "a deposed primary never speaks again",
     );
 }
@@ -1665,6 +1790,15 @@ fn a_lease_as_long_as_detection_overlaps_the_next_primary() {
 fn uncovered_output_is_lost_at_failover() {
     breaks(
         Protocol::new(2, 3, 2, 1).mutated(Mutation::ReleaseUncovered),
+        "prefix",
+    );
+}
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "run with --release")]
+fn output_flowing_past_the_new_backups_state_is_lost_at_failover() {
+    breaks(
+        Protocol::new(2, 3, 2, 1).mutated(Mutation::FlowPastTheState),
         "prefix",
     );
 }
@@ -1685,17 +1819,47 @@ fn the_fence_backs_up_the_lease() {
     // harmless while leases hold: that primary's lease ran out before the
     // backup could learn of a view that fences it (or, dropped from the
     // view, nobody relies on what it acked).
-    let states = holds(Protocol::new(3, 3, 2, 1).mutated(Mutation::AckAfterFence));
+    let states = holds(
+        Protocol::new(3, 3, 2, 1)
+            .without_fast_path()
+            .mutated(Mutation::AckAfterFence),
+    );
     eprintln!("AckAfterFence: no property fails in {states} states");
     // With a lease that overlaps the next primary's (a clock running slow,
     // say), the fence is what keeps the deposed primary from releasing what
     // the new one does not have: without it, the two speak different steps.
     breaks(
         Protocol::new(2, 3, 2, 1)
+            .without_fast_path()
             .mutated(Mutation::LeaseTooLong)
             .mutated(Mutation::AckAfterFence),
         "no contradiction",
     );
+}
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "run with --release")]
+fn promotion_on_the_backups_word_rests_on_its_fence() {
+    // Promoted at once, the backup goes live while the old primary's lease still runs: only
+    // the fence (nothing received or acknowledged once it asked, or once it is not that
+    // primary's backup) keeps the old primary from releasing what the new one does not have.
+    breaks(
+        Protocol::new(2, 3, 2, 1).mutated(Mutation::AckAfterFence),
+        "no contradiction",
+    );
+    // And the old lease does overlap: without the fast path this is a violation.
+    let checker = Protocol::new(2, 3, 2, 2)
+        .checker()
+        .threads(1)
+        .finish_when(HasDiscoveries::AnyOf(
+            ["a deposed primary repeats output after its successor spoke"].into(),
+        ))
+        .spawn_bfs()
+        .join();
+    let path = checker
+        .discovery("a deposed primary repeats output after its successor spoke")
+        .unwrap();
+    eprintln!("a deposed primary repeats: {:?}", path.into_actions());
 }
 
 #[test]
@@ -1707,7 +1871,7 @@ fn a_guest_may_end_after_any_step() {
         Protocol::new(2, 3, 2, 1)
             .ending(Ending::From(0))
             .with_liveness(),
-        87_096,
+        101_316,
     );
 }
 

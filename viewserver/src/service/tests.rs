@@ -26,6 +26,8 @@ struct Node {
     deaf: bool,
     /// Reports in every ping that the guest ended.
     reports: Option<GuestEnd>,
+    /// Reports in every ping that it lost its stream from the primary of this view.
+    lost: Option<u64>,
 }
 
 impl Cluster {
@@ -49,7 +51,8 @@ impl Cluster {
     fn ping(&mut self, name: &'static str) -> PingReply {
         let n = self.node(name);
         n.seq += 1;
-        let (inc, seq, known, holds, reports) = (n.incarnation, n.seq, n.known, n.holds, n.reports);
+        let (inc, seq, known, holds, reports, lost) =
+            (n.incarnation, n.seq, n.known, n.holds, n.reports, n.lost);
         let r = self
             .vs
             .ping(&Ping {
@@ -59,6 +62,7 @@ impl Cluster {
                 viewnum: known,
                 holds: Some(holds),
                 finished: reports,
+                primary_lost: lost,
             })
             .unwrap();
         let v = &r.status.view;
@@ -114,6 +118,7 @@ fn lab_ping(vs: &mut ViewService, server: &str, viewnum: u64) -> View {
         viewnum,
         holds: None,
         finished: None,
+        primary_lost: None,
     })
     .unwrap()
     .status
@@ -340,6 +345,7 @@ fn stale_pings_are_answered_but_not_applied() {
             viewnum: 2,
             holds: Some(0),
             finished: None,
+            primary_lost: None,
         })
         .unwrap();
     assert!(c.vs.backup_ready(), "a stale ping changed readiness");
@@ -355,6 +361,7 @@ fn stale_pings_are_answered_but_not_applied() {
             viewnum: 2,
             holds: Some(2),
             finished: None,
+            primary_lost: None,
         })
         .unwrap();
     assert!(!r.lease);
@@ -376,6 +383,7 @@ fn pings_of_a_replaced_incarnation_are_refused() {
             viewnum: 1,
             holds: Some(1),
             finished: None,
+            primary_lost: None,
         })
         .unwrap_err();
     assert!(matches!(err, PingError::StaleIncarnation { .. }), "{err}");
@@ -388,6 +396,7 @@ fn pings_of_a_replaced_incarnation_are_refused() {
             viewnum: 0,
             holds: None,
             finished: None,
+            primary_lost: None,
         }),
         Err(PingError::ZeroIncarnation)
     );
@@ -416,6 +425,7 @@ fn a_late_ping_from_an_earlier_process_does_not_depose_the_live_one() {
         viewnum: 0,
         holds: Some(0),
         finished: None,
+        primary_lost: None,
     });
     assert!(
         matches!(late, Err(PingError::StaleIncarnation { .. })),
@@ -741,4 +751,86 @@ fn the_end_survives_a_restart_of_the_service_and_old_stores_read_without_it() {
     old.as_object_mut().unwrap().remove("finished");
     let old: Persisted = serde_json::from_value(old).unwrap();
     assert_eq!(old.finished, None);
+}
+
+#[test]
+fn a_ready_backup_that_lost_its_primary_is_promoted_at_once() {
+    let mut c = pair();
+    c.ping("c");
+    c.node("b").lost = Some(2);
+    let r = c.ping("b");
+    // No interval passed: the primary has missed no ping yet.
+    assert_eq!(short(&r.status.view), view(3, "b", "c"));
+    // The old primary is alive and learns it was replaced: it is idle now, and may be
+    // co-opted later like anyone else.
+    assert!(!c.ping("a").lease);
+    assert!(c.vs.idle_servers().contains(&"a".to_string()));
+}
+
+#[test]
+fn the_backups_word_counts_only_for_the_current_acknowledged_view_with_its_state() {
+    // A report naming an older view (a ping that arrives late) changes nothing.
+    let mut c = pair();
+    c.node("b").lost = Some(1);
+    c.ping("b");
+    assert_eq!(short(&c.vs.view()), view(2, "a", "b"));
+    // Nor from a backup without the state.
+    let mut c = pair();
+    let b = c.node("b");
+    b.lost = Some(2);
+    b.holds = 0;
+    c.ping("b");
+    assert_eq!(short(&c.vs.view()), view(2, "a", "b"));
+    assert!(!c.vs.backup_ready());
+    // Nor from anyone but the backup.
+    let mut c = pair();
+    c.node("c").lost = Some(2);
+    c.ping("c");
+    assert_eq!(short(&c.vs.view()), view(2, "a", "b"));
+    // Nor before the primary acknowledged the view: until then it may still let output flow
+    // as the primary of the view before, which the backup does not hold.
+    let mut c = pair();
+    c.node("b").deaf = true;
+    c.intervals(5, &["b", "c"]);
+    assert_eq!(short(&c.vs.view()), view(3, "b", "c"));
+    let cn = c.node("c");
+    cn.known = 3;
+    cn.holds = 3;
+    cn.lost = Some(3);
+    c.ping("c");
+    assert!(!c.vs.primary_acked());
+    assert_eq!(short(&c.vs.view()), view(3, "b", "c"));
+    // Nor once the guest's end is recorded.
+    let mut c = pair();
+    c.node("a").reports = Some(POWERED_OFF);
+    c.ping("a");
+    c.node("b").lost = Some(2);
+    c.ping("b");
+    assert_eq!(short(&c.vs.view()), view(2, "a", "b"));
+}
+
+#[test]
+fn a_lab_backup_cannot_ask_to_be_promoted() {
+    // It says nothing of the state it holds, so its word is not enough.
+    let mut vs = ViewService::new(1, 3, 20);
+    lab_ping(&mut vs, "a", 0);
+    lab_ping(&mut vs, "a", 1);
+    lab_ping(&mut vs, "b", 0);
+    vs.tick();
+    lab_ping(&mut vs, "a", 1);
+    lab_ping(&mut vs, "b", 2);
+    lab_ping(&mut vs, "a", 2);
+    assert_eq!(short(&vs.view()), view(2, "a", "b"));
+    assert!(vs.primary_acked());
+    vs.ping(&Ping {
+        server: "b",
+        incarnation: None,
+        seq: None,
+        viewnum: 2,
+        holds: None,
+        finished: None,
+        primary_lost: Some(2),
+    })
+    .unwrap();
+    assert_eq!(short(&vs.view()), view(2, "a", "b"));
 }

@@ -137,14 +137,21 @@ impl Replication {
 
     /// A new backup (or the same one again after its stream broke): drop the old stream and
     /// return the generation the transfer must carry.
-    pub fn begin_transfer(&self) -> u64 {
+    ///
+    /// `first`: the first transfer to this view's backup, which holds nothing of this view yet
+    /// and so can be promoted only with a state this primary takes later, which will carry
+    /// all output released before it. Output then flows on, as with no backup, until the
+    /// state is taken (`take_state` stops it with the guest paused); a new primary's first
+    /// output need not wait for its new backup's transfer. Otherwise (a retry: the backup may
+    /// hold an older state of this view and be promoted with it) output is held from now on.
+    pub fn begin_transfer(&self, first: bool) -> u64 {
         let mut g = self.lock();
         g.generation += 1;
         g.stream = Stream::Idle;
         self.changed();
         let generation = g.generation;
         drop(g);
-        self.queue.set_free_flow(false);
+        self.queue.set_free_flow(first);
         generation
     }
 
@@ -447,6 +454,9 @@ impl LogSink for ReplicaSink {
         tracker
             .set_dirty_logging(false)
             .map_err(|source| SnapshotError::DirtyLogging { on: false, source })?;
+        // From this state on, output waits for the backup (it flowed until now only if this is
+        // the view's first transfer; see `begin_transfer`): everything before is in the state.
+        self.shared.queue.set_free_flow(false);
         point.next_seq = self.next_seq;
         point.released = self.shared.queue.released();
         let mut state = MachineState::save(m, point)?;
