@@ -148,6 +148,11 @@ struct Shared {
     writer: Mutex<Writer>,
     peer: SocketAddr,
     cfg: ChannelConfig,
+    /// Set when the receiver closes: the heartbeat thread waits on it between heartbeats
+    /// (not on `cond`, which fires on every entry), so closing never waits out a sleep. A
+    /// promoted backup closes its receiver on the way to going live.
+    hb_stop: Mutex<bool>,
+    hb_wake: Condvar,
 }
 
 impl std::fmt::Debug for Shared {
@@ -260,6 +265,8 @@ impl LogReceiver {
             }),
             peer,
             cfg,
+            hb_stop: Mutex::new(false),
+            hb_wake: Condvar::new(),
         });
         let first = hello.first_seq;
         let s = Arc::clone(&shared);
@@ -415,6 +422,8 @@ impl LogReceiver {
             }
         }
         self.shared.cond.notify_all();
+        *super::stream::lock(&self.shared.hb_stop) = true;
+        self.shared.hb_wake.notify_all();
         shutdown(&self.stream);
         if let Some(h) = self.reader.take() {
             let _ = h.join();
@@ -533,8 +542,16 @@ fn read_loop(shared: &Shared, mut reader: MsgReader, first_seq: u64) -> ChannelE
 fn heartbeat_loop(shared: &Shared) {
     let interval = shared.cfg.heartbeat_interval;
     loop {
-        // Sleep rather than wait on the condvar: it fires on every entry.
-        std::thread::sleep(shared.cfg.poll_interval());
+        {
+            let stop = super::stream::lock(&shared.hb_stop);
+            let (stop, _) = shared
+                .hb_wake
+                .wait_timeout_while(stop, shared.cfg.poll_interval(), |s| !*s)
+                .unwrap_or_else(|p| p.into_inner());
+            if *stop {
+                return;
+            }
+        }
         let newest = {
             let g = shared.lock();
             if g.error.is_some() || g.closing {

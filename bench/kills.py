@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Failover time over many kills, in one cluster: a viewserver and three `understudy node`s
+running the ticker guest; KILLS times, once the view has an acknowledged primary and a ready
+backup, SIGKILL the primary and time, from the kill (ms): the backup asking to be promoted
+(`primary_lost`), the view service naming it primary (`view_changed`), it going live
+(`going_live`), and its first line on stdout (the first released output). A fresh node takes
+the killed one's place each round. Prints a markdown table of percentiles on stdout and how
+many promotions did not come on the backup's word; progress on stderr.
+
+    bench/kills.py                 # KILLS=100, ticker at 100 Hz, 100 ms pings
+    KILLS=20 HZ=1000 bench/kills.py
+
+Environment: KILLS (100), HZ (guest ticker rate, 100), PING_MS (100), BIN (the understudy
+binary, default target/release/understudy; build it first with `cargo build --release`).
+Every process is started by this script and killed by PID at the end; work files go to a
+temporary directory that is removed unless BENCH_KEEP=1.
+"""
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+KILLS = int(os.environ.get("KILLS", "100"))
+HZ = int(os.environ.get("HZ", "100"))
+PING_MS = int(os.environ.get("PING_MS", "100"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("BIN", os.path.join(ROOT, "target", "release", "understudy"))
+WAIT = 60.0
+
+
+def log(msg):
+    print(f"bench/kills.py: {msg}", file=sys.stderr, flush=True)
+
+
+def unix_ms():
+    return time.time() * 1e3
+
+
+def events(path):
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def wait_until(what, pred, timeout=WAIT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.01)
+    raise SystemExit(f"bench/kills.py: timed out waiting for {what}")
+
+
+class Proc:
+    """A child process whose stdout lines are stamped (time.time, ms) as they arrive."""
+
+    def __init__(self, args, name, work):
+        self.name = name
+        self.events = os.path.join(work, f"{name}.events")
+        self.lines = []
+        self.out = []
+        self.p = subprocess.Popen(
+            args + ["--events", self.events],
+            stdout=subprocess.PIPE,
+            stderr=open(os.path.join(work, f"{name}.log"), "w"),
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.lines.append(unix_ms())
+            self.out.append(line)
+
+    def first_line_after(self, t):
+        return next((at for at in list(self.lines) if at > t), None)
+
+    def named(self, name):
+        return [e for e in events(self.events) if e.get("event") == name]
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGKILL)
+        self.p.wait()
+
+
+def main():
+    if not os.access(BIN, os.X_OK):
+        raise SystemExit(f"bench/kills.py: {BIN} is missing: run `cargo build --release` first")
+    work = tempfile.mkdtemp(prefix="understudy-kills-")
+    procs = []
+    try:
+        vs = Proc([BIN, "viewserver", "--listen", "127.0.0.1:0", "--data-dir",
+                   os.path.join(work, "vs.data"), "--ping-interval-ms", str(PING_MS)], "vs", work)
+        procs.append(vs)
+        addr = wait_until("the viewserver's address",
+                          lambda: next((e["addr"] for e in events(vs.events)
+                                        if e.get("event") == "listening"), None))
+        nodes = {}
+        serial = [0]
+
+        def start_node():
+            serial[0] += 1
+            n = Proc([BIN, "node", "--viewserver", addr, "--listen", "127.0.0.1:0",
+                      "--ping-interval-ms", str(PING_MS), "--guest", "ticker",
+                      "--guest-arg", f"hz={HZ}", "--guest-arg", "ticks=4000000000"],
+                     f"n{serial[0]}", work)
+            procs.append(n)
+            name = wait_until(f"node n{serial[0]} to start",
+                              lambda: next((e["name"] for e in events(n.events)
+                                            if e.get("event") == "started"), None))
+            nodes[name] = n
+
+        for _ in range(3):
+            start_node()
+        rows = []
+        by_ping = 0
+        for k in range(KILLS):
+            def ready():
+                try:
+                    out = subprocess.run([BIN, "view", "--viewserver", addr, "--json"],
+                                         capture_output=True, text=True, timeout=5)
+                    s = json.loads(out.stdout)
+                except (ValueError, subprocess.TimeoutExpired):
+                    return None
+                ok = (s.get("acked") and s.get("backup_ready") and s.get("primary") in nodes
+                      and s.get("backup") in nodes)
+                return s if ok else None
+            s = wait_until("an acknowledged view with a ready backup", ready)
+            # Let the new backup's stream run a little, as a backup usually has.
+            time.sleep(0.3)
+            p, b = nodes[s["primary"]], nodes[s["backup"]]
+            viewnum = s["viewnum"]
+            t0 = unix_ms()
+            p.kill()
+            del nodes[s["primary"]]
+            live = wait_until("the backup to go live",
+                              lambda: next((e for e in b.named("going_live")
+                                            if e["view"] > viewnum), None))
+            first = wait_until("the new primary's first output",
+                               lambda: b.first_line_after(t0))
+            asked = next((e["t_unix_ms"] for e in b.named("primary_lost")
+                          if e["view"] == viewnum), None)
+            changed = next((e["t_unix_ms"] for e in vs.named("view_changed")
+                            if e["view"]["viewnum"] == viewnum + 1), None)
+            if asked is None:
+                by_ping += 1
+            rows.append((None if asked is None else asked - t0,
+                         None if changed is None else changed - t0,
+                         live["t_unix_ms"] - t0, first - t0))
+            log(f"kill {k + 1}/{KILLS}: asked {rows[-1][0]}, view {rows[-1][1]:.0f}, "
+                f"live {rows[-1][2]:.0f}, first output {rows[-1][3]:.0f} ms")
+            start_node()
+    finally:
+        for p in procs:
+            p.kill()
+        if os.environ.get("BENCH_KEEP") == "1":
+            log(f"work files kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def pct(i, q):
+        vals = sorted(r[i] for r in rows if r[i] is not None)
+        if not vals:
+            return "-"
+        return f"{vals[min(len(vals) - 1, int(q * len(vals)))]:.0f}"
+
+    print(f"{len(rows)} SIGKILLs of the primary, ticker at {HZ} Hz, {PING_MS} ms pings; "
+          f"ms after the kill")
+    print()
+    print("| | backup asks | view changes | new primary live | first output |")
+    print("|---|---:|---:|---:|---:|")
+    for label, q in (("min", 0.0), ("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)):
+        print(f"| {label} | " + " | ".join(pct(i, q) for i in range(4)) + " |")
+    print()
+    print(f"Promotions without the backup's word (after missed pings): {by_ping} of {len(rows)}")
+    if rows:
+        print(f"Mean first output: {statistics.mean(r[3] for r in rows):.1f} ms "
+              f"(the ticker prints every {1000 / HZ:.0f} ms)")
+
+
+if __name__ == "__main__":
+    main()

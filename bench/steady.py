@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""False failovers under load: a viewserver, a primary and a backup (ticker guest) run for SECS
+seconds with HOGS busy processes competing for the CPUs; nobody is killed. Counts every view
+change after the pair formed, how many came on the backup's word (`primary_lost`), the backup's
+replay failures, and checks that what the primary released is its guest's console (one
+history). Prints a short markdown summary on stdout; progress on stderr.
+
+    bench/steady.py                       # SECS=600, HOGS=2, ticker at 100 Hz, 100 ms pings
+    SECS=60 HOGS=0 bench/steady.py
+
+Environment: SECS (600), HOGS (2: one per core here), HZ (100), PING_MS (100), BIN. Every
+process is started here and killed by PID at the end.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kills import BIN, PING_MS, Proc, events, log, wait_until  # noqa: E402
+
+SECS = int(os.environ.get("SECS", "600"))
+HOGS = int(os.environ.get("HOGS", "2"))
+HZ = int(os.environ.get("HZ", "100"))
+
+
+def main():
+    if not os.access(BIN, os.X_OK):
+        raise SystemExit(f"bench/steady.py: {BIN} is missing: run `cargo build --release` first")
+    work = tempfile.mkdtemp(prefix="understudy-steady-")
+    procs = []
+    hogs = []
+    try:
+        vs = Proc([BIN, "viewserver", "--listen", "127.0.0.1:0", "--data-dir",
+                   os.path.join(work, "vs.data"), "--ping-interval-ms", str(PING_MS)], "vs", work)
+        procs.append(vs)
+        addr = wait_until("the viewserver's address",
+                          lambda: next((e["addr"] for e in events(vs.events)
+                                        if e.get("event") == "listening"), None))
+        nodes = []
+        for i in range(2):
+            n = Proc([BIN, "node", "--viewserver", addr, "--listen", "127.0.0.1:0",
+                      "--ping-interval-ms", str(PING_MS), "--guest", "ticker",
+                      "--guest-arg", f"hz={HZ}", "--guest-arg", "ticks=4000000000",
+                      "--transcript", os.path.join(work, f"n{i}.transcript")],
+                     f"n{i}", work)
+            procs.append(n)
+            nodes.append(n)
+            time.sleep(0.5)
+        # The pair formed: an acknowledged view with a ready backup.
+        wait_until("the pair", lambda: any(e.get("event") == "state_installed"
+                                           for n in nodes for e in events(n.events)))
+        formed = max(e["view"]["viewnum"] for e in vs.named("view_changed"))
+        for _ in range(HOGS):
+            hogs.append(subprocess.Popen(["sh", "-c", "while :; do :; done"]))
+        log(f"pair formed in view {formed}; {HOGS} CPU hogs for {SECS} s")
+        time.sleep(SECS)
+        changes = [e for e in vs.named("view_changed") if e["view"]["viewnum"] > formed]
+        asked = sum(len(n.named("primary_lost")) for n in nodes)
+        failed = sum(len(n.named("replay_failed")) for n in nodes)
+        stepped = sum(len(n.named("stepped_down")) for n in nodes)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+        for p in procs:
+            p.kill()
+    # One history: each node's released stdout is a stretch of the first primary's console
+    # (the only primary, when nothing failed over).
+    first = nodes[0]
+    released = b"".join(first.out)
+    with open(os.path.join(work, "n0.transcript"), "rb") as f:
+        transcript = f.read()
+    one_history = transcript.startswith(released)
+    if os.environ.get("BENCH_KEEP") == "1":
+        log(f"work files kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{SECS} s, primary + backup, ticker at {HZ} Hz, {PING_MS} ms pings, {HOGS} CPU hogs")
+    print()
+    print("| view changes | on the backup's word | primaries stepped down | backup replay failures "
+          "| released bytes | first primary's output is its console |")
+    print("|---:|---:|---:|---:|---:|---|")
+    print(f"| {len(changes)} | {asked} | {stepped} | {failed} | {len(released)} | "
+          f"{'yes' if one_history else 'NO'} |")
+    for e in changes:
+        print(f"- view {e['view']['viewnum']}: primary {e['view']['primary']}, "
+              f"backup {e['view']['backup'] or '(none)'}")
+
+
+if __name__ == "__main__":
+    main()
