@@ -11,7 +11,9 @@ many promotions did not come on the backup's word; progress on stderr.
     KILLS=20 HZ=1000 bench/kills.py
 
 Environment: KILLS (100), HZ (guest ticker rate, 100), PING_MS (100), BIN (the understudy
-binary, default target/release/understudy; build it first with `cargo build --release`).
+binary, default target/release/understudy; build it first with `cargo build --release`),
+SVG (a file to draw every failover's timeline into: one bar per kill, sorted by its time to
+the first output, split at the backup's request, the view change and going live).
 Every process is started by this script and killed by PID at the end; work files go to a
 temporary directory that is removed unless BENCH_KEEP=1.
 """
@@ -36,7 +38,7 @@ WAIT = 60.0
 
 
 def log(msg):
-    print(f"bench/kills.py: {msg}", file=sys.stderr, flush=True)
+    print(f"bench/{os.path.basename(sys.argv[0])}: {msg}", file=sys.stderr, flush=True)
 
 
 def unix_ms():
@@ -91,6 +93,46 @@ class Proc:
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGKILL)
         self.p.wait()
+
+
+PHASES = (("kill → backup asks", "#d62728"), ("→ view changes", "#ff7f0e"),
+          ("→ new primary live", "#2ca02c"), ("→ first output", "#1f77b4"))
+
+
+def draw(path, rows, title):
+    """Every kill's timeline as one horizontal bar, in ms after the kill."""
+    rows = sorted(rows, key=lambda r: r[3])
+    left, top, width, bar = 60, 50, 700, 4
+    span = max(r[3] for r in rows) * 1.1
+    x = lambda ms: left + width * max(0.0, ms) / span
+    height = top + bar * len(rows) + 70
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 20}" '
+           f'height="{height}" font-family="sans-serif" font-size="12">',
+           f'<text x="{left}" y="20" font-size="14">{title}</text>']
+    for i, r in enumerate(rows):
+        y = top + i * bar
+        start = 0.0
+        for (_, color), end in zip(PHASES, r):
+            if end is None:
+                continue
+            out.append(f'<rect x="{x(start):.1f}" y="{y}" width="{max(0.5, x(end) - x(start)):.1f}" '
+                       f'height="{bar - 1}" fill="{color}"/>')
+            start = max(start, end)
+    base = top + bar * len(rows)
+    step = 5 if span <= 60 else 10 if span <= 150 else 50
+    for t in range(0, int(span) + 1, step):
+        out.append(f'<line x1="{x(t):.1f}" y1="{top}" x2="{x(t):.1f}" y2="{base}" '
+                   f'stroke="#ccc" stroke-width="0.5"/>')
+        out.append(f'<text x="{x(t):.1f}" y="{base + 15}" text-anchor="middle">{t}</text>')
+    out.append(f'<text x="{left + width / 2}" y="{base + 32}" text-anchor="middle">'
+               f'ms after the SIGKILL (one bar per kill, sorted)</text>')
+    for k, (label, color) in enumerate(PHASES):
+        lx = left + k * 175
+        out.append(f'<rect x="{lx}" y="{base + 45}" width="10" height="10" fill="{color}"/>')
+        out.append(f'<text x="{lx + 14}" y="{base + 54}">{label}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
 
 
 def main():
@@ -157,8 +199,8 @@ def main():
             rows.append((None if asked is None else asked - t0,
                          None if changed is None else changed - t0,
                          live["t_unix_ms"] - t0, first - t0))
-            log(f"kill {k + 1}/{KILLS}: asked {rows[-1][0]}, view {rows[-1][1]:.0f}, "
-                f"live {rows[-1][2]:.0f}, first output {rows[-1][3]:.0f} ms")
+            shown = ", ".join("-" if v is None else f"{v:.1f}" for v in rows[-1])
+            log(f"kill {k + 1}/{KILLS}: asked, view, live, first output: {shown} ms")
             start_node()
     finally:
         for p in procs:
@@ -172,7 +214,7 @@ def main():
         vals = sorted(r[i] for r in rows if r[i] is not None)
         if not vals:
             return "-"
-        return f"{vals[min(len(vals) - 1, int(q * len(vals)))]:.0f}"
+        return f"{max(0.0, vals[min(len(vals) - 1, int(q * len(vals)))]):.0f}"
 
     print(f"{len(rows)} SIGKILLs of the primary, ticker at {HZ} Hz, {PING_MS} ms pings; "
           f"ms after the kill")
@@ -186,6 +228,10 @@ def main():
     if rows:
         print(f"Mean first output: {statistics.mean(r[3] for r in rows):.1f} ms "
               f"(the ticker prints every {1000 / HZ:.0f} ms)")
+    if rows and os.environ.get("SVG"):
+        draw(os.environ["SVG"], rows,
+             f"{len(rows)} SIGKILLs of the primary: ticker at {HZ} Hz, {PING_MS} ms pings")
+        log(f"timeline drawn in {os.environ['SVG']}")
 
 
 if __name__ == "__main__":

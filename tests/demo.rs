@@ -127,6 +127,42 @@ fn a_guest_that_finishes_before_the_kill_is_reported_as_that_with_what_to_change
     }
 }
 
+/// A guest that triple-faults (or asks for a reset) before the kill ended too: the demo says so,
+/// the way it says a power-off, rather than waiting for a failover that cannot come.
+#[test]
+fn a_guest_that_triple_faults_before_the_kill_is_reported_as_finished() {
+    for end in ["triplefault", "reset"] {
+        let Some(out) = demo(&[
+            "--guest",
+            "ticker",
+            "--guest-arg",
+            "ticks=60",
+            "--guest-arg",
+            &format!("end={end}"),
+            "--kill-after-secs",
+            "60",
+        ]) else {
+            return;
+        };
+        let text = common::stdout(&out);
+        let all = format!("{text}\nstderr:\n{}", common::stderr(&out));
+        assert_eq!(out.status.code(), Some(1), "end={end}:\n{all}");
+        let said = if end == "reset" {
+            "it asked for a reset"
+        } else {
+            "it triple-faulted"
+        };
+        assert!(
+            text.contains("the guest finished before the kill") && text.contains(said),
+            "end={end}: not said plainly:\n{all}"
+        );
+        assert!(
+            !text.contains("SIGKILL"),
+            "end={end}: killed anyway:\n{all}"
+        );
+    }
+}
+
 /// A work directory used again starts afresh: the last run's view service (here one that
 /// recorded its guest's end, so it would send every node away) and events are not the new
 /// run's.

@@ -145,7 +145,8 @@ fn more_work_hint(guest: &str, kill_after_secs: f64, run_after_secs: f64) -> Str
 #[derive(Debug, Clone)]
 struct PoweredOff {
     node: &'static str,
-    code: serde_json::Value,
+    /// How it ended, for people: "powered off (exit code 3)", "triple-faulted", ...
+    how: String,
     /// On a backup, replaying the power-off its primary's guest did.
     replayed: bool,
     t_unix_ms: f64,
@@ -159,14 +160,28 @@ impl PoweredOff {
     }
 }
 
-/// The earliest report, from any node, that the guest powered off.
+/// The earliest report, from any node, that the guest ended: powered off, triple-faulted, or
+/// asked for a reset.
 fn powered_off(nodes: &[(&'static str, EventsFile)]) -> Result<Option<PoweredOff>, String> {
     let mut first: Option<PoweredOff> = None;
+    let ends = [
+        "guest_powered_off",
+        "guest_triple_faulted",
+        "guest_reset_requested",
+    ];
     for (node, events) in nodes {
-        for e in events_named(events, "guest_powered_off")? {
+        let all = events.read().map_err(|e| e.to_string())?;
+        for e in all.iter().filter(|e| ends.iter().any(|n| is(e, n))) {
+            let how = if is(e, "guest_powered_off") {
+                format!("powered off (exit code {})", e["code"])
+            } else if is(e, "guest_triple_faulted") {
+                "triple-faulted".to_string()
+            } else {
+                "asked for a reset (understudy does not reboot guests)".to_string()
+            };
             let off = PoweredOff {
                 node,
-                code: e["code"].clone(),
+                how,
                 replayed: e["replayed"].as_bool().unwrap_or(false),
                 t_unix_ms: e["t_unix_ms"].as_f64().unwrap_or(f64::MAX),
             };
@@ -428,8 +443,8 @@ impl Demo {
             "the backup B replayed it from A's log"
         };
         format!(
-            "the guest finished before the kill: it powered off (exit code {}) {when}; {seen}. There was no running guest to fail over, so this is not a failover failure. To see a failover, {}{sooner}.",
-            off.code,
+            "the guest finished before the kill: it {} {when}; {seen}. There was no running guest to fail over, so this is not a failover failure. To see a failover, {}{sooner}.",
+            off.how,
             more_work_hint(&args.guest, args.kill_after_secs, args.run_after_secs)
         )
     }
@@ -842,8 +857,8 @@ fn scenario(
         checks.push((
             false,
             format!(
-                "the guest kept running through the checks: it finished after the failover, powering off (exit code {}) on {} {:.1} s after the kill. For the checks to see it running, {}, or a shorter --run-after-secs",
-                off.code,
+                "the guest kept running through the checks: it finished after the failover (it {} on {} {:.1} s after the kill). For the checks to see it running, {}, or a shorter --run-after-secs",
+                off.how,
                 off.node,
                 (off.t_unix_ms - killed_unix_ms) / 1e3,
                 more_work_hint(&args.guest, args.kill_after_secs, args.run_after_secs)
