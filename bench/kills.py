@@ -95,6 +95,16 @@ class Proc:
         self.p.wait()
 
 
+def start_viewserver(work):
+    """A viewserver keeping its state under `work`; (its process, its address)."""
+    vs = Proc([BIN, "viewserver", "--listen", "127.0.0.1:0", "--data-dir",
+               os.path.join(work, "vs.data"), "--ping-interval-ms", str(PING_MS)], "vs", work)
+    addr = wait_until("the viewserver's address",
+                      lambda: next((e["addr"] for e in events(vs.events)
+                                    if e.get("event") == "listening"), None))
+    return vs, addr
+
+
 PHASES = (("kill → backup asks", "#d62728"), ("→ view changes", "#ff7f0e"),
           ("→ new primary live", "#2ca02c"), ("→ first output", "#1f77b4"))
 
@@ -141,12 +151,8 @@ def main():
     work = tempfile.mkdtemp(prefix="understudy-kills-")
     procs = []
     try:
-        vs = Proc([BIN, "viewserver", "--listen", "127.0.0.1:0", "--data-dir",
-                   os.path.join(work, "vs.data"), "--ping-interval-ms", str(PING_MS)], "vs", work)
+        vs, addr = start_viewserver(work)
         procs.append(vs)
-        addr = wait_until("the viewserver's address",
-                          lambda: next((e["addr"] for e in events(vs.events)
-                                        if e.get("event") == "listening"), None))
         nodes = {}
         serial = [0]
 

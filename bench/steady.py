@@ -20,7 +20,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kills import BIN, PING_MS, Proc, events, log, wait_until  # noqa: E402
+from kills import BIN, PING_MS, Proc, events, log, start_viewserver, wait_until  # noqa: E402
 
 SECS = int(os.environ.get("SECS", "600"))
 HOGS = int(os.environ.get("HOGS", "2"))
@@ -34,12 +34,8 @@ def main():
     procs = []
     hogs = []
     try:
-        vs = Proc([BIN, "viewserver", "--listen", "127.0.0.1:0", "--data-dir",
-                   os.path.join(work, "vs.data"), "--ping-interval-ms", str(PING_MS)], "vs", work)
+        vs, addr = start_viewserver(work)
         procs.append(vs)
-        addr = wait_until("the viewserver's address",
-                          lambda: next((e["addr"] for e in events(vs.events)
-                                        if e.get("event") == "listening"), None))
         nodes = []
         for i in range(2):
             n = Proc([BIN, "node", "--viewserver", addr, "--listen", "127.0.0.1:0",

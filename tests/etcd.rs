@@ -619,10 +619,7 @@ fn nodes_fail_over_with_viewservers_on_etcd() {
         "the backup never went live\n{}",
         c.logs()
     );
-    let deadline = Instant::now() + LONG;
-    while c.nodes[b].out().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    c.nodes[b].wait_output(LONG);
     assert!(!p_out.is_empty(), "the first primary released nothing");
     let r = c.check_history(b);
     assert!(

@@ -152,7 +152,7 @@ fn inspect_and_dump_agree_with_each_other_and_with_the_run() {
     let dump = understudy(&["log", "dump", log.to_str().unwrap(), "--kind", "end"]);
     assert_ok(&dump, "dump --kind end");
     assert!(
-        stdout(&dump).contains("end (PowerOff { code: 0 })"),
+        stdout(&dump).contains("end (power-off, exit code 0)"),
         "{}",
         stdout(&dump)
     );

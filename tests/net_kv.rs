@@ -377,7 +377,7 @@ fn a_recorded_kv_run_replays_every_frame() {
 
     let info = inspect_json(&log);
     assert_eq!(info["complete"], true);
-    assert_eq!(info["end"], "PowerOff { code: 0 }");
+    assert_eq!(info["end"], "power-off, exit code 0");
     let tx = info["network"]["tx"]["frames"].as_u64().unwrap();
     let rx = info["network"]["rx"]["frames"].as_u64().unwrap();
     assert!(tx > 1000 && rx > 1000, "frames: {tx} out, {rx} in");

@@ -169,9 +169,14 @@ fn a_plain_run_prints_the_guest_console_and_returns_its_exit_code() {
 #[test]
 fn a_reset_request_or_a_triple_fault_ends_the_run_and_replays() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for (end, code, says) in [
-        ("end=reset", 0, "asked for a reset (0x64 <- 0xfe)"),
-        ("end=triplefault", 1, "triple fault"),
+    for (end, code, says, inspected) in [
+        (
+            "end=reset",
+            0,
+            "asked for a reset (0x64 <- 0xfe)",
+            "reset request (0xfe to port 0x64)",
+        ),
+        ("end=triplefault", 1, "triple fault", "triple fault"),
     ] {
         let log = dir.path().join(format!("{end}.ulog"));
         let log = log.to_str().unwrap();
@@ -203,6 +208,13 @@ fn a_reset_request_or_a_triple_fault_ends_the_run_and_replays() {
             assert!(stderr(&r).contains("triple fault"), "{}", stderr(&r));
         }
         assert_eq!(replayed, stdout(&o), "the replay printed another console");
+        // `log inspect` names the end in words.
+        let i = understudy(&["log", "inspect", log]);
+        assert!(
+            stdout(&i).contains(&format!("end:        {inspected}")),
+            "{}",
+            stdout(&i)
+        );
     }
 }
 
@@ -278,7 +290,7 @@ fn ctrl_c_ends_a_recording_cleanly_and_the_log_replays_to_that_point() {
 
     let info = inspect_json(&log);
     assert_eq!(info["complete"], true, "{info}");
-    assert_eq!(info["end"], "Stopped", "{info}");
+    assert_eq!(info["end"], "recording stopped", "{info}");
     let rep = replay(&log);
     assert_ok(&rep, "replay of the stopped recording");
     assert!(

@@ -152,7 +152,7 @@ fn inspect(args: &InspectArgs) -> CmdResult {
             Entry::Inject { .. } => interrupts.at_exit += 1,
             Entry::Irq { .. } => interrupts.irq_raised += 1,
             Entry::Digest { .. } => digests += 1,
-            Entry::End { reason, .. } => end = Some(format!("{reason:?}")),
+            Entry::End { reason, .. } => end = Some(reason.to_string()),
             _ => {}
         }
     }

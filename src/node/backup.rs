@@ -478,16 +478,19 @@ fn replay_stream(
                 last_seq: stopped.last_seq,
             });
             // Only a connection the primary's side closed or reset without a `Bye` says its
-            // process is gone (the kernel closes a killed process's sockets at once). Silence
-            // may be a slow link, which the primary's missed pings judge; a `Bye` comes from a
-            // live primary. Asked before the receiver is dropped (which waits for its
-            // threads): the connection is gone, so nothing more can be acknowledged.
+            // process is gone (the kernel closes a killed process's sockets at once, with a
+            // reset if our acks were still unread: then an ack's write may be what fails
+            // first). Silence may be a slow link, which the primary's missed pings judge; a
+            // `Bye` comes from a live primary. Asked before the receiver is dropped (which
+            // waits for its threads): the connection is gone, so nothing more can be
+            // acknowledged.
             let peer_gone = matches!(
                 source.ended_by(),
                 Some(
                     ChannelError::PeerClosed { .. }
                         | ChannelError::Truncated { .. }
                         | ChannelError::Read { .. }
+                        | ChannelError::Write { .. }
                 )
             );
             let asked_promotion = peer_gone && ask_promotion(views, &sender_name, offered);

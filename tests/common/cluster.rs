@@ -50,6 +50,15 @@ impl DerefMut for Proc {
 }
 
 impl Proc {
+    /// Waits up to `timeout` for the node to release its first output; whether it did.
+    pub fn wait_output(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.out().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        !self.out().is_empty()
+    }
+
     /// The node's events so far, in order (complete lines only: one may be being written).
     pub fn events(&self) -> Vec<serde_json::Value> {
         self.events_file().read().unwrap_or_else(|e| panic!("{e}"))

@@ -93,7 +93,7 @@ pub fn describe(entry: &Entry) -> String {
             format!("console input of {} bytes at {pos}", bytes.len())
         }
         Entry::Digest { .. } => format!("digest at {pos}"),
-        Entry::End { reason, .. } => format!("end ({reason:?}) at {pos}"),
+        Entry::End { reason, .. } => format!("end ({reason}) at {pos}"),
         Entry::Output { console_bytes, .. } => {
             format!("output up to console byte {console_bytes} at {pos}")
         }

@@ -46,6 +46,20 @@ pub enum EndReason {
     Stopped,
 }
 
+impl std::fmt::Display for EndReason {
+    /// How `log inspect` and `log dump` name the end.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndReason::PowerOff { code } => write!(f, "power-off, exit code {code}"),
+            EndReason::Shutdown => f.write_str("triple fault"),
+            EndReason::Reset { port, value } => {
+                write!(f, "reset request ({value:#04x} to port {port:#x})")
+            }
+            EndReason::Stopped => f.write_str("recording stopped"),
+        }
+    }
+}
+
 /// One nondeterministic event (or a checkpoint) of the recorded run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Entry {
