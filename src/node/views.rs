@@ -302,6 +302,20 @@ pub fn spawn_pinger(views: Arc<Views>) -> std::io::Result<JoinHandle<()>> {
                         views.changed.notify_all();
                         return;
                     }
+                    Err(ClientError::Status {
+                        status: 400,
+                        message,
+                        ..
+                    }) if req.primary_lost.is_some() => {
+                        // A view service older than the request to be promoted refuses the
+                        // field it does not know: ask no more, and let missed pings decide.
+                        eprintln!(
+                            "node {}: the view service refused the request to be promoted ({message}); the failover waits for the primary's missed pings",
+                            views.me
+                        );
+                        views.lock().primary_lost = None;
+                        continue;
+                    }
                     Err(e) => {
                         let msg = e.to_string();
                         let mut g = views.lock();
