@@ -95,6 +95,21 @@ class Proc:
         self.p.wait()
 
 
+def need_binary():
+    """Exits with a clear message if the understudy binary is not built."""
+    if not os.access(BIN, os.X_OK):
+        raise SystemExit(f"bench/{os.path.basename(sys.argv[0])}: {BIN} is missing: "
+                         "run `cargo build --release` first")
+
+
+def ticker_node(addr, name, work, hz, more=()):
+    """An `understudy node` running the ticker at `hz` (for ever, in practice)."""
+    return Proc([BIN, "node", "--viewserver", addr, "--listen", "127.0.0.1:0",
+                 "--ping-interval-ms", str(PING_MS), "--guest", "ticker",
+                 "--guest-arg", f"hz={hz}", "--guest-arg", "ticks=4000000000", *more],
+                name, work)
+
+
 def start_viewserver(work):
     """A viewserver keeping its state under `work`; (its process, its address)."""
     vs = Proc([BIN, "viewserver", "--listen", "127.0.0.1:0", "--data-dir",
@@ -146,8 +161,7 @@ def draw(path, rows, title):
 
 
 def main():
-    if not os.access(BIN, os.X_OK):
-        raise SystemExit(f"bench/kills.py: {BIN} is missing: run `cargo build --release` first")
+    need_binary()
     work = tempfile.mkdtemp(prefix="understudy-kills-")
     procs = []
     try:
@@ -158,10 +172,7 @@ def main():
 
         def start_node():
             serial[0] += 1
-            n = Proc([BIN, "node", "--viewserver", addr, "--listen", "127.0.0.1:0",
-                      "--ping-interval-ms", str(PING_MS), "--guest", "ticker",
-                      "--guest-arg", f"hz={HZ}", "--guest-arg", "ticks=4000000000"],
-                     f"n{serial[0]}", work)
+            n = ticker_node(addr, f"n{serial[0]}", work, HZ)
             procs.append(n)
             name = wait_until(f"node n{serial[0]} to start",
                               lambda: next((e["name"] for e in events(n.events)

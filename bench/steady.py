@@ -21,7 +21,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kills import BIN, PING_MS, Proc, events, log, start_viewserver, wait_until  # noqa: E402
+from kills import (  # noqa: E402
+    PING_MS, events, log, need_binary, start_viewserver, ticker_node, wait_until)
 
 SECS = int(os.environ.get("SECS", "600"))
 HOGS = int(os.environ.get("HOGS", "2"))
@@ -55,8 +56,7 @@ def draw_lag(path, samples, title):
 
 
 def main():
-    if not os.access(BIN, os.X_OK):
-        raise SystemExit(f"bench/steady.py: {BIN} is missing: run `cargo build --release` first")
+    need_binary()
     work = tempfile.mkdtemp(prefix="understudy-steady-")
     procs = []
     hogs = []
@@ -65,11 +65,8 @@ def main():
         procs.append(vs)
         nodes = []
         for i in range(2):
-            n = Proc([BIN, "node", "--viewserver", addr, "--listen", "127.0.0.1:0",
-                      "--ping-interval-ms", str(PING_MS), "--guest", "ticker",
-                      "--guest-arg", f"hz={HZ}", "--guest-arg", "ticks=4000000000",
-                      "--transcript", os.path.join(work, f"n{i}.transcript")],
-                     f"n{i}", work)
+            n = ticker_node(addr, f"n{i}", work, HZ,
+                            ["--transcript", os.path.join(work, f"n{i}.transcript")])
             procs.append(n)
             nodes.append(n)
             time.sleep(0.5)

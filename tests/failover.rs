@@ -355,8 +355,16 @@ fn a_primary_cut_off_from_the_viewserver_is_replaced_and_fenced() {
     assert_eq!(c.nodes[a].out(), a_out);
 }
 
-/// A dead time far beyond this test's patience: only the backup's word can promote it.
-const DEAD_PINGS_A_MINUTE: [&str; 2] = ["--dead-pings", "600"];
+/// A ticker cluster whose viewserver takes a minute to find a node dead, far beyond these
+/// tests' patience: only the backup's word can promote it in time.
+fn ticker_with_a_minute_dead_time() -> Cluster {
+    Cluster::start_with_viewserver_args(
+        "ticker",
+        &["hz=50", "ticks=1000000"],
+        PING_MS,
+        &["--dead-pings", "600"],
+    )
+}
 
 /// The primary is killed while the view service would take a minute to find it dead: the backup
 /// sees its connection close, asks, and is promoted at once; it speaks, and everything released
@@ -364,12 +372,7 @@ const DEAD_PINGS_A_MINUTE: [&str; 2] = ["--dead-pings", "600"];
 #[test]
 fn a_killed_primary_is_replaced_on_its_backups_word() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let mut c = Cluster::start_with_viewserver_args(
-        "ticker",
-        &["hz=50", "ticks=1000000"],
-        PING_MS,
-        &DEAD_PINGS_A_MINUTE,
-    );
+    let mut c = ticker_with_a_minute_dead_time();
     let (a, b) = c.primary_and_backup(None, LONG);
     c.add_node("127.0.0.1:0", None);
     let view = c.view().unwrap();
@@ -408,12 +411,7 @@ fn a_killed_primary_is_replaced_on_its_backups_word() {
 #[test]
 fn a_logging_channel_closed_under_a_live_primary_fails_over_without_contradiction() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let mut c = Cluster::start_with_viewserver_args(
-        "ticker",
-        &["hz=50", "ticks=1000000"],
-        PING_MS,
-        &DEAD_PINGS_A_MINUTE,
-    );
+    let mut c = ticker_with_a_minute_dead_time();
     let (a, b, proxy) = c.primary_and_backup_behind_proxy(LONG);
     let view = c.view().unwrap();
     std::thread::sleep(Duration::from_millis(500));

@@ -143,16 +143,16 @@ fn more_work_hint(guest: &str, kill_after_secs: f64, run_after_secs: f64) -> Str
 
 /// A node's report that the guest powered off.
 #[derive(Debug, Clone)]
-struct PoweredOff {
+struct GuestEnded {
     node: &'static str,
     /// How it ended, for people: "powered off (exit code 3)", "triple-faulted", ...
     how: String,
-    /// On a backup, replaying the power-off its primary's guest did.
+    /// On a backup, replaying the end its primary's guest came to.
     replayed: bool,
     t_unix_ms: f64,
 }
 
-impl PoweredOff {
+impl GuestEnded {
     /// A's guest, or B's replay of it, ended before A was killed (A's log cannot hold anything
     /// A did after its death); otherwise the new primary's guest ended after the failover.
     fn before_the_kill(&self) -> bool {
@@ -162,8 +162,8 @@ impl PoweredOff {
 
 /// The earliest report, from any node, that the guest ended: powered off, triple-faulted, or
 /// asked for a reset.
-fn powered_off(nodes: &[(&'static str, EventsFile)]) -> Result<Option<PoweredOff>, String> {
-    let mut first: Option<PoweredOff> = None;
+fn guest_ended(nodes: &[(&'static str, EventsFile)]) -> Result<Option<GuestEnded>, String> {
+    let mut first: Option<GuestEnded> = None;
     let ends = [
         "guest_powered_off",
         "guest_triple_faulted",
@@ -179,7 +179,7 @@ fn powered_off(nodes: &[(&'static str, EventsFile)]) -> Result<Option<PoweredOff
             } else {
                 "asked for a reset (understudy does not reboot guests)".to_string()
             };
-            let off = PoweredOff {
+            let off = GuestEnded {
                 node,
                 how,
                 replayed: e["replayed"].as_bool().unwrap_or(false),
@@ -249,9 +249,16 @@ impl Console {
         self.first_output = Some((who, after, None));
     }
 
-    /// When the watched child's first output after the instant arrived, if it did yet.
-    pub(super) fn first_output(&self) -> Option<Instant> {
-        self.first_output.and_then(|(_, _, at)| at)
+    /// Shows lines until the watched child's first output after the instant has arrived (also
+    /// if an earlier wait showed it: `show` notes it) or `timeout` passes; when it arrived.
+    pub(super) fn wait_first_output(&mut self, timeout: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((_, _, Some(at))) = self.first_output {
+                return Some(at);
+            }
+            self.next_shown(deadline)?;
+        }
     }
 
     pub(super) fn stamp(&self, at: Instant) -> String {
@@ -287,19 +294,24 @@ impl Console {
         mut pred: impl FnMut(&Line) -> bool,
     ) -> Option<Instant> {
         let deadline = Instant::now() + timeout;
+        while let Some(e) = self.next_shown(deadline) {
+            if pred(&e) {
+                return Some(e.at);
+            }
+        }
+        None
+    }
+
+    /// The next line, once shown; `None` once `deadline` passed without one.
+    fn next_shown(&mut self, deadline: Instant) -> Option<Line> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return None;
             }
-            match self.rx.recv_timeout(left.min(Duration::from_millis(100))) {
-                Ok(e) => {
-                    self.show(&e);
-                    if pred(&e) {
-                        return Some(e.at);
-                    }
-                }
-                Err(_) => continue,
+            if let Ok(e) = self.rx.recv_timeout(left.min(Duration::from_millis(100))) {
+                self.show(&e);
+                return Some(e);
             }
         }
     }
@@ -333,7 +345,7 @@ struct Demo {
 /// How a wait that also watches for the guest's end ended.
 enum Waited<T> {
     Got(T),
-    PoweredOff(PoweredOff),
+    GuestEnded(GuestEnded),
     TimedOut,
 }
 
@@ -390,8 +402,8 @@ impl Demo {
             Duration::from_millis(50),
             |d| console.pause(d),
             || {
-                if let Some(off) = powered_off(watch)? {
-                    return Ok::<_, String>(Some(Waited::PoweredOff(off)));
+                if let Some(off) = guest_ended(watch)? {
+                    return Ok::<_, String>(Some(Waited::GuestEnded(off)));
                 }
                 Ok(check(vs_addr)?.map(Waited::Got))
             },
@@ -410,14 +422,14 @@ impl Demo {
     ) -> Result<Option<T>, String> {
         match self.wait_or_off(timeout, check)? {
             Waited::Got(t) => Ok(Some(t)),
-            Waited::PoweredOff(off) if off.before_the_kill() => {
+            Waited::GuestEnded(off) if off.before_the_kill() => {
                 Err(self.finished_before_the_kill(&off, args))
             }
-            Waited::PoweredOff(_) | Waited::TimedOut => Ok(None),
+            Waited::GuestEnded(_) | Waited::TimedOut => Ok(None),
         }
     }
 
-    fn finished_before_the_kill(&self, off: &PoweredOff, args: &DemoArgs) -> String {
+    fn finished_before_the_kill(&self, off: &GuestEnded, args: &DemoArgs) -> String {
         let after_state = self
             .installed_unix_ms
             .map(|t| (off.t_unix_ms - t) / 1e3)
@@ -696,16 +708,11 @@ fn scenario(
     let first_output = {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            // Also while the waits above showed lines.
-            let line = demo.console.first_output().or_else(|| {
-                demo.console.wait_for(Duration::from_millis(100), |e| {
-                    e.who == "B" && e.stream == Stream::Stdout && e.at > killed_at
-                })
-            });
+            let line = demo.console.wait_first_output(Duration::from_millis(100));
             if line.is_some() {
                 break line;
             }
-            match powered_off(&demo.watch)? {
+            match guest_ended(&demo.watch)? {
                 Some(off) if off.before_the_kill() => {
                     return Err(demo.finished_before_the_kill(&off, args));
                 }
@@ -849,7 +856,7 @@ fn scenario(
     // A guest that ended after the failover but before the checks leaves them short of
     // material (no lag samples, a short transcript): say that, not only which check failed.
     if checks.iter().any(|(passed, _)| !passed)
-        && let Some(off) = powered_off(&demo.watch)?
+        && let Some(off) = guest_ended(&demo.watch)?
     {
         if off.before_the_kill() {
             return Err(demo.finished_before_the_kill(&off, args));

@@ -217,18 +217,23 @@ impl Cluster {
         ping_ms: u64,
         vs_args: &[&str],
     ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::DataDir(dir.path().join("viewserver.data"));
-        let vs = Viewserver::start(ViewserverSpec {
-            args: vs_args.iter().map(Into::into).collect(),
-            ..ViewserverSpec::new("127.0.0.1:0", ping_ms, store)
-        });
-        Self::with_viewservers(None, dir, vec![vs], guest, guest_args, ping_ms)
+        Self::start_on_with(None, guest, guest_args, ping_ms, vs_args)
     }
 
     /// [`Self::start`] on the hosts of `net` (which must have hosts "vs" and "ctl"), or on
     /// loopback.
     pub fn start_on(net: Option<Arc<Net>>, guest: &str, guest_args: &[&str], ping_ms: u64) -> Self {
+        Self::start_on_with(net, guest, guest_args, ping_ms, &[])
+    }
+
+    /// [`Self::start_on`], with `vs_args` added to the viewserver's arguments.
+    fn start_on_with(
+        net: Option<Arc<Net>>,
+        guest: &str,
+        guest_args: &[&str],
+        ping_ms: u64,
+        vs_args: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let listen = net.as_ref().map_or_else(
             || "127.0.0.1:0".to_string(),
@@ -237,6 +242,7 @@ impl Cluster {
         let store = Store::DataDir(dir.path().join("viewserver.data"));
         let vs = Viewserver::start(ViewserverSpec {
             place: place(net.as_ref(), "vs"),
+            args: vs_args.iter().map(Into::into).collect(),
             ..ViewserverSpec::new(listen, ping_ms, store)
         });
         Self::with_viewservers(net, dir, vec![vs], guest, guest_args, ping_ms)
