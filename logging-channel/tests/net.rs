@@ -871,8 +871,15 @@ fn the_primary_waits_while_the_backups_replay_lags() {
         thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(sender.replay_lag(), Some(lagging));
-    // Everything sent was received: the whole lag is the backup's own backlog.
-    assert_eq!(sender.replay_backlog(), Some(lagging));
+    // Everything sent was received: the backlog is the whole lag but for the stretch the replay
+    // is working through (from entry 2 to entry 3).
+    assert_eq!(
+        sender.replay_backlog(),
+        Some(Lag {
+            entries: 6,
+            t_ns: frame(9).t_ns - frame(3).t_ns,
+        })
+    );
     assert!(
         !sender
             .wait_replay_within(max, QUIET, Duration::from_millis(50))
@@ -906,6 +913,64 @@ fn the_primary_waits_while_the_backups_replay_lags() {
     let waited = started.elapsed();
     assert!(waited < Duration::from_secs(1), "{waited:?}");
     drop(receiver);
+}
+
+#[test]
+fn the_stretch_a_replay_is_working_through_is_not_held_against_it() {
+    // A guest that logs rarely: entries a second of recorded time apart.
+    let spaced = |i: u64| Frame {
+        t_ns: 1_000_000_000 * i,
+        ..frame(i)
+    };
+    let (sender, receiver) = pair(cfg());
+    let max = Lag {
+        entries: 1024,
+        t_ns: 40_000_000,
+    };
+    sender.send(&spaced(0)).unwrap();
+    sender.send(&spaced(1)).unwrap();
+    receiver.replayed(0, 0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (sender.acked() != Some(1) || sender.replay_backlog().is_none())
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(5));
+    }
+    // The replay is a second behind, but it cannot be anywhere but between entries 0 and 1
+    // until entry 2 exists: the primary does not wait.
+    assert_eq!(sender.replay_lag().map(|l| l.t_ns), Some(1_000_000_000));
+    assert_eq!(sender.replay_backlog(), Some(Lag::default()));
+    assert!(
+        sender
+            .wait_replay_within(max, QUIET, Duration::ZERO)
+            .unwrap()
+    );
+    // A second stretch received and not begun is a backlog: the primary waits for it.
+    sender.send(&spaced(2)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sender.acked() != Some(2) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        sender.replay_backlog(),
+        Some(Lag {
+            entries: 1,
+            t_ns: 1_000_000_000,
+        })
+    );
+    assert!(
+        !sender
+            .wait_replay_within(max, QUIET, Duration::from_millis(20))
+            .unwrap()
+    );
+    // Reaching entry 1 leaves only the stretch toward entry 2.
+    receiver.replayed(1, spaced(1).t_ns).unwrap();
+    assert!(
+        sender
+            .wait_replay_within(max, QUIET, Duration::from_secs(5))
+            .unwrap()
+    );
+    assert_eq!(sender.replay_backlog(), Some(Lag::default()));
 }
 
 #[test]

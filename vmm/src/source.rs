@@ -57,7 +57,9 @@ impl EntrySource for VecSource {
 ///
 /// It also tells the primary how far the replay has come (`Replayed`), so the primary can slow
 /// down before the backup falls far behind: at most every [`REPORT_EVERY`] or
-/// [`REPORT_ENTRIES`] entries, and whenever the replay has caught up with what arrived.
+/// [`REPORT_ENTRIES`] entries, and whenever the replay has caught up with what arrived or is
+/// about to run a long stretch (more than [`LONG_STRETCH_NS`] of recorded time) toward the next
+/// entry.
 pub struct NetSource {
     rx: logging_channel::net::LogReceiver,
     front: Option<Frame>,
@@ -89,6 +91,9 @@ impl std::fmt::Debug for NetSource {
 
 const REPORT_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
 const REPORT_ENTRIES: u64 = 64;
+/// Recorded time to the next entry past which the replay reports at once, whatever
+/// [`REPORT_EVERY`] says: that much guest execution lies ahead before the next report.
+const LONG_STRETCH_NS: u64 = 2_000_000;
 
 impl NetSource {
     /// A source over an accepted stream.
@@ -155,6 +160,17 @@ impl NetSource {
         self.ended_by.as_ref()
     }
 
+    /// The next entry if it has already arrived, without waiting for one.
+    fn take_buffered(&mut self) -> Option<&Frame> {
+        if self.front.is_none() && self.ended_by.is_none() && self.rx.buffered() > 0 {
+            match self.rx.recv(std::time::Duration::ZERO) {
+                Ok(frame) => self.front = frame,
+                Err(e) => self.ended_by = Some(e),
+            }
+        }
+        self.front.as_ref()
+    }
+
     fn fill(&mut self) {
         if self.front.is_none() && self.ended_by.is_none() && self.rx.buffered() == 0 {
             // About to wait for the primary: it should know the replay has caught up.
@@ -185,8 +201,95 @@ impl EntrySource for NetSource {
         let frame = self.front.take();
         if let Some(f) = &frame {
             self.popped = Some((f.seq, f.t_ns));
-            self.report(false);
+            // Before a long stretch of guest execution, say how far the replay got: the
+            // primary would otherwise count the entries just popped as its backlog for the
+            // whole stretch, and wait for them.
+            let stretch = self
+                .take_buffered()
+                .map(|next| next.t_ns.saturating_sub(f.t_ns));
+            self.report(stretch.is_some_and(|ns| ns >= LONG_STRETCH_NS));
         }
         Ok(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::{Duration, Instant};
+
+    use logging_channel::net::{ChannelConfig, ExpectedPrimary, Hello, LogReceiver, LogSender};
+    use logging_channel::{Entry, Position};
+
+    use super::*;
+
+    fn pair() -> (LogSender, LogReceiver) {
+        let listener = LogReceiver::listen("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr();
+        let expected = ExpectedPrimary {
+            guest_image_sha256: [7; 32],
+            viewnum: 3,
+            primary: "alpha".into(),
+        };
+        let acceptor = std::thread::spawn(move || {
+            listener.accept(
+                |h| expected.check(h),
+                ChannelConfig::default(),
+                Some(Duration::from_secs(10)),
+            )
+        });
+        let sender = LogSender::connect(
+            addr,
+            Hello::new([7; 32], 3, "alpha", 0),
+            ChannelConfig::default(),
+        )
+        .unwrap();
+        (sender, acceptor.join().unwrap().unwrap())
+    }
+
+    fn irq(seq: u64, t_ns: u64) -> Frame {
+        Frame {
+            seq,
+            t_ns,
+            state_check: 0,
+            entry: Entry::Irq {
+                pos: Position::AtExit { exits: seq + 1 },
+                line: 0,
+            },
+        }
+    }
+
+    fn wait_for(what: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !what() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    #[test]
+    fn the_replay_reports_its_progress_before_a_long_stretch() {
+        let (sender, receiver) = pair();
+        // Two entries close together, then one 50 ms of guest time later.
+        for f in [irq(0, 0), irq(1, 100_000), irq(2, 50_000_000)] {
+            sender.send(&f).unwrap();
+        }
+        assert!(wait_for(|| sender.acked() == Some(2)));
+        let mut source = NetSource::new(receiver);
+        assert_eq!(source.pop().unwrap().map(|f| f.seq), Some(0));
+        assert_eq!(source.pop().unwrap().map(|f| f.seq), Some(1));
+        // Entry 1 was popped right after entry 0, within the reports' pace, but the replay now
+        // runs 50 ms of guest time toward entry 2: the primary hears of entry 1 at once, not
+        // when entry 2 is reached.
+        assert!(
+            wait_for(|| sender.replay_lag().is_some_and(|l| l.entries == 1)),
+            "replay lag {:?}",
+            sender.replay_lag()
+        );
+        assert_eq!(sender.replay_backlog().map(|l| l.t_ns), Some(0));
     }
 }

@@ -20,6 +20,11 @@ struct InFlight {
     bytes: usize,
 }
 
+/// Acknowledged entries remembered for the replay backlog; a backup that acknowledges this many
+/// more than it reports replayed is held to the newest of them only (its reports have stopped,
+/// and a quiet backup is not waited for anyway).
+const MAX_UNREPLAYED: usize = 1 << 16;
+
 struct TxState {
     /// Encoded messages handed to `send` and not yet given to the socket.
     queue: Vec<u8>,
@@ -32,6 +37,9 @@ struct TxState {
     acked: Option<(u64, u64)>,
     /// (seq, t_ns) of the newest entry the backup reported replayed, and when.
     replayed: Option<(u64, u64)>,
+    /// (seq, t_ns) of acknowledged entries not yet reported replayed, oldest first: the first
+    /// is the one the backup's replay is working toward.
+    unreplayed: VecDeque<(u64, u64)>,
     replayed_at: Instant,
     /// The first failure; every later call returns it.
     error: Option<ChannelError>,
@@ -175,6 +183,7 @@ impl LogSender {
                 unacked_bytes: 0,
                 acked: None,
                 replayed: None,
+                unreplayed: VecDeque::new(),
                 replayed_at: Instant::now(),
                 error: None,
                 closing: false,
@@ -423,10 +432,16 @@ impl LogSender {
     }
 
     /// How far the backup's replay is behind what it has received (its
-    /// backlog, from its own reports: acknowledged minus replayed); `None`
-    /// until it has reported any entry replayed. Unlike [`Self::replay_lag`]
-    /// this does not grow with the network's latency: both reports travel
-    /// the same way.
+    /// backlog, from its own reports): the acknowledged entries beyond the
+    /// one its replay is working toward (the first after the last it
+    /// reported replayed), in entries and in recorded time from that one to
+    /// the newest acknowledged. `None` until it has reported any entry
+    /// replayed. Unlike [`Self::replay_lag`] this does not grow with the
+    /// network's latency (both reports travel the same way), nor with the
+    /// spacing of entries: a replay cannot run past an entry it has not
+    /// received, so one stretch between entries is always ahead of it, and
+    /// a primary that waited for it to close that stretch would wait out
+    /// every stretch of a guest that logs rarely, running at half speed.
     pub fn replay_backlog(&self) -> Option<Lag> {
         let g = self.shared.lock();
         replay_backlog(&g)
@@ -607,11 +622,16 @@ fn replay_lag(g: &TxState) -> Option<Lag> {
 }
 
 fn replay_backlog(g: &TxState) -> Option<Lag> {
-    let (seq, t_ns) = g.replayed?;
-    let (acked_seq, acked_t) = g.acked.unwrap_or((seq, t_ns));
+    let (seq, _) = g.replayed?;
+    let Some((acked_seq, acked_t)) = g.acked else {
+        return Some(Lag::default());
+    };
+    // The backup cannot run past an entry it has not received, so it is always somewhere
+    // between its last replayed entry and the next one; that stretch is not held against it.
+    let working_toward_t = g.unreplayed.front().map_or(acked_t, |&(_, t)| t);
     Some(Lag {
-        entries: acked_seq.saturating_sub(seq),
-        t_ns: acked_t.saturating_sub(t_ns),
+        entries: acked_seq.saturating_sub(seq).saturating_sub(1),
+        t_ns: acked_t.saturating_sub(working_toward_t),
     })
 }
 
@@ -645,6 +665,14 @@ fn read_loop(shared: &Shared, mut reader: MsgReader) {
                     }
                     g.unacked_bytes -= f.bytes;
                     g.acked = Some((f.seq, f.t_ns));
+                    // A replay report can overtake the acks of the entries it covers.
+                    if g.replayed.is_some_and(|(r, _)| f.seq <= r) {
+                        continue;
+                    }
+                    if g.unreplayed.len() >= MAX_UNREPLAYED {
+                        g.unreplayed.pop_front();
+                    }
+                    g.unreplayed.push_back((f.seq, f.t_ns));
                 }
                 shared.progressed(g);
                 if let Some(hook) = shared.on_ack.get() {
@@ -667,6 +695,9 @@ fn read_loop(shared: &Shared, mut reader: MsgReader) {
                 }
                 g.replayed = Some((seq, t_ns));
                 g.replayed_at = Instant::now();
+                while g.unreplayed.front().is_some_and(|&(s, _)| s <= seq) {
+                    g.unreplayed.pop_front();
+                }
                 shared.progressed(g);
             }
             Ok(Polled::Msg(Message::Bye { reason }, _)) => {
