@@ -5,7 +5,8 @@
 mod common;
 
 use common::{TempFile, temp_path};
-use logging_channel::codec::{encode_frame, encode_prefix};
+use logging_channel::codec::{EntryEncoding, encode_frame_as, encode_prefix};
+use logging_channel::format::RESET_SINCE_VERSION;
 use logging_channel::{
     CodecError, Completeness, EndReason, Entry, FORMAT_VERSION, Frame, IncompleteReason, LogError,
     LogReader, LogState, LogWriter, MAX_FRAME_LEN, MAX_NET_FRAME, MIN_NET_FRAME,
@@ -201,22 +202,64 @@ fn writer_refuses_a_header_of_another_version() {
 }
 
 /// A log image of `entries` under `header`, numbered from 0; also where its last frame starts.
+/// A log image as a writer of the header's version wrote it (its entry encoding included),
+/// and the offset of its last frame.
 fn log_of(header: &logging_channel::Header, entries: &[Entry]) -> (Vec<u8>, u64) {
     let mut image = encode_prefix(header, LogState::Complete);
     let mut last = 0;
     for (i, entry) in entries.iter().enumerate() {
         last = image.len() as u64;
-        encode_frame(
+        encode_frame_as(
             &Frame {
                 seq: i as u64,
-                t_ns: 0,
+                t_ns: 1_000_000 * i as u64,
                 state_check: 0,
                 entry: entry.clone(),
             },
+            EntryEncoding::of_version(header.format_version),
             &mut image,
         );
     }
     (image, last)
+}
+
+/// Every version this build reads, written as its writers wrote it (fixed-width counts up to
+/// version 3, varints from version 4), reads back the entries that version may hold, and a
+/// version-4 log is the smaller.
+#[test]
+fn every_readable_version_reads_as_its_writer_wrote_it() {
+    let mut sizes = Vec::new();
+    for version in OLDEST_FORMAT_VERSION..=FORMAT_VERSION {
+        let mut header = common::header();
+        header.format_version = version;
+        let entries: Vec<_> = common::entries()
+            .into_iter()
+            .filter(|e| e.kind().since_version() <= version)
+            .filter(|e| {
+                version >= RESET_SINCE_VERSION
+                    || !matches!(
+                        e,
+                        Entry::End {
+                            reason: EndReason::Reset { .. },
+                            ..
+                        }
+                    )
+            })
+            .collect();
+        let (image, _) = log_of(&header, &entries);
+        let reader = LogReader::from_bytes(image.clone()).unwrap();
+        let read: Vec<_> = reader.frames().map(|f| f.unwrap().1.entry).collect();
+        assert_eq!(read, entries, "version {version}");
+        assert_eq!(reader.completeness().unwrap(), Completeness::Complete);
+        if version >= 2 {
+            sizes.push((version, image.len(), entries.len()));
+        }
+    }
+    // Versions 2 to 4 hold the same entries; only the encoding differs.
+    let fixed = sizes.iter().find(|s| s.0 == 3).unwrap();
+    let compact = sizes.iter().find(|s| s.0 == 4).unwrap();
+    assert_eq!(fixed.2, compact.2);
+    assert!(compact.1 < fixed.1, "{sizes:?}");
 }
 
 /// A log written before network entries existed (format version 1) reads as before; a

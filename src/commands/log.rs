@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use logging_channel::codec::encode_frame;
+use logging_channel::codec::{EntryEncoding, encode_frame_as};
 use logging_channel::file::{Completeness, LogReader, Tail};
 use logging_channel::format::{Entry, EntryKind, Frame};
 use logging_channel::netframe;
@@ -122,14 +122,16 @@ struct Inspection {
     end: Option<String>,
 }
 
-fn frame_len(frame: &Frame) -> u64 {
+/// The frame's size as this log holds it (older logs use the fixed encoding).
+fn frame_len(frame: &Frame, enc: EntryEncoding) -> u64 {
     let mut buf = Vec::new();
-    encode_frame(frame, &mut buf);
+    encode_frame_as(frame, enc, &mut buf);
     buf.len() as u64
 }
 
 fn inspect(args: &InspectArgs) -> CmdResult {
     let reader = LogReader::open(&args.file)?;
+    let enc = EntryEncoding::of_version(reader.header().format_version);
     let mut by_kind: BTreeMap<&'static str, KindStats> = BTreeMap::new();
     for k in EntryKind::ALL {
         by_kind.insert(k.name(), KindStats::default());
@@ -145,7 +147,7 @@ fn inspect(args: &InspectArgs) -> CmdResult {
         guest_exits = guest_exits.max(frame.entry.pos().exits());
         let stats = by_kind.entry(frame.entry.kind().name()).or_default();
         stats.entries += 1;
-        stats.bytes += frame_len(&frame);
+        stats.bytes += frame_len(&frame, enc);
         network.count(&frame.entry);
         match &frame.entry {
             Entry::Inject { pos, .. } if pos.is_precise() => interrupts.precise += 1,

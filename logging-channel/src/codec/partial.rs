@@ -8,17 +8,26 @@
 //! passes that test only by a CRC coincidence (about 2^-32 per candidate
 //! length, and the candidate must also decode strictly).
 
-use super::entry_body::{MIN_ENTRY_BODY, decode_entry_body};
+use super::entry_body::{decode_entry_body, min_entry_body};
 use super::envelope::{ENVELOPE_LEN, read_envelope};
 use super::header_body::{MIN_HEADER_BODY, decode_header_body};
-use super::{CodecError, HEADER_FRAME_OFFSET};
+use super::{CodecError, EntryEncoding, HEADER_FRAME_OFFSET};
 
 /// Call when the input has ended and `decode_frame(buf, base_offset)`
 /// returned `Ok(None)`. `Ok(())` means the frame is merely cut off;
 /// `Err(CorruptLength)` means its length field is damaged.
 pub fn check_partial_frame(buf: &[u8], base_offset: u64) -> Result<(), CodecError> {
-    check(buf, base_offset, MIN_ENTRY_BODY, |body, at| {
-        decode_entry_body(body, at).is_ok()
+    check_partial_frame_as(buf, base_offset, EntryEncoding::CURRENT)
+}
+
+/// [`check_partial_frame`] for a given encoding (an older log's).
+pub fn check_partial_frame_as(
+    buf: &[u8],
+    base_offset: u64,
+    enc: EntryEncoding,
+) -> Result<(), CodecError> {
+    check(buf, base_offset, min_entry_body(enc), |body, at| {
+        decode_entry_body(body, at, enc).is_ok()
     })
 }
 

@@ -222,10 +222,11 @@ impl Frames<'_> {
             return Ok(None);
         }
         let offset = self.pos as u64;
-        let Some((frame, len)) = codec::decode_frame(rest, offset)? else {
+        let enc = codec::EntryEncoding::of_version(self.reader.header.format_version);
+        let Some((frame, len)) = codec::decode_frame_as(rest, offset, enc)? else {
             // End of input inside a frame: a cut-off write unless the length
             // field is what is broken.
-            codec::check_partial_frame(rest, offset)?;
+            codec::check_partial_frame_as(rest, offset, enc)?;
             return Ok(None);
         };
         if self.after_end {

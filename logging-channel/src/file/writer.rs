@@ -89,7 +89,14 @@ impl LogWriter {
             return Err(LogError::InvalidEntry { offset, seq, what }.in_file(Some(&self.path)));
         }
         self.scratch.clear();
-        codec::encode_entry(seq, t_ns, state_check, entry, &mut self.scratch);
+        codec::encode_entry(
+            codec::EntryEncoding::CURRENT,
+            seq,
+            t_ns,
+            state_check,
+            entry,
+            &mut self.scratch,
+        );
         let body_len = (self.scratch.len() - ENVELOPE_LEN) as u64;
         if body_len > u64::from(MAX_FRAME_LEN) {
             return Err(LogError::from(CodecError::FrameTooLarge {

@@ -19,9 +19,12 @@ pub use regs::Regs;
 pub const MAGIC: [u8; 8] = *b"USTUDYLG";
 
 /// The header version this build writes, and the newest it reads. Version 2 added the
-/// `net-rx` and `net-tx` entry kinds, version 3 the `Reset` end reason; nothing else changed,
-/// so older logs read the same.
-pub const FORMAT_VERSION: u16 = 3;
+/// `net-rx` and `net-tx` entry kinds, version 3 the `Reset` end reason, version 4 the compact
+/// entry encoding (varint counts); older logs read exactly as their writers meant them.
+pub const FORMAT_VERSION: u16 = 4;
+
+/// The first format version whose entries are in the compact encoding.
+pub const COMPACT_SINCE_VERSION: u16 = 4;
 
 /// The first format version whose `End` entries may say `Reset`.
 pub const RESET_SINCE_VERSION: u16 = 3;

@@ -11,9 +11,10 @@ use crate::format::{Frame, MAX_FRAME_LEN};
 pub const CHANNEL_MAGIC: [u8; 8] = *b"USTUDYCH";
 
 /// The only channel protocol version this build speaks. 4: `Entry` messages may carry the
-/// `net-rx` / `net-tx` entry kinds (log format version 2); an older backup refuses the
-/// `Hello` instead of failing on the first frame it does not know.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// `net-rx` / `net-tx` entry kinds (log format version 2); 5: `Entry` bodies are in the
+/// compact encoding (log format version 4). A peer of another version refuses the `Hello`
+/// instead of misreading the first entry.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 const T_HELLO: u8 = 1;
 const T_WELCOME: u8 = 2;
