@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use logging_channel::file::{LogReader, Tail};
 use logging_channel::net::{ChannelConfig, Hello, Listener};
+use vmm::digest::MemHash;
 use vmm::guest_image::hex;
 use vmm::machine::{Machine, MachineConfig};
 use vmm::outcome::Outcome;
@@ -109,6 +110,8 @@ pub fn run(args: &ReplayArgs) -> CmdResult {
         cmdline: guest.cmdline.clone(),
         nic: header.nic_mac,
     })?;
+    // Digests are checked the way this log's writer took them.
+    machine.mem_hash = MemHash::of_version(header.format_version);
     if machine.counter.kind() != header.position.counter
         && frames.iter().any(|f| f.entry.pos().is_precise())
     {
@@ -158,6 +161,7 @@ pub fn run(args: &ReplayArgs) -> CmdResult {
                     cmdline: guest.cmdline.clone(),
                     nic: header.nic_mac,
                 })?;
+                machine.mem_hash = MemHash::of_version(header.format_version);
             }
             other => break other,
         }

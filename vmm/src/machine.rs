@@ -91,6 +91,8 @@ pub struct Machine {
     pub counter: Box<dyn InsnCounter + Send>,
     /// Where the image was loaded.
     pub boot: BootInfo,
+    /// How digests hash memory: this build's way, or an older log's (`replay` sets it).
+    pub mem_hash: crate::digest::MemHash,
 }
 
 impl Machine {
@@ -151,6 +153,7 @@ impl Machine {
             bus,
             counter,
             boot,
+            mem_hash: crate::digest::MemHash::default(),
         })
     }
 
