@@ -257,6 +257,28 @@ fn report(
                     s.approach_steps,
                     s.stops
                 );
+                let per = |n: u64, t: std::time::Duration| {
+                    if n == 0 {
+                        "-".to_string()
+                    } else {
+                        format!("{:.1} µs each", t.as_secs_f64() * 1e6 / n as f64)
+                    }
+                };
+                eprintln!(
+                    "replay: approach by stop kind: {} kicks {:.3} s ({}); {} breakpoint runs {:.3} s ({}); {} steps over a breakpoint {:.3} s ({}); {} single steps {:.3} s ({})",
+                    s.approach_kicks,
+                    s.kick_time.as_secs_f64(),
+                    per(s.approach_kicks, s.kick_time),
+                    s.breakpoint_runs,
+                    s.breakpoint_time.as_secs_f64(),
+                    per(s.breakpoint_runs, s.breakpoint_time),
+                    s.step_overs,
+                    s.step_over_time.as_secs_f64(),
+                    per(s.step_overs, s.step_over_time),
+                    s.single_steps,
+                    s.single_step_time.as_secs_f64(),
+                    per(s.single_steps, s.single_step_time),
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

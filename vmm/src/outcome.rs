@@ -87,8 +87,24 @@ pub struct RunStats {
     pub approach_steps: u64,
     /// Replay only: timed kicks used to get close to recorded positions.
     pub approach_kicks: u64,
-    /// Replay only: kicks that stopped the guest before it executed a counted instruction.
+    /// Replay only: kicks that stopped the guest before it executed anything (counter and
+    /// registers unchanged).
     pub idle_kicks: u64,
+    /// Replay only: time of the approach's kicks, from arming the timer to reading the counter
+    /// after the stop (the guest runs most of it).
+    pub kick_time: Duration,
+    /// Replay only: runs to a breakpoint on the recorded rip, each from arming it to the stop.
+    pub breakpoint_runs: u64,
+    /// Replay only: time of those runs.
+    pub breakpoint_time: Duration,
+    /// Replay only: single steps over a breakpoint's instance that was not the target.
+    pub step_overs: u64,
+    /// Replay only: time of those steps, switching the debug state included.
+    pub step_over_time: Duration,
+    /// Replay only: single steps toward the target in its last instructions.
+    pub single_steps: u64,
+    /// Replay only: time of those steps.
+    pub single_step_time: Duration,
 }
 
 /// Why a run stopped early.

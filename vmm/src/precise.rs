@@ -207,27 +207,46 @@ impl RateEstimate {
 /// A kick whose timer fires before the guest has executed a counted instruction (the vCPU was
 /// still on its way back into the guest: a stop and re-entry took ~50 µs on one host, against a
 /// 20 µs shortest kick) made no progress, and the same plan would arm it again without end
-/// (450,000 kicks for 117 interrupts, 20x the recording's time). After such a kick, kicks
-/// shorter than 1.5x its round trip are not armed; the approach takes a breakpoint instead,
-/// which always gets somewhere.
+/// (450,000 kicks for 117 interrupts, 20x the recording's time). After two such kicks in a
+/// row, kicks shorter than twice the second one's timer are not armed; the approach takes a
+/// breakpoint instead, which always gets somewhere. On a host whose round trip is longer
+/// still, two more idle kicks double the floor again: a few idle kicks, each one round trip,
+/// find it.
+///
+/// One idle kick alone is a hiccup, not the host: here one in a few thousand kicks stops the
+/// guest before it ran, at 30 µs and at 600 µs alike (the vCPU did not get back into the guest
+/// in time). The floor used to rise at the first, to 1.5x its time from arming to stop, for the
+/// rest of the replay: the breakpoint phases then grew from ~90 µs to ~300 µs of guest time, or
+/// to 1.3 ms, and one replay of `compute` took 2 to 8 times as many stops as another.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KickFloor {
     ns: f64,
+    /// Idle kicks in a row, up to the last kick.
+    idle_streak: u32,
 }
 
 impl KickFloor {
-    /// Ceiling: a stop that once took long (the thread descheduled) must not turn kicks off for
-    /// good.
+    /// Ceiling: kicks are never turned off for good.
     pub const MAX_NS: f64 = 500_000.0;
 
     /// Starts at the tuning's own shortest kick.
     pub fn new(t: &ApproachTuning) -> Self {
-        Self { ns: t.min_kick_ns }
+        Self {
+            ns: t.min_kick_ns,
+            idle_streak: 0,
+        }
     }
 
-    /// Learns from a kick that stopped the guest before it ran, `took_ns` from arming to stop.
-    pub fn idle_kick(&mut self, took_ns: f64) {
-        self.ns = (took_ns * 1.5).clamp(self.ns, Self::MAX_NS);
+    /// Learns from a kick armed for `after_ns`; `idle`: it stopped the guest before it ran.
+    pub fn kicked(&mut self, after_ns: f64, idle: bool) {
+        if !idle {
+            self.idle_streak = 0;
+            return;
+        }
+        self.idle_streak += 1;
+        if self.idle_streak >= 2 {
+            self.ns = (after_ns * 2.0).clamp(self.ns, Self::MAX_NS);
+        }
     }
 
     /// `t` with its shortest kick raised to what this host needs.
@@ -253,20 +272,30 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_kick_raises_the_shortest_kick_until_its_ceiling_and_never_lowers_it() {
+    fn idle_kicks_in_a_row_raise_the_shortest_kick_until_its_ceiling_and_never_lower_it() {
         let t = ApproachTuning::default();
         let mut floor = KickFloor::new(&t);
         assert_eq!(floor.apply(t), t);
-        // 60 µs from arming to stop with nothing run: kicks under 90 µs are pointless here.
-        floor.idle_kick(60_000.0);
+        // One idle kick between kicks that ran is a hiccup: nothing changes.
+        floor.kicked(600_000.0, true);
+        floor.kicked(30_000.0, false);
+        assert_eq!(floor.apply(t), t);
+        // Two 45 µs kicks in a row that stopped the guest before it ran: kicks under 90 µs
+        // are not armed.
+        floor.kicked(45_000.0, true);
+        floor.kicked(45_000.0, true);
         assert_eq!(floor.apply(t).min_kick_ns, 90_000.0);
-        // A quicker idle kick later does not lower it; a slower one raises it.
-        floor.idle_kick(10_000.0);
+        // Shorter idle kicks later do not lower it; longer ones raise it.
+        floor.kicked(10_000.0, true);
         assert_eq!(floor.apply(t).min_kick_ns, 90_000.0);
-        floor.idle_kick(100_000.0);
+        floor.kicked(75_000.0, true);
         assert_eq!(floor.apply(t).min_kick_ns, 150_000.0);
-        // A descheduled thread's 10 ms does not turn kicks off.
-        floor.idle_kick(10_000_000.0);
+        // A kick that ran ends the streak but keeps the floor.
+        floor.kicked(150_000.0, false);
+        floor.kicked(200_000.0, true);
+        assert_eq!(floor.apply(t).min_kick_ns, 150_000.0);
+        // Never past the ceiling.
+        floor.kicked(10_000_000.0, true);
         assert_eq!(floor.apply(t).min_kick_ns, KickFloor::MAX_NS);
         // The floor only ever raises a tuning's own shortest kick.
         let cautious = ApproachTuning {
@@ -277,7 +306,8 @@ mod tests {
         // Under the raised floor, a target a normal kick would go for is breakpointed instead.
         let floor = {
             let mut f = KickFloor::new(&t);
-            f.idle_kick(60_000.0);
+            f.kicked(45_000.0, true);
+            f.kicked(45_000.0, true);
             f
         };
         assert!(matches!(plan(700, 200.0, &t), ApproachStep::Kick { .. }));

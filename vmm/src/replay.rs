@@ -739,6 +739,10 @@ impl Replayer<'_> {
             let stop = match step {
                 ApproachStep::Kick { after_ns } => {
                     self.stats.approach_kicks += 1;
+                    // The previous step may have left a breakpoint or single-stepping on (each
+                    // step sets the debug state it needs and leaves it, so that a run of
+                    // breakpoint hits re-arms nothing).
+                    self.m.vcpu.set_breakpoint(None).map_err(RunError::from)?;
                     let t0 = Instant::now();
                     self.timer
                         .arm(Duration::from_nanos(after_ns))
@@ -751,13 +755,18 @@ impl Replayer<'_> {
                         .read()
                         .map_err(RunError::from)?
                         .saturating_sub(count);
-                    let took_ns = t0.elapsed().as_nanos() as f64;
+                    let took = t0.elapsed();
+                    self.stats.kick_time += took;
+                    let took_ns = took.as_nanos() as f64;
                     if stop == Stop::Kicked {
                         self.rate.observe(ran, took_ns);
-                        if ran == 0 {
+                        // Idle only if the guest did not move at all: code the counter does not
+                        // see (CPL3, `sti`) changes the registers.
+                        let idle = ran == 0 && regs_from_kvm(&self.m.vcpu.regs()) == now;
+                        if idle {
                             self.stats.idle_kicks += 1;
-                            self.kick_floor.idle_kick(took_ns);
                         }
+                        self.kick_floor.kicked(after_ns as f64, idle);
                     }
                     tracing::debug!(
                         after_ns,
@@ -772,21 +781,20 @@ impl Replayer<'_> {
                 }
                 ApproachStep::Breakpoint => {
                     self.stats.approach_steps += 1;
+                    self.stats.breakpoint_runs += 1;
+                    let armed = Instant::now();
                     self.m
                         .vcpu
                         .set_breakpoint(Some(want.rip))
                         .map_err(RunError::from)?;
                     let t0 = Instant::now();
                     let stop = self.run_once()?;
+                    self.stats.breakpoint_time += armed.elapsed();
+                    let after = self.m.counter.read().map_err(RunError::from)?;
                     // A breakpoint run measures the guest's speed as well as a kick does (and
                     // is the only measurement when kicks are too risky to start with).
                     if stop != Stop::Kicked && level == 0 {
-                        let ran = self
-                            .m
-                            .counter
-                            .read()
-                            .map_err(RunError::from)?
-                            .saturating_sub(count);
+                        let ran = after.saturating_sub(count);
                         self.rate.observe(ran, t0.elapsed().as_nanos() as f64);
                     }
                     tracing::debug!(
@@ -796,25 +804,28 @@ impl Replayer<'_> {
                         "breakpoint run"
                     );
                     if let Stop::Debug { .. } = stop {
-                        let c = self.m.counter.read().map_err(RunError::from)?;
                         let r = regs_from_kvm(&self.m.vcpu.regs());
-                        if !(c == target && r == *want) && c < target {
+                        if !(after == target && r == *want) && after < target {
                             // Not the instance we want: step over the breakpoint (RF does not
-                            // get past it on this host; one single step does).
+                            // get past it on this host; one single step does). The next
+                            // breakpoint run re-arms it.
+                            let t = Instant::now();
                             self.m.vcpu.set_single_step(true).map_err(RunError::from)?;
                             let s = self.run_once()?;
-                            self.m.vcpu.set_single_step(false).map_err(RunError::from)?;
+                            self.stats.step_overs += 1;
+                            self.stats.step_over_time += t.elapsed();
                             self.check_no_exit(next, s, target)?;
                         }
                     }
-                    self.m.vcpu.set_breakpoint(None).map_err(RunError::from)?;
                     stop
                 }
                 ApproachStep::SingleStep => {
                     self.stats.approach_steps += 1;
+                    let t = Instant::now();
                     self.m.vcpu.set_single_step(true).map_err(RunError::from)?;
                     let stop = self.run_once()?;
-                    self.m.vcpu.set_single_step(false).map_err(RunError::from)?;
+                    self.stats.single_steps += 1;
+                    self.stats.single_step_time += t.elapsed();
                     stop
                 }
             };

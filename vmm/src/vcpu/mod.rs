@@ -81,7 +81,9 @@ pub fn cpl(sregs: &kvm_sregs) -> u8 {
 pub struct Vcpu {
     /// KVM's vCPU; for what this wrapper does not cover (state saving, runs).
     pub fd: VcpuFd,
-    debug_flags: u32,
+    /// The debug state last given to KVM (control, DR0, DR7): setting it again is skipped,
+    /// since `KVM_SET_GUEST_DEBUG` costs about as much as a third of a stop on PVM.
+    debug: (u32, u64, u64),
 }
 
 impl Vcpu {
@@ -90,7 +92,10 @@ impl Vcpu {
         fd.set_sync_valid_reg(SyncReg::Register);
         fd.set_sync_valid_reg(SyncReg::SystemRegister);
         fd.set_sync_valid_reg(SyncReg::VcpuEvents);
-        Self { fd, debug_flags: 0 }
+        Self {
+            fd,
+            debug: (0, 0, 0),
+        }
     }
 
     /// Registers as of the last exit (valid after the first `KVM_RUN`).
@@ -198,13 +203,14 @@ impl Vcpu {
     }
 
     fn set_debug(&mut self, dbg: kvm_guest_debug) -> Result<(), VcpuError> {
-        if dbg.control == 0 && self.debug_flags == 0 {
+        let state = (dbg.control, dbg.arch.debugreg[0], dbg.arch.debugreg[7]);
+        if state == self.debug {
             return Ok(());
         }
         self.fd
             .set_guest_debug(&dbg)
             .map_err(VcpuError::SetGuestDebug)?;
-        self.debug_flags = dbg.control;
+        self.debug = state;
         Ok(())
     }
 }
