@@ -70,39 +70,32 @@ def main():
         f"{first} ({spread})", median(first) <= 100,
         "VMware FT: a timeout of seconds; Remus: ~1 s (published)")
 
+    def each(path, col, names, good):
+        """One cell per workload, and whether every one meets the goal."""
+        cells = [(w, column(path, "workload", col, w)) for w in names]
+        return ("<br>".join(f"{w}: {c}" for w, c in cells),
+                all(good(median(c)) for _, c in cells))
+
+    def peers(col, names):
+        return "<br>".join(f"{w}: {column(run, 'workload', col, w)}" for w in names)
+
     workloads = ["compute (CPL0)", "compute user (CPL3)", "ticker", "exits n=200000"]
-    cells, ok = [], True
-    for w in workloads:
-        c = column(run, "workload", "replay / record", w)
-        cells.append(f"{w}: {c}")
-        ok = ok and median(c) <= 1.0
-    qemu = [f"{w}: {column(run, 'workload', 'QEMU rr replay / record', w)}" for w in workloads]
-    add("replay ÷ recording (`run.sh`)", "≤ 1.00, every workload", "<br>".join(cells), ok,
-        "QEMU TCG rr replay ÷ record: " + "<br>".join(qemu))
+    cells, ok = each(run, "replay / record", workloads, lambda v: v <= 1.0)
+    add("replay ÷ recording (`run.sh`)", "≤ 1.00, every workload", cells, ok,
+        "QEMU TCG rr replay ÷ record: " + peers("QEMU rr replay / record", workloads))
 
-    cells, ok = [], True
-    for w in ["compute (CPL0)", "compute user (CPL3)"]:
-        c = column(fo, "workload", "progress ratio alone / with backup", w)
-        cells.append(f"{w}: {c}")
-        ok = ok and median(c) >= 0.97
+    cells, ok = each(fo, "progress ratio alone / with backup",
+                     ["compute (CPL0)", "compute user (CPL3)"], lambda v: v >= 0.97)
     add("primary's progress with a backup ÷ alone (`failover.sh`)", "≥ 0.97, every workload",
-        "<br>".join(cells), ok, "VMware FT: 0.94–0.99 of native (published)")
+        cells, ok, "VMware FT: 0.94–0.99 of native (published)")
 
-    cells, ok = [], True
-    for w in ["compute (CPL0)", "compute user (CPL3)", "ticker"]:
-        c = column(fo, "workload", "replay lag p99", w)
-        cells.append(f"{w}: {c}")
-        ok = ok and median(c) < 20
-    add("replay lag p99 (ms; `failover.sh`)", "< 20, every workload", "<br>".join(cells), ok)
+    cells, ok = each(fo, "replay lag p99", ["compute (CPL0)", "compute user (CPL3)", "ticker"],
+                     lambda v: v < 20)
+    add("replay lag p99 (ms; `failover.sh`)", "< 20, every workload", cells, ok)
 
-    cells, ok = [], True
-    for w in workloads:
-        c = column(run, "workload", "record / run", w)
-        cells.append(f"{w}: {c}")
-        ok = ok and median(c) <= 1.03
-    qemu = [f"{w}: {column(run, 'workload', 'QEMU rr record / TCG', w)}" for w in workloads]
-    add("recording ÷ plain run (`run.sh`)", "≤ 1.03, every workload", "<br>".join(cells), ok,
-        "QEMU TCG rr record ÷ TCG: " + "<br>".join(qemu))
+    cells, ok = each(run, "record / run", workloads, lambda v: v <= 1.03)
+    add("recording ÷ plain run (`run.sh`)", "≤ 1.03, every workload", cells, ok,
+        "QEMU TCG rr record ÷ TCG: " + peers("QEMU rr record / TCG", workloads))
 
     with open(os.path.join(d, "ticker10s.json"), encoding="utf-8") as f:
         t = json.load(f)

@@ -257,28 +257,24 @@ fn report(
                     s.approach_steps,
                     s.stops
                 );
-                let per = |n: u64, t: std::time::Duration| {
-                    if n == 0 {
-                        "-".to_string()
-                    } else {
-                        format!("{:.1} µs each", t.as_secs_f64() * 1e6 / n as f64)
-                    }
-                };
-                eprintln!(
-                    "replay: approach by stop kind: {} kicks {:.3} s ({}); {} breakpoint runs {:.3} s ({}); {} steps over a breakpoint {:.3} s ({}); {} single steps {:.3} s ({})",
-                    s.approach_kicks,
-                    s.kick_time.as_secs_f64(),
-                    per(s.approach_kicks, s.kick_time),
-                    s.breakpoint_runs,
-                    s.breakpoint_time.as_secs_f64(),
-                    per(s.breakpoint_runs, s.breakpoint_time),
-                    s.step_overs,
-                    s.step_over_time.as_secs_f64(),
-                    per(s.step_overs, s.step_over_time),
-                    s.single_steps,
-                    s.single_step_time.as_secs_f64(),
-                    per(s.single_steps, s.single_step_time),
-                );
+                let kinds = [
+                    ("kicks", s.approach_kicks, s.kick_time),
+                    ("breakpoint runs", s.breakpoint_runs, s.breakpoint_time),
+                    ("steps over a breakpoint", s.step_overs, s.step_over_time),
+                    ("single steps", s.single_steps, s.single_step_time),
+                ];
+                let by_kind: Vec<String> = kinds
+                    .iter()
+                    .map(|(name, n, t)| {
+                        let each = if *n == 0 {
+                            "-".to_string()
+                        } else {
+                            format!("{:.1} µs each", t.as_secs_f64() * 1e6 / *n as f64)
+                        };
+                        format!("{n} {name} {:.3} s ({each})", t.as_secs_f64())
+                    })
+                    .collect();
+                eprintln!("replay: approach by stop kind: {}", by_kind.join("; "));
             }
             Ok(ExitCode::SUCCESS)
         }

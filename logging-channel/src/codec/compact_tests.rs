@@ -3,6 +3,7 @@
 
 use proptest::prelude::*;
 
+use super::tests::framed;
 use super::*;
 use crate::format::{EndReason, Entry, Frame, InputSource, MAX_NET_FRAME, MIN_NET_FRAME, Position};
 use crate::strategies;
@@ -10,14 +11,6 @@ use crate::strategies;
 fn encoded(frame: &Frame) -> Vec<u8> {
     let mut out = Vec::new();
     encode_frame(frame, &mut out);
-    out
-}
-
-fn framed(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-    out.extend_from_slice(body);
     out
 }
 

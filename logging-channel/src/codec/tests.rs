@@ -161,7 +161,7 @@ fn encoded(frame: &Frame) -> Vec<u8> {
 
 /// A frame with a valid envelope around an arbitrary body, to reach the
 /// body decoder (random bytes almost never pass the CRC).
-fn framed(body: &[u8]) -> Vec<u8> {
+pub(super) fn framed(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
