@@ -616,7 +616,14 @@ mod tests {
         let wait = Duration::from_secs(30);
         assert_eq!(rx.recv_timeout(wait).unwrap(), b"one");
         assert_eq!(rx.recv_timeout(wait).unwrap(), b"two");
+        // A frame is counted once its write returned, which is after the writer handed it to
+        // this test: wait for the count (it used to be read at once, and was 1 now and then).
+        let deadline = Instant::now() + wait;
+        while q.frames_released() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert_eq!(q.frames_released(), 2);
+        assert!(rx.try_recv().is_err(), "nothing else left");
     }
 
     /// Stdout that fails every write, like a closed pipe.
