@@ -868,10 +868,13 @@ proptest! {
 
     #[test]
     fn cut_frames_need_more_bytes_and_are_not_called_corrupt(frame in strategies::frame()) {
-        let bytes = encoded(&frame);
-        for cut in 0..bytes.len() {
-            prop_assert_eq!(decode_frame(&bytes[..cut], 0), Ok(None));
-            prop_assert_eq!(check_partial_frame(&bytes[..cut], 0), Ok(()));
+        for enc in [EntryEncoding::Fixed, EntryEncoding::Compact] {
+            let mut bytes = Vec::new();
+            encode_frame_as(&frame, enc, &mut bytes);
+            for cut in 0..bytes.len() {
+                prop_assert_eq!(decode_frame_as(&bytes[..cut], 0, enc), Ok(None));
+                prop_assert_eq!(check_partial_frame_as(&bytes[..cut], 0, enc), Ok(()));
+            }
         }
     }
 
@@ -890,7 +893,10 @@ proptest! {
         if let Some(b) = body.first_mut() {
             *b = kind;
         }
-        let _ = decode_frame(&framed(&body), 0);
+        for enc in [EntryEncoding::Fixed, EntryEncoding::Compact] {
+            let _ = decode_frame_as(&framed(&body), 0, enc);
+            let _ = check_partial_frame_as(&framed(&body)[..body.len() / 2], 0, enc);
+        }
     }
 
     #[test]
