@@ -489,10 +489,13 @@ impl Cluster {
         })
     }
 
+    /// The node at `addr`: the newest one started there. A node started later on the same
+    /// address (the kernel hands out a port again once its listener is gone) means the earlier
+    /// one is dead; in a chain of twenty kills one did, and the test waited on the dead node.
     pub fn index_of(&self, addr: &str) -> usize {
         self.nodes
             .iter()
-            .position(|n| n.addr() == addr)
+            .rposition(|n| n.addr() == addr)
             .unwrap_or_else(|| panic!("no node {addr}"))
     }
 
