@@ -219,34 +219,10 @@ mod tests {
 
     use std::time::{Duration, Instant};
 
-    use logging_channel::net::{ChannelConfig, ExpectedPrimary, Hello, LogReceiver, LogSender};
     use logging_channel::{Entry, Position};
 
     use super::*;
-
-    fn pair() -> (LogSender, LogReceiver) {
-        let listener = LogReceiver::listen("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr();
-        let expected = ExpectedPrimary {
-            guest_image_sha256: [7; 32],
-            viewnum: 3,
-            primary: "alpha".into(),
-        };
-        let acceptor = std::thread::spawn(move || {
-            listener.accept(
-                |h| expected.check(h),
-                ChannelConfig::default(),
-                Some(Duration::from_secs(10)),
-            )
-        });
-        let sender = LogSender::connect(
-            addr,
-            Hello::new([7; 32], 3, "alpha", 0),
-            ChannelConfig::default(),
-        )
-        .unwrap();
-        (sender, acceptor.join().unwrap().unwrap())
-    }
+    use crate::sink::tests::loopback_channel as pair;
 
     fn irq(seq: u64, t_ns: u64) -> Frame {
         Frame {
