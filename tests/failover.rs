@@ -482,3 +482,56 @@ fn a_large_guests_state_transfer_shows_progress() {
         .unwrap_or_else(|| panic!("{}", c.logs()));
     assert_eq!(installed["mem_mib"], 512, "{installed}");
 }
+
+/// A backup whose kicks overshoot on purpose (`--replay-aim 4`: every kick aims at four times
+/// the distance left) goes back to its latest checkpoint each time instead of dropping its
+/// state: it keeps backing up the primary with the one state transfer it had, and when the
+/// primary is killed it goes live, and what both released is one history.
+#[test]
+fn a_backup_whose_replay_overshoots_goes_back_to_its_checkpoint_not_to_the_primary() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::start(
+        "compute",
+        &[common::COMPUTE_FOR_LONG, "report=200"],
+        PING_MS,
+    );
+    c.node_args = vec!["--replay-aim".into(), "4".into()];
+    let (a, b) = c.primary_and_backup(None, LONG);
+    let b_addr = c.nodes[b].addr().to_string();
+    // Three rewinds: each one a second of cautious replay from a checkpoint, then
+    // overshooting kicks again.
+    let deadline = Instant::now() + LONG;
+    while c.nodes[b].events_named("replay_rewound").len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the backup's replay did not go back to a checkpoint three times\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        c.nodes[b].events_named("replay_failed").is_empty(),
+        "the backup dropped its state\n{}",
+        c.logs()
+    );
+    assert_eq!(
+        c.nodes[a].events_named("transfer_done").len(),
+        1,
+        "the primary sent its state again\n{}",
+        c.logs()
+    );
+    let before = c.nodes[b].event_count();
+    c.nodes[a].sigkill();
+    c.wait_view(LONG, |v| v.primary == b_addr);
+    assert!(
+        c.nodes[b].wait_event("going_live", before, LONG).is_some(),
+        "{}",
+        c.logs()
+    );
+    assert!(
+        c.nodes[b].wait_output(LONG),
+        "the new primary released nothing"
+    );
+    let r = c.check_history(b);
+    assert!(r.segments >= 2, "{r:?}");
+}

@@ -219,13 +219,45 @@ fn a_reset_request_or_a_triple_fault_ends_the_run_and_replays() {
 }
 
 #[test]
-fn a_replay_whose_kick_lands_too_late_is_retried_without_printing_twice() {
+fn a_replay_whose_kick_lands_too_late_goes_back_to_a_checkpoint_without_printing_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("compute.ulog");
     let rec = record(&log, "compute", &["iters=6000"]);
     assert_ok(&rec, "recording");
-    // Aiming kicks at 4x the remaining distance makes the first attempt overshoot for sure.
-    let rep = understudy(&["replay", log.to_str().unwrap(), "--aim", "4"]);
+    let recorded = understudy(&["replay", log.to_str().unwrap()]);
+    assert_ok(&recorded, "replay");
+    // Aiming kicks at 4x the remaining distance makes the replay overshoot for sure.
+    let rep = understudy(&["replay", log.to_str().unwrap(), "--aim", "4", "--stats"]);
+    assert_ok(&rep, "replay with overshooting kicks");
+    let err = stderr(&rep);
+    assert!(
+        err.contains("went back to the checkpoint before entry #"),
+        "{err}"
+    );
+    assert!(!err.contains("from the start"), "{err}");
+    assert_eq!(stdout(&rep), stdout(&rec));
+    // It verified what a plain replay does: every digest, every interrupt.
+    let summary = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("replay: OK:"))
+            .map(str::to_string)
+    };
+    assert_eq!(summary(&err), summary(&stderr(&recorded)));
+}
+
+#[test]
+fn without_checkpoints_a_replay_that_overshoots_starts_over_without_printing_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("compute.ulog");
+    let rec = record(&log, "compute", &["iters=6000"]);
+    assert_ok(&rec, "recording");
+    let rep = understudy(&[
+        "replay",
+        log.to_str().unwrap(),
+        "--aim",
+        "4",
+        "--no-checkpoints",
+    ]);
     assert_ok(&rep, "replay with overshooting kicks");
     assert!(
         stderr(&rep).contains("attempt 1 overshot entry #"),

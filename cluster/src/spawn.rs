@@ -262,6 +262,7 @@ impl Understudy {
         if let Some(t) = &spec.tap {
             cmd.args(["--tap", t]);
         }
+        cmd.args(&spec.extra_args);
         for a in &spec.guest_args {
             cmd.args(["--guest-arg", a]);
         }
@@ -526,6 +527,8 @@ pub struct NodeSpec {
     /// Remove `UNDERSTUDY_LOG` from its environment, so that its log is the default one
     /// whatever the caller's is set to.
     pub clear_log_filter: bool,
+    /// More arguments, last (e.g. tuning a test needs).
+    pub extra_args: Vec<String>,
 }
 
 impl NodeSpec {
@@ -551,6 +554,7 @@ impl NodeSpec {
             mem_mib: None,
             tap: None,
             clear_log_filter: false,
+            extra_args: Vec::new(),
         }
     }
 }

@@ -54,6 +54,11 @@ pub struct NodeArgs {
     /// schema.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// As a backup, the replay's approach tuning: fraction of the remaining distance a timed
+    /// kick aims at (experts; above 1 it overshoots on purpose, which tests going back to a
+    /// checkpoint).
+    #[arg(long, hide = true)]
+    pub replay_aim: Option<f64>,
 }
 
 pub fn run(args: &NodeArgs) -> CmdResult {
@@ -88,6 +93,13 @@ pub fn run(args: &NodeArgs) -> CmdResult {
         transcript: args.transcript.clone(),
         channel,
         stats: args.stats,
+        replay_tuning: {
+            let mut t = vmm::precise::ApproachTuning::default();
+            if let Some(aim) = args.replay_aim {
+                t.aim = aim;
+            }
+            t
+        },
         stdout_written: std::sync::atomic::AtomicU64::new(0),
     };
     let code = node::run(

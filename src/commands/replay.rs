@@ -7,12 +7,13 @@ use std::process::ExitCode;
 use clap::Args;
 use logging_channel::file::{LogReader, Tail};
 use logging_channel::net::{ChannelConfig, Hello, Listener};
+use vmm::checkpoint::CheckpointPolicy;
 use vmm::digest::MemHash;
 use vmm::guest_image::hex;
 use vmm::machine::{Machine, MachineConfig};
 use vmm::outcome::Outcome;
 use vmm::precise::ApproachTuning;
-use vmm::replay::{ReplayError, ReplayReport, replay};
+use vmm::replay::{ReplayError, ReplayReport, Rewind, SkipWriter, replay_recovering};
 use vmm::source::{NetSource, VecSource};
 
 use super::CmdResult;
@@ -24,28 +25,6 @@ pub const EXIT_INCOMPLETE: u8 = 3;
 pub const EXIT_DIVERGED: u8 = 4;
 /// Replays from the start after a late kick, at most this many times in all.
 const MAX_ATTEMPTS: u32 = 3;
-
-/// Drops the first `skip` bytes written: what an earlier attempt already printed.
-struct SkipWriter<'a, W: Write> {
-    skip: u64,
-    inner: &'a mut W,
-}
-
-impl<W: Write> Write for SkipWriter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let dropped = usize::try_from(self.skip)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        self.skip -= dropped as u64;
-        if dropped < buf.len() {
-            self.inner.write_all(&buf[dropped..])?;
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
@@ -78,6 +57,10 @@ pub struct ReplayArgs {
     /// above 1 it overshoots on purpose, which tests the retry).
     #[arg(long, hide = true)]
     pub aim: Option<f64>,
+    /// Take no checkpoints: an overshoot starts the replay over from the beginning (experts;
+    /// tests that path).
+    #[arg(long, hide = true)]
+    pub no_checkpoints: bool,
     /// Approach tuning: single-step once this many instructions away (experts).
     #[arg(long, hide = true)]
     pub single_step_within: Option<u64>,
@@ -134,8 +117,14 @@ pub fn run(args: &ReplayArgs) -> CmdResult {
     }
     // A kick that lands late can make the guest run past a recorded position on this host
     // (docs/design.md, "Known limits"). That loses the replay but proves nothing wrong with the
-    // log, so replay again from the start, more cautiously, without printing twice what the
-    // first attempt already printed (replay is deterministic, so it is the same bytes).
+    // log: the replay goes back to its latest checkpoint (a second or so) and on, more
+    // cautiously. Should that fail too, it starts over from the beginning, more cautiously
+    // still. Nothing is printed twice (replay is deterministic, so it is the same bytes).
+    let policy = if args.no_checkpoints {
+        CheckpointPolicy::none()
+    } else {
+        CheckpointPolicy::default()
+    };
     let mut printed = 0u64;
     let mut attempt = 1;
     let result = loop {
@@ -144,13 +133,27 @@ pub fn run(args: &ReplayArgs) -> CmdResult {
             inner: &mut console,
         };
         let mut source = VecSource::new(frames.clone());
-        let result = replay(&mut machine, &mut source, &mut skip, tuning);
+        let mut said = |r: &Rewind| {
+            eprintln!(
+                "replay: overshot entry #{} (a timer kick landed late); went back to the checkpoint before entry #{} and replays on from there with more cautious kicks",
+                r.overshot_seq, r.from_seq
+            );
+        };
+        let (result, _) = replay_recovering(
+            &mut machine,
+            &mut source,
+            &mut skip,
+            tuning,
+            None,
+            policy,
+            &mut said,
+        );
         match result {
             Err(ReplayError::Overshot {
                 seq, console_bytes, ..
             }) if attempt < MAX_ATTEMPTS => {
                 eprintln!(
-                    "replay: attempt {attempt} overshot entry #{seq} (a timer kick landed late); replaying again from the start with more cautious kicks"
+                    "replay: attempt {attempt} overshot entry #{seq} and no checkpoint could take it back; replaying again from the start with more cautious kicks"
                 );
                 printed = printed.max(console_bytes);
                 attempt += 1;
@@ -208,13 +211,27 @@ fn run_streamed(args: &ReplayArgs, addr: &str) -> CmdResult {
     let mut source = NetSource::new(rx);
     let stdout = std::io::stdout();
     let mut console = std::io::LineWriter::new(stdout.lock());
-    // No retry here: a live stream cannot be rewound (that needs checkpoints), so aim
-    // cautiously from the start.
-    let mut tuning = ApproachTuning::cautious();
+    // A live stream cannot start over, but it can go back to a checkpoint: aim as a file
+    // replay does.
+    let mut tuning = ApproachTuning::default();
     if let Some(aim) = args.aim {
         tuning.aim = aim;
     }
-    let result = replay(&mut machine, &mut source, &mut console, tuning);
+    let mut said = |r: &Rewind| {
+        eprintln!(
+            "replay: overshot entry #{} (a timer kick landed late); went back to the checkpoint before entry #{}",
+            r.overshot_seq, r.from_seq
+        );
+    };
+    let (result, _) = replay_recovering(
+        &mut machine,
+        &mut source,
+        &mut console,
+        tuning,
+        None,
+        CheckpointPolicy::default(),
+        &mut said,
+    );
     console.flush()?;
     let why = match source.ended_by() {
         Some(e) => format!("the primary's stream ended before its end entry ({e})"),
@@ -275,6 +292,18 @@ fn report(
                     })
                     .collect();
                 eprintln!("replay: approach by stop kind: {}", by_kind.join("; "));
+                eprintln!(
+                    "replay: {} checkpoints, {:.3} s ({:.2} ms each, {:.1} MiB of guest memory in the last), {} rewinds after an overshoot",
+                    s.checkpoints,
+                    s.checkpoint_time.as_secs_f64(),
+                    if s.checkpoints == 0 {
+                        0.0
+                    } else {
+                        s.checkpoint_time.as_secs_f64() * 1e3 / s.checkpoints as f64
+                    },
+                    s.checkpoint_bytes as f64 / f64::from(1u32 << 20),
+                    s.rewinds
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

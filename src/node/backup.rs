@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use logging_channel::net::{ChannelError, Hello, Listener, LogReceiver, StatePart, StateReceiver};
+use vmm::checkpoint::CheckpointPolicy;
 use vmm::clock::SystemClock;
 use vmm::guest_image::hex;
 use vmm::machine::Machine;
 use vmm::outcome::{Ended, RunError};
-use vmm::precise::ApproachTuning;
-use vmm::replay::{ReplayError, Stopped, replay_from};
+use vmm::replay::{ReplayError, Rewind, Stopped, replay_recovering};
 use vmm::snapshot::memory::install_pages;
 use vmm::snapshot::{LogPoint, MachineState};
 use vmm::source::NetSource;
@@ -425,16 +425,30 @@ fn replay_stream(
         transcript,
         history,
     };
-    // A live stream cannot be rewound, but a failed replay here costs only a new state
-    // transfer: aim as fast as a file replay does, so the backup keeps up with the primary
-    // (the cautious tuning fell ~17% behind on compute and the throttle then slowed the
-    // primary to match; docs/benchmarks.md).
-    let (result, stopped) = replay_from(
+    // A kick that lands late sends the replay back to its latest checkpoint (a second or so),
+    // and only a failure beyond that costs a new state transfer: aim as fast as a file replay
+    // does, so the backup keeps up with the primary (the cautious tuning fell ~17% behind on
+    // compute and the throttle then slowed the primary to match; docs/benchmarks.md).
+    let me = views.me.clone();
+    let mut said = |r: &Rewind| {
+        eprintln!(
+            "node {me}: the replay overshot entry #{} (a timer kick landed late); went back to its checkpoint before entry #{} instead of asking for a new state",
+            r.overshot_seq, r.from_seq
+        );
+        emit(&NodeEvent::ReplayRewound {
+            overshot_seq: r.overshot_seq,
+            from_seq: r.from_seq,
+            in_a_row: r.in_a_row,
+        });
+    };
+    let (result, stopped) = replay_recovering(
         &mut machine,
         &mut source,
         &mut console,
-        ApproachTuning::default(),
+        ctx.replay_tuning,
         Some(point),
+        CheckpointPolicy::default(),
+        &mut said,
     );
     let _ = console.flush();
     let end = match &result {
@@ -507,7 +521,7 @@ fn replay_stream(
             })
         }
         (Err(e), _) => Err(e),
-        // `replay_from` says where the guest stands whenever a live stream's replay ends.
+        // `replay_recovering` says where the guest stands whenever a live stream's replay ends.
         (Ok(_), _) => Err(ReplayError::Run(RunError::Exit(
             vmm::exit::ExitError::Unexpected(
                 "the replay ended without saying where the guest stands".into(),

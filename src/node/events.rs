@@ -91,6 +91,14 @@ pub enum NodeEvent<'a> {
         overshoot: bool,
         diverged: bool,
     },
+    /// A backup's replay overshot entry `overshot_seq` (a kick landed late) and went back to
+    /// its checkpoint before entry `from_seq` instead of asking for a new state;
+    /// `in_a_row`: overshoots since the last checkpoint, this one included.
+    ReplayRewound {
+        overshot_seq: u64,
+        from_seq: u64,
+        in_a_row: u32,
+    },
     /// The primary's stream ended; the backup holds its replayed guest at `last_seq`.
     StreamEnded {
         reason: &'a str,
@@ -247,6 +255,11 @@ mod tests {
                 overshoot: false,
                 diverged: false,
             },
+            NodeEvent::ReplayRewound {
+                overshot_seq: 2,
+                from_seq: 1,
+                in_a_row: 1,
+            },
             NodeEvent::StreamEnded {
                 reason: s,
                 last_seq: None,
@@ -308,6 +321,7 @@ mod tests {
                 | NodeEvent::StateInstalled { .. }
                 | NodeEvent::StateRefused { .. }
                 | NodeEvent::ReplayFailed { .. }
+                | NodeEvent::ReplayRewound { .. }
                 | NodeEvent::StreamEnded { .. }
                 | NodeEvent::PrimaryLost { .. }
                 | NodeEvent::GuestPoweredOff { .. }

@@ -44,6 +44,8 @@ pub struct NodeCtx {
     pub transcript: Option<PathBuf>,
     pub channel: ChannelConfig,
     pub stats: bool,
+    /// The backup's approach tuning (`--replay-aim` changes it, for tests).
+    pub replay_tuning: vmm::precise::ApproachTuning,
     /// Bytes this process has written to stdout (released output) over all its primary roles:
     /// each role says where its own output starts, so what the world heard can be matched
     /// against the guest's history segment by segment.

@@ -181,6 +181,8 @@ pub struct Cluster {
     pub ping_ms: u64,
     /// `--mem-mib` for nodes started from now on (the node's default if `None`).
     pub mem_mib: Option<u32>,
+    /// More arguments for nodes started from now on.
+    pub node_args: Vec<String>,
 }
 
 impl Cluster {
@@ -203,6 +205,7 @@ impl Cluster {
             guest_args: guest_args.iter().map(|s| s.to_string()).collect(),
             ping_ms,
             mem_mib: None,
+            node_args: Vec::new(),
         }
     }
 
@@ -374,6 +377,7 @@ impl Cluster {
             mem_mib: self.mem_mib,
             tap: tap.map(str::to_string),
             clear_log_filter: true,
+            extra_args: self.node_args.clone(),
             ..NodeSpec::new(
                 format!("node{i}"),
                 self.dir.path(),

@@ -56,7 +56,7 @@ fn nonzero_pages_hash(mem: &[u8], populated: Option<&[bool]>) -> u64 {
     h.digest()
 }
 
-fn is_zero(page: &[u8]) -> bool {
+pub(crate) fn is_zero(page: &[u8]) -> bool {
     let (head, words, tail) = {
         // SAFETY: any bit pattern is a valid u64; align_to only reinterprets the aligned middle.
         unsafe { page.align_to::<u64>() }
@@ -68,7 +68,7 @@ fn is_zero(page: &[u8]) -> bool {
 /// `/proc/self/pagemap`: a page neither present nor swapped out was never written (or was
 /// discarded) and reads as zeros. `None` if the host does not say (another page size, no
 /// pagemap): then every page is read.
-fn populated_pages(mem: &[u8]) -> Option<Vec<bool>> {
+pub(crate) fn populated_pages(mem: &[u8]) -> Option<Vec<bool>> {
     use std::os::unix::fs::FileExt;
     const PRESENT: u64 = 1 << 63;
     const SWAPPED: u64 = 1 << 62;

@@ -5,6 +5,7 @@
 
 pub mod boot;
 pub mod bus;
+pub mod checkpoint;
 pub mod clock;
 
 pub mod console;

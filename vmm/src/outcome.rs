@@ -105,6 +105,14 @@ pub struct RunStats {
     pub single_steps: u64,
     /// Replay only: time of those steps.
     pub single_step_time: Duration,
+    /// Replay only: checkpoints taken (`checkpoint.rs`).
+    pub checkpoints: u64,
+    /// Replay only: time spent taking them.
+    pub checkpoint_time: Duration,
+    /// Replay only: guest memory the last checkpoint held, in bytes.
+    pub checkpoint_bytes: u64,
+    /// Replay only: times the replay went back to a checkpoint after an overshoot.
+    pub rewinds: u64,
 }
 
 /// Why a run stopped early.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use logging_channel::format::{EndReason, Entry, Frame, InputSource, Position, Regs};
 use logging_channel::netframe;
 
+use crate::checkpoint::{CheckpointPolicy, CheckpointSlot, EntryCounts, Rewindable};
 use crate::clock::{HostClock, SystemClock};
 use crate::console::ConsoleStream;
 use crate::devices::DeviceEnv;
@@ -18,7 +19,7 @@ use crate::exit::Stop;
 use crate::machine::Machine;
 use crate::outcome::{Outcome, RunError, RunStats};
 use crate::precise::{ApproachStep, ApproachTuning, KickFloor, RateEstimate, plan};
-use crate::snapshot::LogPoint;
+use crate::snapshot::{LogPoint, SnapshotError};
 use crate::source::{EntrySource, SourceError};
 use crate::vcpu::kick::{self, ThreadTimer};
 use crate::vcpu::{cpl, regs_from_kvm};
@@ -74,6 +75,9 @@ pub enum ReplayError {
         /// Why it cannot be applied.
         what: String,
     },
+    /// A checkpoint of the replay could not be taken or put back.
+    #[error("replay checkpoint: {0}")]
+    Checkpoint(#[source] SnapshotError),
     /// The run failed as a live run can (KVM, vCPU, console).
     #[error(transparent)]
     Run(#[from] RunError),
@@ -299,6 +303,13 @@ struct Replayer<'a> {
     /// The last frames the replayed guest transmitted (matched), newest last: what a backup
     /// going live sends again, since it cannot know which of them the old primary released.
     recent_frames: VecDeque<Vec<u8>>,
+    /// Where checkpoints go, if this replay takes them (its source can hand entries out again).
+    checkpoints: Option<&'a mut CheckpointSlot>,
+    /// The tuning to go back to at the next checkpoint, after a rewind made this replay
+    /// cautious.
+    after_checkpoint: Option<ApproachTuning>,
+    /// Guest exits at the start of this attempt (`stats.exits` counts those before).
+    start_exits: u64,
 }
 
 /// How many transmitted frames a replay keeps for going live.
@@ -538,6 +549,7 @@ impl Replayer<'_> {
             if self.halted {
                 return Err(self.diverged(&next, format!("the replayed guest halted at exit {} and the log has no interrupt for it there", self.core.exits())));
             }
+            self.checkpoint_if_due()?;
             let pos = next.entry.pos();
             if pos.exits() < self.core.exits() {
                 return Err(self.diverged(
@@ -569,6 +581,55 @@ impl Replayer<'_> {
                 _ => self.run_to_next_exit(&next)?,
             }
         }
+    }
+
+    /// Saves the machine if a checkpoint is due and the replay stands where one can be taken:
+    /// at a guest exit, every entry due there applied, nothing pending (the primary's rule for
+    /// a state transfer, plus the replay's own: no transmitted frame still unmatched).
+    fn checkpoint_if_due(&mut self) -> Result<(), ReplayError> {
+        let Some(slot) = self.checkpoints.as_deref_mut() else {
+            return Ok(());
+        };
+        if !slot.due()
+            || !matches!(self.here, Here::AtExit(_))
+            || self.halted
+            || !self.transmitted.is_empty()
+        {
+            return Ok(());
+        }
+        // An I/O exit's result (an `in`'s value) reaches the registers only at the next entry.
+        self.m
+            .vcpu
+            .complete_pending_exit()
+            .map_err(RunError::from)?;
+        let point = LogPoint {
+            exits: self.core.exits(),
+            counter: self.m.counter.read().map_err(RunError::from)?,
+            mid_execution: false,
+            console_bytes: self.console_stream.bytes,
+            console_hash: self.console_stream.hash,
+            clock_ns: self.after_end.last_ns,
+            next_seq: self.last_seq.map_or(0, |s| s + 1),
+            released: self.released,
+        };
+        let counts = EntryCounts {
+            exits: self.stats.exits + (self.core.exits() - self.start_exits),
+            interrupts_at_exit: self.stats.interrupts_at_exit,
+            interrupts_precise: self.stats.interrupts_precise,
+            digests_verified: self.digests_verified,
+        };
+        slot.take(
+            self.m,
+            point,
+            counts,
+            self.recent_frames.iter().cloned().collect(),
+        )
+        .map_err(ReplayError::Checkpoint)?;
+        self.source.checkpointed();
+        if let Some(t) = self.after_checkpoint.take() {
+            self.tuning = t;
+        }
+        Ok(())
     }
 
     fn run_to_next_exit(&mut self, next: &Frame) -> Result<(), ReplayError> {
@@ -898,19 +959,202 @@ pub fn replay_from(
     tuning: ApproachTuning,
     from: Option<LogPoint>,
 ) -> (Result<ReplayReport, ReplayError>, Option<Stopped>) {
+    let (result, stopped, _) = replay_attempt(
+        m,
+        source,
+        console,
+        tuning,
+        Attempt {
+            point: from.unwrap_or_default(),
+            live: from.is_some(),
+            recent_frames: Vec::new(),
+            checkpoints: None,
+            after_checkpoint: None,
+            stats: RunStats::default(),
+            digests_verified: 0,
+        },
+    );
+    (result, stopped)
+}
+
+/// Where one run of the replay loop starts, and what it carries over from an earlier one.
+struct Attempt<'s> {
+    point: LogPoint,
+    /// The source is a live stream that may end because its primary is gone.
+    live: bool,
+    recent_frames: Vec<Vec<u8>>,
+    checkpoints: Option<&'s mut CheckpointSlot>,
+    after_checkpoint: Option<ApproachTuning>,
+    /// Counts so far: the work of earlier attempts, and the entries applied up to `point`.
+    stats: RunStats,
+    digests_verified: u64,
+}
+
+/// A replay that overshot went back to its latest checkpoint.
+#[derive(Debug, Clone)]
+pub struct Rewind {
+    /// The entry the guest ran past.
+    pub overshot_seq: u64,
+    /// That entry, described.
+    pub entry: String,
+    /// The first entry after the checkpoint: replay goes on from there.
+    pub from_seq: u64,
+    /// Overshoots since the last checkpoint taken, this one included.
+    pub in_a_row: u32,
+}
+
+/// Overshoots in a row (no checkpoint taken between them) after which a replay gives up: the
+/// first is retried with the cautious tuning, the second with the final-stretch one.
+pub const MAX_REWINDS_IN_A_ROW: u32 = 2;
+
+/// [`replay_from`], taking checkpoints as `policy` says: when a timed kick lands late and the
+/// guest runs past a recorded position, the machine goes back to the latest checkpoint and
+/// the entries since are replayed again, cautiously until the next checkpoint, printing
+/// nothing twice. `on_rewind` hears of each. An overshoot before the first checkpoint, past
+/// what the source kept, or more than [`MAX_REWINDS_IN_A_ROW`] times in a row ends the replay
+/// with [`ReplayError::Overshot`] as `replay_from` would.
+pub fn replay_recovering(
+    m: &mut Machine,
+    source: &mut dyn EntrySource,
+    console: &mut dyn Write,
+    tuning: ApproachTuning,
+    from: Option<LogPoint>,
+    policy: CheckpointPolicy,
+    on_rewind: &mut dyn FnMut(&Rewind),
+) -> (Result<ReplayReport, ReplayError>, Option<Stopped>) {
+    let mut source = Rewindable::new(source, policy.max_kept_bytes);
+    let mut slot = CheckpointSlot::new(policy);
+    let live = from.is_some();
+    let mut point = from.unwrap_or_default();
+    let mut recent_frames = Vec::new();
+    // Console bytes (counted from the guest's start) some attempt already printed.
+    let mut printed = point.console_bytes;
+    let mut attempt_tuning = tuning;
+    let mut after_checkpoint = None;
+    let mut in_a_row = 0;
+    let mut stats = RunStats::default();
+    let mut digests_verified = 0;
+    loop {
+        let taken_before = slot.stats.taken;
+        let mut skip = SkipWriter {
+            skip: printed.saturating_sub(point.console_bytes),
+            inner: &mut *console,
+        };
+        let (mut result, stopped, attempt_stats) = replay_attempt(
+            m,
+            &mut source,
+            &mut skip,
+            attempt_tuning,
+            Attempt {
+                point,
+                live,
+                recent_frames,
+                checkpoints: Some(&mut slot),
+                after_checkpoint,
+                stats,
+                digests_verified,
+            },
+        );
+        if slot.stats.taken > taken_before {
+            in_a_row = 0;
+        }
+        let rewind_to = match &result {
+            Err(ReplayError::Overshot {
+                seq,
+                entry,
+                console_bytes,
+                ..
+            }) if in_a_row < MAX_REWINDS_IN_A_ROW && source.can_rewind() => slot
+                .latest
+                .as_ref()
+                .map(|cp| (cp, *seq, entry.clone(), *console_bytes)),
+            _ => None,
+        };
+        let Some((cp, seq, entry, console_bytes)) = rewind_to else {
+            if let Ok(report) = result.as_mut() {
+                report.stats.checkpoints = slot.stats.taken;
+                report.stats.checkpoint_time = slot.stats.time;
+                report.stats.checkpoint_bytes = slot.stats.last_bytes;
+                report.stats.rewinds = slot.stats.rewinds;
+            }
+            return (result, stopped);
+        };
+        if let Err(e) = cp.restore(m) {
+            return (Err(ReplayError::Checkpoint(e)), None);
+        }
+        point = cp.point();
+        recent_frames = cp.recent_frames.clone();
+        // The work of every attempt counts; what was applied since the checkpoint is undone.
+        stats = attempt_stats;
+        cp.counts.put_back(&mut stats);
+        digests_verified = cp.counts.digests_verified;
+        source.rewind();
+        slot.rewound();
+        in_a_row += 1;
+        printed = printed.max(console_bytes);
+        attempt_tuning = ApproachTuning::for_attempt(in_a_row + 1);
+        after_checkpoint = Some(tuning);
+        on_rewind(&Rewind {
+            overshot_seq: seq,
+            entry,
+            from_seq: point.next_seq,
+            in_a_row,
+        });
+    }
+}
+
+/// Drops the first `skip` bytes written: what an earlier attempt already printed (replay is
+/// deterministic, so an attempt from an earlier point prints the same bytes again).
+pub struct SkipWriter<'a> {
+    /// Bytes still to drop.
+    pub skip: u64,
+    /// Where the rest goes.
+    pub inner: &'a mut dyn Write,
+}
+
+impl std::fmt::Debug for SkipWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SkipWriter")
+            .field("skip", &self.skip)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Write for SkipWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let dropped = usize::try_from(self.skip)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        self.skip -= dropped as u64;
+        if dropped < buf.len() {
+            self.inner.write_all(&buf[dropped..])?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn replay_attempt(
+    m: &mut Machine,
+    source: &mut dyn EntrySource,
+    console: &mut dyn Write,
+    tuning: ApproachTuning,
+    attempt: Attempt<'_>,
+) -> (Result<ReplayReport, ReplayError>, Option<Stopped>, RunStats) {
     let started = Instant::now();
     // SAFETY: `m` is borrowed for this whole function, which the guard does not outlive; this
     // is the vCPU's thread.
     let _published = match unsafe { kick::publish(m.vcpu.immediate_exit_ptr()) } {
         Ok(guard) => guard,
-        Err(e) => return (Err(RunError::Signal(e).into()), None),
+        Err(e) => return (Err(RunError::Signal(e).into()), None, attempt.stats),
     };
     let timer = match ThreadTimer::for_current_thread() {
         Ok(t) => t,
-        Err(e) => return (Err(RunError::Timer(e).into()), None),
+        Err(e) => return (Err(RunError::Timer(e).into()), None, attempt.stats),
     };
-    // A replay from the start is one from the empty point: exit 0, nothing logged yet.
-    let point = from.unwrap_or_default();
+    let point = attempt.point;
     let here = if point.mid_execution {
         Here::Precise {
             exits: point.exits,
@@ -927,14 +1171,14 @@ pub fn replay_from(
         rate: RateEstimate::new(&tuning),
         kick_floor: KickFloor::new(&tuning),
         timer,
-        stats: RunStats::default(),
+        stats: attempt.stats.clone(),
         core: Core::new(point.exits),
         here,
         halted: false,
         power_off: None,
         shutdown: false,
         reset: None,
-        digests_verified: 0,
+        digests_verified: attempt.digests_verified,
         last_seq: point.next_seq.checked_sub(1),
         console_stream: point.console(),
         in_approach: false,
@@ -943,16 +1187,20 @@ pub fn replay_from(
             last_ns: point.clock_ns,
             clock: None,
         },
-        live_source: from.is_some(),
+        live_source: attempt.live,
         transmitted: VecDeque::new(),
-        recent_frames: VecDeque::new(),
+        recent_frames: attempt.recent_frames.into(),
+        checkpoints: attempt.checkpoints,
+        after_checkpoint: attempt.after_checkpoint,
+        start_exits: point.exits,
     };
     let result = r.run();
     let _ = r.console.flush();
+    // Earlier attempts' exits, stops and time are in `attempt.stats`; this one's are added.
     let mut stats = r.stats.clone();
-    stats.exits = r.core.exits() - point.exits;
-    stats.stops = r.core.stops();
-    stats.wall = started.elapsed();
+    stats.exits += r.core.exits() - point.exits;
+    stats.stops += r.core.stops();
+    stats.wall += started.elapsed();
     stats.digests = r.digests_verified;
     let entries = r.last_seq.map_or(0, |s| s + 1);
     // A live backup keeps where it stands when the stream ends, and also when the guest did:
@@ -1000,7 +1248,7 @@ pub fn replay_from(
         entries,
         outcome,
         digests_verified: r.digests_verified,
-        stats,
+        stats: stats.clone(),
     });
-    (report, stopped)
+    (report, stopped, stats)
 }

@@ -25,6 +25,10 @@ pub trait EntrySource {
     fn final_stretch(&self) -> bool {
         false
     }
+    /// The replay saved the machine here (a checkpoint): a source that can hand entries out
+    /// again keeps, from now on, those it hands out, so that the replay can go back to this
+    /// point (`checkpoint::Rewindable`). Others ignore it.
+    fn checkpointed(&mut self) {}
 }
 
 /// Entries already in memory, e.g. a whole log file.

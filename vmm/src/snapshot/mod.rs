@@ -63,6 +63,9 @@ pub enum SnapshotError {
         /// What KVM said.
         source: kvm_ioctls::Error,
     },
+    /// The vCPU could not be readied for a restore (its last exit finished, debugging off).
+    #[error("readying the vCPU for a restore failed")]
+    Vcpu(#[from] crate::vcpu::VcpuError),
     /// The instruction counter could not be rebased to the primary's count.
     #[error("the instruction counter cannot be rebased")]
     Counter(#[from] crate::vcpu::counter::CounterError),
