@@ -293,7 +293,7 @@ fn report(
                     .collect();
                 eprintln!("replay: approach by stop kind: {}", by_kind.join("; "));
                 eprintln!(
-                    "replay: {} checkpoints, {:.3} s ({:.2} ms each, {:.1} MiB of guest memory in the last), {} rewinds after an overshoot",
+                    "replay: {} checkpoints, {:.3} s ({:.2} ms each, {:.1} MiB of guest memory in the last), {} rewinds after an overshoot ({:.2} ms each to put the machine back)",
                     s.checkpoints,
                     s.checkpoint_time.as_secs_f64(),
                     if s.checkpoints == 0 {
@@ -302,7 +302,12 @@ fn report(
                         s.checkpoint_time.as_secs_f64() * 1e3 / s.checkpoints as f64
                     },
                     s.checkpoint_bytes as f64 / f64::from(1u32 << 20),
-                    s.rewinds
+                    s.rewinds,
+                    if s.rewinds == 0 {
+                        0.0
+                    } else {
+                        s.rewind_time.as_secs_f64() * 1e3 / s.rewinds as f64
+                    }
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -19,7 +19,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::digest::{is_zero, populated_pages};
 use crate::machine::Machine;
 use crate::outcome::RunStats;
-use crate::snapshot::memory::MemoryError;
+use crate::snapshot::memory::{MemoryError, register_slot};
 use crate::snapshot::{LogPoint, MachineState, SnapshotError};
 use crate::source::{EntrySource, SourceError};
 
@@ -153,6 +153,19 @@ impl Checkpoint {
         for (&i, page) in self.pages.iter().zip(self.data.chunks_exact(PAGE)) {
             write_page(m, i as usize, page)?;
         }
+        // KVM learns of the guest's writes to its page tables by write-protecting them in its
+        // own tables (shadow paging, as on PVM); writes from here go around that, and mappings
+        // built from page tables the guest wrote since the checkpoint would outlive them.
+        // Removing and adding the memory slot drops every such mapping.
+        let bytes = m.memory().len() as u64;
+        register_slot(&m.vm, &m.mem, 0, 0)
+            .and_then(|()| register_slot(&m.vm, &m.mem, bytes, 0))
+            .map_err(|e| {
+                SnapshotError::Memory(MemoryError::Write {
+                    index: 0,
+                    what: format!("re-registering guest memory with KVM: {e}"),
+                })
+            })?;
         m.vcpu.set_breakpoint(None)?;
         self.state.restore(m)
     }
@@ -210,6 +223,8 @@ pub struct CheckpointStats {
     pub last_bytes: u64,
     /// Replays that went back to a checkpoint after an overshoot.
     pub rewinds: u64,
+    /// Time spent putting the machine back (not the replay again).
+    pub rewind_time: Duration,
 }
 
 /// The replay's latest checkpoint and when the next one is due.
@@ -262,8 +277,9 @@ impl CheckpointSlot {
 
     /// The replay went back to the latest checkpoint: the next one is a whole period away, so
     /// that the stretch that overshot is replayed from this one.
-    pub fn rewound(&mut self) {
+    pub fn rewound(&mut self, took: Duration) {
         self.stats.rewinds += 1;
+        self.stats.rewind_time += took;
         self.next_due = self.policy.every.map(|d| Instant::now() + d);
     }
 }

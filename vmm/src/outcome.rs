@@ -113,6 +113,8 @@ pub struct RunStats {
     pub checkpoint_bytes: u64,
     /// Replay only: times the replay went back to a checkpoint after an overshoot.
     pub rewinds: u64,
+    /// Replay only: time spent putting the machine back to a checkpoint.
+    pub rewind_time: Duration,
 }
 
 /// Why a run stopped early.

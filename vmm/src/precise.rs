@@ -95,8 +95,9 @@ impl Default for ApproachTuning {
 }
 
 impl ApproachTuning {
-    /// For a replay that cannot afford an overshoot (a live stream) or a second attempt after
-    /// one: aims at under a sixth of the distance and assumes kicks may come 100 µs late.
+    /// For a replay that just overshot, until its next checkpoint (or the second attempt of
+    /// one without checkpoints): aims at under a sixth of the distance and assumes kicks may
+    /// come 100 µs late.
     pub fn cautious() -> Self {
         Self {
             aim: 0.15,

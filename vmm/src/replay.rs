@@ -1076,12 +1076,15 @@ pub fn replay_recovering(
                 report.stats.checkpoint_time = slot.stats.time;
                 report.stats.checkpoint_bytes = slot.stats.last_bytes;
                 report.stats.rewinds = slot.stats.rewinds;
+                report.stats.rewind_time = slot.stats.rewind_time;
             }
             return (result, stopped);
         };
+        let restoring = Instant::now();
         if let Err(e) = cp.restore(m) {
             return (Err(ReplayError::Checkpoint(e)), None);
         }
+        let took = restoring.elapsed();
         point = cp.point();
         recent_frames = cp.recent_frames.clone();
         // The work of every attempt counts; what was applied since the checkpoint is undone.
@@ -1089,7 +1092,7 @@ pub fn replay_recovering(
         cp.counts.put_back(&mut stats);
         digests_verified = cp.counts.digests_verified;
         source.rewind();
-        slot.rewound();
+        slot.rewound(took);
         in_a_row += 1;
         printed = printed.max(console_bytes);
         attempt_tuning = ApproachTuning::for_attempt(in_a_row + 1);

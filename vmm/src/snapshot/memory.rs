@@ -141,7 +141,7 @@ impl MemoryTracker {
     }
 }
 
-/// (Re-)registers the machine's one memory slot with `flags`.
+/// (Re-)registers the machine's one memory slot with `flags`; `bytes` 0 removes it.
 pub fn register_slot(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
@@ -159,7 +159,8 @@ pub fn register_slot(
         userspace_addr: host as u64,
     };
     // SAFETY: the machine's own live mapping (kept alive by `mem`), same slot and size as
-    // registered when the machine was built: only the flags change.
+    // registered when the machine was built, only the flags changed; or size 0, which removes
+    // the slot (no mapping is handed to KVM) until it is registered again.
     unsafe { vm.set_user_memory_region(region) }
 }
 
