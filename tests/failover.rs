@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::Signal;
-use common::cluster::{Cluster, Failover, Proxy, released_from};
+use common::cluster::{Cluster, Failover, FieldRefusingProxy, Proxy, released_from};
 
 /// These tests run one after the other: each runs three VMs on a two-core machine.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -531,6 +531,61 @@ fn a_backup_whose_replay_overshoots_goes_back_to_its_checkpoint_not_to_the_prima
     assert!(
         c.nodes[b].wait_output(LONG),
         "the new primary released nothing"
+    );
+    let r = c.check_history(b);
+    assert!(r.segments >= 2, "{r:?}");
+}
+
+/// The backup's view service is of an older build, which refuses the ping field asking for a
+/// promotion (`primary_lost`) with 400, as it refuses any field it does not know. The backup
+/// asks once, hears the refusal, asks no more, and is promoted on the dead primary's missed
+/// pings, as before the field existed; what was released is one history.
+#[test]
+fn a_view_service_that_does_not_know_the_request_to_be_promoted_fails_over_on_missed_pings() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::start("ticker", &["hz=50", "ticks=1000000"], PING_MS);
+    let old = FieldRefusingProxy::start(c.vs_addr.clone(), "primary_lost");
+    let a = c.add_node("127.0.0.1:0", None);
+    let a_addr = c.nodes[a].addr().to_string();
+    c.wait_view(LONG, |v| v.primary == a_addr);
+    let b = c.add_node_via("127.0.0.1:0", None, &old.addr);
+    let b_addr = c.nodes[b].addr().to_string();
+    c.wait_view(LONG, |v| v.backup == b_addr && v.primary == a_addr);
+    assert!(
+        c.nodes[a].wait_event("transfer_done", 0, LONG).is_some(),
+        "{}",
+        c.logs()
+    );
+    let view = c.wait_ready(LONG).view;
+    std::thread::sleep(Duration::from_millis(300));
+    let before = c.nodes[b].event_count();
+
+    c.nodes[a].sigkill();
+    let after = c.wait_view(LONG, |v| v.primary == b_addr);
+    assert_eq!(after.viewnum, view.viewnum + 1, "{}", c.logs());
+    assert!(
+        c.nodes[b]
+            .wait_event("primary_lost", before, LONG)
+            .is_some(),
+        "the backup never asked to be promoted\n{}",
+        c.logs()
+    );
+    assert!(
+        old.refused.load(std::sync::atomic::Ordering::Acquire) >= 1,
+        "the old view service was never asked\n{}",
+        c.logs()
+    );
+    assert!(
+        c.nodes[b]
+            .log()
+            .contains("the view service refused the request to be promoted"),
+        "{}",
+        c.logs()
+    );
+    assert!(
+        c.nodes[b].wait_output(LONG),
+        "the new primary released nothing\n{}",
+        c.logs()
     );
     let r = c.check_history(b);
     assert!(r.segments >= 2, "{r:?}");

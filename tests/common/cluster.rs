@@ -828,3 +828,109 @@ fn forward(
         let _ = to.shutdown(std::net::Shutdown::Write);
     });
 }
+
+/// An HTTP forwarder to a viewserver that plays a view service of an older build: any request
+/// whose body holds the JSON field `field` is answered `400` naming it as unknown, as a server
+/// that refuses unknown fields does; every other request goes through unchanged.
+pub struct FieldRefusingProxy {
+    pub addr: String,
+    /// Requests refused so far.
+    pub refused: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FieldRefusingProxy {
+    pub fn start(to: String, field: &'static str) -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let r = Arc::clone(&refused);
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(client) = s else { return };
+                let (to, r) = (to.clone(), Arc::clone(&r));
+                std::thread::spawn(move || refuse_or_forward(client, &to, field, &r));
+            }
+        });
+        Self { addr, refused }
+    }
+}
+
+/// One HTTP/1.1 message from `r`: its head (up to the blank line) and its body
+/// (`Content-Length` bytes); `None` at the end of the connection.
+fn read_http(r: &mut impl std::io::BufRead) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut head = Vec::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        head.extend_from_slice(line.as_bytes());
+        if let Some((name, value)) = line.split_once(':')
+            && name.trim().eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().ok()?;
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+fn refuse_or_forward(
+    client: TcpStream,
+    to: &str,
+    field: &str,
+    refused: &std::sync::atomic::AtomicU64,
+) {
+    use std::io::Write as _;
+    let mut from_client = std::io::BufReader::new(client.try_clone().unwrap());
+    let mut to_client = client;
+    let mut upstream: Option<(TcpStream, std::io::BufReader<TcpStream>)> = None;
+    let needle = format!("\"{field}\"");
+    while let Some((head, body)) = read_http(&mut from_client) {
+        let reply = if String::from_utf8_lossy(&body).contains(&needle) {
+            refused.fetch_add(1, Ordering::AcqRel);
+            let msg = format!(r#"{{"error":"unknown field `{field}` in the request body"}}"#);
+            format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n{msg}",
+                msg.len()
+            )
+            .into_bytes()
+        } else {
+            if upstream.is_none() {
+                let Ok(s) = TcpStream::connect(to) else {
+                    return;
+                };
+                let reader = std::io::BufReader::new(s.try_clone().unwrap());
+                upstream = Some((s, reader));
+            }
+            let Some((up, up_reader)) = upstream.as_mut() else {
+                return;
+            };
+            if up
+                .write_all(&head)
+                .and_then(|()| up.write_all(&body))
+                .is_err()
+            {
+                return;
+            }
+            let Some((h, b)) = read_http(up_reader) else {
+                return;
+            };
+            if String::from_utf8_lossy(&h)
+                .to_ascii_lowercase()
+                .contains("connection: close")
+            {
+                upstream = None;
+            }
+            [h, b].concat()
+        };
+        if to_client.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}
