@@ -133,12 +133,6 @@ pub fn run(args: &ReplayArgs) -> CmdResult {
             inner: &mut console,
         };
         let mut source = VecSource::new(frames.clone());
-        let mut said = |r: &Rewind| {
-            eprintln!(
-                "replay: overshot entry #{} (a timer kick landed late); went back to the checkpoint before entry #{} and replays on from there with more cautious kicks",
-                r.overshot_seq, r.from_seq
-            );
-        };
         let (result, _) = replay_recovering(
             &mut machine,
             &mut source,
@@ -146,7 +140,7 @@ pub fn run(args: &ReplayArgs) -> CmdResult {
             tuning,
             None,
             policy,
-            &mut said,
+            &mut say_rewind,
         );
         match result {
             Err(ReplayError::Overshot {
@@ -217,12 +211,6 @@ fn run_streamed(args: &ReplayArgs, addr: &str) -> CmdResult {
     if let Some(aim) = args.aim {
         tuning.aim = aim;
     }
-    let mut said = |r: &Rewind| {
-        eprintln!(
-            "replay: overshot entry #{} (a timer kick landed late); went back to the checkpoint before entry #{}",
-            r.overshot_seq, r.from_seq
-        );
-    };
     let (result, _) = replay_recovering(
         &mut machine,
         &mut source,
@@ -230,7 +218,7 @@ fn run_streamed(args: &ReplayArgs, addr: &str) -> CmdResult {
         tuning,
         None,
         CheckpointPolicy::default(),
-        &mut said,
+        &mut say_rewind,
     );
     console.flush()?;
     let why = match source.ended_by() {
@@ -238,6 +226,14 @@ fn run_streamed(args: &ReplayArgs, addr: &str) -> CmdResult {
         None => "the primary's stream ended before its end entry".to_string(),
     };
     report(result, "received", &why, args.stats)
+}
+
+/// Says on stderr that the replay went back to a checkpoint.
+fn say_rewind(r: &Rewind) {
+    eprintln!(
+        "replay: overshot entry #{} (a timer kick landed late); went back to the checkpoint before entry #{} and replays on from there with more cautious kicks",
+        r.overshot_seq, r.from_seq
+    );
 }
 
 fn report(
