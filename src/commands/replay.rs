@@ -288,6 +288,12 @@ fn report(
                     })
                     .collect();
                 eprintln!("replay: approach by stop kind: {}", by_kind.join("; "));
+                if s.kick_floor_ns > 0.0 {
+                    eprintln!(
+                        "replay: kicks that stopped the guest before it ran raised the shortest kick to {:.0} µs",
+                        s.kick_floor_ns / 1e3
+                    );
+                }
                 eprintln!(
                     "replay: {} checkpoints, {:.3} s ({:.2} ms each, {:.1} MiB of guest memory in the last), {} rewinds after an overshoot ({:.2} ms each to put the machine back)",
                     s.checkpoints,

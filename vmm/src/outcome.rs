@@ -105,6 +105,9 @@ pub struct RunStats {
     pub single_steps: u64,
     /// Replay only: time of those steps.
     pub single_step_time: Duration,
+    /// Replay only: the highest the shortest kick was raised to by kicks that stopped the
+    /// guest before it ran (ns; 0 if never raised).
+    pub kick_floor_ns: f64,
     /// Replay only: checkpoints taken (`checkpoint.rs`).
     pub checkpoints: u64,
     /// Replay only: time spent taking them.

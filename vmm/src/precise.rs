@@ -218,7 +218,10 @@ impl RateEstimate {
 /// guest before it ran, at 30 µs and at 600 µs alike (the vCPU did not get back into the guest
 /// in time). The floor used to rise at the first, to 1.5x its time from arming to stop, for the
 /// rest of the replay: the breakpoint phases then grew from ~90 µs to ~300 µs of guest time, or
-/// to 1.3 ms, and one replay of `compute` took 2 to 8 times as many stops as another.
+/// to 1.3 ms, and one replay of `compute` took 2 to 8 times as many stops as another. Two such
+/// hiccups in a row happen too on a busy host: an idle kick armed for more than
+/// [`KickFloor::HICCUP_ABOVE`] times the floor does not count (two at 250 µs raised the floor to
+/// its 500 µs ceiling, and that replay took 4x the breakpoint runs of the next).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KickFloor {
     ns: f64,
@@ -238,16 +241,28 @@ impl KickFloor {
         }
     }
 
+    /// An idle kick armed for more than this many times the floor says nothing about short
+    /// kicks: no host takes that long to re-enter the guest, the host was busy.
+    pub const HICCUP_ABOVE: f64 = 4.0;
+
     /// Learns from a kick armed for `after_ns`; `idle`: it stopped the guest before it ran.
     pub fn kicked(&mut self, after_ns: f64, idle: bool) {
         if !idle {
             self.idle_streak = 0;
             return;
         }
+        if after_ns > self.ns * Self::HICCUP_ABOVE {
+            return;
+        }
         self.idle_streak += 1;
         if self.idle_streak >= 2 {
             self.ns = (after_ns * 2.0).clamp(self.ns, Self::MAX_NS);
         }
+    }
+
+    /// The shortest kick it allows now, in ns.
+    pub fn ns(&self) -> f64 {
+        self.ns
     }
 
     /// `t` with its shortest kick raised to what this host needs.
@@ -295,8 +310,17 @@ mod tests {
         floor.kicked(150_000.0, false);
         floor.kicked(200_000.0, true);
         assert_eq!(floor.apply(t).min_kick_ns, 150_000.0);
-        // Never past the ceiling.
+        // Idle kicks armed far above the floor are the host's hiccups: they count for nothing.
+        floor.kicked(150_000.0, false);
+        floor.kicked(700_000.0, true);
         floor.kicked(10_000_000.0, true);
+        assert_eq!(floor.apply(t).min_kick_ns, 150_000.0);
+        // Idle kicks near the floor keep doubling it, never past the ceiling.
+        for _ in 0..4 {
+            let at = floor.apply(t).min_kick_ns;
+            floor.kicked(at, true);
+            floor.kicked(at, true);
+        }
         assert_eq!(floor.apply(t).min_kick_ns, KickFloor::MAX_NS);
         // The floor only ever raises a tuning's own shortest kick.
         let cautious = ApproachTuning {

@@ -828,6 +828,10 @@ impl Replayer<'_> {
                             self.stats.idle_kicks += 1;
                         }
                         self.kick_floor.kicked(after_ns as f64, idle);
+                        if self.kick_floor.ns() > self.tuning.min_kick_ns {
+                            self.stats.kick_floor_ns =
+                                self.stats.kick_floor_ns.max(self.kick_floor.ns());
+                        }
                     }
                     tracing::debug!(
                         after_ns,
