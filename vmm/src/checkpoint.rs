@@ -185,9 +185,14 @@ fn write_page(m: &Machine, index: usize, bytes: &[u8]) -> Result<(), SnapshotErr
 /// When a replay takes checkpoints, and what it keeps for them.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckpointPolicy {
-    /// Wall time between checkpoints (the first is taken at the first chance). Going back
-    /// costs up to this much replay again. `None`: no checkpoints.
+    /// Wall time between checkpoints (the first is taken at the first chance), at least:
+    /// going back costs up to this much replay again. A checkpoint that took longer than
+    /// `every / max_share` (a guest that has written much of its memory) spaces the next
+    /// ones out so that they cost at most that share of the replay. `None`: no checkpoints.
     pub every: Option<Duration>,
+    /// The largest share of the replay's time checkpoints may take (0: one checkpoint, the
+    /// first).
+    pub max_share: f64,
     /// Entries replayed since the checkpoint are kept up to this many bytes (frames count
     /// their payload); past it the checkpoint is given up until the next one.
     pub max_kept_bytes: usize,
@@ -197,6 +202,7 @@ impl Default for CheckpointPolicy {
     fn default() -> Self {
         Self {
             every: Some(Duration::from_secs(1)),
+            max_share: 0.01,
             max_kept_bytes: 64 << 20,
         }
     }
@@ -209,6 +215,18 @@ impl CheckpointPolicy {
             every: None,
             ..Self::default()
         }
+    }
+
+    /// The wait before the next checkpoint, after one that took `cost`; `None` without
+    /// checkpoints.
+    pub fn interval_after(&self, cost: Duration) -> Option<Duration> {
+        let every = self.every?;
+        let spaced = if self.max_share > 0.0 {
+            cost.div_f64(self.max_share)
+        } else {
+            Duration::MAX
+        };
+        Some(every.max(spaced))
     }
 }
 
@@ -235,6 +253,8 @@ pub struct CheckpointSlot {
     /// The latest checkpoint, if one was taken.
     pub latest: Option<Checkpoint>,
     next_due: Option<Instant>,
+    /// What the latest checkpoint took.
+    last_cost: Duration,
     /// Counts and time.
     pub stats: CheckpointStats,
 }
@@ -246,6 +266,7 @@ impl CheckpointSlot {
             policy,
             latest: None,
             next_due: None,
+            last_cost: Duration::ZERO,
             stats: CheckpointStats::default(),
         }
     }
@@ -270,8 +291,13 @@ impl CheckpointSlot {
         self.stats.last_bytes = cp.memory_bytes();
         self.latest = Some(cp);
         let now = Instant::now();
-        self.stats.time += now - started;
-        self.next_due = self.policy.every.map(|d| now + d);
+        let cost = now - started;
+        self.stats.time += cost;
+        self.last_cost = cost;
+        self.next_due = self
+            .policy
+            .interval_after(cost)
+            .and_then(|d| now.checked_add(d));
         Ok(())
     }
 
@@ -280,7 +306,10 @@ impl CheckpointSlot {
     pub fn rewound(&mut self, took: Duration) {
         self.stats.rewinds += 1;
         self.stats.rewind_time += took;
-        self.next_due = self.policy.every.map(|d| Instant::now() + d);
+        self.next_due = self
+            .policy
+            .interval_after(self.last_cost)
+            .and_then(|d| Instant::now().checked_add(d));
     }
 }
 
@@ -435,6 +464,24 @@ mod tests {
             out.push(f.seq);
         }
         out
+    }
+
+    #[test]
+    fn checkpoints_that_cost_more_than_their_share_are_spaced_out() {
+        let p = CheckpointPolicy::default();
+        let ms = Duration::from_millis;
+        // Cheap ones (a guest that wrote little memory) come every second.
+        assert_eq!(p.interval_after(ms(1)), Some(ms(1000)));
+        assert_eq!(p.interval_after(ms(10)), Some(ms(1000)));
+        // A 300 ms one (gigabytes written) waits 30 s: at most 1% of the replay.
+        assert_eq!(p.interval_after(ms(300)), Some(ms(30_000)));
+        assert_eq!(CheckpointPolicy::none().interval_after(ms(1)), None);
+        // No share at all: the first checkpoint is the only one.
+        let no_share = CheckpointPolicy {
+            max_share: 0.0,
+            ..p
+        };
+        assert_eq!(no_share.interval_after(ms(1)), Some(Duration::MAX));
     }
 
     #[test]
