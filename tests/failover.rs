@@ -523,6 +523,17 @@ fn a_backup_whose_replay_overshoots_goes_back_to_its_checkpoint_not_to_the_prima
         "{}",
         c.logs()
     );
+    // The replay's summary, once its stream ended, counts what the events said.
+    let summary = c.nodes[b]
+        .wait_event("replay_summary", before, LONG)
+        .expect("the backup summarized its replay");
+    let rewound = c.nodes[b].events_named("replay_rewound").len() as u64;
+    assert_eq!(summary["rewinds"].as_u64(), Some(rewound), "{summary}");
+    assert!(summary["checkpoints"].as_u64() >= Some(1), "{summary}");
+    assert!(
+        summary["interrupts_precise"].as_u64() > Some(0),
+        "{summary}"
+    );
     speaks_one_history(&c, b);
 }
 

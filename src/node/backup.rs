@@ -11,7 +11,7 @@ use vmm::checkpoint::CheckpointPolicy;
 use vmm::clock::SystemClock;
 use vmm::guest_image::hex;
 use vmm::machine::Machine;
-use vmm::outcome::{Ended, RunError};
+use vmm::outcome::{Ended, RunError, RunStats};
 use vmm::replay::{ReplayError, Rewind, Stopped, replay_recovering};
 use vmm::snapshot::memory::install_pages;
 use vmm::snapshot::{LogPoint, MachineState};
@@ -192,6 +192,40 @@ pub fn serve(
         // The wait starts over after every transfer and every stream.
         waiting_since = Instant::now();
         next_note = WAITING_NOTE_FIRST;
+    }
+}
+
+/// Reports what the replay of one stream did and cost: an event, and with `--stats` a line.
+fn summarize(ctx: &NodeCtx, views: &Views, s: &RunStats) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    emit(&NodeEvent::ReplaySummary {
+        wall_ms: ms(s.wall),
+        exits: s.exits,
+        interrupts_precise: s.interrupts_precise,
+        approach_ms: ms(s.approach),
+        kicks: s.approach_kicks,
+        breakpoint_runs: s.breakpoint_runs,
+        single_steps: s.single_steps,
+        kick_floor_us: s.kick_floor_ns / 1e3,
+        checkpoints: s.checkpoints,
+        checkpoint_ms: ms(s.checkpoint_time),
+        rewinds: s.rewinds,
+    });
+    if ctx.stats {
+        eprintln!(
+            "node {}: replay of the stream: {:.3} s, {} exits, {} interrupts mid-execution, approach {:.3} s ({} kicks, {} breakpoint runs, {} single steps), {} checkpoints ({:.1} ms), {} rewinds after an overshoot",
+            views.me,
+            s.wall.as_secs_f64(),
+            s.exits,
+            s.interrupts_precise,
+            s.approach.as_secs_f64(),
+            s.approach_kicks,
+            s.breakpoint_runs,
+            s.single_steps,
+            s.checkpoints,
+            ms(s.checkpoint_time),
+            s.rewinds
+        );
     }
 }
 
@@ -390,6 +424,7 @@ fn replay_stream(
                     released: point.released,
                     clock: SystemClock::continuing(point.clock_ns),
                     recent_frames: Vec::new(),
+                    stats: RunStats::default(),
                 },
                 history,
                 ended: Some(how),
@@ -451,6 +486,11 @@ fn replay_stream(
         &mut said,
     );
     let _ = console.flush();
+    match (&result, &stopped) {
+        (Ok(report), _) => summarize(ctx, views, &report.stats),
+        (_, Some(s)) => summarize(ctx, views, &s.stats),
+        _ => {}
+    }
     let end = match &result {
         // A primary's log ends stopped only if it was stopped: nothing a node does.
         Ok(report) => Some(Ended::of(report.outcome).unwrap_or(Ended::PowerOff { code: 0 })),

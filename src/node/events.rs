@@ -99,6 +99,21 @@ pub enum NodeEvent<'a> {
         from_seq: u64,
         in_a_row: u32,
     },
+    /// A backup's replay of one stream ended (the stream ended, or the guest did): what it did
+    /// and cost.
+    ReplaySummary {
+        wall_ms: f64,
+        exits: u64,
+        interrupts_precise: u64,
+        approach_ms: f64,
+        kicks: u64,
+        breakpoint_runs: u64,
+        single_steps: u64,
+        kick_floor_us: f64,
+        checkpoints: u64,
+        checkpoint_ms: f64,
+        rewinds: u64,
+    },
     /// The primary's stream ended; the backup holds its replayed guest at `last_seq`.
     StreamEnded {
         reason: &'a str,
@@ -260,6 +275,19 @@ mod tests {
                 from_seq: 1,
                 in_a_row: 1,
             },
+            NodeEvent::ReplaySummary {
+                wall_ms: 1.0,
+                exits: 1,
+                interrupts_precise: 1,
+                approach_ms: 1.0,
+                kicks: 1,
+                breakpoint_runs: 1,
+                single_steps: 1,
+                kick_floor_us: 0.0,
+                checkpoints: 1,
+                checkpoint_ms: 1.0,
+                rewinds: 0,
+            },
             NodeEvent::StreamEnded {
                 reason: s,
                 last_seq: None,
@@ -322,6 +350,7 @@ mod tests {
                 | NodeEvent::StateRefused { .. }
                 | NodeEvent::ReplayFailed { .. }
                 | NodeEvent::ReplayRewound { .. }
+                | NodeEvent::ReplaySummary { .. }
                 | NodeEvent::StreamEnded { .. }
                 | NodeEvent::PrimaryLost { .. }
                 | NodeEvent::GuestPoweredOff { .. }

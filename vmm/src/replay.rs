@@ -951,6 +951,8 @@ pub struct Stopped {
     /// log confirmed, then any it had no entry for yet): the old primary may not have
     /// released them.
     pub recent_frames: Vec<Vec<u8>>,
+    /// What the replay did and what it cost, as a finished replay's report has it.
+    pub stats: RunStats,
 }
 
 /// Replays `source` on `m`, from the start or (for a backup that received the primary's
@@ -1075,12 +1077,19 @@ pub fn replay_recovering(
             _ => None,
         };
         let Some((cp, seq, entry, console_bytes)) = rewind_to else {
+            let counted = |s: &mut RunStats| {
+                s.checkpoints = slot.stats.taken;
+                s.checkpoint_time = slot.stats.time;
+                s.checkpoint_bytes = slot.stats.last_bytes;
+                s.rewinds = slot.stats.rewinds;
+                s.rewind_time = slot.stats.rewind_time;
+            };
             if let Ok(report) = result.as_mut() {
-                report.stats.checkpoints = slot.stats.taken;
-                report.stats.checkpoint_time = slot.stats.time;
-                report.stats.checkpoint_bytes = slot.stats.last_bytes;
-                report.stats.rewinds = slot.stats.rewinds;
-                report.stats.rewind_time = slot.stats.rewind_time;
+                counted(&mut report.stats);
+            }
+            let mut stopped = stopped;
+            if let Some(s) = stopped.as_mut() {
+                counted(&mut s.stats);
             }
             return (result, stopped);
         };
@@ -1238,6 +1247,7 @@ fn replay_attempt(
                     .chain(r.transmitted.iter())
                     .cloned()
                     .collect(),
+                stats: stats.clone(),
             })
         }
         _ if ended && r.live_source => Some(Stopped {
@@ -1248,6 +1258,7 @@ fn replay_attempt(
             released: r.released,
             clock: SystemClock::continuing(r.after_end.last_ns),
             recent_frames: r.recent_frames.iter().cloned().collect(),
+            stats: stats.clone(),
         }),
         _ => None,
     };
