@@ -240,8 +240,8 @@ impl ReleaseQueue {
             };
             if !frame_ready || !self.gate_open() {
                 // Console output covered now, or a frame a shut gate holds: the release
-                // thread's business. Nothing (an empty queue, a frame whose entry is not
-                // acknowledged yet) needs no wake-up: one per ack woke it ~9,000 times per
+                // thread's business. An empty queue, or a frame whose entry is not
+                // acknowledged yet, is not: a wake-up per ack woke it ~9,000 times per
                 // 100,000 `kv` requests for nothing.
                 let for_release_thread = match g.chunks.front() {
                     Some(c) if !c.frame => g.free_flow || c.needs.is_some_and(|n| n <= g.covered),
