@@ -492,8 +492,7 @@ fn replay_stream(
         _ => {}
     }
     let end = match &result {
-        // A primary's log ends stopped only if it was stopped: nothing a node does.
-        Ok(report) => Some(Ended::of(report.outcome).unwrap_or(Ended::PowerOff { code: 0 })),
+        Ok(report) => Some(super::node_end(report.outcome)),
         Err(ReplayError::Run(RunError::TripleFault { .. })) => Some(Ended::TripleFault),
         Err(_) => None,
     };

@@ -449,3 +449,10 @@ fn announce(tap: Arc<vmm::net::tap::Tap>, mac: [u8; 6]) {
         eprintln!("node: no thread to announce the guest's MAC: {e}");
     }
 }
+
+/// How a node's guest ended, from a run or replay that finished. A node never asks its run to
+/// stop, so a primary's log ends stopped only if something else stopped it: that counts as a
+/// power-off with code 0.
+pub(crate) fn node_end(outcome: vmm::outcome::Outcome) -> vmm::outcome::Ended {
+    vmm::outcome::Ended::of(outcome).unwrap_or(vmm::outcome::Ended::PowerOff { code: 0 })
+}

@@ -172,8 +172,7 @@ pub fn serve(
                 start.live,
             );
             let ended = match result {
-                // Only a run given a stop request stops; a node's never is.
-                Ok((outcome, _)) => Ok(Ended::of(outcome).unwrap_or(Ended::PowerOff { code: 0 })),
+                Ok((outcome, _)) => Ok(super::node_end(outcome)),
                 Err(RunError::TripleFault { regs, sregs }) => {
                     eprintln!(
                         "node {}: registers at the triple fault:\n{regs}\n{sregs}",
