@@ -14,12 +14,11 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use logging_channel::format::Frame;
-use vm_memory::{Bytes, GuestAddress};
 
-use crate::digest::{is_zero, populated_pages};
+use crate::digest::nonzero_pages;
 use crate::machine::Machine;
 use crate::outcome::RunStats;
-use crate::snapshot::memory::{MemoryError, register_slot};
+use crate::snapshot::memory::{MemoryError, register_slot, write_page};
 use crate::snapshot::{LogPoint, MachineState, SnapshotError};
 use crate::source::{EntrySource, SourceError};
 
@@ -79,25 +78,8 @@ impl Checkpoint {
         };
         pages.clear();
         data.clear();
-        let mem = m.memory();
-        let populated = populated_pages(mem);
-        for (i, page) in mem.chunks(PAGE).enumerate() {
-            if populated
-                .as_ref()
-                .is_some_and(|p| !p.get(i).copied().unwrap_or(true))
-            {
-                continue;
-            }
-            if is_zero(page) {
-                continue;
-            }
-            let Ok(index) = u32::try_from(i) else {
-                return Err(SnapshotError::Memory(MemoryError::Read {
-                    index: u32::MAX,
-                    what: format!("page {i} is beyond a 32-bit page index"),
-                }));
-            };
-            pages.push(index);
+        for (i, page) in nonzero_pages(m.memory()) {
+            pages.push(page_index(i)?);
             data.extend_from_slice(page);
         }
         Ok(Self {
@@ -134,24 +116,17 @@ impl Checkpoint {
                 *s = true;
             }
         }
-        let populated = populated_pages(m.memory());
-        // Pages the checkpoint does not hold were zero then: clear those written since.
-        for (i, was_saved) in saved.iter().enumerate() {
-            if *was_saved
-                || populated
-                    .as_ref()
-                    .is_some_and(|p| !p.get(i).copied().unwrap_or(true))
-            {
-                continue;
-            }
-            let offset = i * PAGE;
-            if is_zero(&m.memory()[offset..offset + PAGE]) {
-                continue;
-            }
-            write_page(m, i, &ZEROS)?;
+        // Pages the checkpoint does not hold were zero then: clear those written since (the
+        // indices first, so that no view of memory lives across a write).
+        let written_since: Vec<usize> = nonzero_pages(m.memory())
+            .map(|(i, _)| i)
+            .filter(|&i| !saved.get(i).copied().unwrap_or(false))
+            .collect();
+        for i in written_since {
+            write_page(m, page_index(i)?, &ZEROS)?;
         }
         for (&i, page) in self.pages.iter().zip(self.data.chunks_exact(PAGE)) {
-            write_page(m, i as usize, page)?;
+            write_page(m, i, page)?;
         }
         // KVM learns of the guest's writes to its page tables by write-protecting them in its
         // own tables (shadow paging, as on PVM); writes from here go around that, and mappings
@@ -171,15 +146,14 @@ impl Checkpoint {
     }
 }
 
-fn write_page(m: &Machine, index: usize, bytes: &[u8]) -> Result<(), SnapshotError> {
-    m.mem
-        .write_slice(bytes, GuestAddress((index * PAGE) as u64))
-        .map_err(|e| {
-            SnapshotError::Memory(MemoryError::Write {
-                index: u32::try_from(index).unwrap_or(u32::MAX),
-                what: e.to_string(),
-            })
+/// Page `i`'s index as page records and errors count them.
+fn page_index(i: usize) -> Result<u32, SnapshotError> {
+    u32::try_from(i).map_err(|_| {
+        SnapshotError::Memory(MemoryError::Read {
+            index: u32::MAX,
+            what: format!("page {i} is beyond a 32-bit page index"),
         })
+    })
 }
 
 /// When a replay takes checkpoints, and what it keeps for them.

@@ -33,7 +33,7 @@ impl MemHash {
     pub fn of(self, mem: &[u8]) -> u64 {
         match self {
             Self::Whole => xxhash_rust::xxh3::xxh3_64(mem),
-            Self::NonZeroPages => nonzero_pages_hash(mem, populated_pages(mem).as_deref()),
+            Self::NonZeroPages => nonzero_pages_hash(mem, populated_pages(mem)),
         }
     }
 }
@@ -41,22 +41,37 @@ impl MemHash {
 const PAGE: usize = 4096;
 
 /// `populated[i]`: page `i` of `mem` may hold data. `None` hashes every page.
-fn nonzero_pages_hash(mem: &[u8], populated: Option<&[bool]>) -> u64 {
+fn nonzero_pages_hash(mem: &[u8], populated: Option<Vec<bool>>) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for (i, page) in mem.chunks(PAGE).enumerate() {
-        if populated.is_some_and(|p| !p.get(i).copied().unwrap_or(true)) {
-            continue;
-        }
-        if is_zero(page) {
-            continue;
-        }
+    for (i, page) in nonzero_pages_of(mem, populated) {
         h.update(&(i as u64).to_le_bytes());
         h.update(page);
     }
     h.digest()
 }
 
-pub(crate) fn is_zero(page: &[u8]) -> bool {
+/// The pages of `mem` that are not all zeros, as (index, bytes) in address order. Pages
+/// `populated` says the host never populated hold zeros and are not read; `None` reads every
+/// page.
+fn nonzero_pages_of(
+    mem: &[u8],
+    populated: Option<Vec<bool>>,
+) -> impl Iterator<Item = (usize, &[u8])> {
+    mem.chunks(PAGE).enumerate().filter(move |(i, page)| {
+        populated
+            .as_ref()
+            .is_none_or(|p| p.get(*i).copied().unwrap_or(true))
+            && !is_zero(page)
+    })
+}
+
+/// The pages of guest memory `mem` that are not all zeros, as (index, bytes) in address
+/// order, reading only the pages this host populated (see [`populated_pages`]).
+pub(crate) fn nonzero_pages(mem: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    nonzero_pages_of(mem, populated_pages(mem))
+}
+
+fn is_zero(page: &[u8]) -> bool {
     let (head, words, tail) = {
         // SAFETY: any bit pattern is a valid u64; align_to only reinterprets the aligned middle.
         unsafe { page.align_to::<u64>() }
@@ -68,7 +83,7 @@ pub(crate) fn is_zero(page: &[u8]) -> bool {
 /// `/proc/self/pagemap`: a page neither present nor swapped out was never written (or was
 /// discarded) and reads as zeros. `None` if the host does not say (another page size, no
 /// pagemap): then every page is read.
-pub(crate) fn populated_pages(mem: &[u8]) -> Option<Vec<bool>> {
+fn populated_pages(mem: &[u8]) -> Option<Vec<bool>> {
     use std::os::unix::fs::FileExt;
     const PRESENT: u64 = 1 << 63;
     const SWAPPED: u64 = 1 << 62;

@@ -186,12 +186,18 @@ pub fn install_pages(m: &Machine, records: &[u8]) -> Result<u64, MemoryError> {
             }
             None => &ZEROS[..],
         };
-        m.mem
-            .write_slice(data, GuestAddress(offset as u64))
-            .map_err(|e| MemoryError::Write {
-                index: *index,
-                what: e.to_string(),
-            })?;
+        write_page(m, *index, data)?;
     }
     Ok(decoded.len() as u64)
+}
+
+/// Writes `bytes` (one page) into guest page `index` of `m`.
+pub fn write_page(m: &Machine, index: u32, bytes: &[u8]) -> Result<(), MemoryError> {
+    let at = GuestAddress(u64::from(index) * PAGE_SIZE as u64);
+    m.mem
+        .write_slice(bytes, at)
+        .map_err(|e| MemoryError::Write {
+            index,
+            what: e.to_string(),
+        })
 }
