@@ -12,6 +12,10 @@
 # `primary_summary` event, so each replicated run ends with a clean SHUTDOWN of the guest), and
 # the CPU time each VMM process used per 1,000 requests of the 50-client test.
 #
+# BEFORE=PATH adds a mode: the replicated pair again, run by another build of understudy (say,
+# the commit before a change, built and copied aside), in the same alternation, so a change is
+# measured side by side with what it changes rather than against another run's numbers.
+#
 # PIN=1 (the default on a machine with 2 or more CPUs) keeps the primary's side on CPU 0 (the
 # VMM alone, or the primary and the viewserver, and redis-benchmark) and the backup on CPU 1:
 # as if the backup ran on a host of its own, so both modes get the same CPU and the ratio says
@@ -43,6 +47,11 @@ if [[ -z "${PIN:-}" ]]; then
     if (($(nproc) >= 2)); then PIN=1; else PIN=0; fi
 fi
 TESTS=ping,set,get,incr
+BEFORE=${BEFORE:-}
+if [[ -n "$BEFORE" && ! -x "$BEFORE" ]]; then
+    echo "bench/net.sh: BEFORE=$BEFORE is not an executable" >&2
+    exit 2
+fi
 QEMU=${QEMU:-1}
 command -v redis-benchmark >/dev/null || { echo "bench/net.sh: needs redis-benchmark (Debian: redis-tools)" >&2; exit 2; }
 cargo build --release -q
@@ -187,18 +196,19 @@ print("log", d["bytes"], d["entries"], d["network"]["rx"]["bytes"])'
     stop_all
 }
 
-replicated() {
+replicated() { # [BINARY]
+    local bin=${1:-$BIN}
     local vs=127.0.0.1:7300
     rm -rf "$WORK/vs.data" "$WORK"/*.events
-    bg_server 0 "$BIN" viewserver --listen "$vs" --data-dir "$WORK/vs.data" >/dev/null 2>"$WORK/vs.err" &
+    bg_server 0 "$bin" viewserver --listen "$vs" --data-dir "$WORK/vs.data" >/dev/null 2>"$WORK/vs.err" &
     PIDS+=($!)
     sleep 0.3
-    bg_server 0 "$BIN" node --viewserver "$vs" --listen 127.0.0.1:7301 --guest kv \
+    bg_server 0 "$bin" node --viewserver "$vs" --listen 127.0.0.1:7301 --guest kv \
         --guest-arg ip=10.0.0.10/24 --tap tap0 --events "$WORK/a.events" >/dev/null 2>"$WORK/a.err" &
     local primary=$!
     PIDS+=($!)
     wait_for "the primary to answer" answers
-    bg_server 1 "$BIN" node --viewserver "$vs" --listen 127.0.0.1:7302 --guest kv \
+    bg_server 1 "$bin" node --viewserver "$vs" --listen 127.0.0.1:7302 --guest kv \
         --guest-arg ip=10.0.0.10/24 --tap tap1 --events "$WORK/b.events" >/dev/null 2>"$WORK/b.err" &
     local backup=$!
     PIDS+=($!)
@@ -214,6 +224,8 @@ for line in open(sys.argv[1]):
     if e.get("event") == "primary_summary" and e.get("frame_release_delay"):
         d = e["frame_release_delay"]
         print(f"release {d['p50_ms']} {d['p99_ms']}")
+        # Time the guest was held back for the backup's replay (the throttle), whole run.
+        print(f"throttle {e.get('throttled_ms', 0)}")
 PY
     stop_all
 }
@@ -240,6 +252,11 @@ for rep in $(seq "$REPS"); do
     echo "bench/net.sh: repetition $rep of $REPS: replicated" >&2
     replicated >"$WORK/one"
     sed "s/^/replicated /" "$WORK/one" >>"$WORK/results"
+    if [[ -n "$BEFORE" ]]; then
+        echo "bench/net.sh: repetition $rep of $REPS: replicated, $BEFORE" >&2
+        replicated "$BEFORE" >"$WORK/one"
+        sed "s/^/before /" "$WORK/one" >>"$WORK/results"
+    fi
     echo "bench/net.sh: repetition $rep of $REPS: alone, recording" >&2
     recorded >"$WORK/one"
     sed "s/^/recorded /" "$WORK/one" >>"$WORK/results"
@@ -250,12 +267,13 @@ for rep in $(seq "$REPS"); do
     fi
 done
 
-python3 - "$WORK/results" "$REPS" "$N" "$N1" "$TESTS" "$PIN" "$QEMU" <<'EOF'
+python3 - "$WORK/results" "$REPS" "$N" "$N1" "$TESTS" "$PIN" "$QEMU" "$BEFORE" <<'EOF'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 reps, n, n1, tests_arg, pin = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 qemu = sys.argv[7] == "1"
-bench = [r for r in rows if r[1] not in ("cpu", "release", "log") and r[0] != "recorded"]
+before = sys.argv[8]
+bench = [r for r in rows if r[1] not in ("cpu", "release", "log", "throttle") and r[0] != "recorded"]
 tests = []
 for mode, test, rps, p50 in bench:
     if test not in tests:
@@ -273,8 +291,14 @@ rule = "|------|------------:|-----------------:|-------------------:|"
 if qemu:
     head += " QEMU req/s | alone / QEMU |"
     rule += "-----------:|-------------:|"
+if before:
+    head += " before req/s | before / alone |"
+    rule += "-------------:|---------------:|"
 head += " alone p50 ms | replicated p50 ms |"
 rule += "-------------:|------------------:|"
+if before:
+    head += " before p50 ms |"
+    rule += "--------------:|"
 if qemu:
     head += " QEMU p50 ms |"
     rule += "------------:|"
@@ -286,7 +310,12 @@ for t in tests:
     if qemu:
         q = col("qemu", t, 2)
         line += f" {q:,.0f} | {a / q:.2f} |"
+    if before:
+        b = col("before", t, 2)
+        line += f" {b:,.0f} | {b / a:.2f} |"
     line += f" {col('alone', t, 3):.3f} | {col('replicated', t, 3):.3f} |"
+    if before:
+        line += f" {col('before', t, 3):.3f} |"
     if qemu:
         line += f" {col('qemu', t, 3):.3f} |"
     print(line)
@@ -294,14 +323,24 @@ for t in tests:
 answered = (len(tests) - 1) * int(n) / 1000
 def cpu(mode, who):
     return med([int(r[3]) * 10 / answered for r in rows if r[0] == mode and r[1] == "cpu" and r[2] == who])
-rel = [r for r in rows if r[1] == "release"]
+def release(mode):
+    rel = [r for r in rows if r[0] == mode and r[1] == "release"]
+    return f"{med([float(r[2]) for r in rel]):.3f} / {med([float(r[3]) for r in rel]):.3f}"
 print()
 print("| where the time goes (medians) | value |")
 print("|---|---:|")
-print(f"| frame release delay, transmit to TAP (replicated), p50 / p99 ms | {med([float(r[2]) for r in rel]):.3f} / {med([float(r[3]) for r in rel]):.3f} |")
+print(f"| frame release delay, transmit to TAP (replicated), p50 / p99 ms | {release('replicated')} |")
+def throttle(mode):
+    return med([float(r[2]) for r in rows if r[0] == mode and r[1] == "throttle"])
+print(f"| primary held back for the backup's replay (throttle), ms per run | {throttle('replicated'):.0f} |")
 print(f"| CPU ms per 1,000 requests (50-client tests): VMM alone | {cpu('alone', 'vmm'):.1f} |")
 print(f"| ... primary | {cpu('replicated', 'primary'):.1f} |")
 print(f"| ... backup | {cpu('replicated', 'backup'):.1f} |")
+if before:
+    print(f"| ... primary, before (`{before}`) | {cpu('before', 'primary'):.1f} |")
+    print(f"| ... backup, before | {cpu('before', 'backup'):.1f} |")
+    print(f"| frame release delay, before, p50 / p99 ms | {release('before')} |")
+    print(f"| throttle, before, ms per run | {throttle('before'):.0f} |")
 print(f"| ... VMM alone, recording to a file | {cpu('recorded', 'recording'):.1f} |")
 rec = [r for r in rows if r[0] == "recorded" and r[1] not in ("cpu", "log")]
 rec_ratio = med([float(r[2]) / col("alone", r[1], 2) for r in rec if r[1] != "GET_1_CLIENT"])

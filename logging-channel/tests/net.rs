@@ -411,6 +411,67 @@ fn queued_entries_leave_together_at_push_and_are_never_stranded() {
     let _receiver = backup.join().unwrap();
 }
 
+/// `push_due`: an entry output waits for goes at once and takes the entries held before it;
+/// an entry no output waits for, logged right after a write, waits for the next due push;
+/// after a quiet spell of `batch_hold` it goes at once.
+#[test]
+fn entries_no_output_waits_for_go_with_the_next_write_unless_the_link_was_quiet() {
+    let output = |i: u64| Frame {
+        entry: Entry::Output {
+            pos: Position::AtExit { exits: i },
+            console_bytes: i,
+            released: 0,
+        },
+        ..frame(i)
+    };
+    let input = |i: u64| Frame {
+        entry: entry(6 * i),
+        ..frame(i)
+    };
+    // Nothing but `push_due` may put the held entry on the wire for the whole test: no
+    // heartbeat (which would carry it), and a backup that waits as long.
+    let held = ChannelConfig {
+        peer_timeout: Duration::from_secs(120),
+        heartbeat_interval: Duration::from_secs(60),
+        batch_hold: Duration::from_secs(60),
+        ..cfg()
+    };
+    let (sender, receiver) = pair(held.clone());
+    sender.queue(&output(0)).unwrap();
+    sender.push_due();
+    assert_eq!(receiver.recv(WAIT).unwrap(), Some(output(0)));
+    sender.queue(&input(1)).unwrap();
+    sender.push_due();
+    assert_eq!(
+        receiver.recv(Duration::from_millis(300)).unwrap(),
+        None,
+        "an entry no output waits for left within batch_hold of the last write"
+    );
+    sender.queue(&output(2)).unwrap();
+    sender.push_due();
+    assert_eq!(receiver.recv(WAIT).unwrap(), Some(input(1)));
+    assert_eq!(receiver.recv(WAIT).unwrap(), Some(output(2)));
+    assert!(sender.wait_acked(2, WAIT).unwrap());
+    // A plain `push` takes a held entry whatever it is.
+    sender.queue(&input(3)).unwrap();
+    sender.push_due();
+    sender.push();
+    assert_eq!(receiver.recv(WAIT).unwrap(), Some(input(3)));
+
+    let quiet = ChannelConfig {
+        batch_hold: Duration::from_millis(20),
+        ..held
+    };
+    let (sender, receiver) = pair(quiet);
+    // The handshake was the last write; an entry after more than `batch_hold` goes at once,
+    // and nothing else would send it for a minute.
+    thread::sleep(Duration::from_millis(100));
+    sender.queue(&input(0)).unwrap();
+    sender.push_due();
+    let got = receiver.recv(WAIT).unwrap();
+    assert_eq!(got, Some(input(0)), "an entry after a quiet spell was held");
+}
+
 #[test]
 fn flow_control_window_full_lag_and_resume() {
     let c = ChannelConfig {

@@ -59,6 +59,22 @@ pub fn inspect_json(log: &Path) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).expect("inspect --json prints JSON")
 }
 
+/// Whether `log` was recorded where interrupts land mid-execution at CPL0 (an instruction
+/// counter: PVM's here). Where they cannot (VMX/SVM without a counter, `CounterKind::None`),
+/// says "skipped: ..." and returns false: a test of the precise approach has nothing to test
+/// there.
+pub fn lands_mid_execution_or_skip(log: &Path) -> bool {
+    let header = &inspect_json(log)["header"]["position"];
+    let precise = header["precise_cpl0"].as_bool().unwrap_or(false);
+    if !precise {
+        eprintln!(
+            "skipped: this host has no instruction counter (position counter {}), so no interrupt lands mid-execution",
+            header["counter"]
+        );
+    }
+    precise
+}
+
 /// Replays `log` and checks it reproduced the recording: it reached the recorded end, printed
 /// exactly `recorded_stdout`, and verified every digest in the (complete) log. Returns the
 /// log's `inspect --json`.

@@ -17,7 +17,7 @@ use crate::host_net::HostNet;
 use crate::machine::Machine;
 use crate::outcome::{Ended, Outcome, RunError, RunStats};
 use crate::precise::PrecisePolicy;
-use crate::sink::{LogSink, SinkError};
+use crate::sink::{LogSink, SinkError, Then};
 use crate::snapshot::LogPoint;
 use crate::stop::StopRequest;
 use crate::ticker::{TickSchedule, TickSource, Ticker};
@@ -330,7 +330,7 @@ impl Recorder<'_> {
         loop {
             let injected_before = std::mem::take(&mut injected);
             // This exit's entries go to the backup in one write, before the guest runs on.
-            self.sink.hand_off();
+            self.sink.hand_off(Then::RunsGuest);
             self.m.vcpu.clear_immediate_exit();
             let stop = {
                 let mut env = RecordEnv {
@@ -459,7 +459,7 @@ impl Recorder<'_> {
                     "no timer programmed, no interrupt pending and no network card",
                 ));
             }
-            self.sink.hand_off();
+            self.sink.hand_off(Then::Waits);
             self.pending_ticks += ticker.wait(Duration::from_millis(100));
             let frames = self.net.as_deref().is_some_and(|n| n.pending());
             if self.pending_ticks > 0 || frames || self.m.bus.devices.pic.pending_vector().is_some()

@@ -29,6 +29,15 @@ pub enum SinkError {
     State(#[from] crate::snapshot::SnapshotError),
 }
 
+/// What the vCPU thread does after [`LogSink::hand_off`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Runs the guest on: more entries are coming soon.
+    RunsGuest,
+    /// Waits for a tick or a frame: nothing more comes until then.
+    Waits,
+}
+
 /// Where a live run's entries go: nowhere, a file, memory, or a backup.
 pub trait LogSink {
     /// False for a plain run: nothing is logged and no digests are computed.
@@ -38,9 +47,11 @@ pub trait LogSink {
     fn append(&mut self, t_ns: u64, state_check: u64, entry: &Entry) -> Result<(), SinkError>;
     /// Pushes buffered entries out, so a crash of the VMM loses at most what came after.
     fn flush(&mut self) -> Result<(), SinkError>;
-    /// The vCPU thread is about to run the guest, or to wait: entries appended since the last
-    /// call must be on their way now (a sink may gather one exit's entries into one write).
-    fn hand_off(&mut self) {}
+    /// The vCPU thread is about to run the guest (`then` says so) or to wait for an event. A
+    /// sink may gather one exit's entries into one write; entries that output waits for, and
+    /// every entry before a wait, must be on their way now. Other entries may be held back
+    /// briefly (`ChannelConfig::batch_hold`) to go with the next exit's.
+    fn hand_off(&mut self, _then: Then) {}
     /// Whether the recorder should log `Output` entries (console output is held until the log
     /// up to it is acknowledged).
     fn output_markers(&self) -> bool {
@@ -188,8 +199,11 @@ impl LogSink for NetSink {
         self.sender.push();
         Ok(())
     }
-    fn hand_off(&mut self) {
-        self.sender.push();
+    fn hand_off(&mut self, then: Then) {
+        match then {
+            Then::RunsGuest => self.sender.push_due(),
+            Then::Waits => self.sender.push(),
+        }
     }
 }
 

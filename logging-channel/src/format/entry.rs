@@ -185,6 +185,16 @@ impl Entry {
         }
     }
 
+    /// Whether output waits for this entry's acknowledgement: a transmitted frame, a console
+    /// line's marker, the guest's end. A primary puts these on the wire at once; other entries
+    /// may wait a little to go with the next ones.
+    pub fn releases_output(&self) -> bool {
+        matches!(
+            self,
+            Self::NetTx { .. } | Self::Output { .. } | Self::End { .. }
+        )
+    }
+
     /// Where the entry applies.
     pub fn pos(&self) -> &Position {
         match self {

@@ -58,6 +58,11 @@ pub struct ChannelConfig {
     pub heartbeat_interval: Duration,
     /// How long `LogSender::send` waits for room in a full window.
     pub send_timeout: Duration,
+    /// Primary: how long entries no output waits for may stay queued for the next write
+    /// ([`LogSender::push_due`]). Each write wakes the backup and brings an ack back, which on
+    /// a busy primary costs more than the entry; a received frame's entry then goes with the
+    /// reply's. Zero writes every exit's entries at once.
+    pub batch_hold: Duration,
     /// Window: entries sent but not yet acknowledged (primary).
     pub max_unacked: usize,
     /// Window in encoded bytes (primary); at least one entry always fits.
@@ -76,6 +81,7 @@ impl Default for ChannelConfig {
             handshake_timeout: Duration::from_millis(500),
             heartbeat_interval: Duration::from_millis(100),
             send_timeout: Duration::from_secs(1),
+            batch_hold: Duration::from_micros(500),
             max_unacked: 4096,
             max_unacked_bytes: 16 << 20,
             max_buffered: 8192,

@@ -25,6 +25,10 @@ struct InFlight {
 /// and a quiet backup is not waited for anyway).
 const MAX_UNREPLAYED: usize = 1 << 16;
 
+/// Queued bytes that [`LogSender::push_due`] writes whatever they hold: a received frame's
+/// entries are ~1.5 KiB, so a few of them wait, not a burst.
+pub const PUSH_AT_BYTES: usize = 16 << 10;
+
 struct TxState {
     /// Encoded messages handed to `send` and not yet given to the socket.
     queue: Vec<u8>,
@@ -50,9 +54,19 @@ struct TxState {
     writing: bool,
     /// When anything last went out, for the writer's heartbeats.
     last_tx: Instant,
+    /// `queue` holds an entry output waits for.
+    queued_output: bool,
     /// Threads waiting on `progress`: an ack wakes them with a system call only if there are.
     progress_waiting: usize,
     last_rx: Instant,
+}
+
+impl TxState {
+    /// Everything queued, for one write.
+    fn take_queue(&mut self) -> Vec<u8> {
+        self.queued_output = false;
+        std::mem::take(&mut self.queue)
+    }
 }
 
 /// Called on the reader thread with each new acknowledged seq (see [`LogSender::on_ack`]).
@@ -190,6 +204,7 @@ impl LogSender {
                 writer_done: false,
                 writing: false,
                 last_tx: Instant::now(),
+                queued_output: false,
                 progress_waiting: 0,
                 last_rx: Instant::now(),
             }),
@@ -311,6 +326,7 @@ impl LogSender {
         g.unacked_bytes += bytes.len();
         g.next_seq += 1;
         g.newest = Some((frame.seq, frame.t_ns));
+        g.queued_output |= frame.entry.releases_output();
         g.queue.extend_from_slice(&bytes);
         Ok(())
     }
@@ -321,8 +337,25 @@ impl LogSender {
     /// backup must acknowledge; the writer thread takes what the socket did not. When the writer
     /// is busy, it takes the queue as soon as it is done.
     pub fn push(&self) {
+        self.push_if(|_| true);
+    }
+
+    /// [`Self::push`] if the queue holds an entry output waits for, or [`PUSH_AT_BYTES`], or
+    /// the last write was `batch_hold` ago or longer; otherwise the entries wait for the next
+    /// call (or the writer's next heartbeat). For a primary whose guest runs on: entries no
+    /// output waits for, logged soon after a write, go with the next ones (one write and one
+    /// ack for both); entries logged after a quiet spell go at once, so the backup's replay is
+    /// not held back by the batching of a guest that rarely stops.
+    pub fn push_due(&self) {
+        let hold = self.shared.cfg.batch_hold;
+        self.push_if(|g| {
+            g.queued_output || g.queue.len() >= PUSH_AT_BYTES || g.last_tx.elapsed() >= hold
+        });
+    }
+
+    fn push_if(&self, due: impl FnOnce(&TxState) -> bool) {
         let mut g = self.shared.lock();
-        if g.queue.is_empty() || g.writing {
+        if g.queue.is_empty() || g.writing || !due(&g) {
             return;
         }
         if g.error.is_some() || g.closing {
@@ -332,7 +365,7 @@ impl LogSender {
             return;
         }
         g.writing = true;
-        let bytes = std::mem::take(&mut g.queue);
+        let bytes = g.take_queue();
         drop(g);
         let written = write_now(&self.stream, &bytes);
         let mut g = self.shared.lock();
@@ -345,6 +378,8 @@ impl LogSender {
             let mut rest = bytes[written..].to_vec();
             rest.extend_from_slice(&g.queue);
             g.queue = rest;
+            // The writer thread takes it at once: nothing is held back any more.
+            g.queued_output = true;
         }
         let wake_writer = !g.queue.is_empty();
         drop(g);
@@ -749,7 +784,7 @@ fn write_loop(shared: &Shared, mut stream: TcpStream) {
             }
             if !g.queue.is_empty() {
                 g.writing = true;
-                break (std::mem::take(&mut g.queue), false);
+                break (g.take_queue(), false);
             }
             if g.closing {
                 let bye = Message::Bye {

@@ -19,7 +19,7 @@ use logging_channel::net::{ChannelError, Lag, LogSender};
 
 use crate::machine::Machine;
 use crate::outcome::Ended;
-use crate::sink::{LogSink, SinkError};
+use crate::sink::{LogSink, SinkError, Then};
 use crate::snapshot::memory::MemoryTracker;
 use crate::snapshot::{LogPoint, MachineState, SnapshotError};
 use release::ReleaseQueue;
@@ -282,7 +282,7 @@ impl ReplicaSink {
     /// state the finished machine (whose log is complete: nothing follows).
     pub fn after_end(&mut self, m: &mut Machine) -> Result<(), SinkError> {
         self.sync();
-        self.hand_off();
+        self.hand_off(Then::Waits);
         if self.state_wanted()
             && let Some((point, _)) = self.ended
         {
@@ -398,13 +398,16 @@ impl LogSink for ReplicaSink {
 
     fn flush(&mut self) -> Result<(), SinkError> {
         self.sync();
-        self.hand_off();
+        self.hand_off(Then::Waits);
         Ok(())
     }
 
-    fn hand_off(&mut self) {
+    fn hand_off(&mut self, then: Then) {
         if let Some(ch) = &self.channel {
-            ch.push();
+            match then {
+                Then::RunsGuest => ch.push_due(),
+                Then::Waits => ch.push(),
+            }
         }
     }
 
