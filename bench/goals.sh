@@ -9,7 +9,7 @@
 # Prints the goal table (markdown) on stdout, then each benchmark's own tables; progress on
 # stderr. Pictures go to $OUT (default: a temporary directory, named at the end):
 # failover-timeline.svg (every kill's phases) and lag-over-time.svg (the 1000 Hz run). The
-# full run takes about 40 minutes on a 2-core machine, --quick about 15. Exits 1 if a
+# full run takes about 25 minutes on a 2-core machine, --quick about 15. Exits 1 if a
 # benchmark failed (its output is kept); a goal that is not met is a result, not a failure.
 set -euo pipefail
 

@@ -32,6 +32,8 @@ struct SavingSink {
     every: usize,
     saved: Vec<Saved>,
     max: usize,
+    /// Passes up every point but a `hlt` exit (a primary takes the first point it is offered).
+    at_halts_only: bool,
 }
 
 impl LogSink for SavingSink {
@@ -54,6 +56,9 @@ impl LogSink for SavingSink {
         self.saved.len() < self.max && self.frames.len() >= (self.saved.len() + 1) * self.every
     }
     fn take_state(&mut self, m: &mut Machine, mut point: LogPoint) -> Result<(), SinkError> {
+        if self.at_halts_only && !point.halted {
+            return Ok(());
+        }
         point.next_seq = self.frames.len() as u64;
         let blob = MachineState::save(m, point)?.encode()?;
         let mut pages = Vec::new();
@@ -80,14 +85,20 @@ fn machine(cmdline: &str) -> Machine {
 }
 
 /// Records `cmdline` live while saving the machine along the way, then restores every saved
-/// state into a fresh VM and replays the recording's remainder from it.
-fn every_saved_state_replays_the_rest(cmdline: &str, every: usize) {
+/// state into a fresh VM and replays the recording's remainder from it. Returns where the
+/// states were taken.
+fn every_saved_state_replays_the_rest(
+    cmdline: &str,
+    every: usize,
+    at_halts_only: bool,
+) -> Vec<LogPoint> {
     let mut m = machine(cmdline);
     let mut sink = SavingSink {
         frames: Vec::new(),
         every,
         saved: Vec::new(),
         max: 12,
+        at_halts_only,
     };
     let mut console = Vec::new();
     let (outcome, _) = run_live(
@@ -143,8 +154,8 @@ fn every_saved_state_replays_the_rest(cmdline: &str, every: usize) {
                 other => {
                     let report = other.unwrap_or_else(|e| {
                         panic!(
-                            "state #{i} (entry #{next}, exit {}, mid-execution {}) did not replay: {e}",
-                            saved.point.exits, saved.point.mid_execution
+                            "state #{i} (entry #{next}, exit {}, mid-execution {}, halted {}) did not replay: {e}",
+                            saved.point.exits, saved.point.mid_execution, saved.point.halted
                         )
                     });
                     break (report, replayed);
@@ -159,16 +170,29 @@ fn every_saved_state_replays_the_rest(cmdline: &str, every: usize) {
             "state #{i}: the replayed console differs from the recording's after byte {from}"
         );
     }
+    sink.saved.iter().map(|s| s.point).collect()
 }
 
 #[test]
 fn states_saved_from_a_ticker_guest_replay_the_rest() {
-    every_saved_state_replays_the_rest("ticker ticks=30", 9);
+    every_saved_state_replays_the_rest("ticker ticks=30", 9, false);
 }
 
 #[test]
 fn states_saved_from_a_compute_guest_replay_the_rest() {
-    every_saved_state_replays_the_rest("compute iters=6000", 5);
+    every_saved_state_replays_the_rest("compute iters=6000", 5, false);
+}
+
+/// A state taken at a `hlt` exit: the backup's replay must wait for the interrupt logged at
+/// that exit before it runs the guest (a guest whose only exits while idle are halts could
+/// never be given a backup while halts were not points).
+#[test]
+fn states_saved_where_the_guest_halted_replay_the_rest() {
+    let points = every_saved_state_replays_the_rest("ticker ticks=30", 9, true);
+    assert!(
+        points.iter().all(|p| p.halted),
+        "a state was taken elsewhere: {points:?}"
+    );
 }
 
 #[test]

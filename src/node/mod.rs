@@ -387,6 +387,7 @@ fn go_live(
                 exits: s.exits,
                 counter: r.machine.counter.read()?,
                 mid_execution: false,
+                halted: false,
                 console_bytes: s.console.bytes,
                 console_hash: s.console.hash,
                 clock_ns: s.clock.monotonic_ns(),

@@ -259,10 +259,9 @@ impl Recorder<'_> {
     /// backup). Only at a point the backup can start replaying from: the exit fully handled,
     /// nothing injected that the vCPU has not taken yet, the guest not halted.
     fn offer_state(&mut self, stop: Stop, injected_before: bool) -> Result<(), RunError> {
-        if !self.sink.state_wanted()
-            || stop == Stop::Halt
-            || (injected_before && !stop.is_guest_exit())
-        {
+        // A halt is a point like any exit: the state says the guest halted there, and the
+        // interrupt that wakes it is logged after the state, at that exit.
+        if !self.sink.state_wanted() || (injected_before && !stop.is_guest_exit()) {
             return Ok(());
         }
         if stop.is_guest_exit() {
@@ -297,6 +296,7 @@ impl Recorder<'_> {
             exits: self.core.exits(),
             counter: self.m.counter.read()?,
             mid_execution: !stop.is_guest_exit(),
+            halted: stop == Stop::Halt,
             console_bytes: self.console_stream.bytes,
             console_hash: self.console_stream.hash,
             clock_ns: self.clock.monotonic_ns(),

@@ -13,7 +13,7 @@ use crate::snapshot::cpu::{CpuState, CpuStateError};
 
 /// Bumped whenever [`MachineState`]'s encoding changes; both ends must agree. Version 1 was
 /// bincode 1.x (unmaintained); version 2 is the layout below.
-pub const STATE_VERSION: u32 = 4;
+pub const STATE_VERSION: u32 = 5;
 
 /// First bytes of an encoded [`MachineState`]: says what the bytes are before anything else is
 /// trusted. Then the version (`u32`, little-endian), then the [`MachineState`] fields in
@@ -81,6 +81,11 @@ pub struct LogPoint {
     pub counter: u64,
     /// The vCPU was stopped mid-execution (by a kick), not at exit `exits`.
     pub mid_execution: bool,
+    /// Exit `exits` was a `hlt`: the guest runs on only after an interrupt, which the log
+    /// delivers at that exit (since state version 5; a guest whose only exits while idle are
+    /// halts, one whose interrupt controller ends interrupts itself, could not be given a
+    /// backup before).
+    pub halted: bool,
     /// Console bytes the guest had produced.
     pub console_bytes: u64,
     /// The console hash there (see `ConsoleStream::hash`).
