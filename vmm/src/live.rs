@@ -257,10 +257,10 @@ impl Recorder<'_> {
 
     /// Hands the stopped machine to the sink if it asked for it (state transfer to a new
     /// backup). Only at a point the backup can start replaying from: the exit fully handled,
-    /// nothing injected that the vCPU has not taken yet, the guest not halted.
+    /// nothing injected that the vCPU has not taken yet. A `hlt` exit is such a point; the
+    /// state says the guest halted there.
     fn offer_state(&mut self, stop: Stop, injected_before: bool) -> Result<(), RunError> {
-        // A halt is a point like any exit: the state says the guest halted there, and the
-        // interrupt that wakes it is logged after the state, at that exit.
+        // The interrupt that wakes a halted guest is logged after the state, at this exit.
         if !self.sink.state_wanted() || (injected_before && !stop.is_guest_exit()) {
             return Ok(());
         }
