@@ -34,6 +34,9 @@ struct SavingSink {
     max: usize,
     /// Passes up every point but a `hlt` exit (a primary takes the first point it is offered).
     at_halts_only: bool,
+    /// Keeps the encoded state and its page records (16 MiB a state); without them a state is
+    /// only taken and counted.
+    keep_pages: bool,
 }
 
 impl LogSink for SavingSink {
@@ -60,7 +63,16 @@ impl LogSink for SavingSink {
             return Ok(());
         }
         point.next_seq = self.frames.len() as u64;
-        let blob = MachineState::save(m, point)?.encode()?;
+        let state = MachineState::save(m, point)?;
+        if !self.keep_pages {
+            self.saved.push(Saved {
+                blob: Vec::new(),
+                pages: Vec::new(),
+                point,
+            });
+            return Ok(());
+        }
+        let blob = state.encode()?;
         let mut pages = Vec::new();
         for (index, page) in m.memory().chunks(PAGE).enumerate() {
             encode_page(
@@ -99,6 +111,7 @@ fn every_saved_state_replays_the_rest(
         saved: Vec::new(),
         max: 12,
         at_halts_only,
+        keep_pages: true,
     };
     let mut console = Vec::new();
     let (outcome, _) = run_live(
@@ -193,6 +206,69 @@ fn states_saved_where_the_guest_halted_replay_the_rest() {
         points.iter().all(|p| p.halted),
         "a state was taken elsewhere: {points:?}"
     );
+}
+
+/// Taking a state completes the exit's I/O instruction early (RIP past an `out`, an `in`'s
+/// value loaded). A replay that runs through that exit sees the registers before that, one that
+/// starts from the state after it: entries logged at that exit after the state (a timer
+/// interrupt delivered there) must not check registers either way, or one of the two
+/// replays diverges. Here the recording takes a state at every exit of a guest that prints a
+/// line per iteration (the console's status polls are `in` exits, and ticks land at them),
+/// and is then replayed from the start. Without the fix it diverged at its first such tick.
+#[test]
+fn a_recording_that_gave_states_at_its_exits_replays_from_the_start() {
+    let cmdline = "compute iters=300 report=1";
+    let mut m = machine(cmdline);
+    // `every: 0`: a state is wanted at every exit, also where a tick is then delivered.
+    let mut sink = SavingSink {
+        frames: Vec::new(),
+        every: 0,
+        saved: Vec::new(),
+        max: usize::MAX,
+        at_halts_only: false,
+        keep_pages: false,
+    };
+    let mut console = Vec::new();
+    let (outcome, _) = run_live(
+        &mut m,
+        &SystemClock::new(),
+        &mut sink,
+        &mut console,
+        None,
+        &LiveOptions::default(),
+    )
+    .expect("live run");
+    assert!(
+        matches!(outcome, Outcome::PowerOff { code: 0 }),
+        "{outcome:?}"
+    );
+    // Entries at an exit where a state was taken: interrupts delivered at a port access.
+    let at_state_exits = sink
+        .frames
+        .iter()
+        .filter(|f| {
+            f.state_check == 0 && matches!(f.entry, Entry::Irq { .. } | Entry::Inject { .. })
+        })
+        .count();
+    assert!(
+        at_state_exits > 0,
+        "no interrupt was logged at an exit where a state was taken ({} states, {} entries)",
+        sink.saved.len(),
+        sink.frames.len()
+    );
+    let mut b = machine(cmdline);
+    let mut source = VecSource::new(sink.frames.iter().cloned());
+    let mut replayed = Vec::new();
+    let (result, _) = replay_from(
+        &mut b,
+        &mut source,
+        &mut replayed,
+        ApproachTuning::for_attempt(1),
+        None,
+    );
+    let report = result.unwrap_or_else(|e| panic!("the recording did not replay: {e}"));
+    assert!(matches!(report.outcome, Outcome::PowerOff { code: 0 }));
+    assert_eq!(replayed, console);
 }
 
 #[test]

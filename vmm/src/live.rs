@@ -105,6 +105,12 @@ struct Recorder<'a> {
     /// Console bytes written since the last logged entry.
     uncovered: u64,
     start_halted: bool,
+    /// A state was taken at this exit, so its I/O instruction was completed early: the
+    /// registers show it done (RIP past it, an `in`'s value loaded), which a replay that ran
+    /// to this exit sees only when it runs on, and one that starts from the state sees at
+    /// once. Entries logged here after the state carry no state check, and no digest is
+    /// taken here, since neither kind of replay could match both.
+    completed_for_state: bool,
     /// Where the guest's network card meets the host, if it has one.
     net: Option<&'a mut (dyn HostNet + 'static)>,
 }
@@ -116,10 +122,14 @@ impl Recorder<'_> {
         if !self.sink.is_recording() {
             return Ok(());
         }
-        let check = state_check(
-            &regs_from_kvm(&self.m.vcpu.regs()),
-            self.console_stream.hash,
-        );
+        let check = if self.completed_for_state {
+            0
+        } else {
+            state_check(
+                &regs_from_kvm(&self.m.vcpu.regs()),
+                self.console_stream.hash,
+            )
+        };
         self.sink.append(self.clock.monotonic_ns(), check, &entry)
     }
 
@@ -266,6 +276,7 @@ impl Recorder<'_> {
         }
         if stop.is_guest_exit() {
             self.m.vcpu.complete_pending_exit()?;
+            self.completed_for_state = true;
         }
         let point = self.point_here(stop)?;
         self.sink.take_state(self.m, point)?;
@@ -331,6 +342,7 @@ impl Recorder<'_> {
             let injected_before = std::mem::take(&mut injected);
             // This exit's entries go to the backup in one write, before the guest runs on.
             self.sink.hand_off(Then::RunsGuest);
+            self.completed_for_state = false;
             self.m.vcpu.clear_immediate_exit();
             let stop = {
                 let mut env = RecordEnv {
@@ -401,6 +413,7 @@ impl Recorder<'_> {
             };
             if recording
                 && stop.is_guest_exit()
+                && !self.completed_for_state
                 && last_digest.elapsed() >= self.opts.digest_interval
             {
                 self.digest()?;
@@ -523,6 +536,7 @@ pub fn run_live_from<C: HostClock + Clone + 'static>(
         console_stream: start.console,
         uncovered: 0,
         start_halted: start.halted,
+        completed_for_state: false,
         net,
     };
     let outcome = rec.run(&mut ticker);
