@@ -96,28 +96,15 @@ fn machine(cmdline: &str) -> Machine {
     .expect("machine")
 }
 
-/// Records `cmdline` live while saving the machine along the way, then restores every saved
-/// state into a fresh VM and replays the recording's remainder from it. Returns where the
-/// states were taken.
-fn every_saved_state_replays_the_rest(
-    cmdline: &str,
-    every: usize,
-    at_halts_only: bool,
-) -> Vec<LogPoint> {
+/// Records `cmdline` live into `sink` (which saves states as it likes) and returns the guest's
+/// console; the guest must power off cleanly.
+fn record_giving_states(cmdline: &str, sink: &mut SavingSink) -> Vec<u8> {
     let mut m = machine(cmdline);
-    let mut sink = SavingSink {
-        frames: Vec::new(),
-        every,
-        saved: Vec::new(),
-        max: 12,
-        at_halts_only,
-        keep_pages: true,
-    };
     let mut console = Vec::new();
     let (outcome, _) = run_live(
         &mut m,
         &SystemClock::new(),
-        &mut sink,
+        sink,
         &mut console,
         None,
         &LiveOptions::default(),
@@ -127,6 +114,26 @@ fn every_saved_state_replays_the_rest(
         matches!(outcome, Outcome::PowerOff { code: 0 }),
         "{outcome:?}"
     );
+    console
+}
+
+/// Records `cmdline` live while saving the machine along the way, then restores every saved
+/// state into a fresh VM and replays the recording's remainder from it. Returns where the
+/// states were taken.
+fn every_saved_state_replays_the_rest(
+    cmdline: &str,
+    every: usize,
+    at_halts_only: bool,
+) -> Vec<LogPoint> {
+    let mut sink = SavingSink {
+        frames: Vec::new(),
+        every,
+        saved: Vec::new(),
+        max: 12,
+        at_halts_only,
+        keep_pages: true,
+    };
+    let console = record_giving_states(cmdline, &mut sink);
     assert!(
         sink.saved.len() >= 4,
         "only {} states were saved from {} entries",
@@ -218,7 +225,6 @@ fn states_saved_where_the_guest_halted_replay_the_rest() {
 #[test]
 fn a_recording_that_gave_states_at_its_exits_replays_from_the_start() {
     let cmdline = "compute iters=300 report=1";
-    let mut m = machine(cmdline);
     // `every: 0`: a state is wanted at every exit, also where a tick is then delivered.
     let mut sink = SavingSink {
         frames: Vec::new(),
@@ -228,20 +234,7 @@ fn a_recording_that_gave_states_at_its_exits_replays_from_the_start() {
         at_halts_only: false,
         keep_pages: false,
     };
-    let mut console = Vec::new();
-    let (outcome, _) = run_live(
-        &mut m,
-        &SystemClock::new(),
-        &mut sink,
-        &mut console,
-        None,
-        &LiveOptions::default(),
-    )
-    .expect("live run");
-    assert!(
-        matches!(outcome, Outcome::PowerOff { code: 0 }),
-        "{outcome:?}"
-    );
+    let console = record_giving_states(cmdline, &mut sink);
     // Entries at an exit where a state was taken: interrupts delivered at a port access.
     let at_state_exits = sink
         .frames
