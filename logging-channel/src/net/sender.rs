@@ -54,6 +54,9 @@ struct TxState {
     writing: bool,
     /// When anything last went out, for the writer's heartbeats.
     last_tx: Instant,
+    /// When entries last went out (a heartbeat does not count): what `push_due` batches
+    /// against, so that a heartbeat just before a timer interrupt does not hold its entries.
+    entries_sent_at: Instant,
     /// `queue` holds an entry output waits for.
     queued_output: bool,
     /// Threads waiting on `progress`: an ack wakes them with a system call only if there are.
@@ -204,6 +207,7 @@ impl LogSender {
                 writer_done: false,
                 writing: false,
                 last_tx: Instant::now(),
+                entries_sent_at: Instant::now(),
                 queued_output: false,
                 progress_waiting: 0,
                 last_rx: Instant::now(),
@@ -341,7 +345,7 @@ impl LogSender {
     }
 
     /// [`Self::push`] if the queue holds an entry output waits for, or [`PUSH_AT_BYTES`], or
-    /// the last write was `batch_hold` ago or longer; otherwise the entries wait for the next
+    /// entries last went out `batch_hold` ago or longer; otherwise the entries wait for the next
     /// call (or the writer's next heartbeat). For a primary whose guest runs on: entries no
     /// output waits for, logged soon after a write, go with the next ones (one write and one
     /// ack for both); entries logged after a quiet spell go at once, so the backup's replay is
@@ -349,7 +353,7 @@ impl LogSender {
     pub fn push_due(&self) {
         let hold = self.shared.cfg.batch_hold;
         self.push_if(|g| {
-            g.queued_output || g.queue.len() >= PUSH_AT_BYTES || g.last_tx.elapsed() >= hold
+            g.queued_output || g.queue.len() >= PUSH_AT_BYTES || g.entries_sent_at.elapsed() >= hold
         });
     }
 
@@ -372,6 +376,7 @@ impl LogSender {
         g.writing = false;
         if written > 0 {
             g.last_tx = Instant::now();
+            g.entries_sent_at = g.last_tx;
         }
         if written < bytes.len() {
             // The socket is full or failed: the writer finishes it (and meets the failure).
@@ -770,7 +775,7 @@ fn write_loop(shared: &Shared, mut stream: TcpStream) {
     };
     loop {
         let mut g = shared.lock();
-        let (bytes, bye) = loop {
+        let (bytes, bye, entries) = loop {
             if g.error.is_some() {
                 g.writer_done = true;
                 drop(g);
@@ -784,13 +789,13 @@ fn write_loop(shared: &Shared, mut stream: TcpStream) {
             }
             if !g.queue.is_empty() {
                 g.writing = true;
-                break (g.take_queue(), false);
+                break (g.take_queue(), false, true);
             }
             if g.closing {
                 let bye = Message::Bye {
                     reason: "primary closed the channel".into(),
                 };
-                break (encode_checked(&bye, peer).unwrap_or_default(), true);
+                break (encode_checked(&bye, peer).unwrap_or_default(), true, false);
             }
             if g.last_tx.elapsed() >= interval {
                 let hb = Message::Heartbeat {
@@ -798,7 +803,7 @@ fn write_loop(shared: &Shared, mut stream: TcpStream) {
                     last_seq: g.newest.map(|(s, _)| s),
                 };
                 g.writing = true;
-                break (encode_checked(&hb, peer).unwrap_or_default(), false);
+                break (encode_checked(&hb, peer).unwrap_or_default(), false, false);
             }
             let next_heartbeat = g.last_tx + interval;
             g = shared.wait_for_writer_work(g, next_heartbeat);
@@ -808,6 +813,9 @@ fn write_loop(shared: &Shared, mut stream: TcpStream) {
         let mut g = shared.lock();
         g.writing = false;
         g.last_tx = Instant::now();
+        if entries {
+            g.entries_sent_at = g.last_tx;
+        }
         drop(g);
         if let Err(e) = result {
             shared.fail(e);
