@@ -38,6 +38,17 @@ pub enum Then {
     Waits,
 }
 
+impl Then {
+    /// Puts `sender`'s queued entries on the wire as this moment requires: what is due while
+    /// the guest runs on, everything before a wait.
+    pub fn push(self, sender: &logging_channel::net::LogSender) {
+        match self {
+            Self::RunsGuest => sender.push_due(),
+            Self::Waits => sender.push(),
+        }
+    }
+}
+
 /// Where a live run's entries go: nowhere, a file, memory, or a backup.
 pub trait LogSink {
     /// False for a plain run: nothing is logged and no digests are computed.
@@ -200,10 +211,7 @@ impl LogSink for NetSink {
         Ok(())
     }
     fn hand_off(&mut self, then: Then) {
-        match then {
-            Then::RunsGuest => self.sender.push_due(),
-            Then::Waits => self.sender.push(),
-        }
+        then.push(&self.sender);
     }
 }
 

@@ -404,10 +404,7 @@ impl LogSink for ReplicaSink {
 
     fn hand_off(&mut self, then: Then) {
         if let Some(ch) = &self.channel {
-            match then {
-                Then::RunsGuest => ch.push_due(),
-                Then::Waits => ch.push(),
-            }
+            then.push(ch);
         }
     }
 
