@@ -12,9 +12,10 @@
 # `primary_summary` event, so each replicated run ends with a clean SHUTDOWN of the guest), and
 # the CPU time each VMM process used per 1,000 requests of the 50-client test.
 #
-# BEFORE=PATH adds a mode: the replicated pair again, run by another build of understudy (say,
-# the commit before a change, built and copied aside), in the same alternation, so a change is
-# measured side by side with what it changes rather than against another run's numbers.
+# BEFORE=PATH adds two modes: the replicated pair and the guest alone again, run by another build
+# of understudy (say, the commit before a change, built and copied aside; it embeds its own
+# guest), in the same alternation, so a change to the VMM or to the guest is measured side by
+# side with what it changes rather than against another run's numbers.
 #
 # PIN=1 (the default on a machine with 2 or more CPUs) keeps the primary's side on CPU 0 (the
 # VMM alone, or the primary and the viewserver, and redis-benchmark) and the backup on CPU 1:
@@ -169,8 +170,8 @@ stop_all() {
     PIDS=()
 }
 
-alone() {
-    bg_server 0 "$BIN" run --guest kv --guest-arg ip=10.0.0.10/24 --tap tap2 >/dev/null 2>"$WORK/run.err" &
+alone() { # [BINARY]
+    bg_server 0 "${1:-$BIN}" run --guest kv --guest-arg ip=10.0.0.10/24 --tap tap2 >/dev/null 2>"$WORK/run.err" &
     PIDS+=($!)
     wait_for "the guest alone to answer" answers
     bench "$!=vmm"
@@ -256,6 +257,9 @@ for rep in $(seq "$REPS"); do
         echo "bench/net.sh: repetition $rep of $REPS: replicated, $BEFORE" >&2
         replicated "$BEFORE" >"$WORK/one"
         sed "s/^/before /" "$WORK/one" >>"$WORK/results"
+        echo "bench/net.sh: repetition $rep of $REPS: alone, $BEFORE" >&2
+        alone "$BEFORE" >"$WORK/one"
+        sed "s/^/before-alone /" "$WORK/one" >>"$WORK/results"
     fi
     echo "bench/net.sh: repetition $rep of $REPS: alone, recording" >&2
     recorded >"$WORK/one"
@@ -292,8 +296,8 @@ if qemu:
     head += " QEMU req/s | alone / QEMU |"
     rule += "-----------:|-------------:|"
 if before:
-    head += " before req/s | before / alone |"
-    rule += "-------------:|---------------:|"
+    head += " before req/s | before alone req/s | before / before alone |"
+    rule += "-------------:|-------------------:|----------------------:|"
 head += " alone p50 ms | replicated p50 ms |"
 rule += "-------------:|------------------:|"
 if before:
@@ -311,8 +315,8 @@ for t in tests:
         q = col("qemu", t, 2)
         line += f" {q:,.0f} | {a / q:.2f} |"
     if before:
-        b = col("before", t, 2)
-        line += f" {b:,.0f} | {b / a:.2f} |"
+        b, ba = col("before", t, 2), col("before-alone", t, 2)
+        line += f" {b:,.0f} | {ba:,.0f} | {b / ba:.2f} |"
     line += f" {col('alone', t, 3):.3f} | {col('replicated', t, 3):.3f} |"
     if before:
         line += f" {col('before', t, 3):.3f} |"
@@ -339,6 +343,7 @@ print(f"| ... backup | {cpu('replicated', 'backup'):.1f} |")
 if before:
     print(f"| ... primary, before (`{before}`) | {cpu('before', 'primary'):.1f} |")
     print(f"| ... backup, before | {cpu('before', 'backup'):.1f} |")
+    print(f"| ... VMM alone, before | {cpu('before-alone', 'vmm'):.1f} |")
     print(f"| frame release delay, before, p50 / p99 ms | {release('before')} |")
     print(f"| throttle, before, ms per run | {throttle('before'):.0f} |")
 print(f"| ... VMM alone, recording to a file | {cpu('recorded', 'recording'):.1f} |")
