@@ -472,6 +472,59 @@ fn entries_no_output_waits_for_go_with_the_next_write_unless_the_link_was_quiet(
     assert_eq!(got, Some(input(0)), "an entry after a quiet spell was held");
 }
 
+/// The primary times its channel's round trip from a write of entries to the ack covering
+/// them: a backup that holds each ack for a known time shows up as at least that, and never as
+/// more than the primary waited in all.
+#[test]
+fn the_round_trip_is_timed_from_the_write_to_the_ack_that_covers_it() {
+    const HOLDS_MS: [u64; 3] = [30, 60, 90];
+    let (addr, backup) = fake_backup(0, |mut s, mut buf| {
+        for (seq, hold) in (0u64..).zip(HOLDS_MS) {
+            loop {
+                match read_msg(&mut s, &mut buf) {
+                    Message::Heartbeat { .. } => continue,
+                    Message::Entry(f) => assert_eq!(f.seq, seq),
+                    m => panic!("{m:?} instead of entry {seq}"),
+                }
+                break;
+            }
+            thread::sleep(Duration::from_millis(hold));
+            s.write_all(&msg_bytes(&Message::Ack { seq })).unwrap();
+        }
+        // Stay until the primary closes (its Bye; heartbeats before it).
+        while let Message::Heartbeat { .. } = read_msg(&mut s, &mut buf) {}
+    });
+    let sender = LogSender::connect(addr, hello(), cfg()).unwrap();
+    let kept = logging_channel::net::RoundTrips::default();
+    assert!(sender.keep_round_trips(std::sync::Arc::clone(&kept)));
+    let mut waited = Vec::new();
+    for seq in 0..HOLDS_MS.len() as u64 {
+        let started = Instant::now();
+        sender.send(&frame(seq)).unwrap();
+        assert!(sender.wait_acked(seq, WAIT).unwrap());
+        waited.push(started.elapsed());
+    }
+    let got = kept.lock().unwrap().clone();
+    assert_eq!(
+        got.len(),
+        HOLDS_MS.len(),
+        "one round trip per acked write: {got:?}"
+    );
+    for ((us, hold), waited) in got.iter().zip(HOLDS_MS).zip(waited) {
+        let rt = Duration::from_micros(u64::from(*us));
+        assert!(
+            rt >= Duration::from_millis(hold),
+            "{rt:?} for an ack held {hold} ms"
+        );
+        assert!(
+            rt <= waited,
+            "{rt:?}, but the primary waited only {waited:?}"
+        );
+    }
+    drop(sender);
+    backup.join().unwrap();
+}
+
 #[test]
 fn flow_control_window_full_lag_and_resume() {
     let c = ChannelConfig {

@@ -159,7 +159,8 @@ pub enum NodeEvent<'a> {
     /// replay, time covered output waited for a lease, each state transfer's pause; the
     /// backup's lag (sampled every 10 ms while streaming: replayed, and received) and each
     /// output chunk's delay from write to release, and each network frame's from transmit to
-    /// the TAP (null: no samples).
+    /// the TAP; the logging channel's round trip, from a write of entries to the ack covering
+    /// them (null: no samples).
     PrimarySummary {
         throttled_ms: f64,
         lease_wait_ms: f64,
@@ -168,6 +169,7 @@ pub enum NodeEvent<'a> {
         receive_lag: Option<Spread>,
         release_delay: Option<Spread>,
         frame_release_delay: Option<Spread>,
+        ack_round_trip: Option<Spread>,
     },
 }
 
@@ -328,6 +330,7 @@ mod tests {
                 receive_lag: None,
                 release_delay: None,
                 frame_release_delay: None,
+                ack_round_trip: None,
             },
         ];
         // Exhaustive on purpose: a new variant fails to compile here until it is listed above.

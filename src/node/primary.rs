@@ -242,6 +242,7 @@ pub fn serve(
     let us_to_ms = |us: Vec<u32>| us.into_iter().map(|us| f64::from(us) / 1e3).collect();
     let release_delay = spread_ms(us_to_ms(queue.delays_us()));
     let frame_release_delay = spread_ms(us_to_ms(queue.frame_delays_us()));
+    let ack_round_trip = spread_ms(us_to_ms(replication.round_trips_us()));
     if ctx.stats {
         for (what, lag) in [("replay", &replay_lag), ("receive", &receive_lag)] {
             if let Some(spread) = lag {
@@ -270,6 +271,12 @@ pub fn serve(
                 views.me
             );
         }
+        if let Some(spread) = &ack_round_trip {
+            eprintln!(
+                "node {}: logging channel round trip (write to ack) {spread} samples",
+                views.me
+            );
+        }
     }
     emit(&NodeEvent::PrimarySummary {
         throttled_ms: replication.throttled().as_secs_f64() * 1e3,
@@ -279,6 +286,7 @@ pub fn serve(
         receive_lag,
         release_delay,
         frame_release_delay,
+        ack_round_trip,
     });
     Ok(end)
 }

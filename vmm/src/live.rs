@@ -411,10 +411,12 @@ impl Recorder<'_> {
             } else {
                 self.precise_position()?
             };
+            // One clock read per stop serves both periodic duties below.
+            let now = Instant::now();
             if recording
                 && stop.is_guest_exit()
                 && !self.completed_for_state
-                && last_digest.elapsed() >= self.opts.digest_interval
+                && now.saturating_duration_since(last_digest) >= self.opts.digest_interval
             {
                 self.digest()?;
                 last_digest = Instant::now();
@@ -436,7 +438,7 @@ impl Recorder<'_> {
                 self.console.flush().map_err(RunError::Console)?;
                 return Ok(Outcome::Stopped);
             }
-            if last_flush.elapsed() >= self.opts.flush_interval {
+            if now.saturating_duration_since(last_flush) >= self.opts.flush_interval {
                 self.sink.flush()?;
                 self.console.flush().map_err(RunError::Console)?;
                 last_flush = Instant::now();

@@ -30,7 +30,7 @@ pub use message::{
     encode_message,
 };
 pub use receiver::{ExpectedPrimary, LogReceiver};
-pub use sender::{AckHook, LogSender};
+pub use sender::{AckHook, LogSender, RoundTrips};
 pub use transfer::{
     PAGE_SIZE, PAGES_PER_MESSAGE, PageRecord, STATE_PIECE, StatePart, StateReceiver, StateSender,
     decode_pages, encode_page,

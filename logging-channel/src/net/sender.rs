@@ -62,6 +62,10 @@ struct TxState {
     /// Threads waiting on `progress`: an ack wakes them with a system call only if there are.
     progress_waiting: usize,
     last_rx: Instant,
+    /// The newest entry of a write that went out whole, and when: the next ack that covers it
+    /// times the channel's round trip. One at a time, so a busy channel is sampled about
+    /// once per round trip, at the cost of one comparison per write.
+    probe: Option<(u64, Instant)>,
 }
 
 impl TxState {
@@ -70,7 +74,26 @@ impl TxState {
         self.queued_output = false;
         std::mem::take(&mut self.queue)
     }
+
+    /// A write that held entries, started at `at`, went out whole.
+    fn entries_written(&mut self, at: Instant) {
+        self.last_tx = at;
+        self.entries_sent_at = at;
+        if self.probe.is_none()
+            && let Some((seq, _)) = self.newest
+        {
+            self.probe = Some((seq, at));
+        }
+    }
 }
+
+/// Round trips of the logging channel, from a write of entries to the ack that covers its
+/// newest, in microseconds: what every released output waits for at least (see
+/// [`LogSender::keep_round_trips`]).
+pub type RoundTrips = Arc<Mutex<Vec<u32>>>;
+
+/// Round trips kept at most (4 MB): enough for a run's spread.
+const MAX_ROUND_TRIPS: usize = 1_000_000;
 
 /// Called on the reader thread with each new acknowledged seq (see [`LogSender::on_ack`]).
 pub type AckHook = Box<dyn Fn(u64) + Send + Sync>;
@@ -78,6 +101,7 @@ pub type AckHook = Box<dyn Fn(u64) + Send + Sync>;
 struct Shared {
     state: Mutex<TxState>,
     on_ack: std::sync::OnceLock<AckHook>,
+    round_trips: std::sync::OnceLock<RoundTrips>,
     /// The writer thread's: something to write, closing, failure, and the writer's own end.
     to_writer: Condvar,
     /// Acks and replay reports (the release thread, the throttle and a full window wait on
@@ -211,10 +235,12 @@ impl LogSender {
                 queued_output: false,
                 progress_waiting: 0,
                 last_rx: Instant::now(),
+                probe: None,
             }),
             to_writer: Condvar::new(),
             progress: Condvar::new(),
             on_ack: std::sync::OnceLock::new(),
+            round_trips: std::sync::OnceLock::new(),
             peer,
             cfg,
         });
@@ -285,8 +311,8 @@ impl LogSender {
         let len = encode_entry_message(frame, &mut bytes);
         let bytes = check_len(bytes, len, peer)?;
         let cfg = &self.shared.cfg;
-        let started = Instant::now();
-        let deadline = started + cfg.send_timeout;
+        // Read the clock only once the window is full: this runs for every entry.
+        let mut started: Option<Instant> = None;
         let mut g = self.shared.lock();
         loop {
             if let Some(e) = &g.error {
@@ -312,6 +338,8 @@ impl LogSender {
             if !g.queue.is_empty() {
                 self.shared.to_writer.notify_all();
             }
+            let started = *started.get_or_insert_with(Instant::now);
+            let deadline = started + cfg.send_timeout;
             if Instant::now() >= deadline {
                 return Err(ChannelError::WindowFull {
                     peer,
@@ -371,12 +399,15 @@ impl LogSender {
         g.writing = true;
         let bytes = g.take_queue();
         drop(g);
+        let at = Instant::now();
         let written = write_now(&self.stream, &bytes);
         let mut g = self.shared.lock();
         g.writing = false;
-        if written > 0 {
-            g.last_tx = Instant::now();
-            g.entries_sent_at = g.last_tx;
+        if written == bytes.len() {
+            g.entries_written(at);
+        } else if written > 0 {
+            g.last_tx = at;
+            g.entries_sent_at = at;
         }
         if written < bytes.len() {
             // The socket is full or failed: the writer finishes it (and meets the failure).
@@ -418,6 +449,13 @@ impl LogSender {
     /// waking another thread for it. Only the first hook set is kept (false for later ones).
     pub fn on_ack(&self, hook: AckHook) -> bool {
         self.shared.on_ack.set(hook).is_ok()
+    }
+
+    /// Has the channel's round trips (write of entries to the ack covering them) added to
+    /// `into`, so that a primary keeps them across its backups' channels. Only the first
+    /// store set is kept (false for later ones).
+    pub fn keep_round_trips(&self, into: RoundTrips) -> bool {
+        self.shared.round_trips.set(into).is_ok()
     }
 
     /// The newest seq the backup acknowledged; `None` before its first ack.
@@ -506,7 +544,8 @@ impl LogSender {
         quiet: Duration,
         timeout: Duration,
     ) -> Result<bool, ChannelError> {
-        let deadline = Instant::now() + timeout;
+        // The clock is read only when the backlog is too long: this runs for every entry.
+        let mut deadline: Option<Instant> = None;
         let mut g = self.shared.lock();
         loop {
             if let Some(e) = &g.error {
@@ -514,9 +553,13 @@ impl LogSender {
             }
             let within =
                 replay_backlog(&g).is_none_or(|l| l.entries <= max.entries && l.t_ns <= max.t_ns);
+            if within {
+                return Ok(true);
+            }
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
             let goes_quiet = g.replayed_at + quiet;
             let now = Instant::now();
-            if within || now > goes_quiet {
+            if now > goes_quiet {
                 return Ok(true);
             }
             if now >= deadline {
@@ -687,6 +730,13 @@ fn read_loop(shared: &Shared, mut reader: MsgReader) {
         match polled {
             Ok(Polled::Msg(Message::Ack { seq }, offset)) => {
                 g.last_rx = Instant::now();
+                let round_trip = match g.probe {
+                    Some((probe, written)) if probe <= seq => {
+                        g.probe = None;
+                        Some(g.last_rx.saturating_duration_since(written))
+                    }
+                    _ => None,
+                };
                 let sent = g.newest.map(|(s, _)| s);
                 let previous = g.acked.map(|(s, _)| s);
                 if implausible(seq, sent, previous) {
@@ -717,6 +767,13 @@ fn read_loop(shared: &Shared, mut reader: MsgReader) {
                 shared.progressed(g);
                 if let Some(hook) = shared.on_ack.get() {
                     hook(seq);
+                }
+                if let (Some(rt), Some(keep)) = (round_trip, shared.round_trips.get()) {
+                    let us = u32::try_from(rt.as_micros()).unwrap_or(u32::MAX);
+                    let mut kept = super::stream::lock(keep);
+                    if kept.len() < MAX_ROUND_TRIPS {
+                        kept.push(us);
+                    }
                 }
             }
             Ok(Polled::Msg(Message::Heartbeat { .. }, _)) => g.last_rx = Instant::now(),
@@ -809,12 +866,14 @@ fn write_loop(shared: &Shared, mut stream: TcpStream) {
             g = shared.wait_for_writer_work(g, next_heartbeat);
         };
         drop(g);
+        let at = Instant::now();
         let result = write_all_while(&mut stream, peer, &bytes, alive);
         let mut g = shared.lock();
         g.writing = false;
-        g.last_tx = Instant::now();
-        if entries {
-            g.entries_sent_at = g.last_tx;
+        if entries && result.is_ok() {
+            g.entries_written(at);
+        } else {
+            g.last_tx = Instant::now();
         }
         drop(g);
         if let Err(e) = result {

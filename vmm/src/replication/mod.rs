@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use logging_channel::format::{Entry, Frame};
-use logging_channel::net::{ChannelError, Lag, LogSender};
+use logging_channel::net::{ChannelError, Lag, LogSender, RoundTrips};
 
 use crate::machine::Machine;
 use crate::outcome::Ended;
@@ -93,6 +93,8 @@ pub struct Replication {
     superseded: AtomicBool,
     /// Time the vCPU thread spent in the throttle, waiting for the backup's replay.
     throttled_ns: AtomicU64,
+    /// The logging channel's round trips, over every backup's stream (µs).
+    round_trips: RoundTrips,
 }
 
 impl Replication {
@@ -113,6 +115,7 @@ impl Replication {
             pauses: Mutex::new(Vec::new()),
             superseded: AtomicBool::new(false),
             throttled_ns: AtomicU64::new(0),
+            round_trips: RoundTrips::default(),
         })
     }
 
@@ -179,6 +182,7 @@ impl Replication {
         }
         match result {
             Ok(sender) => {
+                sender.keep_round_trips(Arc::clone(&self.round_trips));
                 g.stream = Stream::Ready(Arc::clone(&sender));
                 drop(g);
                 self.queue.installed(next_seq, sender);
@@ -224,6 +228,15 @@ impl Replication {
     /// Total time the guest was held back so the backup's replay could catch up.
     pub fn throttled(&self) -> Duration {
         Duration::from_nanos(self.throttled_ns.load(Ordering::Relaxed))
+    }
+
+    /// The logging channel's round trips so far (µs, from a write of entries to the ack that
+    /// covers them): the least any released output waits.
+    pub fn round_trips_us(&self) -> Vec<u32> {
+        self.round_trips
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Guest pauses taken for state transfers so far.
