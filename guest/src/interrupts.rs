@@ -78,21 +78,22 @@ extern "C" fn isr_dispatch(frame: *mut Frame) -> *mut Frame {
         }
         0..=31 => exception(frame),
         IRQ_TIMER => {
+            // The PIC ended the interrupt itself (auto-EOI, pic.rs): nothing
+            // to acknowledge there before possibly switching away.
             clock::tick();
             EVENTS.fetch_add(1, Ordering::SeqCst);
-            // Acknowledge before possibly switching away: the next task must
-            // get its own ticks.
-            pic::ack(0);
             sched::on_timer(frame)
         }
         v @ 0x21..=IRQ_LAST => {
             let irq = (v - IRQ_BASE) as u8;
+            // Anything else is spurious (IRQ7/IRQ15 when a request vanished
+            // before the CPU accepted it); with auto-EOI nothing is in service,
+            // so nothing is acknowledged at the PIC either way.
             if irq == NIC_IRQ.load(Ordering::SeqCst) {
-                // Acknowledge at the card first (its line falls), then at the PIC.
+                // The card's line falls once its status is acknowledged.
                 virtio_net::on_interrupt();
                 EVENTS.fetch_add(1, Ordering::SeqCst);
             }
-            pic::ack(irq);
             frame
         }
         v if v == u64::from(VECTOR_YIELD) => sched::schedule(frame),
