@@ -210,6 +210,7 @@ fn summarize(ctx: &NodeCtx, views: &Views, s: &RunStats) {
         checkpoints: s.checkpoints,
         checkpoint_ms: ms(s.checkpoint_time),
         rewinds: s.rewinds,
+        digests: s.digests,
     });
     if ctx.stats {
         eprintln!(

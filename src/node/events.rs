@@ -113,6 +113,7 @@ pub enum NodeEvent<'a> {
         checkpoints: u64,
         checkpoint_ms: f64,
         rewinds: u64,
+        digests: u64,
     },
     /// The primary's stream ended; the backup holds its replayed guest at `last_seq`.
     StreamEnded {
@@ -289,6 +290,7 @@ mod tests {
                 checkpoints: 1,
                 checkpoint_ms: 1.0,
                 rewinds: 0,
+                digests: 1,
             },
             NodeEvent::StreamEnded {
                 reason: s,

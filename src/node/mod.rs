@@ -44,6 +44,8 @@ pub struct NodeCtx {
     pub transcript: Option<PathBuf>,
     pub channel: ChannelConfig,
     pub stats: bool,
+    /// As primary, time between state digests in the log (`--digest-interval-ms`).
+    pub digest_interval: std::time::Duration,
     /// The backup's approach tuning (`--replay-aim` changes it, for tests).
     pub replay_tuning: vmm::precise::ApproachTuning,
     /// Bytes this process has written to stdout (released output) over all its primary roles:

@@ -161,7 +161,10 @@ pub fn serve(
             Ok(how)
         }
         None => {
-            let opts = LiveOptions::default();
+            let opts = LiveOptions {
+                digest_interval: ctx.digest_interval,
+                ..LiveOptions::default()
+            };
             let result = run_live_from(
                 &mut machine,
                 &start.clock,
