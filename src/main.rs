@@ -2,6 +2,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod commands;
+mod digest_choice;
 mod events;
 mod guest_choice;
 mod net_choice;

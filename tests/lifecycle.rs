@@ -136,7 +136,13 @@ fn the_primary_digests_the_machine_as_often_as_it_is_told() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     // About 5 s of guest time; ticks make exits every 20 ms, where a due digest is taken.
     let mut c = Cluster::start("ticker", &["hz=50", "ticks=250"], PING_MS);
-    c.node_args = vec!["--digest-interval-ms".into(), "100".into()];
+    // The whole time allowed, so that only the interval spaces them, on a host of any speed.
+    c.node_args = vec![
+        "--digest-interval-ms".into(),
+        "100".into(),
+        "--digest-budget-percent".into(),
+        "100".into(),
+    ];
     let (a, b) = c.primary_and_backup(None, LONG);
     assert_eq!(c.exit_code(a, LONG), 0, "{}", c.logs());
     assert_eq!(c.exit_code(b, LONG), 0, "{}", c.logs());

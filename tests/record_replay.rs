@@ -156,6 +156,48 @@ fn ticker_reads_different_times_every_time_and_replays_exactly() {
     assert_eq!(distinct, RECORDINGS);
 }
 
+/// Digests keep to `--digest-budget-percent` of the recording: with the whole time allowed one
+/// comes about every `--digest-interval-ms`; with a budget far below what one digest costs
+/// (a hash of every page the guest wrote), the next is put off past the run's end, as for a
+/// guest that has written gigabytes at the default 1%. Both logs replay, every digest checked.
+#[test]
+fn digests_keep_to_their_share_of_the_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let digests_with = |percent: &str| {
+        let log = dir.path().join(format!("budget-{percent}.ulog"));
+        let o = understudy(&[
+            "run",
+            "--guest",
+            "ticker",
+            "--guest-arg",
+            "hz=100",
+            "--guest-arg",
+            "ticks=200",
+            "--digest-interval-ms",
+            "10",
+            "--digest-budget-percent",
+            percent,
+            "--record",
+            log.to_str().unwrap(),
+        ]);
+        assert_ok(&o, "recording the ticker");
+        let r = replay(&log);
+        assert_ok(&r, "replaying it");
+        inspect_json(&log)["digests"].as_u64().unwrap()
+    };
+    // 2 s of guest time at 10 ms: ~200 intervals (a digest waits for an exit; ticks make one
+    // every 10 ms).
+    let all = digests_with("100");
+    assert!(all >= 50, "{all} digests with the whole time allowed");
+    // One digest of this guest takes ~0.2 ms here: at 0.001% the next waits ~20 s. The one at
+    // the end is always taken.
+    let starved = digests_with("0.001");
+    assert!(
+        (1..=3).contains(&starved),
+        "{starved} digests with a budget of 0.001%"
+    );
+}
+
 #[test]
 fn a_plain_run_prints_the_guest_console_and_returns_its_exit_code() {
     let o = understudy(&["run", "--guest", "compute", "--guest-arg", "exit=7"]);

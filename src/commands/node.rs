@@ -46,11 +46,9 @@ pub struct NodeArgs {
     /// Milliseconds of silence after which a logging-channel peer counts as gone.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
     pub peer_timeout_ms: u64,
-    /// As primary, milliseconds between state digests in the log (each hashes the guest's
-    /// memory, every page it ever wrote: ~0.1 s per GiB of that on the vCPU thread, and as
-    /// much on the backup that checks it).
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-    pub digest_interval_ms: u64,
+    /// As primary: how often the log gets a digest of the machine (the backup checks each).
+    #[command(flatten)]
+    pub digest: crate::digest_choice::DigestArgs,
     /// Print release-delay and pause statistics to stderr at the end.
     #[arg(long)]
     pub stats: bool,
@@ -98,7 +96,8 @@ pub fn run(args: &NodeArgs) -> CmdResult {
         transcript: args.transcript.clone(),
         channel,
         stats: args.stats,
-        digest_interval: Duration::from_millis(args.digest_interval_ms),
+        digest_interval: args.digest.interval(),
+        digest_max_share: args.digest.max_share(),
         replay_tuning: {
             let mut t = vmm::precise::ApproachTuning::default();
             if let Some(aim) = args.replay_aim {

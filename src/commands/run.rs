@@ -22,6 +22,7 @@ use vmm::sink::{FileSink, LogSink, NetSink, NullSink};
 use vmm::stop::StopRequest;
 
 use super::{CmdResult, host_description, position_semantics};
+use crate::digest_choice::DigestArgs;
 use crate::guest_choice::GuestArgs;
 use crate::net_choice::NetArgs;
 use crate::signals::ExitSignals;
@@ -44,9 +45,8 @@ pub struct RunArgs {
     /// Microseconds a timer tick may wait for a guest exit before the vCPU is stopped for it.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
     pub interrupt_bound_us: u64,
-    /// Milliseconds between state digests in the log.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-    pub digest_interval_ms: u64,
+    #[command(flatten)]
+    pub digest: DigestArgs,
     /// Deliver interrupts only at guest exits, never mid-execution (the portable fallback).
     #[arg(long)]
     pub no_precise: bool,
@@ -114,7 +114,8 @@ pub fn run(args: &RunArgs) -> CmdResult {
     };
     let opts = LiveOptions {
         interrupt_bound: Duration::from_micros(args.interrupt_bound_us),
-        digest_interval: Duration::from_millis(args.digest_interval_ms),
+        digest_interval: args.digest.interval(),
+        digest_max_share: args.digest.max_share(),
         precise: policy,
         stop: Some(Arc::clone(&stop)),
         ..LiveOptions::default()
@@ -137,7 +138,7 @@ pub fn run(args: &RunArgs) -> CmdResult {
                 guest_args: args.vm.guest_args.clone(),
                 mem_mib: args.vm.mem_mib,
                 position,
-                digest_interval_ms: args.digest_interval_ms as u32,
+                digest_interval_ms: args.digest.digest_interval_ms as u32,
                 recorded_at_unix_ms: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_millis() as u64)
@@ -181,7 +182,7 @@ pub fn run(args: &RunArgs) -> CmdResult {
     let (outcome, stats) = result?;
     if args.stats {
         eprintln!(
-            "run: {:.3} s wall, {} exits, {} kicks ({} deferred), interrupts {} at exit + {} precise, {} digests, idle {:.3} s",
+            "run: {:.3} s wall, {} exits, {} kicks ({} deferred), interrupts {} at exit + {} precise, {} digests ({:.1} ms), idle {:.3} s",
             stats.wall.as_secs_f64(),
             stats.exits,
             stats.stops,
@@ -189,6 +190,7 @@ pub fn run(args: &RunArgs) -> CmdResult {
             stats.interrupts_at_exit,
             stats.interrupts_precise,
             stats.digests,
+            stats.digest_time.as_secs_f64() * 1e3,
             stats.idle.as_secs_f64()
         );
         if let Some((entries, bytes)) = log_info {

@@ -44,8 +44,10 @@ pub struct NodeCtx {
     pub transcript: Option<PathBuf>,
     pub channel: ChannelConfig,
     pub stats: bool,
-    /// As primary, time between state digests in the log (`--digest-interval-ms`).
+    /// As primary, time between state digests in the log (`--digest-interval-ms`), at least.
     pub digest_interval: std::time::Duration,
+    /// As primary, the largest share of the guest's time digests may take.
+    pub digest_max_share: f64,
     /// The backup's approach tuning (`--replay-aim` changes it, for tests).
     pub replay_tuning: vmm::precise::ApproachTuning,
     /// Bytes this process has written to stdout (released output) over all its primary roles:

@@ -163,6 +163,7 @@ pub fn serve(
         None => {
             let opts = LiveOptions {
                 digest_interval: ctx.digest_interval,
+                digest_max_share: ctx.digest_max_share,
                 ..LiveOptions::default()
             };
             let result = run_live_from(

@@ -194,13 +194,7 @@ impl CheckpointPolicy {
     /// The wait before the next checkpoint, after one that took `cost`; `None` without
     /// checkpoints.
     pub fn interval_after(&self, cost: Duration) -> Option<Duration> {
-        let every = self.every?;
-        let spaced = if self.max_share > 0.0 {
-            cost.div_f64(self.max_share)
-        } else {
-            Duration::MAX
-        };
-        Some(every.max(spaced))
+        Some(crate::cost_share::spaced(self.every?, cost, self.max_share))
     }
 }
 

@@ -84,14 +84,23 @@ fn is_zero(page: &[u8]) -> bool {
 /// discarded) and reads as zeros. `None` if the host does not say (another page size, no
 /// pagemap): then every page is read.
 fn populated_pages(mem: &[u8]) -> Option<Vec<bool>> {
+    if !mem.len().is_multiple_of(PAGE) {
+        return None;
+    }
+    populated_range(mem.as_ptr() as usize, mem.len() / PAGE)
+}
+
+/// [`populated_pages`] for the `pages` pages of this process's memory from host address
+/// `start`, which need not be readable as a slice (another thread's guest may be writing it).
+/// A page that was only ever read shows as populated (the kernel maps its zero page there),
+/// so whoever reads untouched guest memory should ask this first.
+pub(crate) fn populated_range(start: usize, pages: usize) -> Option<Vec<bool>> {
     use std::os::unix::fs::FileExt;
     const PRESENT: u64 = 1 << 63;
     const SWAPPED: u64 = 1 << 62;
-    let start = mem.as_ptr() as usize;
-    if !start.is_multiple_of(PAGE) || !mem.len().is_multiple_of(PAGE) || page_size() != Some(PAGE) {
+    if !start.is_multiple_of(PAGE) || page_size() != Some(PAGE) {
         return None;
     }
-    let pages = mem.len() / PAGE;
     let mut raw = vec![0u8; pages * 8];
     let file = std::fs::File::open("/proc/self/pagemap").ok()?;
     file.read_exact_at(&mut raw, (start / PAGE * 8) as u64)

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod clock;
 
 pub mod console;
+pub mod cost_share;
 pub mod devices;
 pub mod digest;
 pub mod exit;

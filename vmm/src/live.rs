@@ -28,13 +28,20 @@ use crate::vcpu_core::{self, Core};
 /// PIT interrupts arrive on line 0 of the master 8259.
 pub const TIMER_IRQ: u8 = 0;
 
+/// Digests take at most this share of a recording's time by default (1%).
+pub const DEFAULT_DIGEST_MAX_SHARE: f64 = 0.01;
+
 /// How a live run (plain or recording) delivers interrupts and keeps its log.
 #[derive(Debug, Clone)]
 pub struct LiveOptions {
     /// How long a tick may wait for a guest exit before the vCPU is stopped to take it.
     pub interrupt_bound: Duration,
-    /// Time between state digests (recording only).
+    /// Time between state digests (recording only), at least.
     pub digest_interval: Duration,
+    /// The largest share of the run's time digests may take: a digest that took longer than
+    /// `digest_interval` times this (a guest that has written gigabytes) puts the next one
+    /// further off.
+    pub digest_max_share: f64,
     /// Where interrupts may land mid-execution on this host.
     pub precise: PrecisePolicy,
     /// Flush the log at least this often, so a crash loses little.
@@ -48,6 +55,7 @@ impl Default for LiveOptions {
         Self {
             interrupt_bound: Duration::from_micros(500),
             digest_interval: Duration::from_millis(1000),
+            digest_max_share: DEFAULT_DIGEST_MAX_SHARE,
             precise: PrecisePolicy::default(),
             flush_interval: Duration::from_millis(50),
             stop: None,
@@ -233,16 +241,20 @@ impl Recorder<'_> {
         Ok(())
     }
 
-    fn digest(&mut self) -> Result<(), RunError> {
+    /// Logs a digest of the machine; returns what taking it cost.
+    fn digest(&mut self) -> Result<Duration, RunError> {
+        let started = Instant::now();
         let digest = digest::take(self.m);
+        let cost = started.elapsed();
         self.stats.digests += 1;
+        self.stats.digest_time += cost;
         self.log(Entry::Digest {
             pos: Position::AtExit {
                 exits: self.core.exits(),
             },
             digest,
         })?;
-        Ok(())
+        Ok(cost)
     }
 
     fn forward_console(&mut self, at_exit: &Position) -> Result<(), RunError> {
@@ -334,7 +346,8 @@ impl Recorder<'_> {
             self.idle(ticker, false, &at_exit)?;
         }
         let recording = self.sink.is_recording();
-        let mut last_digest = Instant::now();
+        // `None`: no digest is due again (one took more than its whole share).
+        let mut next_digest = Instant::now().checked_add(self.opts.digest_interval);
         let mut last_flush = Instant::now();
         let mut inputs = Vec::new();
         let mut injected = false;
@@ -416,10 +429,14 @@ impl Recorder<'_> {
             if recording
                 && stop.is_guest_exit()
                 && !self.completed_for_state
-                && now.saturating_duration_since(last_digest) >= self.opts.digest_interval
+                && next_digest.is_some_and(|due| now >= due)
             {
-                self.digest()?;
-                last_digest = Instant::now();
+                let cost = self.digest()?;
+                next_digest = Instant::now().checked_add(crate::cost_share::spaced(
+                    self.opts.digest_interval,
+                    cost,
+                    self.opts.digest_max_share,
+                ));
             }
             if let Some(pos) = pos {
                 injected = self.deliver(pos)?;

@@ -75,6 +75,8 @@ pub struct RunStats {
     pub interrupts_precise: u64,
     /// Digests taken (recording) or verified (replay).
     pub digests: u64,
+    /// Recording only: time spent taking digests (the guest is stopped meanwhile).
+    pub digest_time: Duration,
     /// Entries logged (recording; a replay counts them in `ReplayReport::entries`).
     pub entries: u64,
     /// Time the guest spent halted, waiting for a tick.

@@ -97,7 +97,7 @@ fn run(
     let mib = tracker.bytes() >> 20;
     let mut sent_pages = 0u64;
     let mut next_report = total_pages / 10;
-    tracker.encode(0..total_pages as u32, |records| {
+    tracker.encode_all(|records| {
         sent_pages += records_pages(&records);
         sender.send_pages(records)?;
         if mib >= 256 && sent_pages >= next_report {
