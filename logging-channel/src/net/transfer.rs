@@ -40,12 +40,20 @@ const MAX_STATE_BYTES: usize = 1 << 30;
 
 /// Appends one page record; a page of zeros costs 4 bytes.
 pub fn encode_page(out: &mut Vec<u8>, index: u32, page: &[u8]) {
-    if page.iter().all(|&b| b == 0) {
-        out.extend_from_slice(&(index | ZERO_PAGE).to_le_bytes());
+    // An OR over the whole page, not `all(== 0)`: the compiler vectorizes it, where the
+    // short-circuiting test went a byte at a time (~1.3 µs a page: 0.35 s of a 1 GiB
+    // transfer, nearly all of it).
+    if page.iter().fold(0u8, |acc, &b| acc | b) == 0 {
+        encode_zero_page(out, index);
     } else {
         out.extend_from_slice(&index.to_le_bytes());
         out.extend_from_slice(page);
     }
+}
+
+/// Appends the record of page `index`, known to be all zeros without looking.
+pub fn encode_zero_page(out: &mut Vec<u8>, index: u32) {
+    out.extend_from_slice(&(index | ZERO_PAGE).to_le_bytes());
 }
 
 /// One decoded page record: `None` for a page of zeros.
@@ -394,6 +402,22 @@ mod tests {
         assert_eq!(out.len(), 4 + PAGE_SIZE + 4);
         let pages = decode_pages(&out, 6).unwrap();
         assert_eq!(pages, vec![(3, Some(&data[..])), (5, None)]);
+        // One non-zero byte anywhere makes a page worth its bytes.
+        for at in [0, 1, PAGE_SIZE / 2, PAGE_SIZE - 1] {
+            let mut page = [0u8; PAGE_SIZE];
+            page[at] = 0x80;
+            let mut one = Vec::new();
+            encode_page(&mut one, 1, &page);
+            assert_eq!(
+                decode_pages(&one, 2).unwrap(),
+                vec![(1, Some(&page[..]))],
+                "at {at}"
+            );
+        }
+        // A page known to be zeros is recorded as one read to be.
+        let mut known = Vec::new();
+        encode_zero_page(&mut known, 5);
+        assert_eq!(known, out[4 + PAGE_SIZE..]);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 use std::os::fd::AsRawFd;
 
 use kvm_ioctls::VmFd;
-use logging_channel::net::{PAGE_SIZE, PAGES_PER_MESSAGE, decode_pages, encode_page};
+use logging_channel::net::{
+    PAGE_SIZE, PAGES_PER_MESSAGE, decode_pages, encode_page, encode_zero_page,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::machine::Machine;
@@ -144,13 +146,12 @@ impl MemoryTracker {
         populated: Option<&[bool]>,
         mut emit: impl FnMut(Vec<u8>) -> Result<(), E>,
     ) -> Result<(), E> {
-        const ZEROS: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
         let mut buf = vec![0u8; PAGE_SIZE];
         let mut records = Vec::new();
         let mut n = 0;
         for index in pages {
             if populated.is_some_and(|p| !p.get(index as usize).copied().unwrap_or(true)) {
-                encode_page(&mut records, index, &ZEROS);
+                encode_zero_page(&mut records, index);
             } else {
                 self.mem
                     .read_slice(&mut buf, GuestAddress(u64::from(index) * PAGE_SIZE as u64))
