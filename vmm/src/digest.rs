@@ -71,7 +71,7 @@ pub(crate) fn nonzero_pages(mem: &[u8]) -> impl Iterator<Item = (usize, &[u8])> 
     nonzero_pages_of(mem, populated_pages(mem))
 }
 
-fn is_zero(page: &[u8]) -> bool {
+pub(crate) fn is_zero(page: &[u8]) -> bool {
     let (head, words, tail) = {
         // SAFETY: any bit pattern is a valid u64; align_to only reinterprets the aligned middle.
         unsafe { page.align_to::<u64>() }

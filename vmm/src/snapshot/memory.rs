@@ -211,9 +211,9 @@ pub fn install_pages(m: &Machine, records: &[u8]) -> Result<u64, MemoryError> {
     // there, and every digest and checkpoint after would read them).
     let first = decoded.iter().map(|(i, _)| *i).min().unwrap_or(0);
     let last = decoded.iter().map(|(i, _)| *i).max().unwrap_or(0);
-    let populated = m.memory().as_ptr() as usize + first as usize * PAGE_SIZE;
+    let start = m.memory().as_ptr() as usize + first as usize * PAGE_SIZE;
     let populated =
-        crate::digest::populated_range(populated, (last - first) as usize + 1).unwrap_or_default();
+        crate::digest::populated_range(start, (last - first) as usize + 1).unwrap_or_default();
     for (index, data) in &decoded {
         let offset = *index as usize * PAGE_SIZE;
         let data = match data {
@@ -226,12 +226,7 @@ pub fn install_pages(m: &Machine, records: &[u8]) -> Result<u64, MemoryError> {
                 continue;
             }
             // A fresh view of memory each time: no reference into it lives across a write.
-            None if m.memory()[offset..offset + PAGE_SIZE]
-                .iter()
-                .all(|&b| b == 0) =>
-            {
-                continue;
-            }
+            None if crate::digest::is_zero(&m.memory()[offset..offset + PAGE_SIZE]) => continue,
             None => &ZEROS[..],
         };
         write_page(m, *index, data)?;
