@@ -24,8 +24,13 @@
 # PIN=1 (the default on a machine with 2 or more CPUs) keeps the primary's side on CPU 0 (the
 # VMM alone, or the primary and the viewserver, and redis-benchmark) and the backup on CPU 1:
 # as if the backup ran on a host of its own, so both modes get the same CPU and the ratio says
-# what the output rule costs, not what two VMMs sharing one CPU cost. PIN=0 lets the scheduler
-# place everything.
+# what the output rule costs, not what two VMMs sharing one CPU cost. Every thread of the
+# primary then shares that one CPU with the client, so the ratio is one of CPU per request.
+# PIN=vcpu keeps only the vCPU thread of the VMM (alone or primary; QEMU's "CPU 0/KVM") on CPU 0
+# with the client and lets the VMM's other threads (the TAP reader; the primary's ack reader,
+# which writes released frames to the TAP) run on either CPU, the backup still on CPU 1: as on
+# a primary host with a core or two to spare for I/O threads, where the vCPU thread bounds the
+# throughput. PIN=0 lets the scheduler place everything.
 #
 # QEMU (`qemu` mode; QEMU=0 skips it): `-M microvm` (the only x86 machine with virtio-mmio
 # transports, which is what the guest's driver speaks), `acpi=off` so QEMU appends the card's
@@ -51,6 +56,10 @@ N1=${N1:-5000}
 if [[ -z "${PIN:-}" ]]; then
     if (($(nproc) >= 2)); then PIN=1; else PIN=0; fi
 fi
+case "$PIN" in
+    0 | 1 | vcpu) ;;
+    *) echo "bench/net.sh: PIN=$PIN: expected 0, 1 or vcpu" >&2; exit 2 ;;
+esac
 TESTS=ping,set,get,incr
 BEFORE=${BEFORE:-}
 if [[ -n "$BEFORE" && ! -x "$BEFORE" ]]; then
@@ -117,15 +126,28 @@ for t in tap0 tap1 tap2 tap3; do
 done
 
 in_client() {
-    if [[ "$PIN" == 1 ]]; then ip netns exec "$CL" taskset -c 0 "$@"; else ip netns exec "$CL" "$@"; fi
+    if [[ "$PIN" != 0 ]]; then ip netns exec "$CL" taskset -c 0 "$@"; else ip netns exec "$CL" "$@"; fi
 }
 # For `&`: the background job becomes the process itself (ip netns exec execs it), so its PID
-# is the one to kill.
+# is the one to kill. Under PIN=vcpu a VMM for CPU 0 starts unpinned; `pin_vcpu` pins its vCPU
+# thread once it answers.
 bg_server() { # CPU CMD...
     local cpu=$1
     shift
-    if [[ "$PIN" == 1 ]]; then exec taskset -c "$cpu" ip netns exec "$NS" "$@"; fi
+    if [[ "$PIN" == 1 || ("$PIN" == vcpu && "$cpu" != 0) ]]; then
+        exec taskset -c "$cpu" ip netns exec "$NS" "$@"
+    fi
     exec ip netns exec "$NS" "$@"
+}
+# PIN=vcpu: the vCPU thread of the VMM PID on CPU 0. understudy runs its vCPU on its main thread
+# (thread id = PID); QEMU names its vCPU thread "CPU 0/KVM".
+pin_vcpu() { # PID
+    [[ "$PIN" == vcpu ]] || return 0
+    local tid=$1 t
+    for t in /proc/"$1"/task/*; do
+        if [[ "$(cat "$t/comm" 2>/dev/null)" == "CPU 0/KVM" ]]; then tid=${t##*/}; fi
+    done
+    taskset -p -c 0 "$tid" >/dev/null
 }
 
 wait_for() { # what, command...: up to 60 s
@@ -184,6 +206,7 @@ alone() { # [BINARY]
     bg_server 0 "${1:-$BIN}" run --guest kv --guest-arg ip=10.0.0.10/24 --tap tap2 >/dev/null 2>"$WORK/run.err" &
     PIDS+=($!)
     wait_for "the guest alone to answer" answers
+    pin_vcpu $!
     bench all "$!=vmm"
     stop_all
 }
@@ -197,6 +220,7 @@ recorded() {
     local vmm=$!
     PIDS+=($!)
     wait_for "the recording guest to answer" answers
+    pin_vcpu "$vmm"
     bench all "$vmm=recording"
     in_client redis-cli -h 10.0.0.10 SHUTDOWN >/dev/null 2>&1 || true
     wait_for "the recording to end" bash -c "! kill -0 $vmm 2>/dev/null"
@@ -222,6 +246,7 @@ replicated() { # PHASE [BINARY]
     local primary=$!
     PIDS+=($!)
     wait_for "the primary to answer" answers
+    pin_vcpu "$primary"
     bg_server 1 "$bin" node --viewserver "$vs" --listen 127.0.0.1:7302 --guest kv \
         --guest-arg ip=10.0.0.10/24 --tap tap1 --events "$WORK/b.events" >/dev/null 2>"$WORK/b.err" &
     local backup=$!
@@ -258,6 +283,7 @@ qemu() {
         -kernel "$WORK/guest.elf" -append "kv ip=10.0.0.10/24" >/dev/null 2>"$WORK/qemu.err" &
     PIDS+=($!)
     wait_for "the guest under QEMU to answer" answers
+    pin_vcpu $!
     bench all "$!=qemu"
     stop_all
 }
@@ -307,8 +333,9 @@ def med(vals):
     return statistics.median(vals) if vals else float("nan")
 def col(mode, test, c):
     return med([float(r[c]) for r in bench if r[0] == mode and r[1] == test])
-where = ("primary side (VMM, viewserver, client) on CPU 0, backup on CPU 1" if pin == "1"
-         else "not pinned: everything shares every CPU")
+where = {"1": "primary side (VMM, viewserver, client) on CPU 0, backup on CPU 1",
+         "vcpu": "the VMM's vCPU thread and the client on CPU 0, its other threads on either CPU, backup on CPU 1",
+         }.get(pin, "not pinned: everything shares every CPU")
 print(f"redis-benchmark -t {tests_arg} -n {n} -q (50 clients), then -t get -c 1 -n {n1}; medians of {reps} alternating runs; {where}")
 print()
 head = "| test | alone req/s | replicated req/s | replicated / alone |"

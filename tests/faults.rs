@@ -1,8 +1,8 @@
 //! The faults a skeptical user injects from outside, one test each, with real `understudy`
 //! processes on real KVM: a restarted viewserver, a primary killed at once and restarted under
 //! its name, a primary stopped for longer than the failure detector waits, a backup killed in
-//! the middle of its state transfer, a primary killed right after its backup installed the
-//! state, and a high interrupt rate. Every test checks the bytes every node released against
+//! the middle of its state transfer, a primary killed in the middle of its backup's, a primary
+//! killed right after its backup installed the state, and a high interrupt rate. Every test checks the bytes every node released against
 //! one history (tests/common/history.rs).
 
 #![allow(clippy::unwrap_used)]
@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::Ordering;
 
-use common::cluster::Cluster;
 use common::cluster::Signal;
+use common::cluster::{Cluster, Proxy};
 
 /// These tests run one after the other: each runs up to four VMs on a two-core machine.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -319,6 +319,38 @@ fn a_stopped_primary_never_speaks_again() {
     assert!(r.segments >= 7, "{r:?}");
 }
 
+/// A backup whose logging channel passes through a proxy that holds everything past the first
+/// 64 KiB the primary sends: its state transfer starts and can never finish, whatever this host's
+/// speed (a whole transfer of the ticker's written memory is ~0.3 MiB and takes milliseconds, so
+/// without the hold it would be over before a test could act). Returns the backup's index, its
+/// advertised address and the proxy, once the hold has been reached.
+fn backup_in_mid_transfer(c: &mut Cluster, primary: usize) -> (usize, String, Proxy) {
+    let backend = fixed_addr();
+    let link = Proxy::start(backend.clone());
+    link.pass_bytes.store(64 << 10, Ordering::Release);
+    let b = c.add_node(&backend, Some(&link.addr));
+    let deadline = Instant::now() + LONG;
+    while link.pass_bytes.load(Ordering::Acquire) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the primary never sent its new backup 64 KiB of state\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        c.nodes[b].events_named("state_installed").is_empty(),
+        "the backup installed a state it cannot have had\n{}",
+        c.logs()
+    );
+    assert!(
+        c.nodes[primary].events_named("transfer_done").is_empty(),
+        "the primary finished a transfer the proxy holds\n{}",
+        c.logs()
+    );
+    (b, link.addr.clone(), link)
+}
+
 /// Fault 4: the new backup dies in the middle of its state transfer. The primary must not hold
 /// its output for it forever: the view moves on to the idle node (or to no backup) and output
 /// flows again.
@@ -327,22 +359,11 @@ fn a_backup_killed_during_its_state_transfer_is_replaced() {
     let _one = one_at_a_time();
     for with_idle in [true, false] {
         let mut c = Cluster::start("ticker", &TICKER, PING_MS);
-        // A big guest, so the transfer prints progress and takes long enough to interrupt.
-        c.mem_mib = Some(1024);
         let a = c.add_node("127.0.0.1:0", None);
         let a_addr = c.nodes[a].addr().to_string();
         c.wait_view(LONG, |v| v.primary == a_addr);
         wait_released(&c, a, 0, "the primary alone");
-        let b = c.add_node("127.0.0.1:0", None);
-        let b_addr = c.nodes[b].addr().to_string();
-        assert!(
-            c.nodes[a]
-                .wait_for(0, LONG, |e| e["event"] == "transfer_progress"
-                    && e["backup"] == b_addr.as_str())
-                .is_some(),
-            "no transfer to the new backup\n{}",
-            c.logs()
-        );
+        let (b, _, _link) = backup_in_mid_transfer(&mut c, a);
         c.nodes[b].sigkill();
         let idle = with_idle.then(|| c.add_node("127.0.0.1:0", None));
         let held_at = c.nodes[a].out_len();
@@ -357,6 +378,61 @@ fn a_backup_killed_during_its_state_transfer_is_replaced() {
         }
         wait_released(&c, a, held_at, "after the dead backup was replaced");
         c.check_history(a);
+    }
+}
+
+/// Fault 4b: the primary dies in the middle of its new backup's state transfer. The backup holds
+/// part of a state, which is nothing: it must never be promoted nor go live, neither on missed
+/// pings nor on its own word (the second round closes its half-done stream at once, which is
+/// what makes a backup that holds the state ask to be promoted), and a node added later must not
+/// boot the guest afresh. One failure at a time is what replication survives; this is the
+/// second (the guest had one copy), and the truth is that the guest is lost: no node may ever
+/// speak for it again, and what the primary released stays the whole history.
+#[test]
+fn a_primary_killed_during_its_backups_state_transfer_is_never_replaced_by_it() {
+    let _one = one_at_a_time();
+    for close_the_stream in [false, true] {
+        let mut c = Cluster::start("ticker", &TICKER, PING_MS);
+        let a = c.add_node("127.0.0.1:0", None);
+        let a_addr = c.nodes[a].addr().to_string();
+        c.wait_view(LONG, |v| v.primary == a_addr);
+        wait_released(&c, a, 0, "the primary alone");
+        let (b, b_addr, link) = backup_in_mid_transfer(&mut c, a);
+        c.nodes[a].sigkill();
+        if close_the_stream {
+            link.close_all();
+        }
+        let late = c.add_node("127.0.0.1:0", None);
+        // Five missed pings declare the primary dead after 0.5 s; give the view service and the
+        // nodes six times that to do anything wrong.
+        std::thread::sleep(Duration::from_secs(3));
+        for (i, who) in [
+            (b, "the half-installed backup"),
+            (late, "the node added later"),
+        ] {
+            assert!(
+                c.nodes[i].events_named("going_live").is_empty()
+                    && c.nodes[i].events_named("booting").is_empty(),
+                "round close={close_the_stream}: {who} went live\n{}",
+                c.logs()
+            );
+            assert_eq!(
+                c.nodes[i].out_len(),
+                0,
+                "round close={close_the_stream}: {who} released output\n{}",
+                c.logs()
+            );
+        }
+        assert_eq!(c.boots(), 1, "the guest was booted again\n{}", c.logs());
+        let view = c.status().unwrap().view;
+        assert_ne!(
+            view.primary,
+            b_addr,
+            "round close={close_the_stream}: the view service made the backup without a state primary\n{}",
+            c.logs()
+        );
+        let r = c.check_one_history();
+        assert!(r.released > 0, "{r:?}");
     }
 }
 

@@ -726,6 +726,10 @@ pub struct Proxy {
     /// (order is kept): a slow link.
     pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
     pub jitter_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes still passed on from the side that connects to the proxy (a primary dialling its
+    /// backup's advertised address) before the rest is held, as `cut` holds it; `u64::MAX`
+    /// (the start) passes everything. Shared by all connections; the test may raise it.
+    pub pass_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// Both ends of every connection made so far, for [`Self::close_all`].
     conns: Arc<std::sync::Mutex<Vec<TcpStream>>>,
 }
@@ -737,12 +741,14 @@ impl Proxy {
         let cut = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let jitter_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let pass_bytes = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
         let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (c, d, j, k) = (
+        let (c, d, j, k, pass) = (
             Arc::clone(&cut),
             Arc::clone(&delay_ms),
             Arc::clone(&jitter_ms),
             Arc::clone(&conns),
+            Arc::clone(&pass_bytes),
         );
         std::thread::spawn(move || {
             for s in l.incoming() {
@@ -754,9 +760,18 @@ impl Proxy {
                 live.push(a.try_clone().unwrap());
                 live.push(b.try_clone().unwrap());
                 drop(live);
-                for (from, to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
-                    forward(from, to, Arc::clone(&c), Arc::clone(&d), Arc::clone(&j));
-                }
+                let link = Link {
+                    cut: Arc::clone(&c),
+                    delay_ms: Arc::clone(&d),
+                    jitter_ms: Arc::clone(&j),
+                    pass_bytes: None,
+                };
+                let onward = Link {
+                    pass_bytes: Some(Arc::clone(&pass)),
+                    ..link.clone()
+                };
+                forward(a.try_clone().unwrap(), b.try_clone().unwrap(), onward);
+                forward(b, a, link);
             }
         });
         Self {
@@ -764,6 +779,7 @@ impl Proxy {
             cut,
             delay_ms,
             jitter_ms,
+            pass_bytes,
             conns,
         }
     }
@@ -778,15 +794,55 @@ impl Proxy {
     }
 }
 
-/// One direction of a proxied connection: a reader that stamps each chunk with when it may
-/// leave, and a writer that sends it then (held while `cut` is set).
-fn forward(
-    mut from: TcpStream,
-    mut to: TcpStream,
+/// What one direction of a proxied connection obeys (see [`Proxy`]'s fields).
+#[derive(Clone)]
+struct Link {
     cut: Arc<AtomicBool>,
     delay_ms: Arc<std::sync::atomic::AtomicU64>,
     jitter_ms: Arc<std::sync::atomic::AtomicU64>,
-) {
+    pass_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+/// Writes `bytes` to `to` as far as `pass` allows, waiting (for good, unless the test raises
+/// it) where it runs out. False when `to` failed.
+fn write_within(
+    to: &mut TcpStream,
+    mut bytes: &[u8],
+    pass: Option<&std::sync::atomic::AtomicU64>,
+) -> bool {
+    use std::io::Write;
+    let Some(pass) = pass else {
+        return to.write_all(bytes).is_ok();
+    };
+    while !bytes.is_empty() {
+        let allowed = pass.load(Ordering::Acquire);
+        if allowed == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        let n = bytes
+            .len()
+            .min(usize::try_from(allowed).unwrap_or(usize::MAX));
+        if allowed != u64::MAX {
+            pass.fetch_sub(n as u64, Ordering::AcqRel);
+        }
+        if to.write_all(&bytes[..n]).is_err() {
+            return false;
+        }
+        bytes = &bytes[n..];
+    }
+    true
+}
+
+/// One direction of a proxied connection: a reader that stamps each chunk with when it may
+/// leave, and a writer that sends it then (held while `cut` is set, and past `pass_bytes`).
+fn forward(mut from: TcpStream, mut to: TcpStream, link: Link) {
+    let Link {
+        cut,
+        delay_ms,
+        jitter_ms,
+        pass_bytes,
+    } = link;
     let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
     std::thread::spawn(move || {
         let mut buf = [0u8; 65536];
@@ -815,13 +871,12 @@ fn forward(
         }
     });
     std::thread::spawn(move || {
-        use std::io::Write;
         for (due, bytes) in rx {
             let now = Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
             }
-            if to.write_all(&bytes).is_err() {
+            if !write_within(&mut to, &bytes, pass_bytes.as_deref()) {
                 return;
             }
         }
