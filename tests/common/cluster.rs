@@ -815,17 +815,19 @@ fn write_within(
         return to.write_all(bytes).is_ok();
     };
     while !bytes.is_empty() {
-        let allowed = pass.load(Ordering::Acquire);
-        if allowed == 0 {
+        let want = bytes.len() as u64;
+        // Take up to `want` of the allowance in one step: connections share it.
+        let Ok(allowed) = pass.fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| match a {
+            0 => None,
+            u64::MAX => Some(a),
+            a => Some(a - a.min(want)),
+        }) else {
             std::thread::sleep(Duration::from_millis(5));
             continue;
-        }
+        };
         let n = bytes
             .len()
             .min(usize::try_from(allowed).unwrap_or(usize::MAX));
-        if allowed != u64::MAX {
-            pass.fetch_sub(n as u64, Ordering::AcqRel);
-        }
         if to.write_all(&bytes[..n]).is_err() {
             return false;
         }
