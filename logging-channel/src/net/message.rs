@@ -415,3 +415,34 @@ pub fn decode_message(buf: &[u8], offset: u64) -> Result<Option<(Message, usize)
     c.finish()?;
     Ok(Some((msg, total)))
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::codec::encode_frame;
+
+    proptest! {
+        /// An entry message is its type byte and then, byte for byte, the body the log file
+        /// holds for the same frame, under the same envelope; and it reads back as that frame.
+        #[test]
+        fn an_entry_message_carries_the_log_files_entry_body(frame in crate::strategies::frame()) {
+            let mut message = Vec::new();
+            let len = encode_entry_message(&frame, &mut message);
+            prop_assert_eq!(len, message.len());
+
+            let mut file = Vec::new();
+            encode_frame(&frame, &mut file);
+            let mut body = vec![T_ENTRY];
+            body.extend_from_slice(&file[ENVELOPE_LEN..]);
+            let mut expected = Vec::new();
+            envelope::put_frame(&mut expected, |b| b.extend_from_slice(&body));
+            prop_assert_eq!(&message, &expected);
+
+            let (decoded, used) = decode_message(&message, 0).unwrap().unwrap();
+            prop_assert_eq!(used, message.len());
+            prop_assert_eq!(decoded, Message::Entry(frame));
+        }
+    }
+}
