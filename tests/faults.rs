@@ -319,16 +319,29 @@ fn a_stopped_primary_never_speaks_again() {
     assert!(r.segments >= 7, "{r:?}");
 }
 
-/// A backup whose logging channel passes through a proxy that holds everything past the first
-/// 64 KiB the primary sends: its state transfer starts and can never finish, whatever this host's
-/// speed (a whole transfer of the ticker's written memory is ~0.3 MiB and takes milliseconds, so
-/// without the hold it would be over before a test could act). Returns the backup's index, its
-/// advertised address and the proxy, once the hold has been reached.
-fn backup_in_mid_transfer(c: &mut Cluster, primary: usize) -> (usize, String, Proxy) {
+/// A primary alone, releasing output, and a new backup whose logging channel passes through a
+/// proxy that holds everything past the first 64 KiB the primary sends: its state transfer
+/// starts and can never finish, whatever this host's speed (a whole transfer of the ticker's
+/// written memory is ~0.3 MiB and takes milliseconds, so without the hold it would be over
+/// before a test could act). Returned once the hold has been reached.
+struct MidTransfer {
+    primary: usize,
+    primary_addr: String,
+    backup: usize,
+    /// The backup's advertised address: the proxy's.
+    backup_addr: String,
+    link: Proxy,
+}
+
+fn a_backup_in_mid_transfer(c: &mut Cluster) -> MidTransfer {
+    let primary = c.add_node("127.0.0.1:0", None);
+    let primary_addr = c.nodes[primary].addr().to_string();
+    c.wait_view(LONG, |v| v.primary == primary_addr);
+    wait_released(c, primary, 0, "the primary alone");
     let backend = fixed_addr();
     let link = Proxy::start(backend.clone());
     link.pass_bytes.store(64 << 10, Ordering::Release);
-    let b = c.add_node(&backend, Some(&link.addr));
+    let backup = c.add_node(&backend, Some(&link.addr));
     let deadline = Instant::now() + LONG;
     while link.pass_bytes.load(Ordering::Acquire) > 0 {
         assert!(
@@ -339,7 +352,7 @@ fn backup_in_mid_transfer(c: &mut Cluster, primary: usize) -> (usize, String, Pr
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(
-        c.nodes[b].events_named("state_installed").is_empty(),
+        c.nodes[backup].events_named("state_installed").is_empty(),
         "the backup installed a state it cannot have had\n{}",
         c.logs()
     );
@@ -348,7 +361,13 @@ fn backup_in_mid_transfer(c: &mut Cluster, primary: usize) -> (usize, String, Pr
         "the primary finished a transfer the proxy holds\n{}",
         c.logs()
     );
-    (b, link.addr.clone(), link)
+    MidTransfer {
+        primary,
+        primary_addr,
+        backup,
+        backup_addr: link.addr.clone(),
+        link,
+    }
 }
 
 /// Fault 4: the new backup dies in the middle of its state transfer. The primary must not hold
@@ -359,11 +378,13 @@ fn a_backup_killed_during_its_state_transfer_is_replaced() {
     let _one = one_at_a_time();
     for with_idle in [true, false] {
         let mut c = Cluster::start("ticker", &TICKER, PING_MS);
-        let a = c.add_node("127.0.0.1:0", None);
-        let a_addr = c.nodes[a].addr().to_string();
-        c.wait_view(LONG, |v| v.primary == a_addr);
-        wait_released(&c, a, 0, "the primary alone");
-        let (b, _, _link) = backup_in_mid_transfer(&mut c, a);
+        let MidTransfer {
+            primary: a,
+            primary_addr: a_addr,
+            backup: b,
+            link: _link,
+            ..
+        } = a_backup_in_mid_transfer(&mut c);
         c.nodes[b].sigkill();
         let idle = with_idle.then(|| c.add_node("127.0.0.1:0", None));
         let held_at = c.nodes[a].out_len();
@@ -393,11 +414,13 @@ fn a_primary_killed_during_its_backups_state_transfer_is_never_replaced_by_it() 
     let _one = one_at_a_time();
     for close_the_stream in [false, true] {
         let mut c = Cluster::start("ticker", &TICKER, PING_MS);
-        let a = c.add_node("127.0.0.1:0", None);
-        let a_addr = c.nodes[a].addr().to_string();
-        c.wait_view(LONG, |v| v.primary == a_addr);
-        wait_released(&c, a, 0, "the primary alone");
-        let (b, b_addr, link) = backup_in_mid_transfer(&mut c, a);
+        let MidTransfer {
+            primary: a,
+            backup: b,
+            backup_addr: b_addr,
+            link,
+            ..
+        } = a_backup_in_mid_transfer(&mut c);
         c.nodes[a].sigkill();
         if close_the_stream {
             link.close_all();
