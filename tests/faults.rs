@@ -1,8 +1,8 @@
 //! The faults a skeptical user injects from outside, one test each, with real `understudy`
 //! processes on real KVM: a restarted viewserver, a primary killed at once and restarted under
-//! its name, a primary stopped for longer than the failure detector waits, a backup killed in
-//! the middle of its state transfer, a primary killed in the middle of its backup's, a primary
-//! killed right after its backup installed the state, and a high interrupt rate. Every test checks the bytes every node released against
+//! its name, a primary stopped for longer than the failure detector waits, a backup killed or
+//! stopped in the middle of its state transfer, a primary killed in the middle of its backup's,
+//! a primary killed right after its backup installed the state, and a high interrupt rate. Every test checks the bytes every node released against
 //! one history (tests/common/history.rs).
 
 #![allow(clippy::unwrap_used)]
@@ -400,6 +400,57 @@ fn a_backup_killed_during_its_state_transfer_is_replaced() {
         wait_released(&c, a, held_at, "after the dead backup was replaced");
         c.check_history(a);
     }
+}
+
+/// Fault 4c: the new backup is SIGSTOPped in the middle of its state transfer (its connection
+/// stays open; nothing moves) and resumed once the view service has replaced it. The primary
+/// must release output again as soon as the idle node holds its state, and the resumed node,
+/// out of the view with half a state, must release nothing and not get in the way.
+#[test]
+fn a_backup_stopped_during_its_state_transfer_is_replaced_and_stays_silent_when_resumed() {
+    let _one = one_at_a_time();
+    let mut c = Cluster::start("ticker", &TICKER, PING_MS);
+    let MidTransfer {
+        primary: a,
+        primary_addr: a_addr,
+        backup: b,
+        backup_addr: b_addr,
+        link: _link,
+    } = a_backup_in_mid_transfer(&mut c);
+    c.nodes[b].signal(Signal::Stop);
+    let idle = c.add_node("127.0.0.1:0", None);
+    let idle_addr = c.nodes[idle].addr().to_string();
+    let held_at = c.nodes[a].out_len();
+    wait_ready(&c, &a_addr, &idle_addr);
+    wait_released(&c, a, held_at, "after the stopped backup was replaced");
+    c.nodes[b].signal(Signal::Cont);
+    // Time for the resumed node to hear the view, find its transfer gone, and misbehave.
+    let released = c.nodes[a].out_len();
+    std::thread::sleep(Duration::from_secs(2));
+    let s = c.status().unwrap();
+    assert!(
+        s.view.primary == a_addr && s.view.backup == idle_addr && s.backup_ready,
+        "the resumed node disturbed the pair: {s:?}\n{}",
+        c.logs()
+    );
+    assert_ne!(s.view.backup, b_addr);
+    assert_eq!(
+        c.nodes[b].out_len(),
+        0,
+        "the resumed node released output\n{}",
+        c.logs()
+    );
+    assert!(
+        c.nodes[b].events_named("going_live").is_empty(),
+        "the resumed node went live\n{}",
+        c.logs()
+    );
+    assert!(
+        c.nodes[a].out_len() > released,
+        "the primary stopped releasing once the node resumed\n{}",
+        c.logs()
+    );
+    c.check_history(a);
 }
 
 /// Fault 4b: the primary dies in the middle of its new backup's state transfer. The backup holds
