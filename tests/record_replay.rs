@@ -390,6 +390,56 @@ fn ctrl_c_ends_a_recording_cleanly_and_the_log_replays_to_that_point() {
     assert_eq!(stdout(&rep), printed, "the replay printed something else");
 }
 
+/// A run that records nothing ends at the stop request's own kick, even in a guest that never
+/// exits: `compute` at CPL3 without progress lines runs a user-mode loop with no I/O for
+/// minutes, where a recording could end only at an exit and so would wait for the end.
+#[test]
+fn sigterm_stops_an_unrecorded_run_at_once_even_without_guest_exits() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(bin())
+        .args(["run", "--guest", "compute", "--guest-arg", "user"])
+        .args(["--guest-arg", "report=0", "--guest-arg", "iters=4000000000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    // Long enough to be in the tasks' loops: boot takes milliseconds.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the guest ended before the signal"
+    );
+    // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    // Generous for a slow host; the loop itself would run for minutes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().expect("kill");
+            panic!("run did not stop within 10 s of one SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(143), "{err}");
+    assert!(err.contains("signal 15: stopping"), "{err}");
+    assert!(
+        !err.contains("again: exiting now"),
+        "one signal did it: {err}"
+    );
+}
+
 /// A kick that stops the guest before it ran anything must not be armed again as it was: on a
 /// host whose stop and re-entry outlast the shortest kick, that loop once took 450,000 kicks for
 /// 117 interrupts, nearly all of them idle (replay 20x slower than the recording). Each such

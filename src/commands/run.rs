@@ -89,12 +89,19 @@ pub fn run(args: &RunArgs) -> CmdResult {
     let stopped_by = Arc::new(AtomicI32::new(0));
     {
         let (stop, stopped_by) = (Arc::clone(&stop), Arc::clone(&stopped_by));
+        let logged = args.record.is_some() || args.stream_to.is_some();
         signals.watch(move |sig| {
             if stopped_by.swap(sig, Ordering::SeqCst) != 0 {
                 eprintln!("run: signal {sig} again: exiting now (a recording stays incomplete)");
                 std::process::exit(128 + sig);
             }
-            eprintln!("run: signal {sig}: stopping at the guest's next exit (again to exit now)");
+            if logged {
+                eprintln!(
+                    "run: signal {sig}: stopping at the guest's next exit, where the log can end (again to exit now)"
+                );
+            } else {
+                eprintln!("run: signal {sig}: stopping");
+            }
             stop.request();
         })?;
     }

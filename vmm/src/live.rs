@@ -446,11 +446,16 @@ impl Recorder<'_> {
             if stop == Stop::Halt {
                 self.idle(ticker, injected, &at_exit)?;
             }
-            if self.stop_requested() && stop.is_guest_exit() {
-                self.log(Entry::End {
-                    pos: at_exit,
-                    reason: EndReason::Stopped,
-                })?;
+            // A log ends only at a guest exit, a place replay reaches without approaching it.
+            // A run that records nothing may end wherever the stop's kick found the guest: one
+            // that never exits (a user-mode loop without I/O) would otherwise ignore the request.
+            if self.stop_requested() && (stop.is_guest_exit() || !recording) {
+                if recording {
+                    self.log(Entry::End {
+                        pos: at_exit,
+                        reason: EndReason::Stopped,
+                    })?;
+                }
                 self.sink.flush()?;
                 self.console.flush().map_err(RunError::Console)?;
                 return Ok(Outcome::Stopped);

@@ -1,9 +1,11 @@
 //! A user's request to end a run early (Ctrl-C, SIGTERM): the vCPU loop ends the log cleanly,
-//! with an `End { Stopped }` entry, at the next guest exit.
+//! with an `End { Stopped }` entry, at the next guest exit; a run that records nothing ends at
+//! the kick that the request sends.
 //!
-//! Only at a guest exit: every log entry carries a state check of the registers there, and an
-//! exit is a position replay reaches without approaching it. A guest that never exits again
-//! (no timer, no I/O) cannot be stopped cleanly; a second signal ends the process at once.
+//! A log ends only at a guest exit: every log entry carries a state check of the registers
+//! there, and an exit is a position replay reaches without approaching it. A recorded guest
+//! that never exits again (no timer, no I/O) cannot be stopped cleanly; a second signal ends the
+//! process at once.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
