@@ -324,6 +324,35 @@ fn without_checkpoints_a_replay_that_overshoots_starts_over_without_printing_twi
     assert_eq!(stdout(&rep), stdout(&rec));
 }
 
+/// Waits up to `within` for `child` to exit after `signal` was sent to it (killing it and
+/// failing past that), and returns its status and what it wrote to stderr.
+fn exit_after_signal(
+    child: &mut std::process::Child,
+    within: std::time::Duration,
+    signal: &str,
+) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().expect("kill");
+            panic!("run did not stop within {within:?} of {signal}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    (status, err)
+}
+
 #[test]
 fn ctrl_c_ends_a_recording_cleanly_and_the_log_replays_to_that_point() {
     use std::io::{BufRead, BufReader, Read};
@@ -356,25 +385,8 @@ fn ctrl_c_ends_a_recording_cleanly_and_the_log_replays_to_that_point() {
         rest
     });
     // Generous: the stop waits only for the guest's next exit (a tick away).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            child.kill().expect("kill");
-            panic!("run did not stop within 60 s of SIGINT");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let (status, err) = exit_after_signal(&mut child, std::time::Duration::from_secs(60), "SIGINT");
     printed.push_str(&rest.join().expect("reader"));
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("stderr");
     assert_eq!(status.code(), Some(130), "{err}");
 
     let info = inspect_json(&log);
@@ -395,7 +407,6 @@ fn ctrl_c_ends_a_recording_cleanly_and_the_log_replays_to_that_point() {
 /// minutes, where a recording could end only at an exit and so would wait for the end.
 #[test]
 fn sigterm_stops_an_unrecorded_run_at_once_even_without_guest_exits() {
-    use std::io::Read;
     use std::process::{Command, Stdio};
 
     let mut child = Command::new(bin())
@@ -414,24 +425,11 @@ fn sigterm_stops_an_unrecorded_run_at_once_even_without_guest_exits() {
     // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     // Generous for a slow host; the loop itself would run for minutes.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            child.kill().expect("kill");
-            panic!("run did not stop within 10 s of one SIGTERM");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("stderr");
+    let (status, err) = exit_after_signal(
+        &mut child,
+        std::time::Duration::from_secs(10),
+        "one SIGTERM",
+    );
     assert_eq!(status.code(), Some(143), "{err}");
     assert!(err.contains("signal 15: stopping"), "{err}");
     assert!(
