@@ -61,7 +61,7 @@ fn nonzero_pages_of(
         populated
             .as_ref()
             .is_none_or(|p| p.get(*i).copied().unwrap_or(true))
-            && !is_zero(page)
+            && !logging_channel::net::is_zero_page(page)
     })
 }
 
@@ -69,14 +69,6 @@ fn nonzero_pages_of(
 /// order, reading only the pages this host populated (see [`populated_pages`]).
 pub(crate) fn nonzero_pages(mem: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
     nonzero_pages_of(mem, populated_pages(mem))
-}
-
-pub(crate) fn is_zero(page: &[u8]) -> bool {
-    let (head, words, tail) = {
-        // SAFETY: any bit pattern is a valid u64; align_to only reinterprets the aligned middle.
-        unsafe { page.align_to::<u64>() }
-    };
-    head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
 
 /// Which pages of `mem` (a private anonymous mapping) the kernel has populated, from

@@ -33,7 +33,7 @@ pub use receiver::{ExpectedPrimary, LogReceiver};
 pub use sender::{AckHook, LogSender, RoundTrips};
 pub use transfer::{
     PAGE_SIZE, PAGES_PER_MESSAGE, PageRecord, STATE_PIECE, StatePart, StateReceiver, StateSender,
-    decode_pages, encode_page, encode_zero_page,
+    decode_pages, encode_page, encode_zero_page, is_zero_page,
 };
 
 /// Timeouts and buffer sizes of one connection. Both sides must use the

@@ -38,12 +38,18 @@ pub const STATE_PIECE: usize = 512 * 1024;
 /// ours comes near it, and a peer must not make a backup allocate without bound.
 const MAX_STATE_BYTES: usize = 1 << 30;
 
+/// Whether `page` is all zeros: an OR over each 256-byte block, which the compiler vectorizes,
+/// leaving at the first block that is not. Per 4 KiB page here: 72 ns when it is zero, 71 ns
+/// when its first block is not; a test a byte at a time took ~1.3 µs, an OR over the whole
+/// page 108 and 328 ns, a short-circuiting test a u64 at a time 321 and 37 ns.
+pub fn is_zero_page(page: &[u8]) -> bool {
+    page.chunks(256)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
 /// Appends one page record; a page of zeros costs 4 bytes.
 pub fn encode_page(out: &mut Vec<u8>, index: u32, page: &[u8]) {
-    // An OR over the whole page, not `all(== 0)`: the compiler vectorizes it, where the
-    // short-circuiting test went a byte at a time (~1.3 µs a page: 0.35 s of a 1 GiB
-    // transfer, nearly all of it).
-    if page.iter().fold(0u8, |acc, &b| acc | b) == 0 {
+    if is_zero_page(page) {
         encode_zero_page(out, index);
     } else {
         out.extend_from_slice(&index.to_le_bytes());
@@ -403,7 +409,15 @@ mod tests {
         let pages = decode_pages(&out, 6).unwrap();
         assert_eq!(pages, vec![(3, Some(&data[..])), (5, None)]);
         // One non-zero byte anywhere makes a page worth its bytes.
-        for at in [0, 1, PAGE_SIZE / 2, PAGE_SIZE - 1] {
+        for at in [
+            0,
+            1,
+            255,
+            256,
+            PAGE_SIZE / 2,
+            PAGE_SIZE - 257,
+            PAGE_SIZE - 1,
+        ] {
             let mut page = [0u8; PAGE_SIZE];
             page[at] = 0x80;
             let mut one = Vec::new();

@@ -5,7 +5,7 @@ use std::os::fd::AsRawFd;
 
 use kvm_ioctls::VmFd;
 use logging_channel::net::{
-    PAGE_SIZE, PAGES_PER_MESSAGE, decode_pages, encode_page, encode_zero_page,
+    PAGE_SIZE, PAGES_PER_MESSAGE, decode_pages, encode_page, encode_zero_page, is_zero_page,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -226,7 +226,7 @@ pub fn install_pages(m: &Machine, records: &[u8]) -> Result<u64, MemoryError> {
                 continue;
             }
             // A fresh view of memory each time: no reference into it lives across a write.
-            None if crate::digest::is_zero(&m.memory()[offset..offset + PAGE_SIZE]) => continue,
+            None if is_zero_page(&m.memory()[offset..offset + PAGE_SIZE]) => continue,
             None => &ZEROS[..],
         };
         write_page(m, *index, data)?;
