@@ -94,8 +94,8 @@ pub(crate) fn populated_range(start: usize, pages: usize) -> Option<Vec<bool>> {
         return None;
     }
     let mut raw = vec![0u8; pages * 8];
-    let file = std::fs::File::open("/proc/self/pagemap").ok()?;
-    file.read_exact_at(&mut raw, (start / PAGE * 8) as u64)
+    pagemap()?
+        .read_exact_at(&mut raw, (start / PAGE * 8) as u64)
         .ok()?;
     Some(
         raw.chunks_exact(8)
@@ -105,6 +105,15 @@ pub(crate) fn populated_range(start: usize, pages: usize) -> Option<Vec<bool>> {
             })
             .collect(),
     )
+}
+
+/// `/proc/self/pagemap`, opened once: its reads are positional, so every thread shares it, and
+/// a state transfer asks it once per 192-page message (4,096 times for 3 GiB).
+fn pagemap() -> Option<&'static std::fs::File> {
+    static PAGEMAP: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    PAGEMAP
+        .get_or_init(|| std::fs::File::open("/proc/self/pagemap").ok())
+        .as_ref()
 }
 
 fn page_size() -> Option<usize> {
